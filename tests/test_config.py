@@ -1,0 +1,127 @@
+"""Config system: precedence, coercion and every error message."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from mathrl.config import Config, ConfigError, dumps_toml, field_docs, iter_keys, load_config
+
+
+def test_defaults_validate_and_every_key_is_documented():
+    keys = iter_keys()
+    assert len(keys) > 50
+    undocumented = [k for k, _, _, doc in keys if not doc]
+    assert undocumented == []
+    assert field_docs(Config)["seed"].startswith("Seed")
+
+
+@pytest.mark.parametrize(
+    "item, key, expected",
+    [
+        ("train.lr=5e-7", "lr", 5e-7),
+        ("train.lr=3", "lr", 3.0),
+        ("train.group_size=4", "group_size", 4),
+        ("train.drop_zero_std=true", "drop_zero_std", True),
+        ("train.drop_zero_std=False", "drop_zero_std", False),
+        ("train.clip_eps_high=none", "clip_eps_high", None),
+        ("train.clip_eps_high=0.28", "clip_eps_high", 0.28),
+        ("train.algorithm=rloo", "algorithm", "rloo"),
+    ],
+)
+def test_set_coerces_to_field_type(item, key, expected):
+    cfg = load_config(overrides=[item, "rollout.batch_size=64"], env=False)
+    assert getattr(cfg.train, key) == expected
+    assert type(getattr(cfg.train, key)) is type(expected)
+
+
+def test_set_lists():
+    cfg = load_config(overrides=["data.countdown_numbers=[3,4]", "eval.n=8", "eval.k=1,4,8"], env=False)
+    assert cfg.data.countdown_numbers == [3, 4]
+    assert cfg.eval.k == [1, 4, 8]
+
+
+def test_precedence_file_env_set(tmp_path, monkeypatch):
+    base = tmp_path / "base.toml"
+    base.write_text("seed = 1\n[train]\nlr = 0.1\nsteps = 7\n")
+    env = tmp_path / "env.yaml"
+    env.write_text("train:\n  lr: 0.2\n")
+    monkeypatch.setenv("MATHRL_CONFIG", str(env))
+    cfg = load_config(base, ["seed=3"])
+    assert (cfg.seed, cfg.train.lr, cfg.train.steps) == (3, 0.2, 7)
+    monkeypatch.delenv("MATHRL_CONFIG")
+    assert load_config(base).train.lr == 0.1
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = load_config(overrides=["train.lr=5e-7", "task.system_prompt=hi \"there\""], env=False)
+    path = tmp_path / "c.toml"
+    path.write_text(dumps_toml(cfg))
+    tomllib.loads(path.read_text())
+    again = load_config(path, env=False)
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trian.lr=1"], "Unknown config key 'trian.lr' (did you mean 'train.lr'?)"),
+        (["train.group_size=abc"], "Failed to coerce 'abc' for train.group_size (int)"),
+        (["train.group_size=2.5"], "Failed to coerce '2.5' for train.group_size (int)"),
+        (["train.drop_zero_std=yes"], "Failed to coerce 'yes' for train.drop_zero_std (bool)"),
+        (["train.lr=none"], "Failed to coerce 'none' for train.lr (float)"),
+        (["train.lr=-1"], "train.lr must be > 0 and finite, got -1.0"),
+        (["train.lr=nan"], "train.lr must be > 0 and finite, got nan"),
+        (["train.lr=inf"], "train.lr must be > 0 and finite, got inf"),
+        (["train.group_size=1"], "train.group_size must be >= 2 for train.algorithm=grpo, got 1"),
+        (["train.group_size=3"], "rollout.batch_size (64) must be a positive multiple of train.group_size (3)"),
+        (["train.kl_coef=-0.1"], "train.kl_coef must be >= 0, got -0.1"),
+        (["rollout.temperature=0"], "rollout.temperature must be > 0, got 0.0"),
+        (["rollout.top_p=1.5"], "rollout.top_p must be in (0, 1], got 1.5"),
+        (["train.algorithm=grop"], "Invalid train.algorithm 'grop' (did you mean 'grpo'?)"),
+        (["task.name=gsm9k"], "Invalid task.name 'gsm9k' (did you mean 'gsm8k'?)"),
+        (["eval.k=[1,4]"], "eval.k entries must be in [1, eval.n=1], got 4"),
+        (["train.lr"], "--set expects key=value, got 'train.lr'"),
+        (["data.countdown_numbers=[5]"], "data.countdown_numbers entries must be 3 or 4, got 5"),
+    ],
+)
+def test_config_errors_name_the_problem(overrides, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=overrides, env=False)
+    assert message in str(exc.value)
+
+
+def test_reinforce_allows_group_size_one():
+    cfg = load_config(overrides=["train.algorithm=reinforce", "train.group_size=1"], env=False)
+    assert cfg.train.group_size == 1
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="Config file not found: .*nope.toml"):
+        load_config(tmp_path / "nope.toml", env=False)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr = 1")
+    with pytest.raises(ConfigError, match="Cannot parse config file"):
+        load_config(bad, env=False)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[train]\nlearning_rate = 1e-5\n")
+    with pytest.raises(ConfigError, match="Unknown config key 'train.learning_rate'"):
+        load_config(typo, env=False)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  steps: many\n")
+    with pytest.raises(ConfigError, match="Failed to coerce 'many' for train.steps"):
+        load_config(wrong, env=False)
+
+
+def test_presets_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    presets = sorted(root.glob("*/*.toml")) + sorted(root.glob("*.toml"))
+    names = {f"{p.parent.name}/{p.stem}" for p in presets}
+    for task in ("gsm8k", "countdown"):
+        for size in ("smoke", "medium", "prod"):
+            assert f"{task}/{size}" in names
+    for p in presets:
+        assert isinstance(load_config(p, env=False), Config)
