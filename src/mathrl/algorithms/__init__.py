@@ -1,0 +1,57 @@
+"""Pure tensor RL algorithms: advantage estimators and losses, each in a small registry."""
+
+from mathrl.algorithms.advantages import (
+    ADVANTAGES,
+    dr_grpo,
+    grpo,
+    register_advantage,
+    reinforce,
+    rloo,
+    update_ema_baseline,
+    zero_std_mask,
+)
+from mathrl.algorithms.losses import (
+    AGG_MODES,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    LossOutputs,
+    PolicyLossConfig,
+    agg_loss,
+    compute_loss,
+    gspo,
+    kl_penalty,
+    masked_mean,
+    ppo_clip,
+    register_policy_loss,
+    selective_logprobs,
+    token_entropy_from_logits,
+    vanilla,
+)
+from mathrl.algorithms.registry import Registry
+
+__all__ = [
+    "ADVANTAGES",
+    "AGG_MODES",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "LossOutputs",
+    "PolicyLossConfig",
+    "Registry",
+    "agg_loss",
+    "compute_loss",
+    "dr_grpo",
+    "grpo",
+    "gspo",
+    "kl_penalty",
+    "masked_mean",
+    "ppo_clip",
+    "register_advantage",
+    "register_policy_loss",
+    "reinforce",
+    "rloo",
+    "selective_logprobs",
+    "token_entropy_from_logits",
+    "update_ema_baseline",
+    "vanilla",
+    "zero_std_mask",
+]

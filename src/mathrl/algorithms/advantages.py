@@ -1,0 +1,101 @@
+"""Advantage estimators: rewards of sampled completions -> one advantage per completion.
+
+Group layout: the batch holds contiguous groups of equal size, i.e. rewards[k*G:(k+1)*G]
+are the G completions of prompt k. Dropping whole groups (dynamic sampling of
+zero-variance groups) keeps this layout, so a `group_size` int is all we need; no
+group-id tensor, no scatter. Every estimator has the signature
+
+    fn(rewards: Tensor (B,), group_size: int, **options) -> Tensor (B,)
+
+and ignores options it does not use, so the trainer can pass one set to any of them.
+Group-relative estimators return exactly 0.0 for a group whose rewards are all equal
+(never NaN and never a rounding residue like 1e-9 / (1e-9 + eps)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mathrl.algorithms.registry import Registry
+
+AdvantageFn = Callable[..., Tensor]
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+register_advantage = ADVANTAGES.register
+
+
+def _grouped(rewards: Tensor, group_size: int) -> Tensor:
+    """View (B,) rewards as float (B/G, G), checking the layout."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (B,), got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"batch of {rewards.numel()} is not whole groups of {group_size}")
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
+    return rewards.view(-1, group_size)  # (B/G, G)
+
+
+def zero_std_mask(rewards: Tensor, group_size: int) -> Tensor:
+    """(B,) bool, True for samples whose group has identical rewards (no learning signal)."""
+    grouped = _grouped(rewards, group_size)  # (B/G, G)
+    # exact max == min, not std < eps: a tolerance would hide real (tiny) reward differences
+    same = grouped.amax(dim=1) == grouped.amin(dim=1)  # (B/G,)
+    return same.repeat_interleave(group_size)  # (B,)
+
+
+def _zero_flat_groups(advantages: Tensor, rewards: Tensor, group_size: int) -> Tensor:
+    """Force exact zeros where the group is flat (r - mean can be off by an ulp)."""
+    flat = zero_std_mask(rewards, group_size)  # (B,)
+    return torch.where(flat, torch.zeros_like(advantages), advantages)
+
+
+@register_advantage("reinforce")
+def reinforce(
+    rewards: Tensor, group_size: int = 1, *, baseline: float | None = None, **_: object
+) -> Tensor:
+    """Raw reward minus an optional scalar baseline (e.g. a moving average kept by the caller)."""
+    grouped = _grouped(rewards, group_size)  # checks shape; groups are not used
+    advantages = grouped.reshape(-1).clone()  # (B,)
+    return advantages if baseline is None else advantages - baseline
+
+
+def update_ema_baseline(old: float | None, rewards: Tensor, momentum: float) -> float:
+    """momentum * old + (1 - momentum) * mean(rewards); the first call returns the mean."""
+    if rewards.numel() == 0:
+        raise ValueError("cannot update a baseline from an empty batch of rewards")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    batch_mean = rewards.double().mean().item()
+    return batch_mean if old is None else momentum * old + (1.0 - momentum) * batch_mean
+
+
+@register_advantage("rloo")
+def rloo(rewards: Tensor, group_size: int, **_: object) -> Tensor:
+    """r_i minus the mean of the other G-1 rewards of its group (Ahmadian et al., 2024)."""
+    if group_size < 2:
+        raise ValueError("rloo needs group_size >= 2 (a leave-one-out baseline of 0 samples)")
+    grouped = _grouped(rewards, group_size)  # (B/G, G)
+    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # (B/G, G)
+    advantages = (grouped - others_mean).reshape(-1)  # (B,)
+    return _zero_flat_groups(advantages, rewards, group_size)
+
+
+@register_advantage("grpo")
+def grpo(rewards: Tensor, group_size: int, *, eps: float = 1e-6, **_: object) -> Tensor:
+    """(r - group mean) / (group std + eps), std unbiased (Bessel), as DeepSeekMath/TRL/verl."""
+    grouped = _grouped(rewards, group_size)  # (B/G, G)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)  # (B/G, G)
+    # unbiased variance by hand: torch.std warns and returns NaN for G == 1
+    var = centered.pow(2).sum(dim=1, keepdim=True) / max(group_size - 1, 1)  # (B/G, 1)
+    advantages = (centered / (var.sqrt() + eps)).reshape(-1)  # (B,)
+    return _zero_flat_groups(advantages, rewards, group_size)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo(rewards: Tensor, group_size: int, **_: object) -> Tensor:
+    """r - group mean, no std scaling (Dr. GRPO, Liu et al., 2025: std favours easy/hard prompts)."""
+    grouped = _grouped(rewards, group_size)  # (B/G, G)
+    advantages = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)  # (B,)
+    return _zero_flat_groups(advantages, rewards, group_size)
