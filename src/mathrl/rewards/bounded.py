@@ -1,0 +1,318 @@
+"""Bounded-time reward scoring in a small persistent pool of worker processes.
+
+Why processes: a hung reward call can only be stopped from outside. SIGALRM works
+on the main thread only and threads cannot be killed, so each call runs in a
+worker process that the parent kills and replaces once it overruns `timeout_s`.
+
+- Items go to workers in batches (low IPC cost); each worker reports every item as
+  it finishes, and the deadline restarts per item, so `timeout_s` bounds each call.
+- A timed-out item gets reason 'timeout'; the rest of its batch moves to a fresh worker.
+- An exception becomes reason `error: <ExcType>: <msg>`; a worker that dies
+  (segfault, os._exit) costs only the item it was running.
+- A result that is not a RewardResult with a finite reward becomes 'invalid_reward'.
+- `workers=0` runs in-process: no process overhead, exceptions are still caught,
+  but the limit is soft (an overlong call is reported as 'timeout' after it returns).
+  Use it only for the built-in, input-capped scorers.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import pickle
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from mathrl.errors import ConfigError, MathrlError
+from mathrl.rewards.scoring import RewardResult, zero_result
+
+MAX_BATCH = 64
+"""Most items sent to a worker at once."""
+
+STARTUP_TIMEOUT_S = 60.0
+"""How long a new worker may take to report ready (spawn re-imports the package)."""
+
+_STOP = b""  # an empty message tells a worker to exit
+
+
+def _error_reason(err: BaseException) -> str:
+    """`error: <ExcType>: <msg>`, truncated so a huge message cannot bloat logs."""
+    return f"error: {type(err).__name__}: {err}"[:200]
+
+
+def _checked(result: Any) -> RewardResult:
+    """Pass through a RewardResult with a finite reward; anything else is invalid."""
+    if isinstance(result, RewardResult) and isinstance(result.reward, int | float):
+        if math.isfinite(result.reward):
+            return result
+    return zero_result("invalid_reward")
+
+
+def _call_one(fn: Callable[..., Any], args: tuple, catch: type[BaseException]) -> RewardResult:
+    """Call fn(*args), turning exceptions and bad returns into zero-reward results."""
+    try:
+        return _checked(fn(*args))
+    except catch as err:
+        return zero_result(_error_reason(err))
+
+
+def _to_tuple(result: RewardResult) -> tuple:
+    """Fields as a plain tuple: pickles several times faster than the dataclass."""
+    return (
+        result.reward,
+        result.components,
+        result.pred,
+        result.correct,
+        result.correct_lenient,
+        result.format_ok,
+        result.reason,
+    )
+
+
+def _worker_main(conn: Connection) -> None:
+    """Worker loop: receive (fn, [(index, args), ...]) batches, send one reply per item."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes us
+    conn.send(("ready",))
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if data == _STOP:
+            return
+        try:
+            fn, batch = pickle.loads(data)
+        except Exception as err:  # e.g. fn not importable under spawn
+            conn.send(("batch_error", _error_reason(err)))
+            continue
+        for index, args in batch:
+            # BaseException too: a reward calling sys.exit must not end the worker silently.
+            result = _call_one(fn, args, BaseException)
+            try:
+                conn.send(("item", index, _to_tuple(result)))
+            except Exception as err:  # unpicklable result
+                conn.send(("item", index, _to_tuple(zero_result(_error_reason(err)))))
+
+
+@dataclass(slots=True)
+class _Worker:
+    process: Any
+    conn: Connection
+
+
+@dataclass(slots=True)
+class _Job:
+    indices: list[int]
+    done: int
+    deadline: float
+
+
+def _stop_workers(workers: list[_Worker]) -> None:
+    """Ask workers to exit, then kill any that do not; never leaves zombies."""
+    for worker in workers:
+        try:
+            worker.conn.send_bytes(_STOP)
+        except (OSError, ValueError):
+            pass
+    for worker in workers:
+        worker.process.join(timeout=1.0)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
+    workers.clear()
+
+
+class RewardPool:
+    """Persistent worker pool scoring items with a hard per-call time limit."""
+
+    def __init__(self, timeout_s: float, workers: int = 2, start_method: str | None = None) -> None:
+        if not timeout_s > 0:
+            raise ConfigError(f"reward timeout_s must be > 0, got {timeout_s}")
+        if workers < 0:
+            raise ConfigError(f"reward workers must be >= 0, got {workers}")
+        self.timeout_s = float(timeout_s)
+        self.n_workers = workers
+        methods = multiprocessing.get_all_start_methods()
+        self._ctx = multiprocessing.get_context(
+            start_method or ("fork" if "fork" in methods else "spawn")
+        )
+        self.stats = {"calls": 0, "timeouts": 0, "errors": 0, "invalid": 0, "restarts": 0}
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
+        for _ in range(workers):
+            self._workers.append(self._start_worker())
+
+    def _start_worker(self) -> _Worker:
+        """Start one worker and wait until it is ready to receive."""
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
+        process.start()
+        child_conn.close()  # so the parent sees EOF when the worker dies
+        if not parent_conn.poll(STARTUP_TIMEOUT_S):
+            process.kill()
+            process.join()
+            raise MathrlError(f"reward worker did not start within {STARTUP_TIMEOUT_S} s")
+        parent_conn.recv()
+        return _Worker(process, parent_conn)
+
+    def _replace_worker(self, slot: int) -> None:
+        """Kill the worker in `slot` (hung or dead) and start a fresh one."""
+        old = self._workers[slot]
+        old.process.kill()
+        old.process.join()
+        old.conn.close()
+        self._workers[slot] = self._start_worker()
+        self.stats["restarts"] += 1
+
+    def close(self) -> None:
+        """Stop all workers; safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, fn: Callable[..., Any], items: Sequence[tuple]) -> list[RewardResult]:
+        """Score `fn(*item)` for every item; results keep input order."""
+        items = list(items)
+        with self._lock:
+            if self.n_workers and not self._workers:
+                raise MathrlError("RewardPool is closed")
+            if self.n_workers == 0:
+                results = self._map_in_process(fn, items)
+            else:
+                results = self._map_workers(fn, items)
+            self._count(results)
+        return results
+
+    def _count(self, results: list[RewardResult]) -> None:
+        """Update stats from reasons (the pool's reasons are reserved words)."""
+        self.stats["calls"] += len(results)
+        for result in results:
+            if result.reason == "timeout":
+                self.stats["timeouts"] += 1
+            elif result.reason == "invalid_reward":
+                self.stats["invalid"] += 1
+            elif result.reason.startswith("error: "):
+                self.stats["errors"] += 1
+
+    def _map_in_process(self, fn: Callable[..., Any], items: list[tuple]) -> list[RewardResult]:
+        """Fast path: call in this process; the time limit is only checked afterwards."""
+        results = []
+        for args in items:
+            start = time.monotonic()
+            result = _call_one(fn, args, Exception)
+            overran = time.monotonic() - start > self.timeout_s
+            results.append(zero_result("timeout") if overran else result)
+        return results
+
+    def _map_workers(self, fn: Callable[..., Any], items: list[tuple]) -> list[RewardResult]:
+        """Distribute batches over workers, enforcing the per-item deadline."""
+        try:
+            pickle.dumps(fn)
+        except Exception as err:
+            raise TypeError(f"reward fn must be a picklable top-level function: {err}") from err
+        results: list[RewardResult | None] = [None] * len(items)
+        size = max(1, min(MAX_BATCH, math.ceil(len(items) / (4 * self.n_workers))))
+        queue = deque(list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size))
+        jobs: dict[int, _Job] = {}
+        try:
+            while queue or jobs:
+                for slot in range(len(self._workers)):
+                    if slot not in jobs and queue:
+                        jobs[slot] = self._dispatch(slot, fn, queue.popleft(), items)
+                self._wait_and_collect(jobs, results, queue)
+        except BaseException:
+            # Interrupted (e.g. Ctrl-C): busy workers would send stale replies into the
+            # next map, so replace them before re-raising.
+            for slot in jobs:
+                self._replace_worker(slot)
+            raise
+        return [result if result is not None else zero_result("error: lost") for result in results]
+
+    def _wait_and_collect(
+        self, jobs: dict[int, _Job], results: list[RewardResult | None], queue: deque
+    ) -> None:
+        """Wait for replies or the earliest deadline; settle finished, dead and hung workers."""
+        conns = {self._workers[slot].conn: slot for slot in jobs}
+        sentinels = {self._workers[slot].process.sentinel: slot for slot in jobs}
+        wait_s = max(0.0, min(job.deadline for job in jobs.values()) - time.monotonic())
+        ready = wait(list(conns) + list(sentinels), timeout=wait_s)
+        woken = {conns.get(obj, sentinels.get(obj)) for obj in ready}
+        now = time.monotonic()
+        woken |= {slot for slot, job in jobs.items() if job.deadline <= now}
+        for slot in woken:
+            job = jobs[slot]
+            # Drain before judging: replies may be queued even when the deadline passed.
+            alive = self._drain(slot, job, results)
+            if job.done == len(job.indices):
+                del jobs[slot]
+            elif not alive:
+                self._fail_current(slot, jobs.pop(slot), results, queue, "worker_died")
+            elif job.deadline <= time.monotonic():
+                self._fail_current(slot, jobs.pop(slot), results, queue, "timeout")
+
+    def _dispatch(
+        self, slot: int, fn: Callable[..., Any], indices: list[int], items: list[tuple]
+    ) -> _Job:
+        """Send a batch to a worker (replacing it once if its pipe is broken)."""
+        data = pickle.dumps((fn, [(i, tuple(items[i])) for i in indices]))
+        try:
+            self._workers[slot].conn.send_bytes(data)
+        except OSError:
+            self._replace_worker(slot)
+            self._workers[slot].conn.send_bytes(data)
+        return _Job(indices, 0, time.monotonic() + self.timeout_s)
+
+    def _drain(self, slot: int, job: _Job, results: list[RewardResult | None]) -> bool:
+        """Read all pending replies of a worker; False if it has died."""
+        conn = self._workers[slot].conn
+        try:
+            while job.done < len(job.indices) and conn.poll():
+                message = conn.recv()
+                if message[0] == "batch_error":
+                    for index in job.indices[job.done :]:
+                        results[index] = zero_result(message[1])
+                    job.done = len(job.indices)
+                else:
+                    results[message[1]] = RewardResult(*message[2])
+                    job.done += 1
+                    job.deadline = time.monotonic() + self.timeout_s  # the next item starts now
+        except (EOFError, OSError):
+            return False
+        if job.done == len(job.indices):
+            return True
+        return self._workers[slot].process.is_alive()
+
+    def _fail_current(
+        self, slot: int, job: _Job, results: list[RewardResult | None], queue: deque, why: str
+    ) -> None:
+        """Give the running item a zero result, requeue the rest, replace the worker."""
+        if why != "timeout":
+            self._workers[slot].process.join(timeout=1.0)  # reap it so exitcode is set
+        exitcode = self._workers[slot].process.exitcode
+        reason = "timeout" if why == "timeout" else f"error: worker died (exit code {exitcode})"
+        results[job.indices[job.done]] = zero_result(reason)
+        rest = job.indices[job.done + 1 :]
+        if rest:
+            queue.appendleft(rest)
+        self._replace_worker(slot)
+
+
+def score_many(
+    fn: Callable[..., Any], items: Sequence[tuple], timeout_s: float, workers: int = 0
+) -> list[RewardResult]:
+    """One-shot RewardPool.map; prefer a long-lived RewardPool in a training loop."""
+    with RewardPool(timeout_s, workers) as pool:
+        return pool.map(fn, items)

@@ -1,0 +1,184 @@
+"""Reward functions tasks call: extraction + comparison + a reward scheme.
+
+Schemes (REWARD_SCHEMES), given strict correctness, lenient correctness and format:
+- `format`:  1.0 strict-correct, FORMAT_REWARD if the strict format was followed
+  but the answer is wrong, 0.0 otherwise.
+- `binary`:  1.0 strict-correct else 0.0.
+- `lenient`: 1.0 lenient-correct else 0.0.
+"format followed" means the strict extractor found its container and the content
+parsed (a number for GSM8K, a valid expression for Countdown).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from mathrl.errors import ConfigError, DataError
+from mathrl.rewards.countdown import check_countdown, extract_countdown_answer
+from mathrl.rewards.extract import check_style, extract_lenient, extract_strict
+from mathrl.rewards.numbers import numbers_equal, parse_number
+
+FORMAT_REWARD = 0.1
+"""Reward for a well-formatted but wrong answer under the `format` scheme."""
+
+
+@dataclass(frozen=True, slots=True)
+class RewardResult:
+    """One scored completion: the reward and why."""
+
+    reward: float
+    components: dict[str, float] = field(default_factory=dict)
+    pred: str | None = None
+    correct: bool = False
+    correct_lenient: bool = False
+    format_ok: bool = False
+    reason: str = ""
+
+
+def zero_result(reason: str) -> RewardResult:
+    """A zero reward carrying `reason` (timeouts, errors, unscorable outputs)."""
+    return RewardResult(0.0, {"correct": 0.0, "format": 0.0}, None, False, False, False, reason)
+
+
+SchemeFn = Callable[[bool, bool, bool], float]
+REWARD_SCHEMES: dict[str, SchemeFn] = {}
+
+
+def register_scheme(name: str) -> Callable[[SchemeFn], SchemeFn]:
+    """Decorator adding `fn(correct, correct_lenient, format_ok) -> reward` to REWARD_SCHEMES."""
+
+    def decorate(fn: SchemeFn) -> SchemeFn:
+        REWARD_SCHEMES[name] = fn
+        return fn
+
+    return decorate
+
+
+@register_scheme("format")
+def _format_scheme(correct: bool, correct_lenient: bool, format_ok: bool) -> float:
+    return 1.0 if correct else FORMAT_REWARD if format_ok else 0.0
+
+
+@register_scheme("binary")
+def _binary_scheme(correct: bool, correct_lenient: bool, format_ok: bool) -> float:
+    return 1.0 if correct else 0.0
+
+
+@register_scheme("lenient")
+def _lenient_scheme(correct: bool, correct_lenient: bool, format_ok: bool) -> float:
+    return 1.0 if correct_lenient else 0.0
+
+
+def get_scheme(name: str) -> SchemeFn:
+    """Look up a reward scheme; an unknown name is a ConfigError suggesting the closest."""
+    if name not in REWARD_SCHEMES:
+        close = difflib.get_close_matches(name, list(REWARD_SCHEMES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown reward scheme {name!r} (known: {sorted(REWARD_SCHEMES)}){hint}")
+    return REWARD_SCHEMES[name]
+
+
+def combine(components: dict[str, float], weights: dict[str, float]) -> float:
+    """Weighted sum of components; a weight for a missing component is a ConfigError."""
+    missing = sorted(set(weights) - set(components))
+    if missing:
+        raise ConfigError(
+            f"reward weights name unknown components {missing}; have {sorted(components)}"
+        )
+    return float(sum(weight * components[name] for name, weight in weights.items()))
+
+
+def _math_verify() -> ModuleType:
+    """Import math_verify lazily: it pulls in sympy and is an optional extra."""
+    try:
+        return importlib.import_module("math_verify")
+    except ModuleNotFoundError as err:
+        raise ConfigError(
+            "use_math_verify needs the math-verify extra: pip install 'mathrl[math-verify]'"
+        ) from err
+
+
+def _math_verify_equal(module: ModuleType, gold: str, pred: str) -> bool:
+    """LaTeX-aware equivalence, gold first as math_verify expects."""
+    if threading.current_thread() is threading.main_thread():
+        return bool(module.verify(module.parse(gold), module.parse(pred)))
+    # math_verify's own timeouts use SIGALRM, which only works on the main thread;
+    # off it we disable them and rely on RewardPool for the time limit.
+    gold_parsed = module.parse(gold, parsing_timeout=None)
+    pred_parsed = module.parse(pred, parsing_timeout=None)
+    return bool(module.verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def score_gsm8k(
+    completion: str,
+    gold: str,
+    style: str,
+    scheme: str = "format",
+    use_math_verify: bool = False,
+) -> RewardResult:
+    """Score one GSM8K completion against the gold number under `scheme`."""
+    scheme_fn = get_scheme(scheme)
+    check_style(style)
+    module = _math_verify() if use_math_verify else None
+    if module is None and parse_number(gold) is None:
+        raise DataError(f"GSM8K gold answer is not a number: {gold[:80]!r}")
+
+    def equal(pred: str | None) -> bool:
+        if pred is None:
+            return False
+        return numbers_equal(pred, gold) or (
+            module is not None and _math_verify_equal(module, gold, pred)
+        )
+
+    # math_verify can judge non-numeric content such as `\frac{3}{x}`, so keep it.
+    strict = extract_strict(completion, style, numeric=module is None)
+    lenient = extract_lenient(completion, style)
+    format_ok = strict is not None
+    correct = equal(strict)
+    correct_lenient = correct or equal(lenient)
+    if correct:
+        reason = "ok"
+    elif format_ok:
+        reason = "wrong_answer"
+    else:
+        reason = "no_format" if lenient is not None else "no_answer"
+    return RewardResult(
+        reward=scheme_fn(correct, correct_lenient, format_ok),
+        components={"correct": float(correct), "format": float(format_ok)},
+        pred=strict if strict is not None else lenient,
+        correct=correct,
+        correct_lenient=correct_lenient,
+        format_ok=format_ok,
+        reason=reason,
+    )
+
+
+def score_countdown(
+    completion: str, nums: list[int], target: int, style: str, scheme: str = "format"
+) -> RewardResult:
+    """Score one Countdown completion: each of `nums` used once, value equal to `target`."""
+    scheme_fn = get_scheme(scheme)
+    strict = extract_countdown_answer(completion, style)
+    result = check_countdown(strict, nums, target) if strict is not None else None
+    lenient = extract_countdown_answer(completion, style, lenient=True)
+    if lenient == strict:
+        lenient_result = result
+    else:
+        lenient_result = check_countdown(lenient, nums, target) if lenient is not None else None
+    format_ok = result is not None and result.valid
+    correct = result is not None and result.correct
+    correct_lenient = correct or (lenient_result is not None and lenient_result.correct)
+    return RewardResult(
+        reward=scheme_fn(correct, correct_lenient, format_ok),
+        components={"correct": float(correct), "format": float(format_ok)},
+        pred=strict if strict is not None else lenient,
+        correct=correct,
+        correct_lenient=correct_lenient,
+        format_ok=format_ok,
+        reason=result.reason if result is not None else "no_answer",
+    )

@@ -1,0 +1,134 @@
+"""Tasks: GSM8K loading/splits/fingerprint, Countdown generation and solver."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from mathrl.errors import DataError
+from mathrl.tasks.countdown import CountdownTask, generate, solve
+from mathrl.tasks.gsm8k import GSM8KTask, split_train_val
+from mathrl.rewards import evaluate_expression
+
+GSM8K_DIR = Path(os.environ.get("MATHRL_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared/data/gsm8k"))
+
+
+def _write(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _gsm_rows(n: int) -> list[dict]:
+    return [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1:,}"} for i in range(n)]
+
+
+def test_gsm8k_local_dir_split_and_gold(tmp_path):
+    _write(tmp_path / "train.jsonl", _gsm_rows(20))
+    _write(tmp_path / "test.jsonl", _gsm_rows(3))
+    task = GSM8KTask(str(tmp_path), val_size=5, split_seed=1)
+    train, val, test = task.examples("train"), task.examples("val"), task.examples("test")
+    assert (len(train), len(val), len(test)) == (15, 5, 3)
+    assert not {e.id for e in train} & {e.id for e in val}
+    ex = train[0]
+    assert ex.gold == str(int(ex.question.split()[2]) + 1)
+    # calculator annotations are stripped from the SFT solution; the answer is re-formatted
+    assert "<<" not in ex.solution
+    assert task.response(ex).endswith(f"Final: {ex.gold}")
+    # the split and fingerprint are deterministic
+    again = GSM8KTask(str(tmp_path), val_size=5, split_seed=1)
+    assert [e.id for e in again.examples("val")] == [e.id for e in val]
+    assert again.fingerprint == task.fingerprint
+    assert GSM8KTask(str(tmp_path), val_size=5, split_seed=2).fingerprint != task.fingerprint
+
+
+def test_gsm8k_thousands_gold(tmp_path):
+    _write(tmp_path / "train.jsonl", _gsm_rows(1200))
+    task = GSM8KTask(str(tmp_path), val_size=0)
+    golds = {e.question: e.gold for e in task.examples("train")}
+    assert golds["What is 1199 + 1?"] == "1200"  # written "1,200" after ####
+
+
+def test_split_is_seeded():
+    tr, va = split_train_val(10, 3, 31415)
+    assert sorted(tr + va) == list(range(10)) and len(va) == 3
+    assert split_train_val(10, 3, 31415) == (tr, va)
+    with pytest.raises(DataError, match="val_size"):
+        split_train_val(10, 10, 0)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "Dataset path not found"),
+        ("", "Dataset file is empty"),
+        ('{"question": "q", "answer": "a"}\n{broken\n', ":2: malformed JSON"),
+        ('{"q": "x"}\n', "lacks string fields 'question' and 'answer'"),
+        ('{"question": "q", "answer": "no hashes here"}\n', "row 1"),
+    ],
+)
+def test_gsm8k_bad_input(tmp_path, content, message):
+    path = tmp_path / "train.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        GSM8KTask(str(path), val_size=0)
+
+
+@pytest.mark.skipif(not (GSM8K_DIR / "train.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR}")
+def test_official_gsm8k_loads():
+    task = GSM8KTask(str(GSM8K_DIR))
+    assert len(task.examples("train")) == 7473 - 512
+    assert len(task.examples("val")) == 512
+    assert len(task.examples("test")) == 1319
+    assert task.examples("train")[0].gold.lstrip("-").replace(".", "").isdigit()
+
+
+def test_solver_finds_all_solutions_with_repeated_numbers():
+    # 10,10,5 -> 25: found by position even though two numbers are equal
+    assert solve((10, 10, 5), 25) == ("10+10+5", "5+10+10")
+    sols = solve((1, 3, 4, 6), 24)
+    assert "6/(1-3/4)" in sols
+    for s in sols:
+        assert evaluate_expression(s) == Fraction(24)
+    assert solve((1, 1, 1), 100) == ()
+
+
+def test_generator_is_solvable_seeded_and_excludes():
+    rows = generate(300, seed=7, sizes=[3, 4], max_number=12, max_target=50)
+    assert rows == generate(300, seed=7, sizes=[3, 4], max_number=12, max_target=50)
+    assert {len(r["nums"]) for r in rows} == {3, 4}
+    for r in rows[:60]:
+        assert solve(tuple(r["nums"]), r["target"]), r
+        assert 1 <= r["target"] <= 50 and all(1 <= x <= 12 for x in r["nums"])
+    keys = {(tuple(sorted(r["nums"])), r["target"]) for r in rows}
+    assert len(keys) == 300
+    other = generate(200, seed=8, sizes=[3, 4], max_number=12, max_target=50, exclude=keys)
+    assert not keys & {(tuple(sorted(r["nums"])), r["target"]) for r in other}
+
+
+def test_countdown_task_heldout_disjoint_and_random_solutions():
+    task = CountdownTask(train_size=500, test_size=100, max_number=10, max_target=30)
+    train_keys = {(tuple(sorted(e.meta["nums"])), e.meta["target"]) for e in task.examples("train")}
+    test_keys = {(tuple(sorted(e.meta["nums"])), e.meta["target"]) for e in task.examples("test")}
+    assert len(test_keys) == 100 and not train_keys & test_keys
+    ex = next(e for e in task.examples("train") if len(solve(tuple(e.meta["nums"]), e.meta["target"])) > 2)
+    rng = random.Random(0)
+    responses = {task.response(ex, rng) for _ in range(50)}
+    assert len(responses) > 1
+    fn, args = task.reward_call(ex)
+    for r in responses:
+        assert fn(r, *args).reward == 1.0
+
+
+def test_countdown_hf_format_loader(tmp_path):
+    path = _write(tmp_path / "cd.jsonl", [{"nums": [2, 3, 4], "target": 24}] * 3 + [{"nums": [1, 2, 3], "target": 6}] * 7)
+    task = CountdownTask(str(path), test_size=2)
+    assert len(task.examples("test")) == 2 and len(task.examples("train")) == 8
+    bad = _write(tmp_path / "bad.jsonl", [{"numbers": [1], "target": 2}])
+    with pytest.raises(DataError, match="needs an int list 'nums'"):
+        CountdownTask(str(bad))
