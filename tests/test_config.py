@@ -37,7 +37,9 @@ def test_set_coerces_to_field_type(item, key, expected):
 
 
 def test_set_lists():
-    cfg = load_config(overrides=["data.countdown_numbers=[3,4]", "eval.n=8", "eval.k=1,4,8"], env=False)
+    cfg = load_config(
+        overrides=["data.countdown_numbers=[3,4]", "eval.n=8", "eval.k=1,4,8"], env=False
+    )
     assert cfg.data.countdown_numbers == [3, 4]
     assert cfg.eval.k == [1, 4, 8]
 
@@ -55,7 +57,7 @@ def test_precedence_file_env_set(tmp_path, monkeypatch):
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
-    cfg = load_config(overrides=["train.lr=5e-7", "task.system_prompt=hi \"there\""], env=False)
+    cfg = load_config(overrides=["train.lr=5e-7", 'task.system_prompt=hi "there"'], env=False)
     path = tmp_path / "c.toml"
     path.write_text(dumps_toml(cfg))
     tomllib.loads(path.read_text())
@@ -75,7 +77,10 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         (["train.lr=nan"], "train.lr must be > 0 and finite, got nan"),
         (["train.lr=inf"], "train.lr must be > 0 and finite, got inf"),
         (["train.group_size=1"], "train.group_size must be >= 2 for train.algorithm=grpo, got 1"),
-        (["train.group_size=3"], "rollout.batch_size (64) must be a positive multiple of train.group_size (3)"),
+        (
+            ["train.group_size=3"],
+            "rollout.batch_size (64) must be a positive multiple of train.group_size (3)",
+        ),
         (["train.kl_coef=-0.1"], "train.kl_coef must be >= 0, got -0.1"),
         (["rollout.temperature=0"], "rollout.temperature must be > 0, got 0.0"),
         (["rollout.top_p=1.5"], "rollout.top_p must be in (0, 1], got 1.5"),

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from mathrl.errors import DataError
+from mathrl.rewards import evaluate_expression
 from mathrl.tasks.countdown import CountdownTask, generate, solve
 from mathrl.tasks.gsm8k import GSM8KTask, split_train_val
-from mathrl.rewards import evaluate_expression
 
-GSM8K_DIR = Path(os.environ.get("MATHRL_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared/data/gsm8k"))
+GSM8K_DIR = Path(
+    os.environ.get("MATHRL_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared/data/gsm8k")
+)
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -24,7 +26,13 @@ def _write(path: Path, rows: list) -> Path:
 
 
 def _gsm_rows(n: int) -> list[dict]:
-    return [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1:,}"} for i in range(n)]
+    return [
+        {
+            "question": f"What is {i} + 1?",
+            "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1:,}",
+        }
+        for i in range(n)
+    ]
 
 
 def test_gsm8k_local_dir_split_and_gold(tmp_path):
@@ -79,7 +87,9 @@ def test_gsm8k_bad_input(tmp_path, content, message):
         GSM8KTask(str(path), val_size=0)
 
 
-@pytest.mark.skipif(not (GSM8K_DIR / "train.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR}")
+@pytest.mark.skipif(
+    not (GSM8K_DIR / "train.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR}"
+)
 def test_official_gsm8k_loads():
     task = GSM8KTask(str(GSM8K_DIR))
     assert len(task.examples("train")) == 7473 - 512
@@ -116,7 +126,9 @@ def test_countdown_task_heldout_disjoint_and_random_solutions():
     train_keys = {(tuple(sorted(e.meta["nums"])), e.meta["target"]) for e in task.examples("train")}
     test_keys = {(tuple(sorted(e.meta["nums"])), e.meta["target"]) for e in task.examples("test")}
     assert len(test_keys) == 100 and not train_keys & test_keys
-    ex = next(e for e in task.examples("train") if len(solve(tuple(e.meta["nums"]), e.meta["target"])) > 2)
+    ex = next(
+        e for e in task.examples("train") if len(solve(tuple(e.meta["nums"]), e.meta["target"])) > 2
+    )
     rng = random.Random(0)
     responses = {task.response(ex, rng) for _ in range(50)}
     assert len(responses) > 1
@@ -126,7 +138,10 @@ def test_countdown_task_heldout_disjoint_and_random_solutions():
 
 
 def test_countdown_hf_format_loader(tmp_path):
-    path = _write(tmp_path / "cd.jsonl", [{"nums": [2, 3, 4], "target": 24}] * 3 + [{"nums": [1, 2, 3], "target": 6}] * 7)
+    path = _write(
+        tmp_path / "cd.jsonl",
+        [{"nums": [2, 3, 4], "target": 24}] * 3 + [{"nums": [1, 2, 3], "target": 6}] * 7,
+    )
     task = CountdownTask(str(path), test_size=2)
     assert len(task.examples("test")) == 2 and len(task.examples("train")) == 8
     bad = _write(tmp_path / "bad.jsonl", [{"numbers": [1], "target": 2}])

@@ -302,7 +302,9 @@ def validate(cfg: Config) -> None:
         v = get_value(cfg, key)
         _check(math.isfinite(v) and v > 0, f"{key} must be > 0 and finite, got {v}")
     _check(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
-    _check(t.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1, got {t.prompts_per_step}")
+    _check(
+        t.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1, got {t.prompts_per_step}"
+    )
     _check(t.group_size >= 1, f"train.group_size must be >= 1, got {t.group_size}")
     if t.algorithm in GROUP_ALGORITHMS:
         _check(
@@ -313,14 +315,21 @@ def validate(cfg: Config) -> None:
         r.batch_size >= 1 and r.batch_size % t.group_size == 0,
         f"rollout.batch_size ({r.batch_size}) must be a positive multiple of train.group_size ({t.group_size})",
     )
-    _check(t.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
-    _check(math.isfinite(t.kl_coef) and t.kl_coef >= 0, f"train.kl_coef must be >= 0, got {t.kl_coef}")
+    _check(
+        t.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}"
+    )
+    _check(
+        math.isfinite(t.kl_coef) and t.kl_coef >= 0, f"train.kl_coef must be >= 0, got {t.kl_coef}"
+    )
     _check(0 < t.clip_eps < 1, f"train.clip_eps must be in (0, 1), got {t.clip_eps}")
     if t.clip_eps_high is not None:
         _check(t.clip_eps_high > 0, f"train.clip_eps_high must be > 0, got {t.clip_eps_high}")
     _check(t.mu >= 1, f"train.mu must be >= 1, got {t.mu}")
     _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
-    _check(0 <= t.baseline_momentum < 1, f"train.baseline_momentum must be in [0, 1), got {t.baseline_momentum}")
+    _check(
+        0 <= t.baseline_momentum < 1,
+        f"train.baseline_momentum must be in [0, 1), got {t.baseline_momentum}",
+    )
     _check(t.reward_timeout_s > 0, f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s}")
     _check(t.reward_workers >= 0, f"train.reward_workers must be >= 0, got {t.reward_workers}")
     for key in ("rollout.temperature", "eval.temperature"):
@@ -329,11 +338,23 @@ def validate(cfg: Config) -> None:
     _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
     _check(r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}")
     _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+    sc = cfg.model.scratch
+    _check(
+        sc.vocab_size >= 259,
+        f"model.scratch.vocab_size must be >= 259 (256 bytes + 3 specials), got {sc.vocab_size}",
+    )
+    _check(
+        sc.hidden % sc.heads == 0,
+        f"model.scratch.hidden ({sc.hidden}) must be divisible by model.scratch.heads ({sc.heads})",
+    )
     _check(cfg.data.val_size >= 0, f"data.val_size must be >= 0, got {cfg.data.val_size}")
     for n in cfg.data.countdown_numbers:
         _check(n in (3, 4), f"data.countdown_numbers entries must be 3 or 4, got {n}")
     _check(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {cfg.checkpoint.every}")
-    _check(cfg.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {cfg.checkpoint.keep_last}")
+    _check(
+        cfg.checkpoint.keep_last >= 1,
+        f"checkpoint.keep_last must be >= 1, got {cfg.checkpoint.keep_last}",
+    )
     e = cfg.eval
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     for k in e.k:

@@ -32,7 +32,9 @@ def fingerprint(rows: Sequence[dict[str, Any]]) -> str:
     """sha256 of the canonical rows (sorted keys, one JSON object per line)."""
     h = hashlib.sha256()
     for row in rows:
-        h.update(json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+        h.update(
+            json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        )
         h.update(b"\n")
     return h.hexdigest()
 

@@ -29,7 +29,9 @@ def _join(a: Item, op: str, b: Item) -> Item | None:
     """Combine two sub-expressions, parenthesising only where needed."""
     if op == "/" and b[0] == 0:
         return None
-    value = {"+": a[0] + b[0], "-": a[0] - b[0], "*": a[0] * b[0], "/": a[0] / b[0] if b[0] else 0}[op]
+    value = {"+": a[0] + b[0], "-": a[0] - b[0], "*": a[0] * b[0], "/": a[0] / b[0] if b[0] else 0}[
+        op
+    ]
     p = _PREC[op]
     left = f"({a[1]})" if a[2] < p else a[1]
     # The right operand of - and / needs brackets at equal precedence: 8-(3-1) != 8-3-1.
@@ -69,7 +71,11 @@ def solve(nums: tuple[int, ...], target: int, limit: int = 10_000) -> tuple[str,
 
 
 def generate(
-    n: int, seed: int, sizes: list[int], max_number: int = 20, max_target: int = 100,
+    n: int,
+    seed: int,
+    sizes: list[int],
+    max_number: int = 20,
+    max_target: int = 100,
     exclude: set[tuple[tuple[int, ...], int]] | None = None,
 ) -> list[dict[str, Any]]:
     """`n` distinct solvable instances {nums, target}; keys in `exclude` are never produced."""
@@ -127,9 +133,18 @@ def read_instances(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"Dataset file is empty: {path}")
     out = []
     for i, r in enumerate(rows, 1):
-        nums, target = r.get("nums") if isinstance(r, dict) else None, r.get("target") if isinstance(r, dict) else None
-        if not isinstance(nums, list) or not all(isinstance(x, int) for x in nums) or not isinstance(target, int):
-            raise DataError(f"{path}: row {i} needs an int list 'nums' and an int 'target' (Countdown schema)")
+        nums, target = (
+            r.get("nums") if isinstance(r, dict) else None,
+            r.get("target") if isinstance(r, dict) else None,
+        )
+        if (
+            not isinstance(nums, list)
+            or not all(isinstance(x, int) for x in nums)
+            or not isinstance(target, int)
+        ):
+            raise DataError(
+                f"{path}: row {i} needs an int list 'nums' and an int 'target' (Countdown schema)"
+            )
         out.append({"nums": list(nums), "target": target})
     return out
 
@@ -160,7 +175,11 @@ class CountdownTask:
         seed: int = 31415,
         system_prompt: str | None = None,
     ) -> None:
-        self.prompt_style, self.reward_scheme, self.system_prompt = prompt_style, reward_scheme, system_prompt
+        self.prompt_style, self.reward_scheme, self.system_prompt = (
+            prompt_style,
+            reward_scheme,
+            system_prompt,
+        )
         sizes = sizes or [3]
         if source:
             rows = read_instances(Path(source))
@@ -176,7 +195,9 @@ class CountdownTask:
             exclude = {(tuple(sorted(r["nums"])), r["target"]) for r in test}
             rest = generate(train_size + val_size, seed, sizes, max_number, max_target, exclude)
         self._rows = {"test": test, "val": rest[:val_size], "train": rest[val_size:]}
-        self.fingerprint = fingerprint([{"split": k, **r} for k in ("train", "val", "test") for r in self._rows[k]])
+        self.fingerprint = fingerprint(
+            [{"split": k, **r} for k in ("train", "val", "test") for r in self._rows[k]]
+        )
         self._cache: dict[str, list[Example]] = {}
 
     def rows(self, split: str) -> list[dict[str, Any]]:
@@ -208,9 +229,18 @@ class CountdownTask:
         return format_answer("", expr, self.prompt_style)
 
     def reward_call(self, ex: Example) -> tuple[Any, tuple[Any, ...]]:
-        return score_countdown, (list(ex.meta["nums"]), ex.meta["target"], self.prompt_style, self.reward_scheme)
+        return score_countdown, (
+            list(ex.meta["nums"]),
+            ex.meta["target"],
+            self.prompt_style,
+            self.reward_scheme,
+        )
 
     def corpus(self) -> list[str]:
         rng = random.Random(0)
         exs = self.examples("train")[:2000]
-        return [ex.question + "\n" + self.response(ex, rng) for ex in exs]
+        # The whole prompt (system text included) so a scratch tokenizer learns to compress it.
+        return [
+            "\n".join(m["content"] for m in self.messages(ex)) + "\n" + self.response(ex, rng)
+            for ex in exs
+        ]

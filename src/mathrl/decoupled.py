@@ -1,0 +1,247 @@
+"""Decoupled RL (the MLX REINFORCE design): rollout -> buffer file -> train from it -> repeat.
+
+    out_dir/buffer/iter_000.jsonl   one record per completion, with token ids and the
+                                    sampling log-probs, so training can correct for the
+                                    policy having moved since (PPO ratio vs sampler)
+    out_dir/checkpoints/            the same format as online RL
+
+Iteration `it` draws the prompts at positions [it * G, (it + 1) * G) of the shuffled
+prompt stream (G = steps_per_iter * prompts_per_step), so a resumed loop continues where
+it stopped without keeping any other state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mathrl import checkpoint as ckpt_mod
+from mathrl.algorithms import ADVANTAGES, update_ema_baseline
+from mathrl.config import Config
+from mathrl.errors import DataError, MathrlError
+from mathrl.rewards import RewardPool, RewardResult
+from mathrl.rollout.buffer import append_jsonl, read_jsonl
+from mathrl.rollout.registry import make_engine
+from mathrl.rollout.types import Completion
+from mathrl.tasks import Task
+from mathrl.trainer import (
+    Group,
+    PromptStream,
+    TrainState,
+    collect_groups,
+    lr_lambda,
+    policy_update,
+    reward_metrics,
+    rollout_records,
+    save,
+)
+
+BUFFER_DIR = "buffer"
+
+
+def buffer_path(run_dir: Path, it: int) -> Path:
+    return run_dir / BUFFER_DIR / f"iter_{it:03d}.jsonl"
+
+
+def steps_per_iter(max_steps: int, iters: int) -> int:
+    return math.ceil(max_steps / max(1, iters))
+
+
+def rollout_iteration(
+    cfg: Config, task: Task, model: Any, tokenizer: Any, run_dir: Path, it: int, n_steps: int
+) -> Path:
+    """Sample n_steps * prompts_per_step groups with the current policy into the buffer file."""
+    t = cfg.train
+    per_iter = n_steps * t.prompts_per_step
+    examples = task.examples("train")
+    state = TrainState(
+        epoch=(it * per_iter) // len(examples), cursor=(it * per_iter) % len(examples)
+    )
+    stream = PromptStream(examples, cfg.seed, state)
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size)
+    path = buffer_path(run_dir, it)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    cache: dict[str, list[int]] = {}
+    model.eval()
+    with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
+        for s in range(n_steps):
+            groups, _ = collect_groups(
+                cfg, stream, engine, pool, task, cache, tokenizer, it * 1000 + s
+            )
+            adv = torch.zeros(sum(len(g.completions) for g in groups))
+            records = rollout_records(groups, adv, task, s, it)
+            comps = [c for g in groups for c in g.completions]
+            for rec, c in zip(records, comps, strict=True):
+                rec.update(
+                    {
+                        "prompt_ids": list(c.prompt_ids),
+                        "completion_ids": list(c.token_ids),
+                        "logprobs": [float(x) for x in c.logprobs],
+                    }
+                )
+                del rec["advantage"]
+            append_jsonl(tmp, records)
+    tmp.replace(path)  # a buffer file exists only once it is complete
+    return path
+
+
+def load_buffer(path: Path, group_size: int) -> list[Group]:
+    """Groups of a buffer file, in file order; each group is checked for size."""
+    if not path.is_file():
+        raise DataError(f"Rollout buffer not found: {path}")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for i, r in enumerate(read_jsonl(path), 1):
+        for key in ("group_id", "prompt_ids", "completion_ids", "logprobs", "reward"):
+            if key not in r:
+                raise DataError(
+                    f"{path}: record {i} lacks '{key}' (not written by `mathrl rollout`?)"
+                )
+        groups.setdefault(f"{r['step']}/{r['group_id']}", []).append(r)
+    out = []
+    for gid, recs in groups.items():
+        if len(recs) != group_size:
+            raise DataError(
+                f"{path}: group {gid} has {len(recs)} completions, train.group_size is {group_size}"
+            )
+        comps = [
+            Completion(
+                prompt_index=0,
+                sample_index=j,
+                prompt_ids=r["prompt_ids"],
+                token_ids=r["completion_ids"],
+                text=r["completion"],
+                finish_reason=r["finish_reason"],
+                logprobs=r["logprobs"],
+            )
+            for j, r in enumerate(recs)
+        ]
+        results = [
+            RewardResult(
+                reward=float(r["reward"]),
+                components=r.get("reward_components", {}),
+                pred=r.get("pred"),
+                correct=bool(r.get("correct")),
+                correct_lenient=bool(r.get("correct")),
+                format_ok=True,
+                reason=r.get("reason", "ok"),
+            )
+            for r in recs
+        ]
+        from mathrl.tasks import Example
+
+        ex = Example(id=recs[0]["prompt_id"], question="", gold=str(recs[0].get("gold")))
+        out.append(Group(ex, recs[0]["prompt_ids"], comps, results))
+    return out
+
+
+def train_on_buffer(
+    cfg: Config,
+    task: Task,
+    model: Any,
+    tokenizer: Any,
+    run_dir: Path,
+    path: Path,
+    logger: Any,
+    resume_from: Path | None,
+    n_steps: int | None = None,
+) -> int:
+    """Train from a buffer file: consecutive chunks of prompts_per_step groups, one step each."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    state = TrainState()
+    if resume_from is not None:
+        saved = ckpt_mod.load_trainer_state(resume_from)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = TrainState(**saved["train_state"])
+    groups = load_buffer(path, t.group_size)
+    chunks = [groups[i : i + t.prompts_per_step] for i in range(0, len(groups), t.prompts_per_step)]
+    if n_steps is not None:
+        chunks = chunks[:n_steps]
+    if not chunks:
+        raise DataError(f"Rollout buffer {path} is empty")
+    adv_fn = ADVANTAGES.get(t.algorithm)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ref_model = None
+    if t.kl_coef > 0:
+        import copy
+
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    for chunk in chunks:
+        t0 = time.perf_counter()
+        rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)
+        kw: dict[str, Any] = {"baseline": state.baseline} if t.algorithm == "reinforce" else {}
+        advantages = adv_fn(rewards, t.group_size, **kw)
+        if t.algorithm == "reinforce" and t.baseline_momentum > 0:
+            state.baseline = update_ema_baseline(state.baseline, rewards, t.baseline_momentum)
+        model.train()
+        metrics = reward_metrics(chunk)
+        from mathrl.trainer import Dist
+
+        metrics.update(
+            policy_update(
+                cfg,
+                model,
+                ref_model,
+                optimizer,
+                chunk,
+                advantages,
+                pad_id,
+                Dist(),
+                rollout_logprobs=True,
+            )
+        )
+        scheduler.step()
+        state.step += 1
+        state.samples += len(rewards)
+        metrics.update(
+            {"time/train_s": time.perf_counter() - t0, "optim/lr": scheduler.get_last_lr()[0]}
+        )
+        logger.log(metrics, state.step)
+    model.eval()
+    save(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
+    return state.step
+
+
+def loop(
+    cfg: Config,
+    task: Task,
+    run_dir: Path,
+    iters: int,
+    max_steps: int,
+    load: Any,
+    logger: Any,
+    say: Any,
+) -> int:
+    """Alternate rollout and train-buffer; resumes from the newest checkpoint in run_dir."""
+    per_iter = steps_per_iter(max_steps, iters)
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    done = ckpt_mod.read_manifest(latest)["step"] if latest else 0
+    if done % per_iter and done < max_steps:
+        raise MathrlError(
+            f"Checkpoint {latest} at step {done} is not at an iteration boundary (steps_per_iter={per_iter})"
+        )
+    step = done
+    for it in range(done // per_iter, iters):
+        n = min(per_iter, max_steps - it * per_iter)
+        if n <= 0:
+            break
+        model, tokenizer = load(latest / "model" if latest else None)
+        say(
+            f"iter {it}: rollout of {n * cfg.train.prompts_per_step} prompts x {cfg.train.group_size}"
+        )
+        path = buffer_path(run_dir, it)
+        if not path.exists():
+            path = rollout_iteration(cfg, task, model, tokenizer, run_dir, it, n)
+        say(f"iter {it}: training {n} steps from {path.name}")
+        step = train_on_buffer(cfg, task, model, tokenizer, run_dir, path, logger, latest, n)
+        latest = ckpt_mod.latest_checkpoint(run_dir)
+    return step

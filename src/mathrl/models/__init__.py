@@ -1,0 +1,1 @@
+"""Model loading (HF, GGUF, named offline models), scratch models and sequence log-probs."""

@@ -1,0 +1,7 @@
+"""Sampling engines and the JSONL rollout buffer.
+
+types.py: SamplingParams, Completion, GenerationResult, RolloutEngine (the interface).
+hf_engine.py: HFEngine, our KV-cached decode loop on a transformers model.
+registry.py: ENGINES and make_engine(name, model, tokenizer).
+buffer.py: RolloutRecord, append_jsonl / read_jsonl (torch-free; also used for metrics).
+"""

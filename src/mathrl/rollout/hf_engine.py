@@ -1,0 +1,257 @@
+"""Batched, KV-cached sampling on a transformers model, without `model.generate`.
+
+Why our own loop: we need the log-prob of every sampled token, and `generate` wastes work
+on RL batches. Per chunk of prompts:
+1. prefill each unique prompt once (left-padded, position ids from the mask), then repeat
+   its KV cache rows for the n samples of its group;
+2. decode one token per step for the active rows only: a row that emits a stop token (or
+   hits max_new_tokens) is dropped from the batch and from the KV cache, so the batch
+   shrinks as completions finish instead of decoding padding until the longest one ends.
+
+Returned log-probs are under the unmodified model distribution (log_softmax of the raw
+logits: temperature 1, no top-k/top-p), which is what the trainer's forward recomputes.
+Sampling uses the engine's own torch.Generator: the same seed gives the same completions
+(for the same prompts, batch_size and device).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from mathrl.errors import MathrlError
+from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
+
+
+def default_stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """Tokenizer eos + generation_config eos ids + <|im_end|> if the vocab has it."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(i) for i in ([eos] if isinstance(eos, int) else eos))
+    # Chat models end a turn with <|im_end|> even when their eos is <|endoftext|>.
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    if not ids:
+        raise MathrlError("no stop token: the tokenizer and generation config have no eos id")
+    return sorted(ids)
+
+
+class HFEngine(RolloutEngine):
+    """In-process rollout engine on a transformers causal LM (shares the trainer's weights).
+
+    batch_size caps the rows (prompts x n) decoded together; a chunk always holds whole
+    groups, so a group larger than batch_size is decoded alone. stop_token_ids defaults to
+    default_stop_ids(model, tokenizer).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        batch_size: int = 64,
+        stop_token_ids: list[int] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise MathrlError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.stop_token_ids = stop_token_ids or default_stop_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
+
+    def update_weights(self, model: nn.Module) -> None:
+        """Sample from `model` from now on (weights are shared in-process: no copy)."""
+        self.model = model
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> GenerationResult:
+        """`sampling.n` completions per prompt, prompt-major, in chunks of ~batch_size rows."""
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise MathrlError(f"prompt {i} is empty: every prompt needs at least one token")
+        device = next(self.model.parameters()).device
+        seed = sampling.seed
+        if seed is None:
+            # From torch's global RNG, so torch.manual_seed still makes runs reproducible.
+            seed = int(torch.randint(0, 2**62, ()).item())
+        gen = torch.Generator(device=device).manual_seed(seed)
+        # Whole groups per chunk: a group's samples share one prefill.
+        per_chunk = max(1, self.batch_size // sampling.n)
+        completions: list[Completion] = []
+        timing = {"prefill_s": 0.0, "decode_s": 0.0, "total_s": 0.0}
+        t0 = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(prompts), per_chunk):
+                    chunk = prompts[start : start + per_chunk]
+                    completions += self._generate_chunk(chunk, start, sampling, gen, timing)
+        finally:
+            self.model.train(was_training)
+        timing["total_s"] = time.perf_counter() - t0
+        n_tokens = sum(len(c.token_ids) for c in completions)
+        return GenerationResult(completions, timing, n_tokens)
+
+    def _generate_chunk(
+        self,
+        prompts: list[list[int]],
+        first_index: int,
+        sampling: SamplingParams,
+        gen: torch.Generator,
+        timing: dict[str, float],
+    ) -> list[Completion]:
+        """Prefill the chunk's prompts once, then decode all n samples of each."""
+        device = next(self.model.parameters()).device
+        n = sampling.n
+        t0 = time.perf_counter()
+        input_ids, attention_mask = left_pad(prompts, self.pad_id, device)  # (P, Lp)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (P, Lp)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1].float()  # (P, V)
+        if n > 1:
+            # One prefill per prompt, its KV rows copied for the n samples of its group.
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = P * n
+            attention_mask = attention_mask.repeat_interleave(n, dim=0)  # (B, Lp)
+        next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
+        t1 = time.perf_counter()
+        timing["prefill_s"] += t1 - t0
+        tokens, logprobs, finish = self._decode(
+            cache, logits, attention_mask, next_pos, sampling, gen
+        )
+        timing["decode_s"] += time.perf_counter() - t1
+        return [
+            self._completion(first_index + row // n, row % n, prompts[row // n], t, lp, f)
+            for row, (t, lp, f) in enumerate(zip(tokens, logprobs, finish, strict=True))
+        ]
+
+    def _decode(
+        self,
+        cache: Any,
+        logits: torch.Tensor,
+        attention_mask: torch.Tensor,
+        next_pos: torch.Tensor,
+        sampling: SamplingParams,
+        gen: torch.Generator,
+    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+        """Sample until every row stops; finished rows leave the batch and the KV cache."""
+        batch = logits.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        logprobs: list[list[float]] = [[] for _ in range(batch)]
+        finish = ["length"] * batch
+        stop_ids = torch.tensor(self.stop_token_ids, device=logits.device)
+        rows = list(range(batch))  # original row of each active row
+        for step in range(sampling.max_new_tokens):
+            next_tok, tok_logp = sample_next(logits, sampling, gen)  # (b,), (b,)
+            for row, t, lp in zip(rows, next_tok.tolist(), tok_logp.tolist(), strict=True):
+                tokens[row].append(t)
+                logprobs[row].append(lp)
+            if step == sampling.max_new_tokens - 1:
+                break
+            if not sampling.ignore_eos:
+                done = torch.isin(next_tok, stop_ids)  # (b,)
+                if bool(done.any()):
+                    for i in done.nonzero().flatten().tolist():
+                        finish[rows[i]] = "eos"
+                    keep = (~done).nonzero().flatten()  # (b',)
+                    if keep.numel() == 0:
+                        break
+                    cache.batch_select_indices(keep)
+                    rows = [rows[i] for i in keep.tolist()]
+                    next_tok, attention_mask, next_pos = (
+                        next_tok[keep],
+                        attention_mask[keep],
+                        next_pos[keep],
+                    )
+            ones = attention_mask.new_ones(attention_mask.shape[0], 1)
+            attention_mask = torch.cat([attention_mask, ones], dim=1)  # (b, L+1)
+            out = self.model(
+                input_ids=next_tok[:, None],
+                attention_mask=attention_mask,
+                position_ids=next_pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1].float()  # (b, V)
+            next_pos = next_pos + 1
+        return tokens, logprobs, finish
+
+    def _completion(
+        self,
+        prompt_index: int,
+        sample_index: int,
+        prompt_ids: list[int],
+        token_ids: list[int],
+        logprobs: list[float],
+        finish: str,
+    ) -> Completion:
+        """A Completion whose text omits the stop token and other special tokens."""
+        text_ids = token_ids[:-1] if finish == "eos" else token_ids
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        return Completion(
+            prompt_index=prompt_index,
+            sample_index=sample_index,
+            prompt_ids=list(prompt_ids),
+            token_ids=token_ids,
+            text=text,
+            finish_reason="eos" if finish == "eos" else "length",
+            logprobs=logprobs,
+        )
+
+
+def left_pad(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (P, max_len), prompts right-aligned."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, width - len(p) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def sample_next(
+    logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens (b,) and their log-probs (b,) under the raw distribution, from logits (b, V)."""
+    logp = torch.log_softmax(logits, dim=-1)  # (b, V), temperature 1
+    if sampling.is_greedy:
+        next_tok = logits.argmax(dim=-1)
+    else:
+        scores = logits / sampling.temperature
+        if sampling.top_k > 0:
+            kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1])).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if sampling.top_p < 1.0:
+            scores = _top_p_filter(scores, sampling.top_p)
+        probs = torch.softmax(scores, dim=-1)
+        next_tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    return next_tok, logp.gather(-1, next_tok[:, None]).squeeze(-1)
+
+
+def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask tokens outside the smallest set whose probability reaches top_p (b, V)."""
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    # Drop a token if the ones before it already reach top_p; the first token always stays.
+    drop_sorted = (cum - sorted_scores.softmax(dim=-1)) >= top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))

@@ -1,0 +1,120 @@
+"""Set-up shared by every command that writes a run: seeds, threads, run dir, policy."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from mathrl import checkpoint as ckpt_mod
+from mathrl.config import Config, config_hash, dumps_toml
+from mathrl.errors import MathrlError
+from mathrl.tasks import Task
+
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def quiet_libraries() -> None:
+    """transformers' per-load progress bars would drown mathrl's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+
+def prepare_run_dir(cfg: Config, out: str | None, resume: bool, reset: bool = False) -> Path:
+    """Create (or reopen, when resuming) the run directory and write the resolved config."""
+    import shutil
+
+    run_dir = Path(out) if out else ckpt_mod.default_run_dir()
+    if reset and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if resume and not run_dir.is_dir():
+        raise MathrlError(f"--resume given but the run directory does not exist: {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_mod.clean_orphans(run_dir)
+    ckpt_mod.atomic_write_text(run_dir / "config.toml", dumps_toml(cfg))
+    return run_dir
+
+
+def resume_point(run_dir: Path, cfg: Config, fingerprint: str, allow_change: bool) -> Path:
+    """The checkpoint to resume from; refuses loudly when none is valid or inputs changed."""
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    if latest is None:
+        raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
+    manifest = ckpt_mod.read_manifest(latest)
+    if not allow_change:
+        if manifest.get("dataset_fingerprint") != fingerprint:
+            raise MathrlError(
+                f"Dataset changed since {latest.name} (fingerprint differs); "
+                "pass --allow-config-change to resume anyway"
+            )
+        if manifest.get("config_hash") != config_hash(cfg):
+            raise MathrlError(
+                f"Config changed since {latest.name}; pass --allow-config-change to resume anyway"
+            )
+    return latest
+
+
+def load_policy(
+    cfg: Config, task: Task, run_dir: Path, path: str | Path | None = None
+) -> tuple[Any, Any]:
+    """Model and tokenizer: from `path` (a checkpoint's model dir) or as configured."""
+    from mathrl.models.loading import load_model
+    from mathrl.models.scratch import build_scratch_model
+
+    source = str(path) if path is not None else cfg.model.path
+    if path is None and cfg.model.path == "scratch":
+        s = cfg.model.scratch
+        scratch_dir = run_dir / "scratch_model"
+        if not (scratch_dir / "config.json").is_file():
+            build_scratch_model(
+                scratch_dir,
+                task.corpus(),
+                arch=s.arch,
+                hidden=s.hidden,
+                layers=s.layers,
+                heads=s.heads,
+                vocab_size=s.vocab_size,
+                max_position=s.max_position,
+                seed=cfg.seed,
+            )
+        source = str(scratch_dir)
+    model, tokenizer = load_model(source, dtype=cfg.model.dtype, device=cfg.model.device)
+    if cfg.model.lora.r > 0:
+        model = apply_lora(model, cfg)
+    return model, tokenizer
+
+
+def apply_lora(model: Any, cfg: Config) -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise MathrlError(
+            "model.lora.r > 0 needs the peft extra: pip install 'mathrl[peft]'"
+        ) from None
+    lc = cfg.model.lora
+    conf = peft.LoraConfig(
+        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.targets
+    )
+    return peft.get_peft_model(model, conf)
+
+
+def checkpoint_meta(
+    cfg: Config, fingerprint: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"config_hash": config_hash(cfg), "dataset_fingerprint": fingerprint, **(extra or {})}

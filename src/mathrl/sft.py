@@ -1,0 +1,182 @@
+"""Supervised fine-tuning: response-only cross-entropy on (messages, response) pairs.
+
+Pairs come from a prompt/response (or chat `messages`) JSONL file, or from the task's own
+solutions (GSM8K worked solutions, Countdown solver solutions; a random valid solution
+each time). Each step draws its batch with an RNG seeded by (seed, step), so a resumed
+run sees the same batches. Batches are sorted by length so padding stays small.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mathrl import checkpoint as ckpt_mod
+from mathrl.config import Config, dumps_toml
+from mathrl.errors import DataError, MathrlError
+from mathrl.rollout.buffer import read_jsonl
+from mathrl.runtime import checkpoint_meta
+from mathrl.tasks import Task
+
+Pair = tuple[list[dict[str, str]], str]
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """prompt/response records, or chat records whose last message is the assistant's."""
+    rows = read_jsonl(Path(path))
+    pairs: list[Pair] = []
+    for i, r in enumerate(rows, 1):
+        if isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str):
+            pairs.append(([{"role": "user", "content": r["prompt"]}], r["response"]))
+        elif (
+            isinstance(r.get("messages"), list)
+            and r["messages"]
+            and r["messages"][-1].get("role") == "assistant"
+        ):
+            msgs = r["messages"]
+            pairs.append((list(msgs[:-1]), str(msgs[-1]["content"])))
+        else:
+            raise DataError(
+                f"{path}: record {i} needs 'prompt' and 'response' strings, or 'messages' ending with an assistant turn"
+            )
+    if not pairs:
+        raise DataError(f"SFT data file is empty: {path}")
+    return pairs
+
+
+def task_pair_sampler(
+    task: Task, split: str = "train"
+) -> Callable[[random.Random, int], list[Pair]]:
+    """Draw n (messages, response) pairs from the task's own solutions."""
+    examples = task.examples(split)
+    if not examples:
+        raise DataError(f"The {split} split is empty")
+
+    def sample(rng: random.Random, n: int) -> list[Pair]:
+        return [(task.messages(ex), task.response(ex, rng)) for ex in rng.choices(examples, k=n)]
+
+    return sample
+
+
+def file_pair_sampler(pairs: list[Pair]) -> Callable[[random.Random, int], list[Pair]]:
+    def sample(rng: random.Random, n: int) -> list[Pair]:
+        return rng.choices(pairs, k=n)
+
+    return sample
+
+
+def encode_pair(
+    tokenizer: Any, messages: list[dict[str, str]], response: str, max_len: int
+) -> tuple[list[int], int]:
+    """(prompt + response + eos ids, prompt length), truncated to max_len."""
+    from mathrl.trainer import prompt_token_ids
+
+    prompt = prompt_token_ids(tokenizer, messages)
+    if len(prompt) >= max_len:
+        raise DataError(
+            f"A prompt of {len(prompt)} tokens leaves no room for the response: raise sft.max_len (now {max_len})"
+        )
+    answer = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return (prompt + answer)[:max_len], len(prompt)
+
+
+def sft_loss(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response-token cross-entropy and the number of response tokens."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, L-1, V)
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, reduction="none"
+    )  # (B, L-1)
+    return (nll * mask).sum(), mask.sum()
+
+
+def train_sft(
+    cfg: Config,
+    model: Any,
+    tokenizer: Any,
+    sampler: Callable[[random.Random, int], list[Pair]],
+    run_dir: Path,
+    logger: Any,
+    fingerprint: str,
+    steps: int | None = None,
+    resume_from: Path | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> int:
+    """Run SFT for `steps` (default sft.steps); returns the final step."""
+    from mathrl.trainer import pad_batch
+
+    s = cfg.sft
+    steps = s.steps if steps is None else steps
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    step = 0
+    if resume_from is not None:
+        saved = ckpt_mod.load_trainer_state(resume_from)
+        optimizer.load_state_dict(saved["optimizer"])
+        step = int(saved["step"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    micro = max(1, cfg.train.micro_batch_size)
+    model.train()
+    while step < steps:
+        t0 = time.perf_counter()
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        encoded = [encode_pair(tokenizer, m, r, s.max_len) for m, r in sampler(rng, s.batch_size)]
+        encoded.sort(key=lambda e: len(e[0]))  # similar lengths share a micro-batch
+        n_tokens = sum(len(ids) - p for ids, p in encoded)
+        if n_tokens == 0:
+            raise DataError(
+                "SFT batch has no response tokens (sft.max_len too small for the prompts?)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for i in range(0, len(encoded), micro):
+            chunk = encoded[i : i + micro]
+            ids, attn, mask = pad_batch(
+                [c[0] for c in chunk], [c[1] for c in chunk], pad_id, device
+            )
+            loss_sum, _ = sft_loss(model, ids, attn, mask)
+            (loss_sum / n_tokens).backward()
+            total += loss_sum.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), cfg.train.grad_clip or float("inf")
+        )
+        if not torch.isfinite(grad_norm):
+            raise MathrlError(f"SFT step {step}: non-finite gradient; lower sft.lr")
+        optimizer.step()
+        step += 1
+        metrics = {
+            "sft/loss": total / n_tokens,
+            "sft/grad_norm": float(grad_norm),
+            "sft/tokens": n_tokens,
+            "time/step_s": time.perf_counter() - t0,
+        }
+        logger.log(metrics, step)
+        if on_step is not None:
+            on_step(step, metrics)
+        every = cfg.checkpoint.every
+        if (every and step % every == 0) or step == steps:
+            payload = {
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "rng": ckpt_mod.rng_state(),
+            }
+            ckpt_mod.save_training_checkpoint(
+                run_dir,
+                step,
+                model,
+                tokenizer,
+                payload,
+                dumps_toml(cfg),
+                checkpoint_meta(cfg, fingerprint, {"kind": "sft"}),
+                cfg.checkpoint.keep_last,
+            )
+    model.eval()
+    return step

@@ -1,0 +1,101 @@
+"""Atomic checkpoint commit, validation, rotation and orphan clean-up."""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from mathrl import checkpoint as ck
+from mathrl.errors import MathrlError
+
+
+def _payload(content: bytes):
+    def write(tmp):
+        (tmp / "model").mkdir()
+        (tmp / "model" / "weights.bin").write_bytes(content)
+        (tmp / "state.pt").write_bytes(b"state")
+
+    return write
+
+
+def test_commit_writes_manifest_and_latest(tmp_path):
+    path = ck.save_checkpoint(tmp_path, 5, _payload(b"abc"), {"config_hash": "h"}, keep_last=3)
+    assert path.name == "step_00000005"
+    m = ck.read_manifest(path, verify_hashes=True)
+    assert m["step"] == 5 and m["config_hash"] == "h"
+    assert m["files"]["model/weights.bin"]["size"] == 3
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000005"
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp_")]
+
+
+def test_rotation_is_by_step_number_not_mtime(tmp_path):
+    for step in (100, 20, 3, 40):  # written out of order: mtime order != step order
+        ck.save_checkpoint(tmp_path, step, _payload(b"x"), {}, keep_last=2)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_00000040", "step_00000100"]
+
+
+def test_failure_mid_write_cleans_temp_and_keeps_previous(tmp_path):
+    ck.save_checkpoint(tmp_path, 1, _payload(b"good"), {}, keep_last=3)
+
+    def broken(tmp):
+        (tmp / "part").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        ck.save_checkpoint(tmp_path, 2, broken, {}, keep_last=3)
+    names = [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    assert sorted(names) == ["latest", "step_00000001"]
+    assert ck.latest_checkpoint(tmp_path).name == "step_00000001"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero", "delete", "manifest", "flip"])
+def test_damaged_newest_checkpoint_falls_back(tmp_path, damage):
+    ck.save_checkpoint(tmp_path, 1, _payload(b"first"), {}, keep_last=3)
+    newest = ck.save_checkpoint(tmp_path, 2, _payload(b"second"), {}, keep_last=3)
+    f = newest / "model" / "weights.bin"
+    if damage == "truncate":
+        f.write_bytes(b"sec")
+    elif damage == "zero":
+        f.write_bytes(b"")
+    elif damage == "delete":
+        f.unlink()
+    elif damage == "manifest":
+        (newest / "manifest.json").write_text("{not json")
+    else:  # same size, different bytes: only the hash catches it
+        f.write_bytes(b"SECOND")
+    with pytest.warns(UserWarning, match="step_00000002"):
+        assert ck.latest_checkpoint(tmp_path).name == "step_00000001"
+    with pytest.raises(MathrlError, match="step_00000002"):
+        ck.read_manifest(newest, verify_hashes=True)
+
+
+def test_orphans_and_dirs_without_manifest_are_ignored(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / ".tmp_step_00000009.123").mkdir(parents=True)
+    (root / "step_00000009").mkdir()  # a dir that never got a manifest
+    assert ck.latest_checkpoint(tmp_path) is None
+    removed = ck.clean_orphans(tmp_path)
+    assert [p.name for p in removed] == [".tmp_step_00000009.123"]
+
+
+def test_rng_state_round_trip_through_weights_only_load(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = ck.rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    ck.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_run_manifest_has_versions_and_fingerprint(tmp_path):
+    ck.write_run_manifest(tmp_path, 7, "abc")
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["seed"] == 7 and m["dataset_fingerprint"] == "abc"
+    assert m["versions"]["torch"].startswith("2.") and "git_sha" in m

@@ -1,0 +1,92 @@
+"""sequence_logprobs equals a naive per-sequence full-logits computation, with left padding."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mathrl.models import logprobs as logprobs_mod
+from mathrl.models.logprobs import position_ids_from_mask, sequence_logprobs
+from mathrl.models.scratch import build_scratch_model
+
+TEXTS = ["What is 12 + 345? The answer is 357.", "She sold 48 clips in April."] * 5
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def model(request, tmp_path_factory):
+    out = build_scratch_model(
+        tmp_path_factory.mktemp(request.param), TEXTS, arch=request.param, hidden=64, seed=1
+    )
+    return AutoModelForCausalLM.from_pretrained(out).eval()
+
+
+def left_padded_batch():
+    """3 rows of real lengths 12, 8, 5 left-padded to 12; completions = last 4/3/2 tokens."""
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 250, (3, 12), generator=gen)
+    attention_mask = torch.ones(3, 12, dtype=torch.long)
+    attention_mask[1, :4] = 0
+    attention_mask[2, :7] = 0
+    input_ids[attention_mask == 0] = 0
+    completion_mask = torch.zeros(3, 12, dtype=torch.long)
+    completion_mask[0, 8:] = 1
+    completion_mask[1, 9:] = 1
+    completion_mask[2, 10:] = 1
+    return input_ids, attention_mask, completion_mask
+
+
+def naive_logprobs(model, input_ids, attention_mask, completion_mask):
+    """Each row unpadded and run alone; full logits; log-prob of token t from logits t-1."""
+    out = torch.zeros(input_ids.shape)
+    entropy = torch.zeros(input_ids.shape)
+    for b in range(input_ids.shape[0]):
+        real = attention_mask[b].bool()
+        ids = input_ids[b][real]
+        logp = torch.log_softmax(model(ids[None]).logits[0].float(), -1)  # (T, V)
+        start = int((~real).sum())
+        for t in range(1, len(ids)):
+            if completion_mask[b, start + t]:
+                out[b, start + t] = logp[t - 1, ids[t]]
+                entropy[b, start + t] = -(logp[t - 1].exp() * logp[t - 1]).sum()
+    return out, entropy
+
+
+@pytest.mark.parametrize("separable_head", [True, False])
+def test_matches_naive_with_left_padding(model, monkeypatch, separable_head):
+    # False: the full-logits path used for models whose logits are not just lm_head(hidden).
+    monkeypatch.setattr(logprobs_mod, "_head_is_separable", lambda m: separable_head)
+    batch = left_padded_batch()
+    with torch.no_grad():
+        logprobs, entropy = sequence_logprobs(model, *batch, return_entropy=True)
+        expected, expected_entropy = naive_logprobs(model, *batch)
+    assert logprobs.shape == (3, 12)
+    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy, expected_entropy, atol=1e-5, rtol=0)
+    # Scored exactly at completion positions, each a real log-prob.
+    assert (logprobs[batch[2] == 0] == 0).all()
+    assert (logprobs[batch[2] == 1] < 0).all()
+
+
+def test_position_zero_is_never_scored(model):
+    ids = torch.tensor([[5, 6, 7]])
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        logprobs = sequence_logprobs(model, ids, ones, ones)
+    assert logprobs[0, 0] == 0 and (logprobs[0, 1:] < 0).all()
+
+
+def test_gradients_flow(model):
+    batch = left_padded_batch()
+    logprobs = sequence_logprobs(model, *batch)
+    logprobs.sum().backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    model.zero_grad()
+
+
+def test_position_ids_from_mask():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]

@@ -1,0 +1,235 @@
+"""HFEngine on a tiny scratch model: ordering, seeding, greedy == HF generate, exact logprobs."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mathrl.errors import ConfigError, MathrlError
+from mathrl.models.logprobs import sequence_logprobs
+from mathrl.models.scratch import build_scratch_model
+from mathrl.rollout.hf_engine import HFEngine, _top_p_filter, left_pad
+from mathrl.rollout.registry import make_engine
+from mathrl.rollout.types import SamplingParams
+
+TEXTS = ["What is 12 + 345? The answer is 357.", "She sold 48 clips in April."] * 5
+QUESTIONS = ["What is 12 + 3?", "hi", "She sold 48 clips in April. How many in May?"]
+
+
+def with_logit_bias(model, token_id, bias):
+    """Replace the (tied) lm_head by a biased copy, so token_id is sampled more often."""
+    old = model.get_output_embeddings()
+    head = nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[token_id] = bias
+    model.set_output_embeddings(head)
+    model.config.tie_word_embeddings = False
+    return model
+
+
+@pytest.fixture(scope="module")
+def scratch_dir(tmp_path_factory):
+    return build_scratch_model(tmp_path_factory.mktemp("m"), TEXTS, hidden=64, layers=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(scratch_dir):
+    return AutoTokenizer.from_pretrained(scratch_dir)
+
+
+@pytest.fixture(scope="module")
+def model(scratch_dir, tokenizer):
+    """EOS-biased (~6% per step) so completions stop at varied lengths."""
+    model = AutoModelForCausalLM.from_pretrained(scratch_dir).eval()
+    return with_logit_bias(model, tokenizer.convert_tokens_to_ids("<|im_end|>"), 3.0)
+
+
+@pytest.fixture(scope="module")
+def plain_model(scratch_dir):
+    return AutoModelForCausalLM.from_pretrained(scratch_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [tokenizer(q).input_ids for q in QUESTIONS]
+
+
+def as_ids(result):
+    return [c.token_ids for c in result.completions]
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 64])
+def test_prompt_major_order(model, tokenizer, prompts, batch_size):
+    engine = HFEngine(model, tokenizer, batch_size=batch_size)
+    result = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=6, seed=0))
+    order = [(c.prompt_index, c.sample_index) for c in result.completions]
+    assert order == [(p, s) for p in range(3) for s in range(3)]
+    assert all(c.prompt_ids == prompts[c.prompt_index] for c in result.completions)
+    assert result.tokens_generated == sum(len(c.token_ids) for c in result.completions)
+    assert set(result.timing) == {"prefill_s", "decode_s", "total_s"}
+
+
+def test_seeding(model, tokenizer, prompts):
+    engine = HFEngine(model, tokenizer)
+    sampling = SamplingParams(n=4, max_new_tokens=12, seed=7)
+    a = engine.generate(prompts, sampling)
+    b = engine.generate(prompts, sampling)
+    c = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=12, seed=8))
+    assert as_ids(a) == as_ids(b)
+    assert [x.logprobs for x in a.completions] == [x.logprobs for x in b.completions]
+    assert as_ids(a) != as_ids(c)
+    torch.manual_seed(1)
+    d = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=12))
+    torch.manual_seed(1)
+    assert as_ids(d) == as_ids(engine.generate(prompts, SamplingParams(n=4, max_new_tokens=12)))
+
+
+def recomputed_logprobs(model, completions):
+    """Forward pass over prompt + completion, left-padded; (rows of) completion log-probs."""
+    rows = [c.prompt_ids + c.token_ids for c in completions]
+    input_ids, attention_mask = left_pad(rows, 0, torch.device("cpu"))
+    completion_mask = torch.zeros_like(input_ids)
+    for i, c in enumerate(completions):
+        completion_mask[i, input_ids.shape[1] - len(c.token_ids) :] = 1
+    with torch.no_grad():
+        logprobs = sequence_logprobs(model, input_ids, attention_mask, completion_mask)
+    return [logprobs[i, input_ids.shape[1] - len(c.token_ids) :] for i, c in enumerate(completions)]
+
+
+@pytest.mark.parametrize("sampling_kw", [{}, {"temperature": 1.2, "top_p": 0.95, "top_k": 100}])
+def test_logprobs_match_forward_pass(model, tokenizer, prompts, sampling_kw):
+    # batch_size 8 with n=4: two chunks; EOS bias: rows finish (and leave the cache) at
+    # different steps. Exact logprobs prove the shared prefill and row dropping are right.
+    engine = HFEngine(model, tokenizer, batch_size=8)
+    result = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=24, seed=3, **sampling_kw))
+    reasons = {c.finish_reason for c in result.completions}
+    assert reasons == {"eos", "length"}
+    assert len({len(c.token_ids) for c in result.completions}) > 3
+    expected_all = recomputed_logprobs(model, result.completions)
+    for c, expected in zip(result.completions, expected_all, strict=True):
+        # Raw-distribution log-probs (temperature 1), whatever the sampling knobs.
+        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_finish_reasons_and_text(model, tokenizer, prompts):
+    engine = HFEngine(model, tokenizer)
+    result = engine.generate(prompts, SamplingParams(n=6, max_new_tokens=10, seed=0))
+    stops = set(engine.stop_token_ids)
+    for c in result.completions:
+        assert 1 <= len(c.token_ids) <= 10 and len(c.logprobs) == len(c.token_ids)
+        assert not stops & set(c.token_ids[:-1])
+        if c.finish_reason == "eos":
+            assert c.token_ids[-1] in stops
+            assert c.text == tokenizer.decode(c.token_ids[:-1], skip_special_tokens=True)
+        else:
+            assert len(c.token_ids) == 10 and c.token_ids[-1] not in stops
+
+
+def test_ignore_eos_gives_full_length(model, tokenizer, prompts):
+    engine = HFEngine(model, tokenizer)
+    result = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=15, ignore_eos=True))
+    assert all(len(c.token_ids) == 15 for c in result.completions)
+    assert all(c.finish_reason == "length" for c in result.completions)
+    # The bias makes EOS frequent: it was sampled, and decoding went on past it.
+    assert any(set(engine.stop_token_ids) & set(c.token_ids[:-1]) for c in result.completions)
+
+
+def pick_stop_token(greedy_ids):
+    """A token whose first occurrence differs between rows (and is absent from one if possible)."""
+    best = None
+    for tok in sorted({t for row in greedy_ids for t in row}):
+        firsts = {row.index(tok) if tok in row else None for row in greedy_ids}
+        if len(firsts) >= 2 and (best is None or None in firsts):
+            best = tok
+    assert best is not None
+    return best
+
+
+def test_greedy_equals_hf_generate(plain_model, tokenizer, prompts):
+    free = HFEngine(plain_model, tokenizer).generate(
+        prompts, SamplingParams(max_new_tokens=16, greedy=True, ignore_eos=True)
+    )
+    stop = pick_stop_token(as_ids(free))
+    engine = HFEngine(plain_model, tokenizer, stop_token_ids=[stop])
+    result = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=16, greedy=True))
+    input_ids, attention_mask = left_pad(prompts, engine.pad_id, torch.device("cpu"))
+    out = plain_model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=False,
+        max_new_tokens=16,
+        eos_token_id=stop,
+        pad_token_id=engine.pad_id,
+    )
+    lengths = set()
+    for c in result.completions:
+        expected = out[c.prompt_index, input_ids.shape[1] :].tolist()
+        assert c.token_ids == expected[: len(c.token_ids)]
+        lengths.add(len(c.token_ids))
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 16
+    assert len(lengths) >= 2
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"top_k": 1},
+        {"top_p": 1e-6},
+        {"temperature": 0.0},
+        {"top_k": 1, "temperature": 3.0},
+    ],
+)
+def test_degenerate_sampling_equals_greedy(model, tokenizer, prompts, variant):
+    engine = HFEngine(model, tokenizer)
+    greedy = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=12, greedy=True))
+    other = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=12, seed=5, **variant))
+    assert as_ids(other) == as_ids(greedy)
+
+
+def test_top_p_filter_hand_computed():
+    scores = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = _top_p_filter(scores, 0.7).isfinite().tolist()
+    assert kept == [[True, True, False, False]]
+    assert _top_p_filter(scores, 0.96).isfinite().all()
+    assert _top_p_filter(scores, 0.4).isfinite().tolist() == [[True, False, False, False]]
+
+
+def test_restores_training_mode(model, tokenizer, prompts):
+    model.train()
+    HFEngine(model, tokenizer).generate(prompts, SamplingParams(max_new_tokens=2))
+    assert model.training
+    model.eval()
+
+
+def test_make_engine(model, tokenizer):
+    assert isinstance(make_engine("hf", model, tokenizer, batch_size=4), HFEngine)
+    with pytest.raises(ConfigError, match="unknown rollout engine 'vllm2'"):
+        make_engine("vllm2", model, tokenizer)
+
+
+def test_empty_prompt_rejected(model, tokenizer):
+    with pytest.raises(MathrlError, match="prompt 1 is empty"):
+        HFEngine(model, tokenizer).generate([[5], []], SamplingParams())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n": 0}, "sampling.n"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+    ],
+)
+def test_sampling_params_validation(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        SamplingParams(**kwargs)
