@@ -76,6 +76,22 @@ def _logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
     loggers: list[Any] = [JSONLLogger(run_dir / "metrics.jsonl")]
     if not cfg.log.quiet:
         loggers.append(ConsoleLogger(cfg.log.every, total))
+    if cfg.log.wandb or cfg.log.tensorboard:
+        import dataclasses
+
+        from mathrl.loggers_extra import TensorBoardLogger, WandbLogger
+
+        if cfg.log.wandb:
+            loggers.append(
+                WandbLogger(
+                    "mathrl",
+                    run_dir,
+                    dataclasses.asdict(cfg),
+                    mode=os.environ.get("WANDB_MODE", "online"),
+                )
+            )
+        if cfg.log.tensorboard:
+            loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
     return MultiLogger(loggers)
 
 
@@ -194,7 +210,7 @@ def score_cmd(
     ] = "format",
     timeout: Annotated[float, typer.Option(help="Seconds one reward call may take.")] = 5.0,
 ) -> None:
-    """Re-score records with the task's reward (e.g. an old rollout log with a new reward)."""
+    """Re-score records with a task reward, for example an old rollout log with a new reward."""
     from mathrl.errors import DataError
     from mathrl.rewards import RewardPool, score_countdown, score_gsm8k
     from mathrl.rollout.buffer import append_jsonl, read_jsonl
@@ -273,7 +289,7 @@ def train_cmd(
     allow_config_change: AllowOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Online RL (GRPO / Dr. GRPO / RLOO / REINFORCE), with an optional SFT warm-up first."""
+    """Online RL with GRPO, Dr GRPO, RLOO or REINFORCE; an SFT warm-up first when sft.steps > 0."""
     from mathrl import checkpoint as ckpt_mod
     from mathrl.runtime import load_policy, resume_point
     from mathrl.trainer import train
@@ -455,6 +471,17 @@ def loop_cmd(
         _say,
     )
     _say(f"loop finished at step {step}; checkpoints in {run_dir / 'checkpoints'}")
+
+
+def _register_commands() -> None:
+    from mathrl.cli_eval import register as register_eval
+    from mathrl.cli_report import register as register_report
+
+    register_eval(app)
+    register_report(app)
+
+
+_register_commands()
 
 
 def main() -> None:

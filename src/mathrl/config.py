@@ -110,12 +110,14 @@ class DataConfig:
     """Largest number of a generated Countdown instance."""
     countdown_max_target: int = 100
     """Largest target of a generated Countdown instance."""
-    countdown_train_size: int = 20000
+    countdown_train_size: int = 10000
     """Generated Countdown training instances."""
     countdown_test_size: int = 1000
     """Generated Countdown held-out instances (never in training)."""
     keep_pass_rate: list[float] | None = None
-    """Keep only prompts whose probed pass rate lies in [lo, hi] (from probe output)."""
+    """Keep only training prompts whose probed pass rate lies in [lo, hi] (needs data.pass_rates)."""
+    pass_rates: str | None = None
+    """pass_rates.jsonl written by `mathrl probe` (used by data.keep_pass_rate)."""
 
 
 @dataclass
@@ -223,7 +225,9 @@ class EvalConfig:
     """Held-out evaluation."""
 
     every: int = 0
-    """Evaluate every this many training steps; 0 disables periodic eval."""
+    """Evaluate every this many training steps (and before the first); 0 disables periodic eval."""
+    split: str = "auto"
+    """Held-out split for eval: val, test, or auto (val when it is non-empty, else test)."""
     limit: int = 200
     """Held-out problems per evaluation (seeded sample); 0 = all."""
     n: int = 1
@@ -281,6 +285,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("constant", "cosine"),
     "train.kl_estimator": ("k1", "k3"),
     "train.nonfinite": ("skip", "stop"),
+    "eval.split": ("auto", "val", "test"),
 }
 
 
@@ -359,6 +364,10 @@ def validate(cfg: Config) -> None:
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     for k in e.k:
         _check(1 <= k <= e.n, f"eval.k entries must be in [1, eval.n={e.n}], got {k}")
+    if cfg.data.keep_pass_rate is not None and cfg.data.pass_rates is None:
+        raise ConfigError(
+            "data.keep_pass_rate needs data.pass_rates (the pass_rates.jsonl of `mathrl probe`)"
+        )
     if cfg.data.keep_pass_rate is not None:
         lo_hi = cfg.data.keep_pass_rate
         _check(

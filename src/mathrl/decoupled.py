@@ -225,6 +225,9 @@ def loop(
     per_iter = steps_per_iter(max_steps, iters)
     latest = ckpt_mod.latest_checkpoint(run_dir)
     done = ckpt_mod.read_manifest(latest)["step"] if latest else 0
+    if done >= max_steps:
+        say(f"nothing to do: {run_dir} is already at step {done} of {max_steps}")
+        return done
     if done % per_iter and done < max_steps:
         raise MathrlError(
             f"Checkpoint {latest} at step {done} is not at an iteration boundary (steps_per_iter={per_iter})"

@@ -74,7 +74,7 @@ def encode_pair(
     tokenizer: Any, messages: list[dict[str, str]], response: str, max_len: int
 ) -> tuple[list[int], int]:
     """(prompt + response + eos ids, prompt length), truncated to max_len."""
-    from mathrl.trainer import prompt_token_ids
+    from mathrl.rollout.chat import prompt_token_ids
 
     prompt = prompt_token_ids(tokenizer, messages)
     if len(prompt) >= max_len:

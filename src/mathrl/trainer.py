@@ -38,6 +38,7 @@ from mathrl.logging import console
 from mathrl.models.logprobs import sequence_logprobs
 from mathrl.rewards import RewardPool
 from mathrl.rollout.buffer import append_jsonl
+from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
 from mathrl.rollout.types import Completion, SamplingParams
 from mathrl.runtime import checkpoint_meta
@@ -121,13 +122,6 @@ def lr_lambda(cfg: Config) -> Callable[[int], float]:
         return 1.0
 
     return f
-
-
-def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in transformers 5
-        ids = ids["input_ids"]
-    return list(ids)
 
 
 def score_groups(
@@ -347,6 +341,13 @@ def policy_update(
     n = max(1.0, sums.pop("_tokens", 0.0))
     rename = {"policy_loss": "policy", "loss": "total"}
     metrics = {f"loss/{rename.get(k, k)}": v / n for k, v in sums.items() if k != "entropy"}
+    for k in (
+        "policy",
+        "total",
+        "clip_frac",
+        "approx_kl",
+    ):  # nothing trained: the loss is exactly 0
+        metrics.setdefault(f"loss/{k}", 0.0)
     if micro:  # entropy of the trained sequences; absent when none carried a gradient
         metrics["rollout/entropy"] = sums.get("entropy", 0.0) / n
     metrics["optim/grad_norm"] = float(grad_norm)
@@ -450,13 +451,16 @@ def train(
             else copy.deepcopy(model).eval().requires_grad_(False)
         )
     engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size)
-    stream = PromptStream(dist.shard(task.examples("train")), cfg.seed, state)
+    stream = PromptStream(dist.shard(training_examples(cfg, task)), cfg.seed, state)
+    eval_split = heldout_split(cfg, task)
     adv_fn = ADVANTAGES.get(t.algorithm)
     prompt_cache: dict[str, list[int]] = {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if resume_from is not None:
         ckpt_mod.set_rng_state(saved["rng"])  # restored last, after everything that draws
     with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
+        if cfg.eval.every and state.step == 0:
+            logger.log(run_eval(cfg, model, tokenizer, task, eval_split, pool), 0)
         while state.step < t.steps:
             t_step = time.perf_counter()
             model.eval()
@@ -500,12 +504,55 @@ def train(
                     rollout_records(groups, advantages, task, state.step, 0),
                 )
                 logger.log(metrics, state.step)
+            if cfg.eval.every and (state.step % cfg.eval.every == 0 or state.step == t.steps):
+                logger.log(run_eval(cfg, model, tokenizer, task, eval_split, pool), state.step)
             if on_step is not None:
                 on_step(state.step, metrics)
             every = cfg.checkpoint.every
             if (every and state.step % every == 0) or state.step == t.steps:
                 save(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
     return state
+
+
+def training_examples(cfg: Config, task: Task) -> list[Example]:
+    """The train split, filtered by probed pass rate when data.keep_pass_rate is set."""
+    examples = task.examples("train")
+    if cfg.data.keep_pass_rate is None or cfg.data.pass_rates is None:
+        return examples
+    from mathrl.probe import filter_by_pass_rate, load_pass_rates
+
+    lo, hi = cfg.data.keep_pass_rate
+    counts: dict[str, int] = {}
+    kept = filter_by_pass_rate(
+        examples, load_pass_rates(Path(cfg.data.pass_rates)), lo, hi, counts=counts
+    )
+    console.print(
+        f"pass-rate filter [{lo}, {hi}]: kept {len(kept)} of {len(examples)} training prompts {counts}",
+        soft_wrap=True,
+    )
+    return kept
+
+
+def heldout_split(cfg: Config, task: Task) -> str:
+    """eval.split, with auto = val when the task has one, else test (never training prompts)."""
+    if cfg.eval.split != "auto":
+        return cfg.eval.split
+    return "val" if task.examples("val") else "test"
+
+
+def run_eval(
+    cfg: Config, model: Any, tokenizer: Any, task: Task, split: str, pool: RewardPool
+) -> dict[str, float]:
+    """Held-out metrics under eval/ (seeded, so it never moves the training RNG streams)."""
+    from mathrl.evaluate import eval_kwargs, eval_metrics, evaluate
+
+    was_training = model.training
+    model.eval()
+    result = evaluate(
+        model, tokenizer, task, split=split, progress=False, pool=pool, **eval_kwargs(cfg)
+    )
+    model.train(was_training)
+    return eval_metrics(result.summary)
 
 
 def save(

@@ -1,0 +1,338 @@
+"""Held-out evaluation: greedy pass@1, sampled mean@n / pass@k / maj@k, entropy, lengths.
+
+Definitions, stated up front:
+- `pass@1` is GREEDY and strict (the headline number); `pass@1_lenient` uses the lenient
+  extractor on the same greedy completions.
+- With n > 1 samples per problem (at `temperature`): `mean@n` is the mean strict accuracy
+  of the samples (it equals the unbiased sampled pass@1, so no separate sampled `pass@1`
+  key exists); `pass@k` (k > 1) is the unbiased estimator of Chen et al. (2021) averaged
+  over problems; `maj@k` majority-votes the first k samples. n = 1 is greedy only.
+- CIs (`<key>_lo`, `<key>_hi`) are normal-approximation 95% intervals over problems, the
+  per-problem values being 0/1 (greedy), c/n (mean@n) or the unbiased pass@k estimate.
+  They treat the problems as the random sample and ignore the (smaller) sampling noise
+  within a problem, so they are slightly narrow for small n.
+- `entropy` is the mean negative log-prob of the sampled tokens under the T=1 model
+  distribution (the engine returns only the sampled token's log-prob). Sampling at T=1
+  makes it a Monte-Carlo estimate of the per-token entropy; at T != 1 it is a
+  cross-entropy (T-samples scored at T=1), still useful to compare checkpoints.
+- `limit` takes the first `limit` problems of a seeded permutation of the split, so the
+  same seed gives the same problems and a larger limit is a superset of a smaller one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathrl.errors import ConfigError, DataError
+from mathrl.rewards import RewardPool, format_number, parse_number
+from mathrl.tasks import Example, Task
+
+# ---------------------------------------------------------------- pure metrics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i): no huge binomials.
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def normalize_pred(pred: str | None) -> str | None:
+    """Canonical vote key: a number in canonical form (`72.0` -> `72`), else whitespace-free text."""
+    if pred is None:
+        return None
+    value = parse_number(pred)
+    if value is not None:
+        return format_number(value)
+    text = "".join(pred.split())
+    return text or None
+
+
+def maj_at_k(preds: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
+    """1.0 if the most frequent normalised prediction among the first k samples is correct.
+
+    `correct[i]` is sample i's grade, so this works when the grade is not `pred == gold`
+    (Countdown: many expressions reach the target). An answer counts as correct if any of
+    its samples was graded correct. None predictions do not vote; with no vote at all the
+    result is 0. Ties go to the tied answer that appears FIRST in sample order (not the
+    correct one), so the result is deterministic and not optimistic.
+    """
+    if not 1 <= k <= len(preds) or len(preds) != len(correct):
+        raise ValueError(f"maj_at_k needs 1 <= k <= len(preds) == len(correct), got k={k}")
+    counts: dict[str, int] = {}
+    right: dict[str, bool] = {}
+    for pred, ok in zip(preds[:k], correct[:k], strict=True):
+        key = normalize_pred(pred)
+        if key is None:
+            continue
+        counts[key] = counts.get(key, 0) + 1  # dicts keep first-seen order
+        right[key] = right.get(key, False) or bool(ok)
+    if not counts:
+        return 0.0
+    best = max(counts.values())
+    winner = next(key for key, c in counts.items() if c == best)
+    return 1.0 if right[winner] else 0.0
+
+
+def mean_ci(
+    values: Sequence[float], z: float = 1.96, bounds: tuple[float, float] | None = None
+) -> tuple[float, float, float]:
+    """(mean, lo, hi): mean +- z * sample std / sqrt(len); clipped to `bounds` if given."""
+    if not values:
+        raise ValueError("mean_ci needs at least one value")
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    half = z * math.sqrt(var / n)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(bounds[0], lo), min(bounds[1], hi)
+    return mean, lo, hi
+
+
+def token_entropy(logprob_sums: Sequence[float], n_tokens: Sequence[int]) -> float:
+    """Token-mean negative log-prob of sampled tokens: a Monte-Carlo entropy estimate at T=1."""
+    total = sum(n_tokens)
+    return -sum(logprob_sums) / total if total else 0.0
+
+
+def select_examples(examples: list[Example], limit: int, seed: int) -> list[Example]:
+    """The first `limit` of a seeded permutation (in split order); limit <= 0 keeps all."""
+    if limit <= 0 or limit >= len(examples):
+        return list(examples)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in sorted(order[:limit])]
+
+
+def _ci_keys(out: dict[str, Any], key: str, values: Sequence[float]) -> None:
+    out[key], out[f"{key}_lo"], out[f"{key}_hi"] = mean_ci(values, bounds=(0.0, 1.0))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def summarize(records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """Summary metrics from per-example records (see module docstring for definitions)."""
+    if not records:
+        raise DataError("nothing to summarize: no evaluated problems")
+    greedy = [r["greedy"] for r in records]
+    out: dict[str, Any] = {"n_problems": len(records)}
+    _ci_keys(out, "pass@1", [float(g["correct"]) for g in greedy])
+    out["pass@1_lenient"] = _mean([float(g["correct_lenient"]) for g in greedy])
+    out["mean_reward"] = _mean([g["reward"] for g in greedy])
+    out["len_mean"] = _mean([g["n_tokens"] for g in greedy])
+    out["truncated_frac"] = _mean([float(g["finish_reason"] == "length") for g in greedy])
+    n = len(records[0]["samples"])
+    if n > 1:
+        samples = [s for r in records for s in r["samples"]]
+        _ci_keys(out, f"mean@{n}", [r["pass_rate"] for r in records])
+        counts = [sum(s["correct"] for s in r["samples"]) for r in records]
+        for k in sorted(set(ks) - {1}):  # sampled pass@1 is mean@n
+            _ci_keys(out, f"pass@{k}", [pass_at_k(n, c, k) for c in counts])
+        for k in sorted(set(ks)):
+            votes = [
+                maj_at_k([s["pred"] for s in r["samples"]], [s["correct"] for s in r["samples"]], k)
+                for r in records
+            ]
+            out[f"maj@{k}"] = _mean(votes)
+        out["entropy"] = token_entropy(
+            [s["logprob_sum"] for s in samples], [s["n_tokens"] for s in samples]
+        )
+        out["sampled_mean_reward"] = _mean([s["reward"] for s in samples])
+        out["sampled_len_mean"] = _mean([s["n_tokens"] for s in samples])
+        out["sampled_truncated_frac"] = _mean(
+            [float(s["finish_reason"] == "length") for s in samples]
+        )
+    return out
+
+
+# ---------------------------------------------------------------- sampling + scoring
+
+
+@dataclass
+class EvalResult:
+    """Summary metrics and one record per problem (greedy + sampled completions)."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields `advance(n)` (a no-op when disabled)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from mathrl.logging import console
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tid = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(tid, n)
+
+
+def sample_scored(
+    engine: Any,
+    pool: RewardPool,
+    task: Task,
+    examples: list[Example],
+    prompts: list[list[int]],
+    sampling: Any,
+) -> list[list[dict[str, Any]]]:
+    """Generate `sampling.n` completions per prompt and score them: one list per example."""
+    result = engine.generate(prompts, sampling)
+    fn, items = None, []
+    for c in result.completions:
+        fn, args = task.reward_call(examples[c.prompt_index])
+        items.append((c.text, *args))
+    scores = pool.map(fn, items) if items else []
+    out: list[list[dict[str, Any]]] = [[] for _ in examples]
+    for c, s in zip(result.completions, scores, strict=True):
+        out[c.prompt_index].append(
+            {
+                "completion": c.text,
+                "pred": s.pred,
+                "correct": bool(s.correct),
+                "correct_lenient": bool(s.correct_lenient),
+                "reward": float(s.reward),
+                "reason": s.reason,
+                "n_tokens": len(c.token_ids),
+                "finish_reason": c.finish_reason,
+                "logprob_sum": float(sum(c.logprobs)),
+            }
+        )
+    return out
+
+
+def chunks(n_items: int, size: int) -> list[range]:
+    """Consecutive index ranges of at most `size` items."""
+    return [range(i, min(i + size, n_items)) for i in range(0, n_items, max(1, size))]
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    split: str = "test",
+    limit: int = 0,
+    n: int = 1,
+    ks: Sequence[int] = (1,),
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 64,
+    seed: int = 0,
+    reward_timeout_s: float = 5.0,
+    progress: bool = True,
+    pool: RewardPool | None = None,
+) -> EvalResult:
+    """Greedy + (n > 1) sampled evaluation of `model` on a seeded sample of `split`."""
+    from mathrl.rollout.chat import prompt_token_ids
+    from mathrl.rollout.registry import make_engine
+    from mathrl.rollout.types import SamplingParams
+
+    if n < 1 or any(not 1 <= k <= n for k in ks):
+        raise ConfigError(f"eval needs n >= 1 and every k in [1, n={n}], got ks={list(ks)}")
+    examples = select_examples(task.examples(split), limit, seed)
+    if not examples:
+        raise DataError(f"The {split} split of {task.name} is empty: nothing to evaluate")
+    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
+    engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
+    # An explicit seed even for greedy: seed=None would draw from (and so shift) torch's
+    # global RNG, and a periodic eval must not change the training run's random stream.
+    greedy = SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True, seed=seed)
+    t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
+        advance = stack.enter_context(progress_bar(progress, len(examples), f"eval {split}"))
+        for i, idx in enumerate(chunks(len(examples), max(1, batch_size // n))):
+            exs, ps = [examples[j] for j in idx], [prompts[j] for j in idx]
+            g = sample_scored(engine, pool, task, exs, ps, greedy)
+            s: list[list[dict[str, Any]]] = [[] for _ in exs]
+            if n > 1:
+                params = SamplingParams(
+                    n=n,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    seed=seed * 1_000_003 + i,
+                )
+                s = sample_scored(engine, pool, task, exs, ps, params)
+            records += [_record(ex, gi[0], si) for ex, gi, si in zip(exs, g, s, strict=True)]
+            advance(len(exs))
+    elapsed = time.perf_counter() - t0
+    summary: dict[str, Any] = {"split": split, **summarize(records, ks)}
+    summary.update(n=n, ks=sorted(set(ks)), temperature=temperature, seed=seed)
+    summary.update(time_s=elapsed, problems_per_s=len(records) / max(elapsed, 1e-9))
+    return EvalResult(summary, records)
+
+
+def _record(ex: Example, greedy: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One problem's record: gold, the greedy completion and the sampled ones."""
+    rate = sum(s["correct"] for s in samples) / len(samples) if samples else None
+    return {
+        "prompt_id": ex.id,
+        "question": ex.question,
+        "gold": ex.gold,
+        "greedy": greedy,
+        "samples": samples,
+        "pass_rate": rate,
+    }
+
+
+def eval_kwargs(cfg: Any) -> dict[str, Any]:
+    """evaluate() keyword arguments from a Config (eval.*, rollout.*, seed, train timeout)."""
+    return {
+        "limit": cfg.eval.limit,
+        "n": cfg.eval.n,
+        "ks": tuple(cfg.eval.k),
+        "temperature": cfg.eval.temperature,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "batch_size": cfg.rollout.batch_size,
+        "seed": cfg.seed,
+        "reward_timeout_s": cfg.train.reward_timeout_s,
+    }
+
+
+def eval_metrics(summary: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    """The numeric summary entries under `prefix` (e.g. `eval/pass@1`), ready for a logger."""
+    return {
+        f"{prefix}{k}": float(v)
+        for k, v in summary.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as JSON lines (NaN/inf refused: JSON has none)."""
+    return "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+
+
+def write_eval(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write eval_examples.jsonl and eval_summary.json (each atomically) into out_dir."""
+    from mathrl.checkpoint import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    examples, summary = out / "eval_examples.jsonl", out / "eval_summary.json"
+    atomic_write_text(examples, jsonl_text(result.records))
+    atomic_write_text(summary, json.dumps(result.summary, indent=2, allow_nan=False) + "\n")
+    return examples, summary

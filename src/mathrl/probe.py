@@ -1,0 +1,266 @@
+"""Signal probe: is this model + data worth RL training? Sample n per prompt and look.
+
+GRPO-style estimators learn only from groups whose rewards differ, so the probe measures:
+- `accuracy`: mean strict correctness over all samples;
+- `reward_variance`: the mean over prompts of the population variance (ddof 0) of the
+  prompt's n rewards (with binary rewards and pass rate p this is p(1-p));
+- `frac_all_wrong` / `frac_all_right`: prompts whose n samples are all wrong / all right;
+- `informative_frac`: the expected fraction of training groups of size G with mixed
+  correctness, 1 - p^G - (1-p)^G averaged over prompts, p the prompt's binary pass rate
+  (correctness, not reward, so format-only rewards do not count as signal);
+- `pass_rate_hist`: prompts per pass-rate bin [0, .1), [.1, .2), ..., [.9, 1.0].
+
+`pass_rates.jsonl` lets training keep only prompts in a pass-rate band
+(`data.keep_pass_rate`); see `filter_by_pass_rate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathrl.errors import ConfigError, DataError
+from mathrl.evaluate import (
+    chunks,
+    jsonl_text,
+    progress_bar,
+    sample_scored,
+    select_examples,
+    token_entropy,
+)
+from mathrl.rewards import RewardPool
+from mathrl.tasks import Example, Task
+
+TRAIN = "train"
+TOO_HARD = "too hard: warm up with SFT first"
+TOO_EASY = "too easy: pick harder data"
+
+
+@dataclass
+class ProbeThresholds:
+    """When the probe says "train": accuracy in [min_accuracy, max_accuracy], variance above min."""
+
+    min_accuracy: float = 0.10
+    """Below this accuracy most groups are all-wrong: warm up with SFT first."""
+    max_accuracy: float = 0.80
+    """Above this accuracy most groups are all-right: pick harder data."""
+    min_variance: float = 0.05
+    """Mean per-prompt reward variance must exceed this for a useful signal."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_accuracy <= self.max_accuracy <= 1 or self.min_variance < 0:
+            raise ConfigError(
+                "probe thresholds need 0 <= min_accuracy <= max_accuracy <= 1 and "
+                f"min_variance >= 0, got {self.min_accuracy}, {self.max_accuracy}, {self.min_variance}"
+            )
+
+
+def _pass_hist(rates: Sequence[float], bins: int) -> list[int]:
+    """Counts per bin of width 1/bins; the last bin includes 1.0."""
+    counts = [0] * bins
+    for p in rates:
+        counts[min(bins - 1, math.floor(p * bins + 1e-9))] += 1
+    return counts
+
+
+def probe_stats(
+    outcomes: list[list[float]],
+    correct: list[list[bool]],
+    group_size: int,
+    thresholds: ProbeThresholds | None = None,
+    bins: int = 10,
+) -> dict[str, Any]:
+    """Signal statistics of per-prompt rewards and correctness, plus the verdict."""
+    if not outcomes or len(outcomes) != len(correct) or any(not o for o in outcomes):
+        raise ValueError("probe_stats needs one non-empty reward list per prompt")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    rates = [sum(c) / len(c) for c in correct]
+    variances = [sum((r - sum(o) / len(o)) ** 2 for r in o) / len(o) for o in outcomes]
+    n_samples = sum(len(c) for c in correct)
+    g = group_size
+    stats: dict[str, Any] = {
+        "n_prompts": len(outcomes),
+        "n_samples": n_samples,
+        "group_size": g,
+        "accuracy": sum(sum(c) for c in correct) / n_samples,
+        "mean_reward": sum(sum(o) for o in outcomes) / n_samples,
+        "reward_variance": sum(variances) / len(variances),
+        "frac_all_wrong": sum(p == 0 for p in rates) / len(rates),
+        "frac_all_right": sum(p == 1 for p in rates) / len(rates),
+        "informative_frac": sum(1 - p**g - (1 - p) ** g for p in rates) / len(rates),
+        "pass_rate_hist": _pass_hist(rates, bins),
+    }
+    label, reason = verdict(stats, thresholds or ProbeThresholds())
+    stats.update(verdict=label, verdict_reason=reason)
+    return stats
+
+
+def verdict(stats: dict[str, Any], thresholds: ProbeThresholds) -> tuple[str, str]:
+    """("train" | TOO_HARD | TOO_EASY, a sentence quoting the numbers behind it)."""
+    t = thresholds
+    acc, var = stats["accuracy"], stats["reward_variance"]
+    wrong, right = stats["frac_all_wrong"], stats["frac_all_right"]
+    dead = f"{wrong:.0%} of prompts are all-wrong and {right:.0%} all-right"
+    if acc < t.min_accuracy:
+        return TOO_HARD, f"accuracy {acc:.3f} < {t.min_accuracy:.2f}: {dead}."
+    if acc > t.max_accuracy:
+        return TOO_EASY, f"accuracy {acc:.3f} > {t.max_accuracy:.2f}: {dead}."
+    if var <= t.min_variance:
+        side = TOO_HARD if wrong >= right else TOO_EASY
+        return side, (
+            f"accuracy {acc:.3f} is in range but reward variance {var:.3f} <= "
+            f"{t.min_variance:.2f}: {dead}, so few groups carry a learning signal."
+        )
+    return TRAIN, (
+        f"accuracy {acc:.3f} in [{t.min_accuracy:.2f}, {t.max_accuracy:.2f}] and reward "
+        f"variance {var:.3f} > {t.min_variance:.2f}: {stats['informative_frac']:.0%} of "
+        f"groups of {stats['group_size']} are expected to carry a learning signal."
+    )
+
+
+@dataclass
+class ProbeResult:
+    """Probe statistics and one pass-rate row per prompt."""
+
+    stats: dict[str, Any]
+    rates: list[dict[str, Any]] = field(default_factory=list)
+
+
+def probe(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    split: str = "train",
+    limit: int = 256,
+    n: int = 16,
+    group_size: int | None = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 64,
+    seed: int = 0,
+    reward_timeout_s: float = 5.0,
+    thresholds: ProbeThresholds | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ProbeResult:
+    """Sample n completions for each of `limit` seeded prompts, score, and judge the signal."""
+    from mathrl.rollout.chat import prompt_token_ids
+    from mathrl.rollout.registry import make_engine
+    from mathrl.rollout.types import SamplingParams
+
+    if n < 2:
+        raise ConfigError(f"probe needs n >= 2 samples per prompt, got {n}")
+    examples = select_examples(task.examples(split), limit, seed)
+    if not examples:
+        raise DataError(f"The {split} split of {task.name} is empty: nothing to probe")
+    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
+    engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
+    t0 = time.perf_counter()
+    samples: list[list[dict[str, Any]]] = []
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
+        advance = stack.enter_context(progress_bar(progress, len(examples), f"probe {split}"))
+        for i, idx in enumerate(chunks(len(examples), batch_size // n)):
+            params = SamplingParams(
+                n=n,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed * 1_000_003 + i,
+            )
+            exs, ps = [examples[j] for j in idx], [prompts[j] for j in idx]
+            samples += sample_scored(engine, pool, task, exs, ps, params)
+            advance(len(exs))
+    elapsed = time.perf_counter() - t0
+    stats = probe_stats(
+        [[s["reward"] for s in row] for row in samples],
+        [[s["correct"] for s in row] for row in samples],
+        group_size or n,
+        thresholds,
+    )
+    flat = [s for row in samples for s in row]
+    stats["entropy"] = token_entropy(
+        [s["logprob_sum"] for s in flat], [s["n_tokens"] for s in flat]
+    )
+    stats["len_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
+    stats["truncated_frac"] = sum(s["finish_reason"] == "length" for s in flat) / len(flat)
+    stats.update(split=split, n=n, temperature=temperature, seed=seed, time_s=elapsed)
+    stats["thresholds"] = asdict(thresholds or ProbeThresholds())
+    rates = [
+        {"prompt_id": ex.id, "pass_rate": sum(s["correct"] for s in row) / len(row), "n": len(row)}
+        for ex, row in zip(examples, samples, strict=True)
+    ]
+    result = ProbeResult(stats, rates)
+    if out_dir is not None:
+        write_probe(result, out_dir)
+    return result
+
+
+def write_probe(result: ProbeResult, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write probe_summary.json and pass_rates.jsonl (each atomically) into out_dir."""
+    from mathrl.checkpoint import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, rates = out / "probe_summary.json", out / "pass_rates.jsonl"
+    atomic_write_text(summary, json.dumps(result.stats, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(rates, jsonl_text(result.rates))
+    return summary, rates
+
+
+def load_pass_rates(path: str | Path) -> dict[str, float]:
+    """prompt_id -> pass rate from pass_rates.jsonl; duplicate ids are pooled, weighted by n."""
+    from mathrl.rollout.buffer import read_jsonl
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"Pass-rate file not found: {p}")
+    hits: dict[str, float] = {}
+    totals: dict[str, int] = {}
+    for i, row in enumerate(read_jsonl(p), 1):
+        pid, rate, n = row.get("prompt_id"), row.get("pass_rate"), row.get("n", 1)
+        ok_rate = isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate <= 1
+        if not isinstance(pid, str) or not ok_rate or not isinstance(n, int) or n < 1:
+            raise DataError(
+                f"{p}: row {i} needs a string 'prompt_id', 'pass_rate' in [0, 1] and int 'n' >= 1"
+            )
+        hits[pid] = hits.get(pid, 0.0) + rate * n
+        totals[pid] = totals.get(pid, 0) + n
+    if not hits:
+        raise DataError(f"Pass-rate file is empty: {p}")
+    return {pid: hits[pid] / totals[pid] for pid in hits}
+
+
+def filter_by_pass_rate(
+    examples: list[Example],
+    rates: dict[str, float],
+    lo: float,
+    hi: float,
+    counts: dict[str, int] | None = None,
+) -> list[Example]:
+    """Examples whose probed pass rate is in [lo, hi].
+
+    Examples missing from `rates` are DROPPED (we cannot vouch for their signal) and
+    counted: `counts`, if given, receives kept / out_of_range / missing. Keeping nothing
+    is a DataError naming those counts (usually a pass-rate file from another task).
+    """
+    if not 0 <= lo <= hi <= 1:
+        raise ConfigError(f"pass-rate band must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
+    kept = [ex for ex in examples if ex.id in rates and lo <= rates[ex.id] <= hi]
+    missing = sum(ex.id not in rates for ex in examples)
+    tally = {"kept": len(kept), "out_of_range": len(examples) - len(kept) - missing}
+    tally["missing"] = missing
+    if counts is not None:
+        counts.update(tally)
+    if not kept:
+        raise DataError(
+            f"No example has a probed pass rate in [{lo}, {hi}]: "
+            f"{tally['out_of_range']} out of range, {missing} missing from the pass-rate file"
+        )
+    return kept

@@ -1,0 +1,85 @@
+"""Shared fixtures: the real CLI entry point in-process, tiny offline configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K_DIR = Path(os.environ.get("MATHRL_GSM8K_DIR", REPO.parent / "shared/data/gsm8k"))
+
+TINY_COUNTDOWN = """
+seed = 0
+[model]
+path = "scratch"
+threads = 2
+[model.scratch]
+hidden = 32
+layers = 1
+heads = 2
+vocab_size = 300
+max_position = 256
+[task]
+name = "countdown"
+system_prompt = ""
+[data]
+countdown_max_number = 9
+countdown_max_target = 30
+countdown_train_size = 60
+countdown_test_size = 20
+[sft]
+steps = 3
+batch_size = 8
+max_len = 128
+[rollout]
+max_new_tokens = 8
+batch_size = 16
+[train]
+steps = 2
+prompts_per_step = 2
+group_size = 4
+lr = 1e-3
+micro_batch_size = 8
+[checkpoint]
+every = 1
+keep_last = 5
+[log]
+quiet = true
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_COUNTDOWN)
+    return path
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run `mathrl ARGS` through the real entry point (mathrl.cli.main), in-process."""
+    from mathrl.cli import main
+
+    def run(*args: object) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["mathrl", *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

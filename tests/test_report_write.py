@@ -1,0 +1,146 @@
+"""report.html content (escaping, inlined images, no URLs), compare overlays, CLI smoke."""
+
+from __future__ import annotations
+
+import base64
+import re
+import sys
+from html import escape
+from pathlib import Path
+
+import pytest
+import typer
+
+from mathrl import cli
+from mathrl.cli_report import register
+from mathrl.errors import MathrlError
+from mathrl.report import compare_runs, pick_samples, summary_rows, write_report
+from test_report_plots import CONFIG, SCRIPT, make_run, metric_rows, rollout_rows, write_jsonl
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(run dir, report.html text) of the hand-written run, built once for this module."""
+    run = make_run(tmp_path_factory.mktemp("report"))
+    return run, write_report(run).read_text()
+
+
+def test_report_is_self_contained_and_escaped(report: tuple[Path, str]) -> None:
+    run, html = report
+    assert escape(CONFIG) in html  # the config, escaped (it holds a </pre><script> comment)
+    assert "abc1234" in html and "f00d" in html  # manifest: git sha, dataset fingerprint
+    assert SCRIPT not in html and escape(SCRIPT) in html  # worst completion of the last step
+    assert "<img src=x" not in html and "<b>bold</b>" not in html
+    assert "<script" not in html.lower()
+    assert re.search(r"https?://", html) is None
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) == len(list((run / "plots").glob("*.png"))) == 12
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+
+
+def test_report_tables(report: tuple[Path, str]) -> None:
+    html = report[1]
+    assert "Before / after" in html
+    assert "accuracy (summary.json)" in html  # 0.25 -> 0.5
+    assert "eval/pass@1 (step 2 -&gt; 4)" in html  # 0.05 -> 0.1
+    assert "<td>0.1 @ 1</td><td>0.4 @ 4</td>" in html  # reward/mean first/last
+
+
+def test_report_without_rollouts_or_summary(tmp_path: Path) -> None:
+    run = tmp_path / "bare"
+    run.mkdir()
+    write_jsonl(run / "metrics.jsonl", [{"step": s, "reward/mean": s / 4} for s in (1, 2)])
+    html = write_report(run).read_text()
+    assert "no rollouts.jsonl" in html and "no config.toml" in html
+    assert "accuracy (summary.json)" not in html
+
+
+def test_summary_rows_first_last_by_hand() -> None:
+    rows = {r[0]: r for r in summary_rows(metric_rows())}
+    assert list(rows)[:3] == ["reward/mean", "reward/accuracy", "eval/pass@1"]  # headline first
+    assert rows["loss/kl"][1:3] == ["0.002 @ 1", "0.008 @ 4"]  # the None at step 3 is skipped
+    assert rows["eval/pass@1"][1:3] == ["0.05 @ 2", "0.1 @ 4"]
+    assert rows["reward/mean"][3] == pytest.approx(0.3)
+
+
+def test_pick_samples_from_last_step() -> None:
+    best, worst = pick_samples(rollout_rows(), n=2)
+    assert [r["reward"] for r in best] == [1.1, 1.0]
+    assert [r["reward"] for r in worst] == [-0.5, 0.1]
+    assert {r["step"] for r in best + worst} == {3}
+
+
+def test_compare_overlays_common_curves(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a")
+    b = tmp_path / "b"
+    b.mkdir()
+    write_jsonl(
+        b / "metrics.jsonl", [{"step": s, "reward/mean": s / 5, "loss/kl": 0.1} for s in (1, 2)]
+    )
+    paths = compare_runs(a, b, tmp_path / "cmp")
+    assert [p.name for p in paths] == ["compare_loss.png", "compare_reward.png", "compare.html"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    html = paths[-1].read_text()
+    assert html.count('src="data:image/png;base64,') == 2 and re.search(r"https?://", html) is None
+
+
+def test_compare_without_common_keys_is_an_error(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, key in ((a, "reward/mean"), (b, "sft/loss")):
+        run.mkdir()
+        write_jsonl(run / "metrics.jsonl", [{"step": 1, key: 1.0}])
+    with pytest.raises(MathrlError, match="no metric key in common"):
+        compare_runs(a, b, tmp_path / "cmp")
+
+
+# ---------------------------------------------------------------- CLI through mathrl.cli.main
+
+
+@pytest.fixture
+def mathrl_main(monkeypatch: pytest.MonkeyPatch):
+    """Run `mathrl ARGS` through cli.main; report/compare are registered if cli.py does not yet."""
+    if "report" not in {c.name for c in cli.app.registered_commands}:
+        app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        register(app)
+        monkeypatch.setattr(cli, "app", app)
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["mathrl", *args])
+        try:
+            cli.main()
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    return run
+
+
+def test_cli_report(tmp_path: Path, mathrl_main, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path)
+    assert mathrl_main("report", str(run), "--prompt-id", "p2") == 0
+    assert capsys.readouterr().out.strip() == str(run / "report.html")
+    assert (run / "plots" / "prompt_p2.png").stat().st_size > 1000
+    assert mathrl_main("report", str(tmp_path / "nothing")) == 2
+    assert "no such metrics file" in capsys.readouterr().err
+
+
+def test_cli_compare(tmp_path: Path, mathrl_main, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = make_run(tmp_path, "a", warmup=False), make_run(tmp_path, "b", scale=2.0, warmup=False)
+    assert mathrl_main("compare", str(a), str(b), "--out", str(tmp_path / "cmp")) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[-1] == str(tmp_path / "cmp" / "compare.html")
+    assert {Path(p).stem for p in printed[:-1]} == {
+        "compare_eval", "compare_loss", "compare_optim", "compare_reward", "compare_rollout",
+        "compare_time",
+    }  # fmt: skip
+
+
+def test_cli_help_texts(mathrl_main, capsys: pytest.CaptureFixture[str]) -> None:
+    assert mathrl_main("report", "--help") == 0
+    assert "--prompt-id" in capsys.readouterr().out
+    assert mathrl_main("compare", "--help") == 0
+    assert "overlay PNGs" in capsys.readouterr().out
