@@ -27,6 +27,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 quickstart: setup
+	rm -rf runs/quickstart
 	HF_HUB_OFFLINE=1 $(BIN)/mathrl train --config configs/quickstart.toml --out runs/quickstart
 
 lint: setup

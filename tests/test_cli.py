@@ -70,6 +70,11 @@ def test_train_writes_every_artifact(run_cli, tiny_config, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(ckpt / "model")
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert (out / "report.html").is_file()
+    # training into the same dir again without --resume would mix two runs: refused
+    res = run_cli("train", "-c", tiny_config, "--out", out)
+    assert res.code == 2 and "already holds a run: pass --resume" in res.err
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
 
 
 def test_resume_equals_uninterrupted_run(run_cli, tiny_config, tmp_path):

@@ -264,7 +264,9 @@ def score_cmd(
 # ---------------------------------------------------------------- training
 
 
-def _setup(cfg: Any, out: Path | None, resume: bool, reset: bool = False) -> tuple[Any, Path]:
+def _setup(
+    cfg: Any, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
+) -> tuple[Any, Path]:
     from mathrl.checkpoint import write_run_manifest
     from mathrl.runtime import prepare_run_dir, quiet_libraries, set_seed, set_threads
     from mathrl.tasks import make_task
@@ -273,7 +275,7 @@ def _setup(cfg: Any, out: Path | None, resume: bool, reset: bool = False) -> tup
     set_threads(cfg.model.threads)
     set_seed(cfg.seed)
     task = make_task(cfg)
-    run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset)
+    run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
     write_run_manifest(
         run_dir, cfg.seed, task.fingerprint, {"task": task.name, "model": cfg.model.path}
     )
@@ -295,7 +297,7 @@ def train_cmd(
     from mathrl.trainer import train
 
     cfg = _load(config, sets, quiet)
-    task, run_dir = _setup(cfg, out, resume)
+    task, run_dir = _setup(cfg, out, resume, fresh=True)
     resume_from = (
         resume_point(run_dir, cfg, task.fingerprint, allow_config_change)
         if resume and ckpt_mod.list_checkpoints(run_dir)
@@ -311,6 +313,17 @@ def train_cmd(
     state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
     logger.close()
     _say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+    _final_report(run_dir)
+
+
+def _final_report(run_dir: Path) -> None:
+    """Plots + report.html at the end of a run; a failure here must not fail the run."""
+    from mathrl.report import write_report
+
+    try:
+        _say(f"report: {write_report(run_dir)}")
+    except Exception as exc:  # the run itself succeeded; say why there is no report
+        _say(f"warning: no report written ({type(exc).__name__}: {exc})")
 
 
 def _warmup(cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool) -> Path:
@@ -365,7 +378,7 @@ def sft_cmd(
     from mathrl.sft import file_pair_sampler, read_pairs, task_pair_sampler, train_sft
 
     cfg = _load(config, sets, quiet)
-    task, run_dir = _setup(cfg, out, resume)
+    task, run_dir = _setup(cfg, out, resume, fresh=True)
     n = steps if steps is not None else cfg.sft.steps
     if n <= 0:
         raise MathrlError("Nothing to do: set --steps N or sft.steps > 0")

@@ -36,7 +36,9 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
-def prepare_run_dir(cfg: Config, out: str | None, resume: bool, reset: bool = False) -> Path:
+def prepare_run_dir(
+    cfg: Config, out: str | None, resume: bool, reset: bool = False, fresh: bool = False
+) -> Path:
     """Create (or reopen, when resuming) the run directory and write the resolved config."""
     import shutil
 
@@ -45,6 +47,14 @@ def prepare_run_dir(cfg: Config, out: str | None, resume: bool, reset: bool = Fa
         shutil.rmtree(run_dir)
     if resume and not run_dir.is_dir():
         raise MathrlError(f"--resume given but the run directory does not exist: {run_dir}")
+    if (
+        fresh
+        and not resume
+        and ((run_dir / "metrics.jsonl").exists() or (run_dir / ckpt_mod.CKPT_DIR).exists())
+    ):
+        raise MathrlError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_mod.clean_orphans(run_dir)
     ckpt_mod.atomic_write_text(run_dir / "config.toml", dumps_toml(cfg))
