@@ -40,6 +40,7 @@ format: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_rollout.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_grpo.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

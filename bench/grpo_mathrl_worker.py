@@ -30,6 +30,7 @@ from grpo_common import (
     rss_mb,
     send,
     text_reward,
+    trim_memory,
     wait_for_go,
 )
 
@@ -153,6 +154,8 @@ def main() -> None:
             print(json.dumps(report), file=sys.stderr)
         else:
             send(report)
+        if spec.get("trim") and step < total:
+            trim_memory()
         if step == total or (not STANDALONE and not wait_for_go()):
             raise StopBench
         clock["go"] = time.perf_counter()

@@ -27,7 +27,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grpo_common import peak_rss_mb, rss_mb, send, text_reward, wait_for_go
+from grpo_common import peak_rss_mb, rss_mb, send, text_reward, trim_memory, wait_for_go
 
 
 def reward_fn(completions: list[Any], **_: Any) -> list[float]:
@@ -184,6 +184,8 @@ def main() -> None:
                     "rss_now_mb": rss_mb(),
                 }
             )
+            if spec.get("trim"):
+                trim_memory()
 
     trainer.add_callback(LockStep())
     trainer.train()

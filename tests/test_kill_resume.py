@@ -16,8 +16,21 @@ from mathrl.rollout.buffer import read_jsonl
 
 
 def _train(config, out, *extra):
-    cmd = [sys.executable, "-m", "mathrl.cli", "train", "-c", str(config), "--out", str(out),
-           "--set", "train.steps=6", "--set", "checkpoint.every=2", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mathrl.cli",
+        "train",
+        "-c",
+        str(config),
+        "--out",
+        str(out),
+        "--set",
+        "train.steps=6",
+        "--set",
+        "checkpoint.every=2",
+        *extra,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -47,5 +60,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tiny_config, tmp_path):
     def strip(rows):
         return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
-    assert strip(read_jsonl(straight / "metrics.jsonl")) == strip(read_jsonl(killed / "metrics.jsonl"))
+    assert strip(read_jsonl(straight / "metrics.jsonl")) == strip(
+        read_jsonl(killed / "metrics.jsonl")
+    )
     assert read_jsonl(straight / "rollouts.jsonl") == read_jsonl(killed / "rollouts.jsonl")

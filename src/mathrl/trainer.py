@@ -124,6 +124,11 @@ def lr_lambda(cfg: Config) -> Callable[[int], float]:
     return f
 
 
+def call_reward(fn: Callable[..., Any], completion: str, *args: Any) -> Any:
+    """Top-level (picklable) trampoline run in the reward workers."""
+    return fn(completion, *args)
+
+
 def score_groups(
     pool: RewardPool,
     task: Task,
@@ -133,11 +138,11 @@ def score_groups(
     prompts: list[list[int]],
 ) -> list[Group]:
     """Score prompt-major completions (n per example) and bundle them into groups."""
-    items, fn = [], None
-    for c in completions:
-        fn, args = task.reward_call(examples[c.prompt_index])
-        items.append((c.text, *args))
-    results = pool.map(fn, items) if items else []
+    # Each example names its own reward function, so the function travels with its item.
+    items = [(*task.reward_call(examples[c.prompt_index]), c.text) for c in completions]
+    results = (
+        pool.map(call_reward, [(fn, text, *args) for fn, args, text in items]) if items else []
+    )
     return [
         Group(ex, prompts[i], completions[i * n : (i + 1) * n], results[i * n : (i + 1) * n])
         for i, ex in enumerate(examples)
