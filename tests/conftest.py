@@ -83,3 +83,38 @@ def run_cli(capsys, monkeypatch):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+def assert_same_run(a: Path, b: Path, step: int) -> None:
+    """Two runs agree bitwise at `step`: weights, Adam moments, train state, logs, rollouts."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mathrl.rollout.buffer import read_jsonl
+
+    ckpt = f"checkpoints/step_{step:08d}"
+    wa = load_file(a / ckpt / "model/model.safetensors")
+    wb = load_file(b / ckpt / "model/model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    sa = torch.load(a / ckpt / "trainer_state.pt", weights_only=True)
+    sb = torch.load(b / ckpt / "trainer_state.pt", weights_only=True)
+    assert sa["train_state"] == sb["train_state"]
+    for pa, pb in zip(
+        sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"])
+        assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+    assert strip(read_jsonl(a / "metrics.jsonl")) == strip(read_jsonl(b / "metrics.jsonl"))
+    assert read_jsonl(a / "rollouts.jsonl") == read_jsonl(b / "rollouts.jsonl")
+
+
+@pytest.fixture
+def same_run():
+    """assert_same_run as a fixture (conftest is not importable as a module)."""
+    return assert_same_run

@@ -99,3 +99,66 @@ def test_run_manifest_has_versions_and_fingerprint(tmp_path):
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["seed"] == 7 and m["dataset_fingerprint"] == "abc"
     assert m["versions"]["torch"].startswith("2.") and "git_sha" in m
+
+
+_KILL_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from mathrl import checkpoint as ck
+
+run_dir, where = Path(sys.argv[1]), sys.argv[2]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def payload(tmp):
+    (tmp / "model").mkdir()
+    (tmp / "model" / "weights.bin").write_bytes(b"second")
+    if where == "between_files":
+        die()
+    (tmp / "state.pt").write_bytes(b"state")
+
+if where == "before_rename":
+    ck.os.replace = lambda *a: die()
+if where == "before_latest":
+    ck.atomic_write_text = lambda *a: die()
+ck.save_checkpoint(run_dir, 2, payload, {}, keep_last=3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "survivor"),
+    [("between_files", 1), ("before_rename", 1), ("before_latest", 2)],
+)
+def test_sigkill_during_checkpoint_write(tmp_path, where, survivor):
+    """A real SIGKILL at three points of a save: resume finds the last complete checkpoint."""
+    import signal
+    import subprocess
+    import sys
+
+    ck.save_checkpoint(tmp_path, 1, _payload(b"first"), {}, keep_last=3)
+    proc = subprocess.run([sys.executable, "-c", _KILL_CHILD, str(tmp_path), where], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    root = tmp_path / "checkpoints"
+    orphans = sorted(p.name for p in root.iterdir() if p.name.startswith(".tmp_"))
+    assert len(orphans) == (0 if where == "before_latest" else 1)
+    # the pointer still names step 1 when the kill came before it moved
+    assert (root / "latest").read_text().strip() == "step_00000001"
+    found = ck.latest_checkpoint(tmp_path)
+    assert found.name == f"step_{survivor:08d}"
+    assert (found / "model" / "weights.bin").read_bytes() == (b"first", b"second")[survivor - 1]
+    ck.clean_orphans(tmp_path)
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp_")]
+
+
+def test_resume_refuses_a_changed_dataset_unless_allowed(tmp_path):
+    from mathrl.config import Config
+    from mathrl.runtime import checkpoint_meta, resume_point
+
+    cfg = Config()
+    ck.save_checkpoint(tmp_path, 3, _payload(b"w"), checkpoint_meta(cfg, "a" * 64), keep_last=2)
+    assert resume_point(tmp_path, cfg, "a" * 64, allow_change=False).name == "step_00000003"
+    with pytest.raises(MathrlError, match=r"Dataset changed since step_00000003"):
+        resume_point(tmp_path, cfg, "b" * 64, allow_change=False)
+    assert resume_point(tmp_path, cfg, "b" * 64, allow_change=True).name == "step_00000003"
+    with pytest.raises(MathrlError, match="holds no complete checkpoint"):
+        resume_point(tmp_path / "empty", cfg, "a" * 64, allow_change=False)

@@ -497,6 +497,19 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _out_of_memory(exc: BaseException, debug: bool) -> None:
+    """An OOM mid-step: nothing of that step was written; say how to go on, exit 3."""
+    if debug:
+        raise exc
+    typer.echo(
+        f"error: out of memory ({type(exc).__name__}: {str(exc)[:200]}). Nothing from the "
+        "failed step was written; lower rollout.batch_size / train.micro_batch_size and "
+        "continue from the last checkpoint with --resume",
+        err=True,
+    )
+    raise SystemExit(3) from None
+
+
 def main() -> None:
     """Entry point: MathrlError becomes one line on stderr and exit code 2 (unless --debug)."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("MATHRL_DEBUG") == "1"
@@ -511,9 +524,14 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None
+    except MemoryError as exc:  # torch.OutOfMemoryError subclasses RuntimeError, see below
+        _out_of_memory(exc, debug)
     except Exception as exc:  # click usage errors and the like
         import click
+        import torch
 
+        if isinstance(exc, torch.OutOfMemoryError):
+            _out_of_memory(exc, debug)
         if isinstance(exc, click.exceptions.Exit):
             raise SystemExit(exc.exit_code) from None
         if isinstance(exc, click.ClickException):
