@@ -37,6 +37,8 @@ countdown_test_size = 20
 steps = 3
 batch_size = 8
 max_len = 128
+[warmup]
+steps = 3
 [rollout]
 max_new_tokens = 8
 batch_size = 16

@@ -70,6 +70,9 @@ def test_train_writes_every_artifact(run_cli, tiny_config, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(ckpt / "model")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert (out / "report.html").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["steps"], summary["report"]) == (2, str(out / "report.html"))
+    assert "accuracy_after_rl" not in summary  # the tiny config runs no held-out eval
     # training into the same dir again without --resume would mix two runs: refused
     res = run_cli("train", "-c", tiny_config, "--out", out)
     assert res.code == 2 and "already holds a run: pass --resume" in res.err

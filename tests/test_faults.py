@@ -43,7 +43,7 @@ def test_nonfinite_loss_skips_the_step(run_cli, tiny_config, tmp_path, nan_at_st
         "--out",
         out,
         "--set",
-        "sft.steps=0",
+        "warmup.steps=0",
         "--set",
         "train.kl_coef=0.1",
     )
@@ -67,7 +67,7 @@ def test_nonfinite_loss_can_stop_the_run(run_cli, tiny_config, tmp_path, nan_at_
         "--out",
         out,
         "--set",
-        "sft.steps=0",
+        "warmup.steps=0",
         "--set",
         "train.kl_coef=0.1",
         "--set",

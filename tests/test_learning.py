@@ -86,8 +86,6 @@ def test_rl_raises_mean_reward(warm_model, run_cli, algorithm):
         "--set",
         f"model.path={model}",
         "--set",
-        "sft.steps=0",
-        "--set",
         f"train.algorithm={algorithm}",
     )
     assert res.code == 0, res.err

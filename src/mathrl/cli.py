@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -291,11 +292,12 @@ def train_cmd(
     allow_config_change: AllowOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Online RL with GRPO, Dr GRPO, RLOO or REINFORCE; an SFT warm-up first when sft.steps > 0."""
+    """Online RL with GRPO, Dr GRPO, RLOO or REINFORCE; an SFT warm-up first per [warmup]."""
     from mathrl import checkpoint as ckpt_mod
     from mathrl.runtime import load_policy, resume_point
     from mathrl.trainer import train
 
+    started = time.perf_counter()
     cfg = _load(config, sets, quiet)
     task, run_dir = _setup(cfg, out, resume, fresh=True)
     resume_from = (
@@ -306,31 +308,96 @@ def train_cmd(
     if resume and resume_from is None and not ckpt_mod.list_checkpoints(run_dir / "warmup_sft"):
         raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
     model_path = resume_from / "model" if resume_from else None
-    if resume_from is None and cfg.sft.steps > 0:
-        model_path = _warmup(cfg, task, run_dir, resume, allow_config_change)
+    if resume_from is None:
+        model_path = _maybe_warmup(cfg, task, run_dir, resume, allow_config_change)
     model, tokenizer = load_policy(cfg, task, run_dir, model_path)
     logger = _logger(cfg, run_dir, cfg.train.steps)
     state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
     logger.close()
     _say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
-    _final_report(run_dir)
+    _finish(cfg, task, run_dir, started, resumed=resume_from is not None)
 
 
-def _final_report(run_dir: Path) -> None:
+def _warmup_summary(run_dir: Path) -> dict[str, Any] | None:
+    from dataclasses import asdict
+
+    from mathrl.warmup import read_decision
+
+    decision = read_decision(run_dir / "warmup_sft")
+    return asdict(decision) if decision else None
+
+
+def _finish(cfg: Any, task: Any, run_dir: Path, started: float, resumed: bool) -> None:
+    """summary.json, the before/after table, then the report (which shows the summary too)."""
+    from mathrl.plots import load_metrics
+    from mathrl.summary import before_after_text, run_summary, write_summary
+    from mathrl.trainer import heldout_split
+
+    report = run_dir / "report.html"
+    summary = run_summary(
+        load_metrics(run_dir / "metrics.jsonl"),
+        wall_s=time.perf_counter() - started,
+        heldout_split=heldout_split(cfg, task),
+        warmup=_warmup_summary(run_dir),
+        resumed=resumed,
+        report=str(report),
+    )
+    path = write_summary(run_dir, summary)
+    if _final_report(run_dir) is None:
+        summary["report"] = None
+        write_summary(run_dir, summary)
+    typer.echo(before_after_text(summary))
+    typer.echo(f"summary: {path}\nreport:  {summary['report']}")
+
+
+def _final_report(run_dir: Path) -> Path | None:
     """Plots + report.html at the end of a run; a failure here must not fail the run."""
     from mathrl.report import write_report
 
     try:
-        _say(f"report: {write_report(run_dir)}")
+        return write_report(run_dir)
     except Exception as exc:  # the run itself succeeded; say why there is no report
         _say(f"warning: no report written ({type(exc).__name__}: {exc})")
+        return None
 
 
-def _warmup(cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool) -> Path:
+def _maybe_warmup(
+    cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool
+) -> Path | None:
+    """Decide once per run whether to warm up with SFT (see mathrl.warmup), then do it.
+
+    Returns the warmed-up model dir, or None to start RL from the configured model.
+    """
+    from mathrl import warmup
+    from mathrl.runtime import load_policy
+
+    wdir = run_dir / "warmup_sft"
+    decision = warmup.read_decision(wdir) if resume else None
+    if decision is None:
+        rate = None
+        if cfg.warmup.steps == 0 and cfg.warmup.min_positive > 0:
+            _say("warm-up probe: sampling RL's first round from the starting model")
+            model, tokenizer = load_policy(cfg, task, run_dir)
+            rate = warmup.first_round_correct(cfg, task, model, tokenizer)
+            del model, tokenizer
+        decision = warmup.decide(cfg, rate)
+        if decision.warmup or rate is not None:
+            warmup.write_decision(wdir, decision)
+    if decision.warmup or decision.first_round_correct is not None:
+        _say(f"warm-up decision: {decision.reason}")
+    if not decision.warmup:
+        return None
+    return _warmup(cfg, task, run_dir, resume, allow_change, decision.steps)
+
+
+def _warmup(
+    cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool, steps: int
+) -> Path:
     """SFT warm-up on the task's own solutions into run_dir/warmup_sft; returns its model dir."""
     from mathrl import checkpoint as ckpt_mod
     from mathrl.runtime import load_policy, resume_point
     from mathrl.sft import task_pair_sampler, train_sft
+    from mathrl.warmup import write_warmup_data
 
     wdir = run_dir / "warmup_sft"
     wdir.mkdir(exist_ok=True)
@@ -340,18 +407,22 @@ def _warmup(cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool
         if resume and ckpt_mod.list_checkpoints(wdir)
         else None
     )
-    if prev is not None and ckpt_mod.read_manifest(prev)["step"] >= cfg.sft.steps:
+    if prev is not None and ckpt_mod.read_manifest(prev)["step"] >= steps:
         return prev / "model"
+    if not (wdir / "data.jsonl").is_file():
+        n = write_warmup_data(task, wdir / "data.jsonl")
+        _say(f"warm-up data: {n} prompts with their solutions -> {wdir / 'data.jsonl'}")
     model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
-    _say(f"SFT warm-up: {cfg.sft.steps} steps on the task's own solutions")
+    _say(f"SFT warm-up: {steps} steps on the task's own solutions")
     train_sft(
         cfg,
         model,
         tokenizer,
         task_pair_sampler(task),
         wdir,
-        _logger(cfg, wdir, cfg.sft.steps),
+        _logger(cfg, wdir, steps),
         task.fingerprint,
+        steps=steps,
         resume_from=prev,
     )
     latest = ckpt_mod.latest_checkpoint(wdir)
@@ -468,18 +539,26 @@ def loop_cmd(
     reset: Annotated[bool, typer.Option(help="Delete --out and start over.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Alternate `rollout` and `train-buffer` (steps_per_iter = ceil(max_steps / iters)); resumes by itself."""
+    """Alternate `rollout` and `train-buffer` (steps_per_iter = ceil(max_steps / iters)), after an SFT warm-up per [warmup]; resumes by itself."""
+    from mathrl import checkpoint as ckpt_mod
     from mathrl.decoupled import loop
+    from mathrl.runtime import load_policy
 
     cfg = _load(config, sets, quiet)
     task, run_dir = _setup(cfg, out, resume=False, reset=reset)
+    # The warm-up (per [warmup]) only matters before the first RL checkpoint; it resumes too.
+    base = (
+        None
+        if ckpt_mod.latest_checkpoint(run_dir)
+        else _maybe_warmup(cfg, task, run_dir, resume=True, allow_change=False)
+    )
     step = loop(
         cfg,
         task,
         run_dir,
         iters,
         max_steps,
-        _policy_loader(cfg, task, run_dir),
+        lambda path: load_policy(cfg, task, run_dir, path or base),
         _logger(cfg, run_dir, max_steps),
         _say,
     )

@@ -199,7 +199,7 @@ class SFTConfig:
     """Supervised warm-up / fine-tuning."""
 
     steps: int = 0
-    """SFT optimizer steps (0: no SFT warm-up in train)."""
+    """Optimizer steps of `mathrl sft` (the warm-up inside train/loop is [warmup])."""
     lr: float = 1e-4
     """SFT learning rate."""
     batch_size: int = 32
@@ -208,6 +208,18 @@ class SFTConfig:
     """Truncate SFT sequences to this many tokens."""
     data: str | None = None
     """prompt/response or messages JSONL; None uses the task's own solutions."""
+
+
+@dataclass
+class WarmupConfig:
+    """SFT warm-up before RL in `train` and `loop` (lr, batch_size, max_len from [sft])."""
+
+    steps: int = 0
+    """Warm up with this many SFT steps on the task's own solutions before RL; 0: none, unless min_positive triggers one."""
+    min_positive: float = 0.0
+    """Probe RL's first round from the starting model first: if fewer than this fraction of its samples are correct, warm up for auto_steps; 0 disables the probe."""
+    auto_steps: int = 200
+    """SFT steps of a warm-up triggered by min_positive."""
 
 
 @dataclass
@@ -264,6 +276,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -360,6 +373,11 @@ def validate(cfg: Config) -> None:
         cfg.checkpoint.keep_last >= 1,
         f"checkpoint.keep_last must be >= 1, got {cfg.checkpoint.keep_last}",
     )
+    w = cfg.warmup
+    _check(w.steps >= 0, f"warmup.steps must be >= 0, got {w.steps}")
+    _check(w.auto_steps >= 1, f"warmup.auto_steps must be >= 1, got {w.auto_steps}")
+    _check(0 <= w.min_positive <= 1, f"warmup.min_positive must be in [0, 1], got {w.min_positive}")
+    _check(cfg.sft.steps >= 0, f"sft.steps must be >= 0, got {cfg.sft.steps}")
     e = cfg.eval
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     for k in e.k:

@@ -1,0 +1,110 @@
+"""The automatic SFT warm-up decision, both ways, and what it leaves on disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mathrl.config import load_config
+from mathrl.rewards.scoring import RewardResult
+from mathrl.rollout.buffer import read_jsonl
+from mathrl.tasks.countdown import CountdownTask
+from mathrl.warmup import decide
+
+
+def _cfg(**warmup):
+    return load_config(None, [f"warmup.{k}={v}" for k, v in warmup.items()])
+
+
+@pytest.mark.parametrize(
+    ("warmup", "rate", "want", "steps", "reason"),
+    [
+        ({}, None, False, 0, "no warm-up configured"),
+        ({"steps": 50}, None, True, 50, "warmup.steps = 50"),
+        ({"steps": 50, "min_positive": 0.2}, 0.9, True, 50, "warmup.steps = 50"),
+        (
+            {"min_positive": 0.2},
+            0.1,
+            True,
+            200,
+            "0.100 of first-round samples correct < warmup.min_positive = 0.2",
+        ),
+        ({"min_positive": 0.2, "auto_steps": 7}, 0.0, True, 7, "0.000 of first-round"),
+        (
+            {"min_positive": 0.2},
+            0.2,
+            False,
+            0,
+            "0.200 of first-round samples correct >= warmup.min_positive = 0.2: no warm-up",
+        ),
+    ],
+)
+def test_decision_table(warmup, rate, want, steps, reason):
+    d = decide(_cfg(**warmup), rate)
+    assert (d.warmup, d.steps, d.first_round_correct) == (want, steps, rate)
+    assert reason in d.reason
+
+
+def test_bad_warmup_values_are_refused():
+    from mathrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"warmup.min_positive must be in \[0, 1\], got 1.5"):
+        load_config(None, ["warmup.min_positive=1.5"])
+    with pytest.raises(ConfigError, match="warmup.steps must be >= 0"):
+        load_config(None, ["warmup.steps=-1"])
+
+
+def always_correct(completion: str, *args) -> RewardResult:
+    return RewardResult(reward=1.0, correct=True, format_ok=True, reason="ok")
+
+
+def _train(run_cli, tiny_config, out, *sets):
+    args = ["train", "-c", tiny_config, "--out", out, "--set", "warmup.steps=0"]
+    for s in ("warmup.min_positive=0.5", "warmup.auto_steps=2", *sets):
+        args += ["--set", s]
+    return run_cli(*args)
+
+
+def test_weak_model_is_warmed_up_first(run_cli, tiny_config, tmp_path):
+    out = tmp_path / "run"
+    res = _train(run_cli, tiny_config, out)
+    assert res.code == 0, res.err
+    decision = json.loads((out / "warmup_sft" / "decision.json").read_text())
+    # an untrained scratch model gets nothing right in its first round
+    assert decision == {
+        "warmup": True,
+        "steps": 2,
+        "reason": "0.000 of first-round samples correct < warmup.min_positive = 0.5: SFT warm-up first",
+        "first_round_correct": 0.0,
+    }
+    assert "warm-up decision: 0.000 of first-round" in res.err
+    assert [m["step"] for m in read_jsonl(out / "warmup_sft" / "metrics.jsonl")] == [1, 2]
+    data = read_jsonl(out / "warmup_sft" / "data.jsonl")
+    assert len(data) == 60  # every train prompt of the tiny config
+    task = CountdownTask(max_number=9, max_target=30, train_size=60, test_size=20)
+    from mathrl.rewards.scoring import score_countdown
+
+    for row in data[:10]:
+        ex = next(e for e in task.examples("train") if e.id == row["prompt_id"])
+        assert row["responses"] and all(
+            score_countdown(r, ex.meta["nums"], ex.meta["target"], "final_line", "binary").correct
+            for r in row["responses"]
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warmup"] == decision
+
+
+def test_strong_model_skips_the_warmup(run_cli, tiny_config, tmp_path, monkeypatch):
+    real = CountdownTask.reward_call
+    monkeypatch.setattr(
+        CountdownTask, "reward_call", lambda self, ex: (always_correct, real(self, ex)[1])
+    )
+    out = tmp_path / "run"
+    res = _train(run_cli, tiny_config, out)
+    assert res.code == 0, res.err
+    decision = json.loads((out / "warmup_sft" / "decision.json").read_text())
+    assert (decision["warmup"], decision["first_round_correct"]) == (False, 1.0)
+    assert not (out / "warmup_sft" / "metrics.jsonl").exists()
+    assert not (out / "warmup_sft" / "data.jsonl").exists()
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
