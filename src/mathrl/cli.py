@@ -430,6 +430,42 @@ def _warmup(
     return latest / "model"
 
 
+@app.command("expert-iter", epilog=EPILOG)
+def expert_iter_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    allow_config_change: AllowOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Expert iteration: rounds of sampling, keeping correct completions, SFT on them, eval ([expert_iter])."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.expert_iter import run_expert_iter
+    from mathrl.runtime import load_policy, resume_point
+
+    started = time.perf_counter()
+    cfg = _load(config, sets, quiet)
+    task, run_dir = _setup(cfg, out, resume, fresh=True)
+    has_rounds = bool(ckpt_mod.list_checkpoints(run_dir))
+    if resume and has_rounds:
+        resume_point(run_dir, cfg, task.fingerprint, allow_config_change)
+    base = None if has_rounds else _maybe_warmup(cfg, task, run_dir, resume, allow_config_change)
+    logger = _logger(cfg, run_dir, cfg.expert_iter.rounds)
+    rounds = run_expert_iter(
+        cfg,
+        task,
+        run_dir,
+        lambda path: load_policy(cfg, task, run_dir, path or base),
+        logger,
+        lambda rdir, steps: _logger(cfg, rdir, steps),
+        _say,
+    )
+    logger.close()
+    _say(f"expert iteration: {rounds} rounds; checkpoints in {run_dir / 'checkpoints'}")
+    _finish(cfg, task, run_dir, started, resumed=resume and has_rounds)
+
+
 @app.command("sft", epilog=EPILOG)
 def sft_cmd(
     config: ConfigOpt = None,

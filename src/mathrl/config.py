@@ -223,6 +223,22 @@ class WarmupConfig:
 
 
 @dataclass
+class ExpertIterConfig:
+    """`mathrl expert-iter`: rounds of sample -> keep correct -> SFT -> eval."""
+
+    rounds: int = 3
+    """Rounds to run."""
+    prompts: int = 256
+    """Training prompts sampled per round (a seeded draw per round)."""
+    samples: int = 8
+    """Completions per prompt (at rollout.temperature)."""
+    max_per_prompt: int = 2
+    """Distinct correct completions kept per prompt."""
+    sft_steps: int = 100
+    """SFT steps per round on the kept completions (lr, batch_size, max_len from [sft])."""
+
+
+@dataclass
 class CheckpointConfig:
     """When and how checkpoints are written."""
 
@@ -277,6 +293,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    expert_iter: ExpertIterConfig = field(default_factory=ExpertIterConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -378,6 +395,9 @@ def validate(cfg: Config) -> None:
     _check(w.auto_steps >= 1, f"warmup.auto_steps must be >= 1, got {w.auto_steps}")
     _check(0 <= w.min_positive <= 1, f"warmup.min_positive must be in [0, 1], got {w.min_positive}")
     _check(cfg.sft.steps >= 0, f"sft.steps must be >= 0, got {cfg.sft.steps}")
+    for key in ("rounds", "prompts", "samples", "max_per_prompt", "sft_steps"):
+        v = getattr(cfg.expert_iter, key)
+        _check(v >= 1, f"expert_iter.{key} must be >= 1, got {v}")
     e = cfg.eval
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     for k in e.k:

@@ -24,7 +24,7 @@ def run_summary(
     train_rows = [m for m in metrics if "reward/mean" in m]
     evals = [m for m in metrics if m.get(EVAL_KEY) is not None]
     out: dict[str, Any] = {
-        "steps": int(train_rows[-1]["step"]) if train_rows else 0,
+        "steps": max((int(m.get("step", 0)) for m in metrics), default=0),
         "wall_s": round(wall_s, 1),
         "heldout_split": heldout_split,
     }

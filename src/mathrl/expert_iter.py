@@ -1,0 +1,173 @@
+"""Expert iteration: sample -> keep correct completions -> SFT on them -> eval, in rounds.
+
+Round r (1-based) samples `expert_iter.samples` completions for each of
+`expert_iter.prompts` training prompts (a seeded draw per round) from the current model,
+keeps the correct ones (deduplicated, at most `max_per_prompt` per prompt), writes them to
+RUN/expert_iter/round_XXX/data.jsonl, fine-tunes on them for `expert_iter.sft_steps`
+steps (the [sft] learning rate, batch size and length) and commits the result as
+RUN/checkpoints/step_XXXXXXXX with step = r, the same format as RL checkpoints.
+
+Resuming: finished rounds are skipped (the newest valid checkpoint says how many); an
+interrupted round reuses its data file and continues its SFT from the round's own
+checkpoints, so no sampling is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mathrl import checkpoint as ckpt_mod
+from mathrl.checkpoint import atomic_write_text
+from mathrl.config import Config, dumps_toml
+from mathrl.errors import MathrlError
+from mathrl.rollout.buffer import append_jsonl, read_jsonl
+from mathrl.runtime import checkpoint_meta
+from mathrl.tasks import Example, Task
+
+
+def select_correct(
+    examples: list[Example], scored: list[list[dict[str, Any]]], max_per_prompt: int
+) -> list[dict[str, Any]]:
+    """Correct completions per prompt, first occurrence of each text, at most max_per_prompt."""
+    rows = []
+    for ex, samples in zip(examples, scored, strict=True):
+        seen: set[str] = set()
+        for s in samples:
+            text = s["completion"]
+            if s["correct"] and text not in seen and len(seen) < max_per_prompt:
+                seen.add(text)
+                rows.append({"prompt_id": ex.id, "response": text})
+    return rows
+
+
+def round_prompts(examples: list[Example], n: int, seed: int, round_no: int) -> list[Example]:
+    """A seeded draw of n distinct prompts for one round (all of them if n >= len)."""
+    rng = random.Random(seed * 1_000_003 + 7919 * round_no)
+    return rng.sample(examples, min(n, len(examples)))
+
+
+def sample_round(
+    cfg: Config,
+    task: Task,
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    round_no: int,
+    pool: Any,
+) -> list[list[dict[str, Any]]]:
+    """expert_iter.samples scored completions per example, from `model` at rollout settings."""
+    from mathrl.evaluate import chunks, sample_scored
+    from mathrl.rollout.chat import prompt_token_ids
+    from mathrl.rollout.registry import make_engine
+    from mathrl.rollout.types import SamplingParams
+
+    r, n = cfg.rollout, cfg.expert_iter.samples
+    engine = make_engine(r.engine, model, tokenizer, batch_size=r.batch_size)
+    model.eval()
+    out: list[list[dict[str, Any]]] = []
+    for i, idx in enumerate(chunks(len(examples), max(1, r.batch_size // n))):
+        exs = [examples[j] for j in idx]
+        sampling = SamplingParams(
+            n=n,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            seed=cfg.seed * 1_000_003 + round_no * 10_007 + i,
+        )
+        prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in exs]
+        out += sample_scored(engine, pool, task, exs, prompts, sampling)
+    return out
+
+
+def run_expert_iter(
+    cfg: Config,
+    task: Task,
+    run_dir: Path,
+    load: Callable[[Path | None], tuple[Any, Any]],
+    logger: Any,
+    round_logger: Callable[[Path, int], Any],
+    say: Callable[[str], None],
+) -> int:
+    """Run the remaining rounds; returns the number of finished rounds."""
+    from mathrl.rewards.bounded import RewardPool
+    from mathrl.sft import file_pair_sampler, train_sft
+    from mathrl.trainer import heldout_split, run_eval, training_examples, truncate_logs
+
+    ei = cfg.expert_iter
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    done = ckpt_mod.read_manifest(latest)["step"] if latest else 0
+    truncate_logs(run_dir, done)
+    train_examples = training_examples(cfg, task)
+    by_id = {ex.id: ex for ex in train_examples}
+    eval_split = heldout_split(cfg, task)
+    with RewardPool(timeout_s=cfg.train.reward_timeout_s, workers=cfg.train.reward_workers) as pool:
+        model, tokenizer = load(latest / "model" if latest else None)
+        if done == 0 and cfg.eval.every:
+            logger.log(run_eval(cfg, model, tokenizer, task, eval_split, pool), 0)
+        for round_no in range(done + 1, ei.rounds + 1):
+            rdir = run_dir / "expert_iter" / f"round_{round_no:03d}"
+            data_path = rdir / "data.jsonl"
+            metrics: dict[str, float] = {}
+            if not data_path.is_file():
+                examples = round_prompts(train_examples, ei.prompts, cfg.seed, round_no)
+                say(f"round {round_no}: sampling {len(examples)} prompts x {ei.samples}")
+                scored = sample_round(cfg, task, model, tokenizer, examples, round_no, pool)
+                kept = select_correct(examples, scored, ei.max_per_prompt)
+                flat = [s["correct"] for group in scored for s in group]
+                metrics = {
+                    "ei/sample_accuracy": sum(flat) / max(1, len(flat)),
+                    "ei/prompts_solved": sum(any(s["correct"] for s in g) for g in scored)
+                    / max(1, len(scored)),
+                    "ei/kept": len(kept),
+                }
+                if not kept:
+                    raise MathrlError(
+                        f"expert-iter round {round_no}: no correct completion among "
+                        f"{len(flat)} samples; warm up with SFT first (warmup.steps) or use easier data"
+                    )
+                # written whole before SFT starts, so a resumed round reuses them
+                rdir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(rdir / "sampling.json", json.dumps(metrics) + "\n")
+                append_jsonl(data_path, kept)
+            else:
+                metrics = json.loads((rdir / "sampling.json").read_text())
+            kept = read_jsonl(data_path)
+            pairs = [(task.messages(by_id[r["prompt_id"]]), r["response"]) for r in kept]
+            prev = ckpt_mod.latest_checkpoint(rdir)
+            if prev is not None:
+                model, tokenizer = load(prev / "model")
+            say(f"round {round_no}: SFT {ei.sft_steps} steps on {len(pairs)} correct completions")
+            sft_logger = round_logger(rdir, ei.sft_steps)
+            train_sft(
+                cfg,
+                model,
+                tokenizer,
+                file_pair_sampler(pairs),
+                rdir,
+                sft_logger,
+                task.fingerprint,
+                steps=ei.sft_steps,
+                resume_from=prev,
+            )
+            sft_logger.close()
+            if cfg.eval.every:
+                metrics.update(run_eval(cfg, model, tokenizer, task, eval_split, pool))
+            logger.log({"ei/round": round_no, **metrics}, round_no)  # a resume truncates a repeat
+            ckpt_mod.save_training_checkpoint(
+                run_dir,
+                round_no,
+                model,
+                tokenizer,
+                {"round": round_no},
+                dumps_toml(cfg),
+                checkpoint_meta(cfg, task.fingerprint, {"kind": "expert_iter"}),
+                cfg.checkpoint.keep_last,
+            )
+            shutil.rmtree(rdir / ckpt_mod.CKPT_DIR, ignore_errors=True)  # the round is committed
+    return ei.rounds
