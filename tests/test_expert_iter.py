@@ -66,10 +66,8 @@ def test_expert_iter_command_rounds_and_resume(run_cli, tiny_config, tmp_path, m
     kept = read_jsonl(out / "expert_iter" / "round_001" / "data.jsonl")
     assert len(kept) == rows[0]["ei/kept"] and kept
     assert all(len(k["response"]) % 2 == 0 for k in kept)
-    assert (
-        rows[0]["ei/sample_accuracy"] == sum(len(k["response"]) % 2 == 0 for k in kept) / 16
-        or rows[0]["ei/kept"] <= 8
-    )  # duplicates are dropped, so kept <= correct samples
+    # at most max_per_prompt (2) distinct correct texts for each of the 4 prompts
+    assert 0 < rows[0]["ei/kept"] <= min(8, round(rows[0]["ei/sample_accuracy"] * 16))
     assert [m["step"] for m in read_jsonl(out / "expert_iter/round_001/metrics.jsonl")] == [1, 2]
     assert not (out / "expert_iter" / "round_001" / "checkpoints").exists()  # folded into step 1
     manifest = json.loads((out / "checkpoints" / "step_00000001" / "manifest.json").read_text())
