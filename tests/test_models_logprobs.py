@@ -90,3 +90,51 @@ def test_gradients_flow(model):
 def test_position_ids_from_mask():
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def _naive_completion_logprobs(model, prompt, completion):
+    """One row, unpadded, full logits: log-prob of each completion token and the entropy."""
+    ids = torch.tensor(prompt + completion)
+    logp = torch.log_softmax(model(ids[None]).logits[0].float(), -1)  # (L, V)
+    rows = range(len(prompt) - 1, len(ids) - 1)
+    lp = torch.stack([logp[t, ids[t + 1]] for t in rows])
+    ent = torch.stack([-(logp[t].exp() * logp[t]).sum() for t in rows])
+    return lp, ent
+
+
+# 3 prompts of lengths 7, 3, 5; 6 rows continuing them (two each, in mixed order),
+# completions of lengths 4, 1, 3, 4, 2, 3: left-padded prompts and right-padded completions.
+PROMPTS = [[5, 9, 13, 17, 21, 25, 29], [40, 41, 42], [60, 61, 62, 63, 64]]
+ROWS = [0, 1, 2, 0, 2, 1]
+COMPS = [[70, 71, 72, 73], [80], [90, 91, 92], [100, 101, 102, 103], [110, 111], [120, 121, 122]]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_completion_logprobs_match_naive(model, share):
+    from mathrl.models.logprobs import completion_batch, completion_logprobs
+
+    batch = completion_batch(PROMPTS, ROWS, COMPS, pad_id=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        lp, ent = completion_logprobs(model, batch, return_entropy=True, share_prompts=share)
+    assert lp.shape == ent.shape == (6, 4)
+    for i, (p, c) in enumerate(zip(ROWS, COMPS, strict=True)):
+        want_lp, want_ent = _naive_completion_logprobs(model, PROMPTS[p], c)
+        torch.testing.assert_close(lp[i, : len(c)], want_lp, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(ent[i, : len(c)], want_ent, atol=2e-5, rtol=1e-5)
+        assert (lp[i, len(c) :] == 0).all() and (ent[i, len(c) :] == 0).all()
+
+
+def test_shared_prompt_gradients_equal_full_rows(model):
+    """The shared-prompt forward gives the same parameter gradients as running every row."""
+    from mathrl.models.logprobs import completion_batch, completion_logprobs
+
+    batch = completion_batch(PROMPTS, ROWS, COMPS, pad_id=0, device=torch.device("cpu"))
+    weights = torch.linspace(-1, 1, 24).reshape(6, 4)  # an arbitrary per-token loss weight
+    grads = []
+    for share in (True, False):
+        model.zero_grad(set_to_none=True)
+        (completion_logprobs(model, batch, share_prompts=share) * weights).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.zero_grad(set_to_none=True)

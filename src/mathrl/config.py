@@ -184,6 +184,8 @@ class TrainConfig:
     """Drop groups whose rewards are all equal and resample (dynamic sampling)."""
     min_positive: int = 0
     """Keep sampling until a round has this many positive-reward samples."""
+    share_prompts: bool = True
+    """Training forward runs each group's prompt once and shares its KV cache across the group (same values, less compute); false runs every prompt+completion row in full."""
     max_total_rollouts: int = 0
     """Bound on completions sampled per step when resampling; 0 means 4x the batch."""
     reward_timeout_s: float = 5.0

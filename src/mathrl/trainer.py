@@ -35,7 +35,7 @@ from mathrl.algorithms import (
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.logging import console
-from mathrl.models.logprobs import sequence_logprobs
+from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
 from mathrl.rewards import RewardPool
 from mathrl.rollout.buffer import append_jsonl
 from mathrl.rollout.chat import prompt_token_ids
@@ -272,8 +272,7 @@ def policy_update(
     t = cfg.train
     device = next(model.parameters()).device
     comps = [c for g in groups for c in g.completions]
-    prompt_lens = [len(g.prompt_ids) for g in groups for _ in g.completions]
-    seqs = [list(c.prompt_ids) + list(c.token_ids) for c in comps]
+    row_group = [gi for gi, g in enumerate(groups) for _ in g.completions]
     total_tokens = max(1, sum(len(c.token_ids) for c in comps))
     total_seqs = max(1, len(comps))
     # Zero-advantage sequences give exactly zero policy gradient; skip them unless KL needs them.
@@ -285,33 +284,28 @@ def policy_update(
         max_len=cfg.rollout.max_new_tokens,
     )
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
-    tensors = [
-        pad_batch([seqs[i] for i in mb], [prompt_lens[i] for i in mb], pad_id, device)
-        for mb in micro
-    ]
+    batches = [micro_batch(groups, comps, row_group, mb, pad_id, device) for mb in micro]
+    share = t.share_prompts
     old_lp: list[torch.Tensor | None] = [None] * len(micro)
     ref_lp: list[torch.Tensor | None] = [None] * len(micro)
     with torch.no_grad():
-        for j, (ids, attn, cmask) in enumerate(tensors):
+        for j, batch in enumerate(batches):
             if rollout_logprobs:
-                old_lp[j] = sampler_logprobs(
-                    [comps[i] for i in micro[j]],
-                    [prompt_lens[i] for i in micro[j]],
-                    ids.shape[1],
-                    device,
-                )
+                old_lp[j] = sampler_logprobs([comps[i] for i in micro[j]], batch)
             elif t.mu > 1:
-                old_lp[j] = sequence_logprobs(model, ids, attn, cmask)
+                old_lp[j] = completion_logprobs(model, batch, share_prompts=share)
             if ref_model is not None:
-                ref_lp[j] = ref_logprobs(ref_model, model, ids, attn, cmask)
+                ref_lp[j] = ref_logprobs(ref_model, model, batch, share)
     sums: dict[str, float] = {}
     grad_norm = torch.tensor(0.0)
     skipped = 0
     for _epoch in range(t.mu):
         optimizer.zero_grad(set_to_none=True)
         for j, mb in enumerate(micro):
-            ids, attn, cmask = tensors[j]
-            logprobs, entropy = sequence_logprobs(model, ids, attn, cmask, return_entropy=True)
+            cmask = batches[j].completion_mask
+            logprobs, entropy = completion_logprobs(
+                model, batches[j], return_entropy=True, share_prompts=share
+            )
             old = old_lp[j] if old_lp[j] is not None else logprobs.detach()
             out = compute_loss(
                 logprobs,
@@ -361,23 +355,41 @@ def policy_update(
     return metrics
 
 
-def sampler_logprobs(
-    comps: list[Completion], prompt_lens: list[int], width: int, device: torch.device
-) -> torch.Tensor:
-    """(B, L) sampler log-probs placed at the completion positions of a right-padded batch."""
-    out = torch.zeros((len(comps), width), dtype=torch.float32)
-    for i, (c, p) in enumerate(zip(comps, prompt_lens, strict=True)):
-        out[i, p : p + len(c.logprobs)] = torch.tensor(c.logprobs, dtype=torch.float32)
-    return out.to(device)
+def micro_batch(
+    groups: list[Group],
+    comps: list[Completion],
+    row_group: list[int],
+    rows: list[int],
+    pad_id: int,
+    device: torch.device,
+) -> CompletionBatch:
+    """The CompletionBatch of `rows` (indices into comps): each distinct prompt once."""
+    local: dict[int, int] = {}
+    for i in rows:
+        local.setdefault(row_group[i], len(local))
+    prompts = [list(groups[g].prompt_ids) for g in local]
+    return completion_batch(
+        prompts,
+        [local[row_group[i]] for i in rows],
+        [list(comps[i].token_ids) for i in rows],
+        pad_id,
+        device,
+    )
 
 
-def ref_logprobs(
-    ref_model: Any, model: Any, ids: torch.Tensor, attn: torch.Tensor, cmask: torch.Tensor
-) -> torch.Tensor:
+def sampler_logprobs(comps: list[Completion], batch: CompletionBatch) -> torch.Tensor:
+    """(B, T) sampler log-probs laid out like the batch's completion tokens."""
+    out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+    for i, c in enumerate(comps):
+        out[i, : len(c.logprobs)] = torch.tensor(c.logprobs, dtype=torch.float32)
+    return out.to(batch.completion_mask.device)
+
+
+def ref_logprobs(ref_model: Any, model: Any, batch: CompletionBatch, share: bool) -> torch.Tensor:
     if ref_model == "adapters_off":  # LoRA: the base weights are the reference
         with model.disable_adapter():
-            return sequence_logprobs(model, ids, attn, cmask)
-    return sequence_logprobs(ref_model, ids, attn, cmask)
+            return completion_logprobs(model, batch, share_prompts=share)
+    return completion_logprobs(ref_model, batch, share_prompts=share)
 
 
 def rollout_records(

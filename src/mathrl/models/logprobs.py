@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,20 +28,151 @@ def sequence_logprobs(
     model's output at t-1, so position 0 is never scored. Logits are computed only at scored
     positions (the lm_head over the full vocabulary dominates memory), in float32. With
     `return_entropy`, also returns the entropy of the model's next-token distribution at each
-    scored position, (B, L). Differentiable: wrap in torch.no_grad() for old/ref log-probs.
+    scored position, (B, L), computed without a graph (it is a metric, never a loss term).
+    Differentiable: wrap in torch.no_grad() for old/ref log-probs.
     """
     targets = completion_mask.bool().clone()  # (B, L)
     targets[:, 0] = False
     # Output at t-1 predicts token t: select outputs with the targets shifted one step left.
     logits = _selected_logits(model, input_ids, attention_mask, targets[:, 1:])  # (N, V)
+    return _scatter_scores(logits, input_ids, targets, return_entropy)
+
+
+def _scatter_scores(
+    logits: torch.Tensor, token_ids: torch.Tensor, targets: torch.Tensor, return_entropy: bool
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) logits of the `targets` (B, T) positions -> (B, T) log-probs [and entropies]."""
     logp_all = F.log_softmax(logits.float(), dim=-1)  # (N, V)
-    token_logp = logp_all.gather(-1, input_ids[targets].unsqueeze(-1)).squeeze(-1)  # (N,)
-    zeros = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    logprobs = zeros.masked_scatter(targets, token_logp)  # (B, L)
+    token_logp = logp_all.gather(-1, token_ids[targets].unsqueeze(-1)).squeeze(-1)  # (N,)
+    zeros = torch.zeros(targets.shape, dtype=torch.float32, device=token_ids.device)
+    logprobs = zeros.masked_scatter(targets, token_logp)  # (B, T)
     if not return_entropy:
         return logprobs
-    entropy_tok = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
+    with torch.no_grad():
+        entropy_tok = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
     return logprobs, zeros.masked_scatter(targets, entropy_tok)
+
+
+@dataclass
+class CompletionBatch:
+    """Completions and the distinct prompts they continue (one micro-batch of the trainer).
+
+    prompt_ids, prompt_mask: (P, Lp), left-padded. row_prompt: (B,), each row's prompt.
+    completion_ids, completion_mask: (B, T), right-padded. Log-probs come back as (B, T).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    row_prompt: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+
+def completion_batch(
+    prompts: list[list[int]],
+    row_prompt: list[int],
+    completions: list[list[int]],
+    pad_id: int,
+    device: torch.device,
+) -> CompletionBatch:
+    """Pad `prompts` (left) and `completions` (right); row i continues prompts[row_prompt[i]]."""
+    p_width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((len(prompts), p_width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), p_width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        prompt_ids[i, p_width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[i, p_width - len(p) :] = 1
+    c_width = max(1, max(len(c) for c in completions))
+    completion_ids = torch.full((len(completions), c_width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(completions), c_width), dtype=torch.float32)
+    for i, c in enumerate(completions):
+        completion_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        completion_mask[i, : len(c)] = 1.0
+    return CompletionBatch(
+        prompt_ids.to(device),
+        prompt_mask.to(device),
+        torch.tensor(row_prompt, dtype=torch.long, device=device),
+        completion_ids.to(device),
+        completion_mask.to(device),
+    )
+
+
+def completion_logprobs(
+    model: nn.Module,
+    batch: CompletionBatch,
+    return_entropy: bool = False,
+    share_prompts: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) log-probs of each completion token (0 at padding) [and entropies].
+
+    With `share_prompts` (and a model whose logits are lm_head(decoder states)), each
+    distinct prompt runs through the decoder once and its key/value cache is shared by all
+    rows that continue it; gradients flow through the shared prompt states. A GRPO group
+    of G samples then pays for its prompt once instead of G times. Otherwise every row
+    runs as one full prompt+completion sequence. Both give the same values (tested).
+    """
+    targets = batch.completion_mask.bool()
+    if share_prompts and _head_is_separable(model):
+        hidden = _shared_prompt_hidden(model, batch)  # (B, T, H)
+        logits = model.get_output_embeddings()(hidden[targets])  # (N, V)
+        return _scatter_scores(logits, batch.completion_ids, targets, return_entropy)
+    ids, attn, cmask = _full_sequences(batch)
+    out = sequence_logprobs(model, ids, attn, cmask, return_entropy)
+    # Row-major order of scored positions is the same in both layouts: move them over.
+    full = cmask.bool()
+    full[:, 0] = False
+    if not return_entropy:
+        assert isinstance(out, torch.Tensor)
+        return torch.zeros(targets.shape, device=ids.device).masked_scatter(targets, out[full])
+    lp, ent = out
+    zeros = torch.zeros(targets.shape, device=ids.device)
+    return zeros.masked_scatter(targets, lp[full]), zeros.masked_scatter(targets, ent[full])
+
+
+def _shared_prompt_hidden(model: nn.Module, batch: CompletionBatch) -> torch.Tensor:
+    """Decoder states (B, T, H) whose row t predicts completion token t; prompts run once."""
+    decoder = model.get_decoder()
+    p_pos = position_ids_from_mask(batch.prompt_mask)  # (P, Lp)
+    out = decoder(
+        input_ids=batch.prompt_ids,
+        attention_mask=batch.prompt_mask,
+        position_ids=p_pos,
+        use_cache=True,
+    )
+    cache = out.past_key_values
+    rows = batch.row_prompt
+    cache.batch_select_indices(rows)  # (P, ...) -> (B, ...): differentiable indexing
+    last = out.last_hidden_state[:, -1][rows]  # (B, H): left padding puts real ends last
+    width = batch.completion_ids.shape[1]
+    attn = torch.cat([batch.prompt_mask[rows], batch.completion_mask.long()], dim=1)
+    pos = p_pos[rows][:, -1:] + 1 + torch.arange(width, device=p_pos.device)  # (B, T)
+    hidden = decoder(
+        input_ids=batch.completion_ids,
+        attention_mask=attn,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # (B, T, H): row t is the state after completion token t
+    return torch.cat([last[:, None], hidden[:, :-1]], dim=1)
+
+
+def _full_sequences(batch: CompletionBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt+completion rows (ids, attention mask, completion mask), (B, L)."""
+    p_lens = batch.prompt_mask.sum(-1)[batch.row_prompt].tolist()
+    c_lens = batch.completion_mask.sum(-1).long().tolist()
+    width = max(p + c for p, c in zip(p_lens, c_lens, strict=True))
+    b = len(p_lens)
+    device = batch.completion_ids.device
+    ids = torch.zeros((b, width), dtype=torch.long, device=device)
+    attn = torch.zeros((b, width), dtype=torch.long, device=device)
+    cmask = torch.zeros((b, width), dtype=torch.float32, device=device)
+    p_width = batch.prompt_ids.shape[1]
+    for i, (p, c) in enumerate(zip(p_lens, c_lens, strict=True)):
+        ids[i, :p] = batch.prompt_ids[batch.row_prompt[i], p_width - p :]
+        ids[i, p : p + c] = batch.completion_ids[i, :c]
+        attn[i, : p + c] = 1
+        cmask[i, p : p + c] = 1.0
+    return ids, attn, cmask
 
 
 def _selected_logits(
