@@ -473,7 +473,9 @@ def sft_cmd(
     out: OutOpt = None,
     data: Annotated[
         Path | None,
-        typer.Option(help="prompt/response or messages JSONL (default: the task's own solutions)."),
+        typer.Option(
+            help="prompt/response or messages JSONL, or a shard dir from sft-pretokenize (default: the task's own solutions)."
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="SFT steps (default sft.steps).")] = None,
     resume: ResumeOpt = False,
@@ -492,7 +494,12 @@ def sft_cmd(
     prev = resume_point(run_dir, cfg, task.fingerprint, allow_config_change) if resume else None
     model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
     source = data or (Path(cfg.sft.data) if cfg.sft.data else None)
-    sampler = file_pair_sampler(read_pairs(source)) if source else task_pair_sampler(task)
+    if source is not None and source.is_dir():
+        from mathrl.shards import shard_sampler
+
+        sampler: Any = shard_sampler(source, tokenizer)  # pre-tokenised (sft-pretokenize)
+    else:
+        sampler = file_pair_sampler(read_pairs(source)) if source else task_pair_sampler(task)
     final = train_sft(
         cfg,
         model,
@@ -505,6 +512,56 @@ def sft_cmd(
         resume_from=prev,
     )
     _say(f"SFT finished at step {final}; checkpoints in {run_dir / 'checkpoints'}")
+
+
+@app.command("sft-pretokenize", epilog=EPILOG)
+def sft_pretokenize_cmd(
+    data: Annotated[Path, typer.Option(help="prompt/response or messages JSONL to tokenise.")],
+    out: Annotated[Path, typer.Option(help="New directory for the shards and meta.json.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model whose tokenizer to use (default model.path; not 'scratch')."),
+    ] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per shard file.")] = 4096,
+    quiet: QuietOpt = False,
+) -> None:
+    """Tokenise SFT pairs once into fixed-length shards (sft.max_len) that `mathrl sft --data DIR` streams."""
+    from mathrl.checkpoint import sha256_file
+    from mathrl.models.loading import load_model
+    from mathrl.sft import encode_pair, read_pairs
+    from mathrl.shards import tokenizer_fingerprint, write_shards
+
+    cfg = _load(config, sets, quiet)
+    path = model or cfg.model.path
+    if path == "scratch":
+        raise MathrlError(
+            "sft-pretokenize needs a real tokenizer: pass --model with a checkpoint's model dir "
+            "(a scratch run keeps its tokenizer in RUN/scratch_model)"
+        )
+    pairs = read_pairs(data)
+    _, tokenizer = load_model(path, dtype=cfg.model.dtype, device="cpu")
+    rows = [encode_pair(tokenizer, m, r, cfg.sft.max_len) for m, r in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    meta = write_shards(
+        rows,
+        out,
+        cfg.sft.max_len,
+        pad_id,
+        shard_rows,
+        {
+            "source": str(data),
+            "source_sha256": sha256_file(data),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "model": path,
+        },
+    )
+    cut = sum(len(r.ids) >= cfg.sft.max_len for r in rows)
+    _say(
+        f"{meta['rows']} rows in {len(meta['shards'])} shards of length {cfg.sft.max_len} -> {out}"
+        + (f" ({cut} rows cut at sft.max_len)" if cut else "")
+    )
 
 
 # ---------------------------------------------------------------- decoupled mode

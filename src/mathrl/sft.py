@@ -21,6 +21,7 @@ from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
 from mathrl.rollout.buffer import read_jsonl
 from mathrl.runtime import checkpoint_meta
+from mathrl.shards import Encoded
 from mathrl.tasks import Task
 
 Pair = tuple[list[dict[str, str]], str]
@@ -72,7 +73,7 @@ def file_pair_sampler(pairs: list[Pair]) -> Callable[[random.Random, int], list[
 
 def encode_pair(
     tokenizer: Any, messages: list[dict[str, str]], response: str, max_len: int
-) -> tuple[list[int], int]:
+) -> Encoded:
     """(prompt + response + eos ids, prompt length), truncated to max_len."""
     from mathrl.rollout.chat import prompt_token_ids
 
@@ -82,7 +83,7 @@ def encode_pair(
             f"A prompt of {len(prompt)} tokens leaves no room for the response: raise sft.max_len (now {max_len})"
         )
     answer = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
-    return (prompt + answer)[:max_len], len(prompt)
+    return Encoded((prompt + answer)[:max_len], len(prompt))
 
 
 def sft_loss(
@@ -102,7 +103,7 @@ def train_sft(
     cfg: Config,
     model: Any,
     tokenizer: Any,
-    sampler: Callable[[random.Random, int], list[Pair]],
+    sampler: Callable[[random.Random, int], list[Pair] | list[Encoded]],
     run_dir: Path,
     logger: Any,
     fingerprint: str,
@@ -128,7 +129,10 @@ def train_sft(
     while step < steps:
         t0 = time.perf_counter()
         rng = random.Random(cfg.seed * 1_000_003 + step)
-        encoded = [encode_pair(tokenizer, m, r, s.max_len) for m, r in sampler(rng, s.batch_size)]
+        encoded = [
+            b if isinstance(b, Encoded) else encode_pair(tokenizer, b[0], b[1], s.max_len)
+            for b in sampler(rng, s.batch_size)
+        ]
         encoded.sort(key=lambda e: len(e[0]))  # similar lengths share a micro-batch
         n_tokens = sum(len(ids) - p for ids, p in encoded)
         if n_tokens == 0:
