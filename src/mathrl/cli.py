@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mathrl.cli_options import EPILOG, AllowOpt, ConfigOpt, OutOpt, QuietOpt, ResumeOpt, SetOpt
 from mathrl.errors import MathrlError
 
 app = typer.Typer(
@@ -27,39 +28,6 @@ config_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="TOML or YAML config file (e.g. configs/countdown/smoke.toml)."
-    ),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-s",
-        help="Override one config key, e.g. --set train.lr=5e-7 (repeatable; `mathrl config keys` lists every key).",
-    ),
-]
-OutOpt = Annotated[
-    Path | None,
-    typer.Option("--out", "-o", help="Run directory (default runs/<UTC stamp>_<git sha>)."),
-]
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out.")
-]
-AllowOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-config-change", help="Resume even if the config or dataset fingerprint changed."
-    ),
-]
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No console tables or progress bars.")
-]
-
-EPILOG = "Every config key can be set with --set; list them with `mathrl config keys`. Add --debug anywhere for a traceback on errors."
 
 
 def _load(config: Path | None, sets: list[str] | None, quiet: bool = False) -> Any:

@@ -1,7 +1,7 @@
 """`mathrl eval` and `mathrl probe`: thin commands over evaluate.py and probe.py.
 
 cli.py calls `register(app)`; this module never imports mathrl.cli (no import cycle), so
-the option conventions (--config/-c, --set/-s, --out/-o, --quiet/-q) are repeated here.
+the shared option types come from cli_options.
 """
 
 from __future__ import annotations
@@ -14,34 +14,13 @@ from typing import Annotated, Any
 
 import typer
 
+from mathrl.cli_options import EPILOG, ConfigOpt, OutOpt, QuietOpt, SetOpt
 from mathrl.errors import MathrlError
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="TOML or YAML config file (e.g. configs/countdown/smoke.toml)."
-    ),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-s",
-        help="Override one config key, e.g. --set eval.n=8 (repeatable; `mathrl config keys` lists every key).",
-    ),
-]
-OutOpt = Annotated[
-    Path | None,
-    typer.Option("--out", "-o", help="Output directory (default runs/<UTC stamp>_<git sha>)."),
-]
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bars (tables are still printed).")
-]
 MODEL_HELP = (
     "A checkpoint dir (holding model/), a run dir (its newest checkpoint), an HF dir or hub id, "
     "a .gguf file, 'smollm2-135m-instruct' or 'scratch' (default: model.path)."
 )
-EPILOG = "Every config key can be set with --set; list them with `mathrl config keys`. Add --debug anywhere for a traceback on errors."
 
 
 def _say(msg: str) -> None:

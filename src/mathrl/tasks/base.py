@@ -6,7 +6,10 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+
+from mathrl.errors import DataError
 
 Messages = list[dict[str, str]]
 
@@ -60,3 +63,32 @@ class Task(Protocol):
     def reward_call(self, ex: Example) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         """A picklable reward function and its arguments after the completion."""
         ...
+
+
+def read_table(path: Path) -> list[Any]:
+    """Rows of a dataset file (.parquet, or JSON lines); strict: a bad line is an error.
+
+    Unlike run logs (rollout.buffer.read_jsonl, which forgives a torn last line), a
+    dataset is input the user controls, so every malformed line stops with file:line.
+    """
+    if not path.is_file():
+        raise DataError(f"Dataset file not found: {path}")
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"Reading {path} needs pyarrow: pip install pyarrow") from None
+        rows = pq.read_table(path).to_pylist()
+    else:
+        rows = []
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
+    if not rows:
+        raise DataError(f"Dataset file is empty: {path}")
+    return rows

@@ -8,7 +8,6 @@ leaves RL little room).
 
 from __future__ import annotations
 
-import json
 import random
 from fractions import Fraction
 from functools import lru_cache
@@ -17,7 +16,7 @@ from typing import Any
 
 from mathrl.errors import DataError
 from mathrl.rewards import score_countdown
-from mathrl.tasks.base import Example, Messages, fingerprint, stable_id
+from mathrl.tasks.base import Example, Messages, fingerprint, read_table, stable_id
 from mathrl.tasks.prompts import build_messages, format_answer
 
 # (value, text, precedence): precedence 3 for a literal, 2 for * and /, 1 for + and -.
@@ -113,24 +112,7 @@ def generate(
 
 def read_instances(path: Path) -> list[dict[str, Any]]:
     """Instances in the HF Countdown-Tasks-3to4 format (`nums`, `target`), .jsonl or .parquet."""
-    if not path.is_file():
-        raise DataError(f"Dataset file not found: {path}")
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DataError(f"Reading {path} needs pyarrow: pip install pyarrow") from None
-        rows = pq.read_table(path).to_pylist()
-    else:
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
-    if not rows:
-        raise DataError(f"Dataset file is empty: {path}")
+    rows = read_table(path)
     out = []
     for i, r in enumerate(rows, 1):
         nums, target = (

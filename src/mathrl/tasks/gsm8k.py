@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from mathrl.errors import DataError
 from mathrl.rewards import parse_gold_gsm8k, score_gsm8k
-from mathrl.tasks.base import Example, Messages, fingerprint, stable_id
+from mathrl.tasks.base import Example, Messages, fingerprint, read_table, stable_id
 from mathrl.tasks.prompts import build_messages, format_answer
 
 HUB_ID = "openai/gsm8k"
@@ -19,26 +18,7 @@ _CALC = re.compile(r"<<[^<>]{0,200}>>")  # calculator annotations: "48/2 = <<48/
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a .jsonl or .parquet file, each checked for question and answer."""
-    if not path.is_file():
-        raise DataError(f"Dataset file not found: {path}")
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DataError(f"Reading {path} needs pyarrow: pip install pyarrow") from None
-        rows = pq.read_table(path).to_pylist()
-    else:
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
-    if not rows:
-        raise DataError(f"Dataset file is empty: {path}")
+    rows = read_table(path)
     for i, row in enumerate(rows, 1):
         if (
             not isinstance(row, dict)
