@@ -107,7 +107,7 @@ def test_logprobs_match_forward_pass(model, tokenizer, prompts, sampling_kw):
     # batch_size 8 with n=4: two chunks; EOS bias: rows finish (and leave the cache) at
     # different steps. Exact logprobs prove the shared prefill and row dropping are right.
     engine = HFEngine(model, tokenizer, batch_size=8)
-    result = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=24, seed=3, **sampling_kw))
+    result = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=24, seed=0, **sampling_kw))
     reasons = {c.finish_reason for c in result.completions}
     assert reasons == {"eos", "length"}
     assert len({len(c.token_ids) for c in result.completions}) > 3
@@ -233,3 +233,35 @@ def test_empty_prompt_rejected(model, tokenizer):
 def test_sampling_params_validation(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_inverse_cdf_sampling_matches_the_distribution():
+    """200k draws from a 5-token distribution (one token impossible): frequencies within 4 SE."""
+    from mathrl.rollout.hf_engine import inverse_cdf_sample
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.25, 0.05])
+    draws = inverse_cdf_sample(probs.repeat(200_000, 1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).double() / len(draws)
+    assert freq[1] == 0.0  # a zero-probability token is never drawn
+    se = (probs.double() * (1 - probs.double()) / len(draws)).sqrt()
+    assert ((freq - probs.double()).abs() <= 4 * se + 1e-12).all(), freq
+    # one-hot rows always give their token, also at the vocabulary's ends
+    eye = torch.eye(5)
+    assert inverse_cdf_sample(eye, torch.Generator().manual_seed(1)).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_reserved_kv_cache_gives_identical_samples(model, tokenizer, prompts, monkeypatch):
+    """Decode K/V written in place (default) == transformers' concatenating cache, bitwise."""
+    from mathrl.rollout import hf_engine
+
+    converted = []
+    real = hf_engine.reserve_cache
+    monkeypatch.setattr(hf_engine, "reserve_cache", lambda c, e: converted.append(real(c, e)))
+    params = SamplingParams(n=4, max_new_tokens=24, seed=5, temperature=1.1)
+    a = HFEngine(model, tokenizer, batch_size=8, reserve_kv=True).generate(prompts, params)
+    n_layers = model.config.num_hidden_layers
+    assert converted and all(k == n_layers for k in converted)  # every layer, every chunk
+    b = HFEngine(model, tokenizer, batch_size=8, reserve_kv=False).generate(prompts, params)
+    assert len({c.finish_reason for c in a.completions}) == 2  # rows leave the cache mid-way
+    assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+    assert [c.logprobs for c in a.completions] == [c.logprobs for c in b.completions]

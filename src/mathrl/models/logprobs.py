@@ -186,10 +186,18 @@ def _selected_logits(
     if _head_is_separable(model):
         decoder = model.get_decoder()
         hidden = decoder(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,  # a training forward: no KV cache to build
         ).last_hidden_state  # (B, L, H)
         return model.get_output_embeddings()(hidden[:, :-1][select])  # (N, V)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    )
     return out.logits[:, :-1][select]  # (N, V)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
@@ -58,12 +59,14 @@ class HFEngine(RolloutEngine):
         tokenizer: Any,
         batch_size: int = 64,
         stop_token_ids: list[int] | None = None,
+        reserve_kv: bool = True,
     ) -> None:
         if batch_size < 1:
             raise MathrlError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.reserve_kv = reserve_kv  # write decode K/V in place (see _RoomyLayer)
         self.stop_token_ids = stop_token_ids or default_stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
@@ -130,6 +133,8 @@ class HFEngine(RolloutEngine):
             logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = P * n
             attention_mask = attention_mask.repeat_interleave(n, dim=0)  # (B, Lp)
         next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
+        if self.reserve_kv:
+            reserve_cache(cache, sampling.max_new_tokens)
         t1 = time.perf_counter()
         timing["prefill_s"] += t1 - t0
         tokens, logprobs, finish = self._decode(
@@ -215,6 +220,55 @@ class HFEngine(RolloutEngine):
         )
 
 
+class _RoomyLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views into a buffer with room to grow.
+
+    transformers' DynamicLayer torch.cat-s the whole cache at every decode step, so a
+    completion of T tokens copies O(T^2) key/value columns; here each step writes its
+    column in place. Values are identical (tested: same tokens and log-probs).
+    """
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, m = self.keys.shape[-2], key_states.shape[-2]
+        if n + m > self._kbuf.shape[-2]:  # out of room (should not happen): grow the buffer
+            _reserve(self, max(m, n))
+        self._kbuf[:, :, n : n + m] = key_states
+        self._vbuf[:, :, n : n + m] = value_states
+        self.keys, self.values = self._kbuf[:, :, : n + m], self._vbuf[:, :, : n + m]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        n = self.keys.shape[-2]
+        self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
+        self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+
+
+def _reserve(layer: Any, extra: int) -> None:
+    """Move a layer's keys/values into a buffer with `extra` more positions."""
+    b, h, n, d = layer.keys.shape
+    layer._kbuf = layer.keys.new_empty((b, h, n + extra, d))
+    layer._vbuf = layer.values.new_empty((b, h, n + extra, d))
+    layer._kbuf[:, :, :n] = layer.keys
+    layer._vbuf[:, :, :n] = layer.values
+    layer.keys, layer.values = layer._kbuf[:, :, :n], layer._vbuf[:, :, :n]
+
+
+def reserve_cache(cache: Any, extra: int) -> int:
+    """Give each plain DynamicLayer of `cache` room for `extra` tokens; returns how many.
+
+    Other layer kinds (sliding window, quantised, static) are left as they are.
+    """
+    converted = 0
+    for layer in getattr(cache, "layers", []):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+            _reserve(layer, extra)
+            layer.__class__ = _RoomyLayer
+            converted += 1
+    return converted
+
+
 def left_pad(
     prompts: list[list[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,8 +297,22 @@ def sample_next(
         if sampling.top_p < 1.0:
             scores = _top_p_filter(scores, sampling.top_p)
         probs = torch.softmax(scores, dim=-1)
-        next_tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        next_tok = inverse_cdf_sample(probs, gen)
     return next_tok, logp.gather(-1, next_tok[:, None]).squeeze(-1)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row of probs (b, V): the first index whose cumulative mass exceeds u.
+
+    Exact like torch.multinomial, but one uniform per row instead of one exponential per
+    vocabulary entry (10x faster per decode step here; BENCHMARKS.md). The float64
+    cumsum keeps the rounding of a 50k-entry sum far below any token's probability, and
+    right=True never lands on a zero-probability token (its cdf step is flat).
+    """
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # (b, V)
+    u = torch.rand((probs.shape[0], 1), generator=gen, dtype=torch.float64, device=probs.device)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (b, 1)
+    return tok.clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
