@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl.algorithms import ADVANTAGES, update_ema_baseline
 from mathrl.config import Config
 from mathrl.errors import DataError, MathrlError
 from mathrl.rewards import RewardPool, RewardResult
@@ -29,12 +28,15 @@ from mathrl.rollout.registry import make_engine
 from mathrl.rollout.types import Completion
 from mathrl.tasks import Task
 from mathrl.trainer import (
+    Dist,
     Group,
     PromptStream,
     TrainState,
+    advantages_for,
     collect_groups,
-    lr_lambda,
+    optimizer_state,
     policy_update,
+    reference_model,
     reward_metrics,
     rollout_records,
     save,
@@ -153,39 +155,21 @@ def train_on_buffer(
 ) -> int:
     """Train from a buffer file: consecutive chunks of prompts_per_step groups, one step each."""
     t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    state = TrainState()
-    if resume_from is not None:
-        saved = ckpt_mod.load_trainer_state(resume_from)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = TrainState(**saved["train_state"])
+    optimizer, scheduler, state, _ = optimizer_state(cfg, model, resume_from)
     groups = load_buffer(path, t.group_size)
     chunks = [groups[i : i + t.prompts_per_step] for i in range(0, len(groups), t.prompts_per_step)]
     if n_steps is not None:
         chunks = chunks[:n_steps]
     if not chunks:
         raise DataError(f"Rollout buffer {path} is empty")
-    adv_fn = ADVANTAGES.get(t.algorithm)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ref_model = None
-    if t.kl_coef > 0:
-        import copy
-
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ref_model = reference_model(cfg, model)
     for chunk in chunks:
         t0 = time.perf_counter()
         rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)
-        kw: dict[str, Any] = {"baseline": state.baseline} if t.algorithm == "reinforce" else {}
-        advantages = adv_fn(rewards, t.group_size, **kw)
-        if t.algorithm == "reinforce" and t.baseline_momentum > 0:
-            state.baseline = update_ema_baseline(state.baseline, rewards, t.baseline_momentum)
+        advantages = advantages_for(cfg, state, rewards)
         model.train()
         metrics = reward_metrics(chunk)
-        from mathrl.trainer import Dist
-
         metrics.update(
             policy_update(
                 cfg,

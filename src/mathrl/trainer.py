@@ -450,30 +450,16 @@ def train(
     """The RL loop. Returns the final TrainState; checkpoints land in run_dir/checkpoints."""
     dist = dist or Dist()
     t = cfg.train
-    state = TrainState()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    optimizer, scheduler, state, saved = optimizer_state(cfg, model, resume_from)
     if resume_from is not None:
-        saved = ckpt_mod.load_trainer_state(resume_from)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = TrainState(**saved["train_state"])
         truncate_logs(run_dir, state.step)
-    ref_model = None
-    if t.kl_coef > 0:
-        ref_model = (
-            "adapters_off"
-            if cfg.model.lora.r > 0
-            else copy.deepcopy(model).eval().requires_grad_(False)
-        )
+    ref_model = reference_model(cfg, model)
     engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size)
     stream = PromptStream(dist.shard(training_examples(cfg, task)), cfg.seed, state)
     eval_split = heldout_split(cfg, task)
-    adv_fn = ADVANTAGES.get(t.algorithm)
     prompt_cache: dict[str, list[int]] = {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if resume_from is not None:
+    if saved is not None:
         ckpt_mod.set_rng_state(saved["rng"])  # restored last, after everything that draws
     with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
         if cfg.eval.every and state.step == 0:
@@ -485,10 +471,7 @@ def train(
                 cfg, stream, engine, pool, task, prompt_cache, tokenizer, state.step
             )
             rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
-            kw: dict[str, Any] = {"baseline": state.baseline} if t.algorithm == "reinforce" else {}
-            advantages = adv_fn(rewards, t.group_size, **kw)  # (B,)
-            if t.algorithm == "reinforce" and t.baseline_momentum > 0:
-                state.baseline = update_ema_baseline(state.baseline, rewards, t.baseline_momentum)
+            advantages = advantages_for(cfg, state, rewards)  # (B,)
             metrics.update(reward_metrics(groups))
             if groups and bool(zero_std_mask(rewards, t.group_size).all()):
                 console.print(
@@ -529,6 +512,45 @@ def train(
             if (every and state.step % every == 0) or state.step == t.steps:
                 save(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
     return state
+
+
+def optimizer_state(
+    cfg: Config, model: Any, resume_from: Path | None
+) -> tuple[Any, Any, TrainState, dict[str, Any] | None]:
+    """AdamW + LR schedule + TrainState, restored from a checkpoint when resuming.
+
+    Also returns the loaded payload (None when fresh): its RNG states must be restored by
+    the caller last, after everything else that draws random numbers.
+    """
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if resume_from is None:
+        return optimizer, scheduler, TrainState(), None
+    saved = ckpt_mod.load_trainer_state(resume_from)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return optimizer, scheduler, TrainState(**saved["train_state"]), saved
+
+
+def reference_model(cfg: Config, model: Any) -> Any:
+    """The frozen KL reference: None at kl_coef 0; the adapter-free base under LoRA."""
+    if cfg.train.kl_coef <= 0:
+        return None
+    if cfg.model.lora.r > 0:
+        return "adapters_off"
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def advantages_for(cfg: Config, state: TrainState, rewards: torch.Tensor) -> torch.Tensor:
+    """Per-sample advantages (B,) of the configured algorithm; moves REINFORCE's baseline."""
+    t = cfg.train
+    kw: dict[str, Any] = {"baseline": state.baseline} if t.algorithm == "reinforce" else {}
+    advantages = ADVANTAGES.get(t.algorithm)(rewards, t.group_size, **kw)
+    if t.algorithm == "reinforce" and t.baseline_momentum > 0:
+        state.baseline = update_ema_baseline(state.baseline, rewards, t.baseline_momentum)
+    return advantages
 
 
 def training_examples(cfg: Config, task: Task) -> list[Example]:
