@@ -201,6 +201,45 @@ def line_plot(
     return _save(fig, path)
 
 
+EVAL_BOOKKEEPING = {"n", "n_problems", "seed", "temperature", "time_s", "problems_per_s"}
+
+
+def eval_plot(metrics: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Held-out scores in [0, 1] (pass@1 with its 95 % CI band, pass@k, maj@k, ...) and length.
+
+    Bookkeeping keys (problem count, seed, timing) are left out: they are not outcomes.
+    """
+    keys = [k for k in numeric_keys(metrics) if k.startswith("eval/")]
+    names = {k: k.removeprefix("eval/") for k in keys}
+    scores = [
+        k
+        for k in keys
+        if names[k] not in EVAL_BOOKKEEPING
+        and names[k] != "len_mean"
+        and not names[k].endswith(("_lo", "_hi"))
+    ]
+    if not scores:
+        return None
+    has_len = "eval/len_mean" in keys
+    fig = Figure(figsize=(5.5 * (1 + has_len), 3.6))
+    ax = fig.add_subplot(1, 1 + has_len, 1)
+    for key in scores:
+        steps, values = series(metrics, key)
+        (line,) = ax.plot(steps, values, marker="o", markersize=3, label=key)
+        lo, hi = series(metrics, f"{key}_lo"), series(metrics, f"{key}_hi")
+        if lo[0] and lo[0] == hi[0] == steps:
+            ax.fill_between(steps, lo[1], hi[1], color=line.get_color(), alpha=0.15)
+    ax.set_ylim(0, 1)
+    style_axes(ax)
+    ax.set_title("held-out scores (band: 95% CI)", fontsize=10)
+    if has_len:
+        ax2 = fig.add_subplot(1, 2, 2)
+        draw_series(ax2, *series(metrics, "eval/len_mean"), label="eval/len_mean")
+        style_axes(ax2)
+    fig.suptitle("Evaluation")
+    return _save(fig, path)
+
+
 def time_plot(metrics: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Stacked rollout / reward / train seconds per step (steps missing a key count it as 0)."""
     keys = [k for k in TIME_KEYS if series(metrics, k)[0]]
@@ -277,16 +316,12 @@ def write_plots(
         else None
     )
     reward_keys = ["reward/mean", *reward_component_keys(metrics)]
-    eval_keys = [k for k in numeric_keys(metrics) if k.startswith("eval/")]
-    specs = {
-        "reward": ("Reward", [reward_keys]),
-        "eval": ("Evaluation", [eval_keys]),
-        **LINE_PLOTS,
-    }
+    specs = {"reward": ("Reward", [reward_keys]), **LINE_PLOTS}
     written = [
         line_plot(metrics, panels, title, out / f"{name}.png")
         for name, (title, panels) in specs.items()
     ]
+    written.append(eval_plot(metrics, out / "eval.png"))
     written.append(time_plot(metrics, out / "time.png"))
     warmup = run_dir / "warmup_sft" / "metrics.jsonl"
     if warmup.is_file() and warmup.stat().st_size:
