@@ -120,3 +120,19 @@ def assert_same_run(a: Path, b: Path, step: int) -> None:
 def same_run():
     """assert_same_run as a fixture (conftest is not importable as a module)."""
     return assert_same_run
+
+
+@pytest.fixture
+def use_reward(monkeypatch):
+    """use_reward(fn): Countdown scores with fn(completion, *its usual args) in this test.
+
+    fn must be a module-level function (it is pickled to the reward worker processes).
+    """
+    from mathrl.tasks.countdown import CountdownTask
+
+    real = CountdownTask.reward_call
+
+    def use(fn) -> None:
+        monkeypatch.setattr(CountdownTask, "reward_call", lambda self, ex: (fn, real(self, ex)[1]))
+
+    return use

@@ -8,7 +8,6 @@ from mathrl.expert_iter import round_prompts, select_correct
 from mathrl.rewards.scoring import RewardResult
 from mathrl.rollout.buffer import read_jsonl
 from mathrl.tasks import Example
-from mathrl.tasks.countdown import CountdownTask
 
 
 def _ex(i: int) -> Example:
@@ -49,11 +48,8 @@ def sometimes_correct(completion: str, *args) -> RewardResult:
     return RewardResult(reward=float(ok), correct=ok, format_ok=True, reason="ok")
 
 
-def test_expert_iter_command_rounds_and_resume(run_cli, tiny_config, tmp_path, monkeypatch):
-    real = CountdownTask.reward_call
-    monkeypatch.setattr(
-        CountdownTask, "reward_call", lambda self, ex: (sometimes_correct, real(self, ex)[1])
-    )
+def test_expert_iter_command_rounds_and_resume(run_cli, tiny_config, tmp_path, use_reward):
+    use_reward(sometimes_correct)
     out = tmp_path / "ei"
     sets = ["expert_iter.prompts=4", "expert_iter.samples=4", "expert_iter.sft_steps=2"]
     args = ["expert-iter", "-c", tiny_config, "--out", out]

@@ -95,11 +95,8 @@ def test_weak_model_is_warmed_up_first(run_cli, tiny_config, tmp_path):
     assert summary["warmup"] == decision
 
 
-def test_strong_model_skips_the_warmup(run_cli, tiny_config, tmp_path, monkeypatch):
-    real = CountdownTask.reward_call
-    monkeypatch.setattr(
-        CountdownTask, "reward_call", lambda self, ex: (always_correct, real(self, ex)[1])
-    )
+def test_strong_model_skips_the_warmup(run_cli, tiny_config, tmp_path, use_reward):
+    use_reward(always_correct)
     out = tmp_path / "run"
     res = _train(run_cli, tiny_config, out)
     assert res.code == 0, res.err

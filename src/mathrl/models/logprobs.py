@@ -53,6 +53,19 @@ def _scatter_scores(
     return logprobs, zeros.masked_scatter(targets, entropy_tok)
 
 
+def left_pad(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (P, max_len), prompts right-aligned."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, width - len(p) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
 @dataclass
 class CompletionBatch:
     """Completions and the distinct prompts they continue (one micro-batch of the trainer).
@@ -76,12 +89,7 @@ def completion_batch(
     device: torch.device,
 ) -> CompletionBatch:
     """Pad `prompts` (left) and `completions` (right); row i continues prompts[row_prompt[i]]."""
-    p_width = max(len(p) for p in prompts)
-    prompt_ids = torch.full((len(prompts), p_width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), p_width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        prompt_ids[i, p_width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        prompt_mask[i, p_width - len(p) :] = 1
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, torch.device("cpu"))
     c_width = max(1, max(len(c) for c in completions))
     completion_ids = torch.full((len(completions), c_width), pad_id, dtype=torch.long)
     completion_mask = torch.zeros((len(completions), c_width), dtype=torch.float32)

@@ -24,6 +24,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
+from mathrl.models.logprobs import left_pad  # noqa: F401  (re-exported: engine helpers)
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 
@@ -267,19 +268,6 @@ def reserve_cache(cache: Any, extra: int) -> int:
             layer.__class__ = _RoomyLayer
             converted += 1
     return converted
-
-
-def left_pad(
-    prompts: list[list[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (P, max_len), prompts right-aligned."""
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        attention_mask[i, width - len(p) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 def sample_next(
