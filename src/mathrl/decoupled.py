@@ -40,6 +40,7 @@ from mathrl.trainer import (
     reward_metrics,
     rollout_records,
     save,
+    step_scheduler,
 )
 
 BUFFER_DIR = "buffer"
@@ -183,7 +184,7 @@ def train_on_buffer(
                 rollout_logprobs=True,
             )
         )
-        scheduler.step()
+        step_scheduler(scheduler)
         state.step += 1
         state.samples += len(rewards)
         metrics.update(

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,7 +484,7 @@ def train(
             metrics.update(
                 policy_update(cfg, model, ref_model, optimizer, groups, advantages, pad_id, dist)
             )
-            scheduler.step()
+            step_scheduler(scheduler)
             model.eval()
             engine.update_weights(model)
             now = time.perf_counter()
@@ -512,6 +513,17 @@ def train(
             if (every and state.step % every == 0) or state.step == t.steps:
                 save(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
     return state
+
+
+def step_scheduler(scheduler: Any) -> None:
+    """Advance the LR schedule; quiet about a skipped (non-finite) optimizer step.
+
+    The schedule follows training steps, taken or skipped, so that a resumed run and an
+    uninterrupted one agree; torch warns when no optimizer.step() came first.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
+        scheduler.step()
 
 
 def optimizer_state(
