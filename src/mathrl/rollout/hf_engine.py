@@ -232,18 +232,22 @@ class _RoomyLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        n, m = self.keys.shape[-2], key_states.shape[-2]
+        b, n, m = self.keys.shape[0], self.keys.shape[-2], key_states.shape[-2]
         if n + m > self._kbuf.shape[-2]:  # out of room (should not happen): grow the buffer
             _reserve(self, max(m, n))
-        self._kbuf[:, :, n : n + m] = key_states
-        self._vbuf[:, :, n : n + m] = value_states
-        self.keys, self.values = self._kbuf[:, :, : n + m], self._vbuf[:, :, : n + m]
+        self._kbuf[:b, :, n : n + m] = key_states
+        self._vbuf[:b, :, n : n + m] = value_states
+        self.keys, self.values = self._kbuf[:b, :, : n + m], self._vbuf[:b, :, : n + m]
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        n = self.keys.shape[-2]
-        self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
-        self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+        # Compact the kept rows to the front of the same buffer, copying only the used
+        # positions (the buffer's spare room is never copied; rows past b' are unused).
+        b, n = len(indices), self.keys.shape[-2]
+        kept_k, kept_v = self.keys[indices], self.values[indices]  # (b', H, n, D) copies
+        self._kbuf[:b, :, :n] = kept_k
+        self._vbuf[:b, :, :n] = kept_v
+        self.keys, self.values = self._kbuf[:b, :, :n], self._vbuf[:b, :, :n]
 
 
 def _reserve(layer: Any, extra: int) -> None:
