@@ -287,3 +287,16 @@ def test_bad_input_exits_with_one_clear_line(run_cli, tiny_config, tmp_path, arg
     lines = [ln for ln in res.err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, res.err
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+
+
+def test_rollouts_every_thins_the_rollout_log(run_cli, tiny_config, tmp_path):
+    out = tmp_path / "run"
+    sets = ["train.steps=5", "log.rollouts_every=2", "warmup.steps=0"]
+    res = run_cli(
+        "train", "-c", tiny_config, "--out", out, *[a for s in sets for a in ("--set", s)]
+    )
+    assert res.code == 0, res.err
+    rows = read_jsonl(out / "rollouts.jsonl")
+    # steps 2 and 4, and the last step 5; 2 prompts x 4 samples each
+    assert sorted({r["step"] for r in rows}) == [2, 4, 5] and len(rows) == 3 * 8
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]

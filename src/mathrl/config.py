@@ -274,6 +274,8 @@ class LogConfig:
 
     every: int = 1
     """Print metrics to the console every this many steps."""
+    rollouts_every: int = 1
+    """Write the step's completions to rollouts.jsonl every this many steps (and at the last step); 0: never. Long runs: 10 keeps the file 10x smaller."""
     quiet: bool = False
     """No progress bars or console tables (CI)."""
     wandb: bool = False
@@ -391,6 +393,10 @@ def validate(cfg: Config) -> None:
     _check(
         cfg.checkpoint.keep_last >= 1,
         f"checkpoint.keep_last must be >= 1, got {cfg.checkpoint.keep_last}",
+    )
+    _check(
+        cfg.log.rollouts_every >= 0,
+        f"log.rollouts_every must be >= 0, got {cfg.log.rollouts_every}",
     )
     w = cfg.warmup
     _check(w.steps >= 0, f"warmup.steps must be >= 0, got {w.steps}")

@@ -500,10 +500,12 @@ def train(
             state.step += 1
             state.samples += len(rewards)
             if dist.rank == 0:
-                append_jsonl(
-                    run_dir / "rollouts.jsonl",
-                    rollout_records(groups, advantages, task, state.step, 0),
-                )
+                every_r = cfg.log.rollouts_every
+                if every_r and (state.step % every_r == 0 or state.step == t.steps):
+                    append_jsonl(
+                        run_dir / "rollouts.jsonl",
+                        rollout_records(groups, advantages, task, state.step, 0),
+                    )
                 logger.log(metrics, state.step)
             if cfg.eval.every and (state.step % cfg.eval.every == 0 or state.step == t.steps):
                 logger.log(run_eval(cfg, model, tokenizer, task, eval_split, pool), state.step)
