@@ -78,7 +78,8 @@ def test_orphans_and_dirs_without_manifest_are_ignored(tmp_path):
     root = tmp_path / "checkpoints"
     (root / ".tmp_step_00000009.123").mkdir(parents=True)
     (root / "step_00000009").mkdir()  # a dir that never got a manifest
-    assert ck.latest_checkpoint(tmp_path) is None
+    with pytest.warns(UserWarning, match=r"step_00000009"):
+        assert ck.latest_checkpoint(tmp_path) is None
     removed = ck.clean_orphans(tmp_path)
     assert [p.name for p in removed] == [".tmp_step_00000009.123"]
 
