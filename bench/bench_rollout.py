@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mathrl.models.logprobs import left_pad
 from mathrl.models.scratch import build_scratch_model
-from mathrl.rollout.hf_engine import HFEngine, left_pad
+from mathrl.rollout.hf_engine import HFEngine
 from mathrl.rollout.types import SamplingParams
 
 SYLLABLES = ["ka", "to", "mi", "re", "su", "na", "lo", "pe", "vi", "da", "xu", "qo", "ing", "er"]

@@ -136,3 +136,14 @@ def use_reward(monkeypatch):
         monkeypatch.setattr(CountdownTask, "reward_call", lambda self, ex: (fn, real(self, ex)[1]))
 
     return use
+
+
+@pytest.fixture
+def run_train(run_cli, tiny_config):
+    """run_train(out, "key=value", ..., extra=(...)): `mathrl train` on the tiny config."""
+
+    def run(out: Path, *sets: str, extra: tuple = (), config: Path | None = None) -> CliResult:
+        args = [a for s in sets for a in ("--set", s)]
+        return run_cli("train", "-c", config or tiny_config, "--out", out, *args, *extra)
+
+    return run

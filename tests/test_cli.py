@@ -289,12 +289,9 @@ def test_bad_input_exits_with_one_clear_line(run_cli, tiny_config, tmp_path, arg
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
 
 
-def test_rollouts_every_thins_the_rollout_log(run_cli, tiny_config, tmp_path):
+def test_rollouts_every_thins_the_rollout_log(run_train, tmp_path):
     out = tmp_path / "run"
-    sets = ["train.steps=5", "log.rollouts_every=2", "warmup.steps=0"]
-    res = run_cli(
-        "train", "-c", tiny_config, "--out", out, *[a for s in sets for a in ("--set", s)]
-    )
+    res = run_train(out, "train.steps=5", "log.rollouts_every=2", "warmup.steps=0")
     assert res.code == 0, res.err
     rows = read_jsonl(out / "rollouts.jsonl")
     # steps 2 and 4, and the last step 5; 2 prompts x 4 samples each

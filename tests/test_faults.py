@@ -32,20 +32,10 @@ def nan_at_step_one(monkeypatch):
     return calls
 
 
-def test_nonfinite_loss_skips_the_step(run_cli, tiny_config, tmp_path, nan_at_step_one):
+def test_nonfinite_loss_skips_the_step(run_train, tmp_path, nan_at_step_one):
     out = tmp_path / "run"
     # a high reward variance is not guaranteed in 2 tiny steps: KL keeps every sequence in the batch
-    res = run_cli(
-        "train",
-        "-c",
-        tiny_config,
-        "--out",
-        out,
-        "--set",
-        "warmup.steps=0",
-        "--set",
-        "train.kl_coef=0.1",
-    )
+    res = run_train(out, "warmup.steps=0", "train.kl_coef=0.1")
     assert res.code == 0, res.err
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["optim/skipped"] for m in metrics] == [1, 0]
@@ -57,32 +47,20 @@ def test_nonfinite_loss_skips_the_step(run_cli, tiny_config, tmp_path, nan_at_st
         assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_nonfinite_loss_can_stop_the_run(run_cli, tiny_config, tmp_path, nan_at_step_one):
+def test_nonfinite_loss_can_stop_the_run(run_train, tmp_path, nan_at_step_one):
     out = tmp_path / "run"
-    res = run_cli(
-        "train",
-        "-c",
-        tiny_config,
-        "--out",
-        out,
-        "--set",
-        "warmup.steps=0",
-        "--set",
-        "train.kl_coef=0.1",
-        "--set",
-        "train.nonfinite=stop",
-    )
+    res = run_train(out, "warmup.steps=0", "train.kl_coef=0.1", "train.nonfinite=stop")
     assert res.code == 2
     assert "Non-finite gradient norm; stopping (train.nonfinite = 'stop')" in res.err
     assert list_checkpoints(out) == []  # nothing written from the non-finite state
 
 
-def test_out_of_memory_mid_step_then_resume(run_cli, tiny_config, tmp_path, monkeypatch, same_run):
+def test_out_of_memory_mid_step_then_resume(run_train, tmp_path, monkeypatch, same_run):
     """An OOM in step 3's update: exit 3, nothing of step 3 on disk, --resume == straight run."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     # kl_coef > 0 so every step moves the weights even when the groups carry no reward signal
-    args = ("train", "-c", tiny_config, "--set", "train.kl_coef=0.1", "--set", "train.steps=4")
-    assert run_cli(*args, "--out", straight).code == 0
+    sets = ("train.kl_coef=0.1", "train.steps=4")
+    assert run_train(straight, *sets).code == 0
     real = trainer_mod.policy_update
     calls = {"n": 0}
 
@@ -93,7 +71,7 @@ def test_out_of_memory_mid_step_then_resume(run_cli, tiny_config, tmp_path, monk
         return real(*a, **kw)
 
     monkeypatch.setattr(trainer_mod, "policy_update", oom_on_third)
-    res = run_cli(*args, "--out", crashed)
+    res = run_train(crashed, *sets)
     assert res.code == 3
     last = res.err.strip().splitlines()[-1]
     assert last.startswith("error: out of memory (OutOfMemoryError: CUDA out of memory.")
@@ -103,7 +81,7 @@ def test_out_of_memory_mid_step_then_resume(run_cli, tiny_config, tmp_path, monk
     assert {r["step"] for r in read_jsonl(crashed / "rollouts.jsonl")} == {1, 2}
     assert not [p for p in (crashed / "checkpoints").iterdir() if p.name.startswith(".tmp")]
     monkeypatch.setattr(trainer_mod, "policy_update", real)
-    assert run_cli(*args, "--out", crashed, "--resume").code == 0
+    assert run_train(crashed, *sets, extra=("--resume",)).code == 0
     same_run(straight, crashed, 4)
 
 
@@ -126,21 +104,11 @@ def flaky_reward(completion: str, *args):
     return score_countdown(completion, *args)
 
 
-def test_raising_hanging_and_nan_rewards_inside_a_run(run_cli, tiny_config, tmp_path, use_reward):
+def test_raising_hanging_and_nan_rewards_inside_a_run(run_train, tmp_path, use_reward):
     """Each faulty sample gets reward 0 with its reason; the run goes on; advantages stay finite."""
     use_reward(flaky_reward)
     out = tmp_path / "run"
-    res = run_cli(
-        "train",
-        "-c",
-        tiny_config,
-        "--out",
-        out,
-        "--set",
-        "train.reward_timeout_s=0.5",
-        "--set",
-        "train.group_size=8",
-    )
+    res = run_train(out, "train.reward_timeout_s=0.5", "train.group_size=8")
     assert res.code == 0, res.err
     rows = read_jsonl(out / "rollouts.jsonl")
     assert len(rows) == 2 * 2 * 8

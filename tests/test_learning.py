@@ -114,7 +114,7 @@ def test_expert_iteration_raises_sampled_accuracy(warm_model, run_cli):
     assert res.code == 0, res.err
     rows = read_jsonl(out / "metrics.jsonl")
     acc = [r["ei/sample_accuracy"] for r in rows]
-    # measured here: 0.20 -> 0.43 -> 0.50 (2,048 samples per round: one standard error ~0.01).
+    # measured here: 0.21 -> 0.42 -> 0.47 (2,048 samples per round: one standard error ~0.01).
     # Held-out accuracy on this 400-prompt task does not rise: the rounds memorise, see README.
     assert acc[0] > 0.05 and acc[2] - acc[0] >= 0.15, acc
     assert all(r["ei/kept"] > 0 for r in rows)

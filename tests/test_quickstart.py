@@ -7,7 +7,7 @@ import json
 from conftest import REPO
 
 
-def test_reduced_quickstart(run_cli, tmp_path):
+def test_reduced_quickstart(run_train, tmp_path):
     out = tmp_path / "quickstart"
     sets = {
         "warmup.steps": 20,
@@ -20,8 +20,8 @@ def test_reduced_quickstart(run_cli, tmp_path):
         "checkpoint.every": 2,
         "log.quiet": "true",
     }
-    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    res = run_cli("train", "--config", REPO / "configs/quickstart.toml", "--out", out, *args)
+    config = REPO / "configs/quickstart.toml"
+    res = run_train(out, *[f"{k}={v}" for k, v in sets.items()], config=config)
     assert res.code == 0, res.err
     summary = json.loads((out / "summary.json").read_text())
     for key in ("accuracy_before_rl", "accuracy_after_rl"):

@@ -10,9 +10,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathrl.errors import ConfigError, MathrlError
-from mathrl.models.logprobs import sequence_logprobs
+from mathrl.models.logprobs import left_pad, sequence_logprobs
 from mathrl.models.scratch import build_scratch_model
-from mathrl.rollout.hf_engine import HFEngine, _top_p_filter, left_pad
+from mathrl.rollout.hf_engine import HFEngine, _top_p_filter
 from mathrl.rollout.registry import make_engine
 from mathrl.rollout.types import SamplingParams
 

@@ -59,16 +59,12 @@ def always_correct(completion: str, *args) -> RewardResult:
     return RewardResult(reward=1.0, correct=True, format_ok=True, reason="ok")
 
 
-def _train(run_cli, tiny_config, out, *sets):
-    args = ["train", "-c", tiny_config, "--out", out, "--set", "warmup.steps=0"]
-    for s in ("warmup.min_positive=0.5", "warmup.auto_steps=2", *sets):
-        args += ["--set", s]
-    return run_cli(*args)
+PROBE = ("warmup.steps=0", "warmup.min_positive=0.5", "warmup.auto_steps=2")
 
 
-def test_weak_model_is_warmed_up_first(run_cli, tiny_config, tmp_path):
+def test_weak_model_is_warmed_up_first(run_train, tmp_path):
     out = tmp_path / "run"
-    res = _train(run_cli, tiny_config, out)
+    res = run_train(out, *PROBE)
     assert res.code == 0, res.err
     decision = json.loads((out / "warmup_sft" / "decision.json").read_text())
     # an untrained scratch model gets nothing right in its first round
@@ -95,10 +91,10 @@ def test_weak_model_is_warmed_up_first(run_cli, tiny_config, tmp_path):
     assert summary["warmup"] == decision
 
 
-def test_strong_model_skips_the_warmup(run_cli, tiny_config, tmp_path, use_reward):
+def test_strong_model_skips_the_warmup(run_train, tmp_path, use_reward):
     use_reward(always_correct)
     out = tmp_path / "run"
-    res = _train(run_cli, tiny_config, out)
+    res = run_train(out, *PROBE)
     assert res.code == 0, res.err
     decision = json.loads((out / "warmup_sft" / "decision.json").read_text())
     assert (decision["warmup"], decision["first_round_correct"]) == (False, 1.0)

@@ -14,8 +14,8 @@ import torch
 
 from mathrl.models.loading import load_model
 from mathrl.models.logprobs import sequence_logprobs
-from mathrl.rollout.hf_engine import left_pad
-from mathrl.trainer import pad_batch
+from mathrl.models.logprobs import left_pad
+from mathrl.models.logprobs import pad_batch
 
 torch.set_num_threads(2)
 path = sys.argv[1]

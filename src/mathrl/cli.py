@@ -261,29 +261,50 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Online RL with GRPO, Dr GRPO, RLOO or REINFORCE; an SFT warm-up first per [warmup]."""
-    from mathrl import checkpoint as ckpt_mod
-    from mathrl.runtime import load_policy, resume_point
+    from mathrl.runtime import load_policy
     from mathrl.trainer import train
 
     started = time.perf_counter()
-    cfg = _load(config, sets, quiet)
-    task, run_dir = _setup(cfg, out, resume, fresh=True)
-    resume_from = (
-        resume_point(run_dir, cfg, task.fingerprint, allow_config_change)
-        if resume and ckpt_mod.list_checkpoints(run_dir)
-        else None
+    cfg, task, run_dir, resume_from, start = _start_run(
+        config, sets, out, resume, allow_config_change, quiet
     )
-    if resume and resume_from is None and not ckpt_mod.list_checkpoints(run_dir / "warmup_sft"):
-        raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
-    model_path = resume_from / "model" if resume_from else None
-    if resume_from is None:
-        model_path = _maybe_warmup(cfg, task, run_dir, resume, allow_config_change)
-    model, tokenizer = load_policy(cfg, task, run_dir, model_path)
+    model, tokenizer = load_policy(cfg, task, run_dir, start)
     logger = _logger(cfg, run_dir, cfg.train.steps)
     state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
     logger.close()
     _say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
     _finish(cfg, task, run_dir, started, resumed=resume_from is not None)
+
+
+def _start_run(
+    config: Path | None,
+    sets: list[str] | None,
+    out: Path | None,
+    resume: bool,
+    allow_change: bool,
+    quiet: bool,
+) -> tuple[Any, Any, Path, Path | None, Path | None]:
+    """Set up a training command: (cfg, task, run_dir, checkpoint to resume, model to start).
+
+    Resuming takes the newest complete checkpoint (refusing changed inputs); a fresh start
+    (or a resume still inside the warm-up) goes through the SFT warm-up per [warmup]. The
+    model to start from is None for the configured model.
+    """
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.runtime import resume_point
+
+    cfg = _load(config, sets, quiet)
+    task, run_dir = _setup(cfg, out, resume, fresh=True)
+    resume_from = (
+        resume_point(run_dir, cfg, task.fingerprint, allow_change)
+        if resume and ckpt_mod.list_checkpoints(run_dir)
+        else None
+    )
+    if resume and resume_from is None and not ckpt_mod.list_checkpoints(run_dir / "warmup_sft"):
+        raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
+    if resume_from is not None:
+        return cfg, task, run_dir, resume_from, resume_from / "model"
+    return cfg, task, run_dir, None, _maybe_warmup(cfg, task, run_dir, resume, allow_change)
 
 
 def _warmup_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -408,30 +429,26 @@ def expert_iter_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Expert iteration: rounds of sampling, keeping correct completions, SFT on them, eval ([expert_iter])."""
-    from mathrl import checkpoint as ckpt_mod
     from mathrl.expert_iter import run_expert_iter
-    from mathrl.runtime import load_policy, resume_point
+    from mathrl.runtime import load_policy
 
     started = time.perf_counter()
-    cfg = _load(config, sets, quiet)
-    task, run_dir = _setup(cfg, out, resume, fresh=True)
-    has_rounds = bool(ckpt_mod.list_checkpoints(run_dir))
-    if resume and has_rounds:
-        resume_point(run_dir, cfg, task.fingerprint, allow_config_change)
-    base = None if has_rounds else _maybe_warmup(cfg, task, run_dir, resume, allow_config_change)
+    cfg, task, run_dir, resume_from, start = _start_run(
+        config, sets, out, resume, allow_config_change, quiet
+    )
     logger = _logger(cfg, run_dir, cfg.expert_iter.rounds)
     rounds = run_expert_iter(
         cfg,
         task,
         run_dir,
-        lambda path: load_policy(cfg, task, run_dir, path or base),
+        lambda path: load_policy(cfg, task, run_dir, path or start),
         logger,
         lambda rdir, steps: _logger(cfg, rdir, steps),
         _say,
     )
     logger.close()
     _say(f"expert iteration: {rounds} rounds; checkpoints in {run_dir / 'checkpoints'}")
-    _finish(cfg, task, run_dir, started, resumed=resume and has_rounds)
+    _finish(cfg, task, run_dir, started, resumed=resume_from is not None)
 
 
 @app.command("sft", epilog=EPILOG)

@@ -198,12 +198,10 @@ def sample_scored(
     sampling: Any,
 ) -> list[list[dict[str, Any]]]:
     """Generate `sampling.n` completions per prompt and score them: one list per example."""
+    from mathrl.trainer import score_completions
+
     result = engine.generate(prompts, sampling)
-    fn, items = None, []
-    for c in result.completions:
-        fn, args = task.reward_call(examples[c.prompt_index])
-        items.append((c.text, *args))
-    scores = pool.map(fn, items) if items else []
+    scores = score_completions(pool, task, examples, result.completions)
     out: list[list[dict[str, Any]]] = [[] for _ in examples]
     for c, s in zip(result.completions, scores, strict=True):
         out[c.prompt_index].append(

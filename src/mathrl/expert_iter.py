@@ -45,44 +45,14 @@ def select_correct(
     return rows
 
 
+def round_seed(seed: int, round_no: int) -> int:
+    """The seed of one round's prompt draw and sampling."""
+    return seed * 1_000_003 + 7919 * round_no
+
+
 def round_prompts(examples: list[Example], n: int, seed: int, round_no: int) -> list[Example]:
     """A seeded draw of n distinct prompts for one round (all of them if n >= len)."""
-    rng = random.Random(seed * 1_000_003 + 7919 * round_no)
-    return rng.sample(examples, min(n, len(examples)))
-
-
-def sample_round(
-    cfg: Config,
-    task: Task,
-    model: Any,
-    tokenizer: Any,
-    examples: list[Example],
-    round_no: int,
-    pool: Any,
-) -> list[list[dict[str, Any]]]:
-    """expert_iter.samples scored completions per example, from `model` at rollout settings."""
-    from mathrl.evaluate import chunks, sample_scored
-    from mathrl.rollout.chat import prompt_token_ids
-    from mathrl.rollout.registry import make_engine
-    from mathrl.rollout.types import SamplingParams
-
-    r, n = cfg.rollout, cfg.expert_iter.samples
-    engine = make_engine(r.engine, model, tokenizer, batch_size=r.batch_size)
-    model.eval()
-    out: list[list[dict[str, Any]]] = []
-    for i, idx in enumerate(chunks(len(examples), max(1, r.batch_size // n))):
-        exs = [examples[j] for j in idx]
-        sampling = SamplingParams(
-            n=n,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            seed=cfg.seed * 1_000_003 + round_no * 10_007 + i,
-        )
-        prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in exs]
-        out += sample_scored(engine, pool, task, exs, prompts, sampling)
-    return out
+    return random.Random(round_seed(seed, round_no)).sample(examples, min(n, len(examples)))
 
 
 def run_expert_iter(
@@ -97,7 +67,14 @@ def run_expert_iter(
     """Run the remaining rounds; returns the number of finished rounds."""
     from mathrl.rewards.bounded import RewardPool
     from mathrl.sft import file_pair_sampler, train_sft
-    from mathrl.trainer import heldout_split, run_eval, training_examples, truncate_logs
+    from mathrl.trainer import (
+        heldout_split,
+        rollout_sampling,
+        run_eval,
+        sample_examples,
+        training_examples,
+        truncate_logs,
+    )
 
     ei = cfg.expert_iter
     latest = ckpt_mod.latest_checkpoint(run_dir)
@@ -113,11 +90,12 @@ def run_expert_iter(
         for round_no in range(done + 1, ei.rounds + 1):
             rdir = run_dir / "expert_iter" / f"round_{round_no:03d}"
             data_path = rdir / "data.jsonl"
-            metrics: dict[str, float] = {}
+            metrics: dict[str, float]
             if not data_path.is_file():
                 examples = round_prompts(train_examples, ei.prompts, cfg.seed, round_no)
                 say(f"round {round_no}: sampling {len(examples)} prompts x {ei.samples}")
-                scored = sample_round(cfg, task, model, tokenizer, examples, round_no, pool)
+                sampling = rollout_sampling(cfg, ei.samples, round_seed(cfg.seed, round_no))
+                scored = sample_examples(cfg, model, tokenizer, task, examples, sampling, pool)
                 kept = select_correct(examples, scored, ei.max_per_prompt)
                 flat = [s["correct"] for group in scored for s in group]
                 metrics = {
@@ -158,7 +136,7 @@ def run_expert_iter(
             sft_logger.close()
             if cfg.eval.every:
                 metrics.update(run_eval(cfg, model, tokenizer, task, eval_split, pool))
-            logger.log({"ei/round": round_no, **metrics}, round_no)  # a resume truncates a repeat
+            logger.log(metrics, round_no)  # step = round; a resume truncates a repeated row
             ckpt_mod.save_training_checkpoint(
                 run_dir,
                 round_no,

@@ -112,7 +112,7 @@ def train_sft(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
     """Run SFT for `steps` (default sft.steps); returns the final step."""
-    from mathrl.trainer import pad_batch
+    from mathrl.models.logprobs import pad_batch
 
     s = cfg.sft
     steps = s.steps if steps is None else steps

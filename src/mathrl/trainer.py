@@ -130,6 +130,15 @@ def call_reward(fn: Callable[..., Any], completion: str, *args: Any) -> Any:
     return fn(completion, *args)
 
 
+def score_completions(
+    pool: RewardPool, task: Task, examples: list[Example], completions: list[Completion]
+) -> list[Any]:
+    """RewardResults of completions (each continues examples[c.prompt_index]), in order."""
+    # Each example names its own reward function, so the function travels with its item.
+    items = [(*task.reward_call(examples[c.prompt_index]), c.text) for c in completions]
+    return pool.map(call_reward, [(fn, text, *args) for fn, args, text in items]) if items else []
+
+
 def score_groups(
     pool: RewardPool,
     task: Task,
@@ -139,15 +148,47 @@ def score_groups(
     prompts: list[list[int]],
 ) -> list[Group]:
     """Score prompt-major completions (n per example) and bundle them into groups."""
-    # Each example names its own reward function, so the function travels with its item.
-    items = [(*task.reward_call(examples[c.prompt_index]), c.text) for c in completions]
-    results = (
-        pool.map(call_reward, [(fn, text, *args) for fn, args, text in items]) if items else []
-    )
+    results = score_completions(pool, task, examples, completions)
     return [
         Group(ex, prompts[i], completions[i * n : (i + 1) * n], results[i * n : (i + 1) * n])
         for i, ex in enumerate(examples)
     ]
+
+
+def step_seed(cfg: Config, step: int, round_no: int = 0) -> int:
+    """The sampling seed of a training step's rollout round (step counts from 0)."""
+    return cfg.seed * 1_000_003 + step * 101 + round_no
+
+
+def rollout_sampling(cfg: Config, n: int, seed: int) -> SamplingParams:
+    """n samples per prompt at the configured rollout.* settings."""
+    r = cfg.rollout
+    return SamplingParams(
+        n=n,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        ignore_eos=r.ignore_eos,
+        seed=seed,
+    )
+
+
+def sample_examples(
+    cfg: Config,
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    examples: list[Example],
+    sampling: SamplingParams,
+    pool: RewardPool,
+) -> list[list[dict[str, Any]]]:
+    """Scored completions (sampling.n per example) from `model` outside the training loop."""
+    from mathrl.evaluate import sample_scored
+
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size)
+    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
+    return sample_scored(engine, pool, task, examples, prompts, sampling)
 
 
 def collect_groups(
@@ -174,15 +215,7 @@ def collect_groups(
             if ex.id not in prompt_cache:
                 prompt_cache[ex.id] = prompt_token_ids(tokenizer, task.messages(ex))
             prompts.append(prompt_cache[ex.id])
-        sampling = SamplingParams(
-            n=t.group_size,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            top_k=cfg.rollout.top_k,
-            ignore_eos=cfg.rollout.ignore_eos,
-            seed=cfg.seed * 1_000_003 + step * 101 + rounds,
-        )
+        sampling = rollout_sampling(cfg, t.group_size, step_seed(cfg, step, rounds))
         t0 = time.perf_counter()
         result = engine.generate(prompts, sampling)
         t1 = time.perf_counter()
@@ -212,21 +245,6 @@ def collect_groups(
     if rounds > 1 or len(groups) < want:
         stats["rollout/short_batch"] = float(len(groups) < want)
     return groups, stats
-
-
-def pad_batch(
-    seqs: list[list[int]], prompt_lens: list[int], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (B, L) input ids, attention mask and completion mask."""
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(seqs), width), dtype=torch.float32)
-    for i, (s, p) in enumerate(zip(seqs, prompt_lens, strict=True)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        attention_mask[i, : len(s)] = 1
-        completion_mask[i, p : len(s)] = 1.0
-    return input_ids.to(device), attention_mask.to(device), completion_mask.to(device)
 
 
 def reward_metrics(groups: list[Group]) -> dict[str, float]:

@@ -75,33 +75,22 @@ def decide(cfg: Config, first_round_correct: float | None) -> Decision:
 
 def first_round_correct(cfg: Config, task: Task, model: Any, tokenizer: Any) -> float:
     """Fraction of correct samples in RL step 1's round (same prompts and seed), from `model`."""
-    from mathrl.evaluate import sample_scored
     from mathrl.rewards.bounded import RewardPool
-    from mathrl.rollout.chat import prompt_token_ids
-    from mathrl.rollout.registry import make_engine
-    from mathrl.rollout.types import SamplingParams
-    from mathrl.trainer import PromptStream, TrainState, training_examples
+    from mathrl.trainer import (
+        PromptStream,
+        TrainState,
+        rollout_sampling,
+        sample_examples,
+        step_seed,
+        training_examples,
+    )
 
-    t, r = cfg.train, cfg.rollout
-    examples = PromptStream(training_examples(cfg, task), cfg.seed, TrainState()).take(
-        t.prompts_per_step
-    )
-    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
-    sampling = SamplingParams(
-        n=t.group_size,
-        max_new_tokens=r.max_new_tokens,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        ignore_eos=r.ignore_eos,
-        seed=cfg.seed * 1_000_003,  # the trainer's seed for step 0, round 0
-    )
-    engine = make_engine(r.engine, model, tokenizer, batch_size=r.batch_size)
-    was_training = model.training
-    model.eval()
+    t = cfg.train
+    stream = PromptStream(training_examples(cfg, task), cfg.seed, TrainState())
+    examples = stream.take(t.prompts_per_step)  # exactly step 1's prompts
+    sampling = rollout_sampling(cfg, t.group_size, step_seed(cfg, 0))  # and step 1's seed
     with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
-        scored = sample_scored(engine, pool, task, examples, prompts, sampling)
-    model.train(was_training)
+        scored = sample_examples(cfg, model, tokenizer, task, examples, sampling, pool)
     flat = [s["correct"] for group in scored for s in group]
     return sum(flat) / max(1, len(flat))
 

@@ -66,6 +66,21 @@ def left_pad(
     return input_ids.to(device), attention_mask.to(device)
 
 
+def pad_batch(
+    seqs: list[list[int]], prompt_lens: list[int], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (B, L) input ids, attention mask and completion mask."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for i, (s, p) in enumerate(zip(seqs, prompt_lens, strict=True)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention_mask[i, : len(s)] = 1
+        completion_mask[i, p : len(s)] = 1.0
+    return input_ids.to(device), attention_mask.to(device), completion_mask.to(device)
+
+
 @dataclass
 class CompletionBatch:
     """Completions and the distinct prompts they continue (one micro-batch of the trainer).
@@ -126,15 +141,13 @@ def completion_logprobs(
         return _scatter_scores(logits, batch.completion_ids, targets, return_entropy)
     ids, attn, cmask = _full_sequences(batch)
     out = sequence_logprobs(model, ids, attn, cmask, return_entropy)
-    # Row-major order of scored positions is the same in both layouts: move them over.
+    # Scored positions come in the same row-major order in both layouts: move them over.
     full = cmask.bool()
-    full[:, 0] = False
-    if not return_entropy:
-        assert isinstance(out, torch.Tensor)
-        return torch.zeros(targets.shape, device=ids.device).masked_scatter(targets, out[full])
-    lp, ent = out
-    zeros = torch.zeros(targets.shape, device=ids.device)
-    return zeros.masked_scatter(targets, lp[full]), zeros.masked_scatter(targets, ent[full])
+
+    def to_completion(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(targets.shape, device=x.device).masked_scatter(targets, x[full])
+
+    return tuple(map(to_completion, out)) if return_entropy else to_completion(out)  # type: ignore[arg-type,return-value]
 
 
 def _shared_prompt_hidden(model: nn.Module, batch: CompletionBatch) -> torch.Tensor:
@@ -166,21 +179,16 @@ def _shared_prompt_hidden(model: nn.Module, batch: CompletionBatch) -> torch.Ten
 
 def _full_sequences(batch: CompletionBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded prompt+completion rows (ids, attention mask, completion mask), (B, L)."""
-    p_lens = batch.prompt_mask.sum(-1)[batch.row_prompt].tolist()
-    c_lens = batch.completion_mask.sum(-1).long().tolist()
-    width = max(p + c for p, c in zip(p_lens, c_lens, strict=True))
-    b = len(p_lens)
-    device = batch.completion_ids.device
-    ids = torch.zeros((b, width), dtype=torch.long, device=device)
-    attn = torch.zeros((b, width), dtype=torch.long, device=device)
-    cmask = torch.zeros((b, width), dtype=torch.float32, device=device)
-    p_width = batch.prompt_ids.shape[1]
-    for i, (p, c) in enumerate(zip(p_lens, c_lens, strict=True)):
-        ids[i, :p] = batch.prompt_ids[batch.row_prompt[i], p_width - p :]
-        ids[i, p : p + c] = batch.completion_ids[i, :c]
-        attn[i, : p + c] = 1
-        cmask[i, p : p + c] = 1.0
-    return ids, attn, cmask
+    prompts = [
+        p[m.bool()].tolist() for p, m in zip(batch.prompt_ids, batch.prompt_mask, strict=True)
+    ]
+    rows = batch.row_prompt.tolist()
+    comps = [
+        c[m.bool()].tolist()
+        for c, m in zip(batch.completion_ids, batch.completion_mask, strict=True)
+    ]
+    seqs = [prompts[r] + c for r, c in zip(rows, comps, strict=True)]
+    return pad_batch(seqs, [len(prompts[r]) for r in rows], 0, batch.completion_ids.device)
 
 
 def _selected_logits(

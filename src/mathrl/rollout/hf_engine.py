@@ -24,7 +24,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
-from mathrl.models.logprobs import left_pad  # noqa: F401  (re-exported: engine helpers)
+from mathrl.models.logprobs import left_pad
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 
