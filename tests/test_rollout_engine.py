@@ -258,10 +258,79 @@ def test_reserved_kv_cache_gives_identical_samples(model, tokenizer, prompts, mo
     real = hf_engine.reserve_cache
     monkeypatch.setattr(hf_engine, "reserve_cache", lambda c, e: converted.append(real(c, e)))
     params = SamplingParams(n=4, max_new_tokens=24, seed=5, temperature=1.1)
-    a = HFEngine(model, tokenizer, batch_size=8, reserve_kv=True).generate(prompts, params)
+    engine = HFEngine(model, tokenizer, batch_size=8, reserve_kv=True, lean_decode=False)
+    a = engine.generate(prompts, params)
     n_layers = model.config.num_hidden_layers
     assert converted and all(k == n_layers for k in converted)  # every layer, every chunk
-    b = HFEngine(model, tokenizer, batch_size=8, reserve_kv=False).generate(prompts, params)
+    engine = HFEngine(model, tokenizer, batch_size=8, reserve_kv=False, lean_decode=False)
+    b = engine.generate(prompts, params)
     assert len({c.finish_reason for c in a.completions}) == 2  # rows leave the cache mid-way
     assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
     assert [c.logprobs for c in a.completions] == [c.logprobs for c in b.completions]
+
+
+@pytest.fixture(scope="module")
+def gqa_llama(tmp_path_factory, tokenizer):
+    """A Llama with grouped-query attention (4 query heads share 2 K/V heads), EOS-biased."""
+    path = build_scratch_model(
+        tmp_path_factory.mktemp("llama"), TEXTS, arch="llama", hidden=64, layers=2, kv_heads=2
+    )
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return with_logit_bias(model, tokenizer.convert_tokens_to_ids("<|im_end|>"), 3.0)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama-gqa"])
+@pytest.mark.parametrize(("n", "batch_size", "max_new"), [(4, 8, 40), (1, 64, 40), (8, 64, 60)])
+def test_lean_decode_equals_transformers_forward(
+    arch, n, batch_size, max_new, model, gqa_llama, tokenizer, prompts, monkeypatch
+):
+    """The lean step (shared prompt K/V, lazy compaction) samples what transformers does."""
+    from mathrl.rollout import hf_engine
+
+    net = model if arch == "qwen2" else gqa_llama
+    moves = []
+    real = hf_engine._compact
+
+    def counting(lean, slot_row, *args):
+        moves.append(sum(r < 0 for r in slot_row[: len([r for r in slot_row if r >= 0])]))
+        return real(lean, slot_row, *args)
+
+    monkeypatch.setattr(hf_engine, "_compact", counting)
+    params = SamplingParams(n=n, max_new_tokens=max_new, seed=3)
+    lean = HFEngine(net, tokenizer, batch_size=batch_size).generate(prompts, params)
+    assert moves and max(moves) > 0  # rows finished, and live rows moved into their slots
+    ref = HFEngine(net, tokenizer, batch_size=batch_size, lean_decode=False).generate(
+        prompts, params
+    )
+    assert as_ids(lean) == as_ids(ref)
+    assert [c.finish_reason for c in lean.completions] == [c.finish_reason for c in ref.completions]
+    for a, b in zip(lean.completions, ref.completions, strict=True):
+        torch.testing.assert_close(
+            torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0
+        )
+    # and against a full forward pass over prompt + completion
+    for c, expected in zip(
+        lean.completions, recomputed_logprobs(net, lean.completions), strict=True
+    ):
+        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_lean_decode_declines_what_it_does_not_implement(model, tokenizer, prompts):
+    from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
+
+    assert unsupported_reason(model) is None
+    model.config.hidden_act = "gelu"
+    try:
+        assert unsupported_reason(model) == "hidden_act 'gelu' is not silu"
+        with pytest.raises(ValueError, match="not silu"):
+            LeanDecoder(model)
+    finally:
+        model.config.hidden_act = "silu"
+    model.config.use_sliding_window = True
+    try:
+        assert unsupported_reason(model) == "sliding-window attention"
+    finally:
+        model.config.use_sliding_window = False
+    assert "model_type 'gpt2'" in unsupported_reason(
+        type("M", (), {"config": type("C", (), {"model_type": "gpt2"})()})()
+    )

@@ -138,6 +138,10 @@ class RolloutConfig:
     """Sequences decoded at once (a multiple of train.group_size)."""
     ignore_eos: bool = False
     """Always generate max_new_tokens (benchmarks)."""
+    lean_decode: bool = True
+    """Llama/Qwen2 models decode with mathrl's lean step: the same samples and log-probs as
+    transformers' forward, less overhead, each prompt's K/V shared by its group. Other
+    architectures always use transformers' forward."""
 
 
 @dataclass

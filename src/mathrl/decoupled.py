@@ -65,7 +65,13 @@ def rollout_iteration(
         epoch=(it * per_iter) // len(examples), cursor=(it * per_iter) % len(examples)
     )
     stream = PromptStream(examples, cfg.seed, state)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size)
+    engine = make_engine(
+        cfg.rollout.engine,
+        model,
+        tokenizer,
+        batch_size=cfg.rollout.batch_size,
+        lean_decode=cfg.rollout.lean_decode,
+    )
     path = buffer_path(run_dir, it)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")

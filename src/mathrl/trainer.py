@@ -186,7 +186,13 @@ def sample_examples(
     """Scored completions (sampling.n per example) from `model` outside the training loop."""
     from mathrl.evaluate import sample_scored
 
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size)
+    engine = make_engine(
+        cfg.rollout.engine,
+        model,
+        tokenizer,
+        batch_size=cfg.rollout.batch_size,
+        lean_decode=cfg.rollout.lean_decode,
+    )
     prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
     return sample_scored(engine, pool, task, examples, prompts, sampling)
 
@@ -473,7 +479,13 @@ def train(
     if resume_from is not None:
         truncate_logs(run_dir, state.step)
     ref_model = reference_model(cfg, model)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.rollout.batch_size)
+    engine = make_engine(
+        cfg.rollout.engine,
+        model,
+        tokenizer,
+        batch_size=cfg.rollout.batch_size,
+        lean_decode=cfg.rollout.lean_decode,
+    )
     stream = PromptStream(dist.shard(training_examples(cfg, task)), cfg.seed, state)
     eval_split = heldout_split(cfg, task)
     prompt_cache: dict[str, list[int]] = {}

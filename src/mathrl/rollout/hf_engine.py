@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
 from mathrl.models.logprobs import left_pad
+from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 
@@ -61,6 +62,7 @@ class HFEngine(RolloutEngine):
         batch_size: int = 64,
         stop_token_ids: list[int] | None = None,
         reserve_kv: bool = True,
+        lean_decode: bool = True,
     ) -> None:
         if batch_size < 1:
             raise MathrlError(f"batch_size must be >= 1, got {batch_size}")
@@ -68,6 +70,8 @@ class HFEngine(RolloutEngine):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.reserve_kv = reserve_kv  # write decode K/V in place (see _RoomyLayer)
+        # Llama/Qwen2 decode through LeanDecoder (same values, a fraction of the overhead).
+        self.lean_decode = lean_decode
         self.stop_token_ids = stop_token_ids or default_stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
@@ -128,19 +132,30 @@ class HFEngine(RolloutEngine):
         )
         cache = out.past_key_values
         logits = out.logits[:, -1].float()  # (P, V)
-        if n > 1:
-            # One prefill per prompt, its KV rows copied for the n samples of its group.
-            cache.batch_repeat_interleave(n)
-            logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = P * n
-            attention_mask = attention_mask.repeat_interleave(n, dim=0)  # (B, Lp)
-        next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
-        if self.reserve_kv:
-            reserve_cache(cache, sampling.max_new_tokens)
-        t1 = time.perf_counter()
-        timing["prefill_s"] += t1 - t0
-        tokens, logprobs, finish = self._decode(
-            cache, logits, attention_mask, next_pos, sampling, gen
-        )
+        if self.lean_decode and unsupported_reason(self.model) is None:
+            lean = LeanDecoder(self.model)
+            lean.load_cache(cache, attention_mask, len(prompts) * n, sampling.max_new_tokens)
+            del cache, out
+            next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
+            t1 = time.perf_counter()
+            timing["prefill_s"] += t1 - t0
+            tokens, logprobs, finish = self._decode_lean(
+                lean, logits.repeat_interleave(n, dim=0), n, next_pos, sampling, gen
+            )
+        else:
+            if n > 1:
+                # One prefill per prompt, its KV rows copied for the n samples of its group.
+                cache.batch_repeat_interleave(n)
+                logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = P * n
+                attention_mask = attention_mask.repeat_interleave(n, dim=0)  # (B, Lp)
+            next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
+            if self.reserve_kv:
+                reserve_cache(cache, sampling.max_new_tokens)
+            t1 = time.perf_counter()
+            timing["prefill_s"] += t1 - t0
+            tokens, logprobs, finish = self._decode(
+                cache, logits, attention_mask, next_pos, sampling, gen
+            )
         timing["decode_s"] += time.perf_counter() - t1
         return [
             self._completion(first_index + row // n, row % n, prompts[row // n], t, lp, f)
@@ -198,6 +213,63 @@ class HFEngine(RolloutEngine):
             next_pos = next_pos + 1
         return tokens, logprobs, finish
 
+    def _decode_lean(
+        self,
+        lean: LeanDecoder,
+        logits: torch.Tensor,
+        n: int,
+        next_pos: torch.Tensor,
+        sampling: SamplingParams,
+        gen: torch.Generator,
+    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+        """_decode on a LeanDecoder: same samples, finished rows leave the batch lazily.
+
+        Row r continues prompt r // n. A finished row keeps its slot (decoded as waste)
+        until a quarter of the slots are dead; then live rows from the tail move into the
+        dead slots, so a compaction copies only the moved rows' generated K/V. The sampler
+        always sees the live rows in original-row order, as in _decode: the same seed gives
+        the same tokens.
+        """
+        batch = logits.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        logprobs: list[list[float]] = [[] for _ in range(batch)]
+        finish = ["length"] * batch
+        stop_ids = torch.tensor(self.stop_token_ids, device=logits.device)
+        feed = torch.zeros(batch, dtype=torch.long, device=logits.device)  # next input token
+        slot_row = list(range(batch))  # original row in each slot, -1 once finished
+        slot_prompt = [row // n for row in range(batch)]
+        lean.set_rows(slot_prompt)
+        live = list(range(batch))  # slots of unfinished rows, by original row
+        live_t = torch.arange(batch, device=logits.device)
+        in_order = True  # live == range(size): the logits rows are the sampler's rows
+        size = batch  # slots in use: live rows plus not-yet-compacted dead ones
+        for step in range(sampling.max_new_tokens):
+            step_logits = logits if in_order else logits.index_select(0, live_t)
+            next_tok, tok_logp = sample_next(step_logits, sampling, gen)  # (b_live,)
+            for slot, t, lp in zip(live, next_tok.tolist(), tok_logp.tolist(), strict=True):
+                tokens[slot_row[slot]].append(t)
+                logprobs[slot_row[slot]].append(lp)
+            if step == sampling.max_new_tokens - 1:
+                break
+            feed.index_copy_(0, live_t, next_tok)
+            if not sampling.ignore_eos:
+                done = torch.isin(next_tok, stop_ids)  # (b_live,)
+                if bool(done.any()):
+                    for i in done.nonzero().flatten().tolist():
+                        finish[slot_row[live[i]]] = "eos"
+                        slot_row[live[i]] = -1
+                    live = [s for s in live if slot_row[s] >= 0]
+                    if not live:
+                        break
+                    if size - len(live) >= max(1, size // 4):
+                        size = _compact(lean, slot_row, slot_prompt, size, feed, next_pos)
+                        live = sorted(range(size), key=slot_row.__getitem__)
+                    live_t = torch.tensor(live, device=logits.device)
+                    in_order = live == list(range(size))
+            logits = lean.step(feed[:size], next_pos[:size]).float()
+            next_pos = next_pos + 1
+        return tokens, logprobs, finish
+
     def _completion(
         self,
         prompt_index: int,
@@ -219,6 +291,31 @@ class HFEngine(RolloutEngine):
             finish_reason="eos" if finish == "eos" else "length",
             logprobs=logprobs,
         )
+
+
+def _compact(
+    lean: LeanDecoder,
+    slot_row: list[int],
+    slot_prompt: list[int],
+    size: int,
+    feed: torch.Tensor,
+    next_pos: torch.Tensor,
+) -> int:
+    """Move live slots from the tail into dead slots below the live count; returns it."""
+    alive = [s for s in range(size) if slot_row[s] >= 0]
+    new_size = len(alive)
+    holes = [s for s in range(new_size) if slot_row[s] < 0]
+    movers = [s for s in alive if s >= new_size]
+    if holes:
+        dst = torch.tensor(holes, device=feed.device)
+        src = torch.tensor(movers, device=feed.device)
+        lean.move_rows(src, dst)
+        feed[dst], next_pos[dst] = feed[src], next_pos[src]
+        for d, s in zip(holes, movers, strict=True):
+            slot_row[d], slot_prompt[d] = slot_row[s], slot_prompt[s]
+    del slot_row[new_size:], slot_prompt[new_size:]
+    lean.set_rows(slot_prompt)
+    return new_size
 
 
 class _RoomyLayer(DynamicLayer):
@@ -281,6 +378,8 @@ def sample_next(
     logp = torch.log_softmax(logits, dim=-1)  # (b, V), temperature 1
     if sampling.is_greedy:
         next_tok = logits.argmax(dim=-1)
+    elif sampling.temperature == 1.0 and sampling.top_k == 0 and sampling.top_p >= 1.0:
+        next_tok = inverse_cdf_sample(logp.exp(), gen)  # the raw distribution: no 2nd softmax
     else:
         scores = logits / sampling.temperature
         if sampling.top_k > 0:
