@@ -24,7 +24,6 @@ from mathrl.config import Config
 from mathrl.errors import DataError, MathrlError
 from mathrl.rewards import RewardPool, RewardResult
 from mathrl.rollout.buffer import append_jsonl, read_jsonl
-from mathrl.rollout.registry import make_engine
 from mathrl.rollout.types import Completion
 from mathrl.tasks import Task
 from mathrl.trainer import (
@@ -38,6 +37,7 @@ from mathrl.trainer import (
     policy_update,
     reference_model,
     reward_metrics,
+    rollout_engine,
     rollout_records,
     save,
     step_scheduler,
@@ -65,13 +65,7 @@ def rollout_iteration(
         epoch=(it * per_iter) // len(examples), cursor=(it * per_iter) % len(examples)
     )
     stream = PromptStream(examples, cfg.seed, state)
-    engine = make_engine(
-        cfg.rollout.engine,
-        model,
-        tokenizer,
-        batch_size=cfg.rollout.batch_size,
-        lean_decode=cfg.rollout.lean_decode,
-    )
+    engine = rollout_engine(cfg, model, tokenizer)
     path = buffer_path(run_dir, it)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")

@@ -41,7 +41,7 @@ from mathrl.rewards import RewardPool
 from mathrl.rollout.buffer import append_jsonl
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
-from mathrl.rollout.types import Completion, SamplingParams
+from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 from mathrl.runtime import checkpoint_meta
 from mathrl.tasks import Example, Task
 
@@ -174,6 +174,17 @@ def rollout_sampling(cfg: Config, n: int, seed: int) -> SamplingParams:
     )
 
 
+def rollout_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any) -> RolloutEngine:
+    """The engine `cfg.rollout` names, on the trainer's (shared) model."""
+    return make_engine(
+        cfg.rollout.engine,
+        model,
+        tokenizer,
+        batch_size=cfg.rollout.batch_size,
+        lean_decode=cfg.rollout.lean_decode,
+    )
+
+
 def sample_examples(
     cfg: Config,
     model: Any,
@@ -186,13 +197,7 @@ def sample_examples(
     """Scored completions (sampling.n per example) from `model` outside the training loop."""
     from mathrl.evaluate import sample_scored
 
-    engine = make_engine(
-        cfg.rollout.engine,
-        model,
-        tokenizer,
-        batch_size=cfg.rollout.batch_size,
-        lean_decode=cfg.rollout.lean_decode,
-    )
+    engine = rollout_engine(cfg, model, tokenizer)
     prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
     return sample_scored(engine, pool, task, examples, prompts, sampling)
 
@@ -479,13 +484,7 @@ def train(
     if resume_from is not None:
         truncate_logs(run_dir, state.step)
     ref_model = reference_model(cfg, model)
-    engine = make_engine(
-        cfg.rollout.engine,
-        model,
-        tokenizer,
-        batch_size=cfg.rollout.batch_size,
-        lean_decode=cfg.rollout.lean_decode,
-    )
+    engine = rollout_engine(cfg, model, tokenizer)
     stream = PromptStream(dist.shard(training_examples(cfg, task)), cfg.seed, state)
     eval_split = heldout_split(cfg, task)
     prompt_cache: dict[str, list[int]] = {}
