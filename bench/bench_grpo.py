@@ -45,12 +45,15 @@ CONFIG = BENCH / "configs" / "grpo.toml"
 MODELS_DIR = BENCH / ".cache"
 TINY = {"hidden": 256, "layers": 4, "heads": 4, "vocab_size": 2048, "max_position": 1024}
 
-# name: (model, kl_coef, prompts, group size, completion length)
-RUNS: dict[str, tuple[str, float, int, int, int]] = {
+# name: (model, kl_coef, prompts, group size, completion length[, "bf16"])
+# bf16 runs: mathrl model.autocast=bfloat16, TRL bf16=True (its default); fp32 weights in both.
+RUNS: dict[str, tuple] = {
     "tiny-kl0": ("tiny", 0.0, 8, 8, 128),
     "tiny-kl0.04": ("tiny", 0.04, 8, 8, 128),
     "smollm2-kl0": ("smollm2", 0.0, 8, 8, 128),
     "smollm2-kl0.04": ("smollm2", 0.04, 8, 8, 128),
+    "tiny-kl0-bf16": ("tiny", 0.0, 8, 8, 128, "bf16"),
+    "smollm2-kl0-bf16": ("smollm2", 0.0, 8, 8, 128, "bf16"),
 }
 SCALING: dict[str, tuple[str, float, int, int, int]] = {
     "tiny-kl0-4x8x64": ("tiny", 0.0, 4, 8, 64),
@@ -167,7 +170,7 @@ def trl_args(cfg: Any) -> dict[str, Any]:
         "loss_type": "dapo",  # = mathrl token-mean
         "scale_rewards": "group",  # = mathrl grpo advantage (r - mean) / (std + eps)
         "num_iterations": t.mu,
-        "bf16": False,  # TRL's default is True, even on CPU
+        "bf16": cfg.model.autocast == "bfloat16",  # TRL's default is True, even on CPU
         "fp16": False,
         "gradient_checkpointing": False,  # TRL's default is True
         "shuffle_dataset": False,
@@ -249,7 +252,7 @@ def run_one(
     from mathrl.config import load_config
     from mathrl.models.loading import load_model
 
-    model_name, kl, p, g, t = spec
+    model_name, kl, p, g, t, *precision = spec
     warmup, steps = args.warmup, args.steps
     if name in SCALING:
         steps = args.scaling_steps
@@ -257,6 +260,8 @@ def run_one(
     path = model_dir(model_name, task)
     micro = min(args.micro_batch, p * g)
     sets = mathrl_sets(path, args.data, kl, p, g, t, total, micro)
+    if precision == ["bf16"]:
+        sets.append("model.autocast=bfloat16")
     cfg = load_config(CONFIG, sets, env=False)
     _, tokenizer = load_model(str(path), dtype="float32", device="cpu")
     prompts = select_prompts(task, tokenizer, cfg.seed, p * total)
@@ -354,6 +359,7 @@ def run_one(
         "model_dir": str(path),
         "params": params,
         "kl_coef": kl,
+        "precision": precision[0] if precision else "fp32",
         "prompts": p,
         "group_size": g,
         "completion_len": t,

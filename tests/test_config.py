@@ -86,6 +86,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         (["rollout.top_p=1.5"], "rollout.top_p must be in (0, 1], got 1.5"),
         (["train.algorithm=grop"], "Invalid train.algorithm 'grop' (did you mean 'grpo'?)"),
         (["task.name=gsm9k"], "Invalid task.name 'gsm9k' (did you mean 'gsm8k'?)"),
+        (["model.autocast=bf16"], "Invalid model.autocast 'bf16'"),
         (["eval.k=[1,4]"], "eval.k entries must be in [1, eval.n=1], got 4"),
         (["train.lr"], "--set expects key=value, got 'train.lr'"),
         (["data.countdown_numbers=[5]"], "data.countdown_numbers entries must be 3 or 4, got 5"),

@@ -63,7 +63,9 @@ def _load_model(cfg: Any, task: Any, path: str, out_dir: Path) -> tuple[Any, Any
         scratch_cfg = copy.deepcopy(cfg)
         scratch_cfg.model.path = "scratch"
         return load_policy(scratch_cfg, task, out_dir)
-    return load_model(source, dtype=cfg.model.dtype, device=cfg.model.device)
+    return load_model(
+        source, dtype=cfg.model.dtype, device=cfg.model.device, autocast=cfg.model.autocast
+    )
 
 
 def _labels(paths: list[str]) -> list[str]:

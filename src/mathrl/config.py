@@ -68,6 +68,10 @@ class ModelConfig:
     """HF hub id, local HF dir, .gguf file, 'smollm2-135m-instruct' (offline), or 'scratch'."""
     dtype: str = "auto"
     """auto (bf16 on CUDA, else fp32), float32, bfloat16 or float16."""
+    autocast: str = "none"
+    """Mixed precision: none, bfloat16 or float16. Forwards (rollout, training, eval) run
+    under torch.autocast in this dtype while weights and optimizer state stay in
+    model.dtype (use float32 weights with it). Fast on GPUs and CPUs with AMX/AVX512-BF16."""
     device: str = "auto"
     """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps."""
     threads: int = 0
@@ -313,6 +317,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.scratch.arch": ("qwen2", "llama"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.autocast": ("none", "bfloat16", "float16"),
     "task.name": ("gsm8k", "countdown"),
     "task.prompt_style": ("final_line", "hash", "boxed", "think_answer"),
     "task.reward_scheme": ("format", "binary", "lenient"),

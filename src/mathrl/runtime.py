@@ -104,7 +104,9 @@ def load_policy(
                 seed=cfg.seed,
             )
         source = str(scratch_dir)
-    model, tokenizer = load_model(source, dtype=cfg.model.dtype, device=cfg.model.device)
+    model, tokenizer = load_model(
+        source, dtype=cfg.model.dtype, device=cfg.model.device, autocast=cfg.model.autocast
+    )
     if cfg.model.lora.r > 0:
         model = apply_lora(model, cfg)
     return model, tokenizer

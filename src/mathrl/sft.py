@@ -19,6 +19,7 @@ import torch
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
+from mathrl.models.precision import forward_autocast
 from mathrl.rollout.buffer import read_jsonl
 from mathrl.runtime import checkpoint_meta
 from mathrl.shards import Encoded
@@ -90,7 +91,8 @@ def sft_loss(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response-token cross-entropy and the number of response tokens."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, L-1, V)
+    with forward_autocast(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     targets = input_ids[:, 1:]
     mask = loss_mask[:, 1:]
     nll = torch.nn.functional.cross_entropy(

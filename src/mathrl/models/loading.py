@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mathrl.errors import ConfigError, MathrlError
+from mathrl.models.precision import set_autocast
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,12 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     cache_dir: str | Path | None = None,
+    autocast: str = "none",
 ) -> tuple[PreTrainedModel, Any]:
-    """(model in eval mode on `device`, tokenizer ready for left-padded chat generation)."""
+    """(model in eval mode on `device`, tokenizer ready for left-padded chat generation).
+
+    autocast: the mixed-precision dtype of the model's forwards (models/precision.py).
+    """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     hf_path = path
@@ -112,6 +117,7 @@ def load_model(
     model, tokenizer = _load_hf(hf_path, torch_dtype)
     model.to(torch_device)
     model.eval()
+    set_autocast(model, autocast)
     return model, prepare_tokenizer(tokenizer)
 
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mathrl.models.precision import forward_autocast
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counting real tokens only, so left padding does not shift RoPE."""
@@ -34,7 +36,8 @@ def sequence_logprobs(
     targets = completion_mask.bool().clone()  # (B, L)
     targets[:, 0] = False
     # Output at t-1 predicts token t: select outputs with the targets shifted one step left.
-    logits = _selected_logits(model, input_ids, attention_mask, targets[:, 1:])  # (N, V)
+    with forward_autocast(model):
+        logits = _selected_logits(model, input_ids, attention_mask, targets[:, 1:])  # (N, V)
     return _scatter_scores(logits, input_ids, targets, return_entropy)
 
 
@@ -136,8 +139,9 @@ def completion_logprobs(
     """
     targets = batch.completion_mask.bool()
     if share_prompts and _head_is_separable(model):
-        hidden = _shared_prompt_hidden(model, batch)  # (B, T, H)
-        logits = model.get_output_embeddings()(hidden[targets])  # (N, V)
+        with forward_autocast(model):
+            hidden = _shared_prompt_hidden(model, batch)  # (B, T, H)
+            logits = model.get_output_embeddings()(hidden[targets])  # (N, V)
         return _scatter_scores(logits, batch.completion_ids, targets, return_entropy)
     ids, attn, cmask = _full_sequences(batch)
     out = sequence_logprobs(model, ids, attn, cmask, return_entropy)

@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
 from mathrl.models.logprobs import left_pad
+from mathrl.models.precision import forward_autocast
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
@@ -99,7 +100,7 @@ class HFEngine(RolloutEngine):
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), forward_autocast(self.model):
                 for start in range(0, len(prompts), per_chunk):
                     chunk = prompts[start : start + per_chunk]
                     completions += self._generate_chunk(chunk, start, sampling, gen, timing)

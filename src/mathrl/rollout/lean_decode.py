@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_TYPES = ("llama", "qwen2")
+NORMS = ("ln1", "ln2")  # norm weights stay in the model's dtype (as under autocast)
 
 
 @dataclass
@@ -88,6 +89,16 @@ class LeanDecoder:
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv * self.head_dim
         self.layers = [self._pack(layer) for layer in base.layers[: cfg.num_hidden_layers]]
+        # Under autocast (models/precision.py) the GEMM weights are cast once, here, not
+        # at every step; attention, norms and the residual stream stay in fp32.
+        self.device_type = self.embed.device.type
+        if torch.is_autocast_enabled(self.device_type):
+            low = torch.get_autocast_dtype(self.device_type)
+            self.head_w, self.head_b = _cast(self.head_w, low), _cast(self.head_b, low)
+            self.layers = [
+                _Layer(**{k: v if k in NORMS else _cast(v, low) for k, v in vars(layer).items()})
+                for layer in self.layers
+            ]
         self.pk: list[torch.Tensor] = []  # per layer: prompt keys, transposed (P, Hkv, D, Lp)
         self.pv: list[torch.Tensor] = []  # prompt values (P, Hkv, Lp, D)
         self.sk: list[torch.Tensor] = []  # generated keys (rows, Hkv, extra, D)
@@ -132,9 +143,11 @@ class LeanDecoder:
             _, h, _, d = keys.shape
             # Prompt keys are stored transposed, (.., D, Lp): the score matmul reads in order.
             self.pk.append(keys.transpose(-1, -2).contiguous())
-            self.pv.append(values)
+            # Under autocast transformers leaves values in low precision and rotated keys
+            # in fp32: hold both in the keys' dtype, as the attention maths runs in it.
+            self.pv.append(values.to(keys.dtype))
             self.sk.append(keys.new_empty((rows, h, extra, d)))
-            self.sv.append(values.new_empty((rows, h, extra, d)))
+            self.sv.append(keys.new_empty((rows, h, extra, d)))
         # Additive key mask of the prompts' left padding: 0 for a token, -inf for padding.
         self.prompt_bias = torch.zeros(prompt_mask.shape, device=prompt_mask.device)
         self.prompt_bias.masked_fill_(prompt_mask == 0, float("-inf"))  # (P, Lp)
@@ -174,12 +187,16 @@ class LeanDecoder:
 
         Writes each slot's K/V at generated position `used`.
         """
+        with torch.autocast(self.device_type, enabled=False):  # dtypes are explicit here
+            return self._step(tokens, positions)
+
+    def _step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         b = tokens.shape[0]
         x = F.embedding(tokens, self.embed)  # (b, H)
         cos, sin = self.rotary(x, positions[:, None])  # (b, 1, D) each
         for i, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.ln1, self.eps)
-            qkv = F.linear(h, layer.qkv_w, layer.qkv_b)  # (b, q + 2 kv)
+            qkv = _linear(h, layer.qkv_w, layer.qkv_b)  # (b, q + 2 kv)
             qk = qkv[:, : self.q_size + self.kv_size].view(b, -1, self.head_dim)
             qk = _rotate(qk, cos, sin)  # (b, heads + kv heads, D): one rotation for both
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
@@ -187,12 +204,12 @@ class LeanDecoder:
             self.sk[i][:b, :, self.used] = k
             self.sv[i][:b, :, self.used] = v
             att = self._attend(i, q, b)  # (b, heads * D)
-            x = x + F.linear(att, layer.o_w, layer.o_b)
+            x = x + _linear(att, layer.o_w, layer.o_b)
             h = _rms_norm(x, layer.ln2, self.eps)
-            gate, up = F.linear(h, layer.gate_up_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down_w)
+            gate, up = _linear(h, layer.gate_up_w).chunk(2, dim=-1)
+            x = x + _linear(F.silu(gate) * up, layer.down_w)
         self.used += 1
-        return F.linear(_rms_norm(x, self.norm, self.eps), self.head_w, self.head_b)
+        return _linear(_rms_norm(x, self.norm, self.eps), self.head_w, self.head_b)
 
     def _attend(self, i: int, q: torch.Tensor, b: int) -> torch.Tensor:
         """Attention of queries q (b, heads, D) over prompt keys + own generated keys.
@@ -235,6 +252,15 @@ class LeanDecoder:
         x = x.view(n_prompts, kv, self.width, g, m).transpose(1, 2)
         x = x.reshape(n_prompts * self.width, kv, g, m)
         return x if self.in_order else x[self.flat]
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear in the weight's dtype (low precision under autocast, else as given)."""
+    return F.linear(x.to(w.dtype), w, b)
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None or not t.is_floating_point() else t.to(dtype)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

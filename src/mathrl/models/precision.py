@@ -1,0 +1,52 @@
+"""Mixed precision: forwards under torch.autocast, weights and optimizer state unchanged.
+
+`model.autocast = "bfloat16"` keeps fp32 weights (the optimizer's master copy) and runs
+every forward that mathrl makes of the model - rollouts, training and reference
+log-probs, SFT, eval - with low-precision GEMMs. Worth it on GPUs and on CPUs with
+AMX/AVX512-BF16 (BENCHMARKS.md); the sampler's log-probs then differ from the trainer's
+by bf16 rounding, which the PPO ratio sees as a small off-policy gap.
+
+The setting travels with the model (set_autocast, read by forward_autocast), so every
+code path that runs the model honours it, and a deep copy (the KL reference) keeps it.
+Backward passes run outside the context, as torch recommends: autocast records the
+dtypes it chose in the forward graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from mathrl.errors import ConfigError
+
+AUTOCAST_DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ATTR = "_mathrl_autocast"
+
+
+def set_autocast(model: nn.Module, dtype: str) -> None:
+    """Run `model`'s forwards under autocast to `dtype` ("none" turns it off)."""
+    if dtype not in AUTOCAST_DTYPES:
+        raise ConfigError(
+            f"unknown autocast dtype {dtype!r}; choose one of {', '.join(AUTOCAST_DTYPES)}"
+        )
+    setattr(model, _ATTR, AUTOCAST_DTYPES[dtype])
+
+
+def autocast_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype `model`'s forwards autocast to, or None."""
+    return getattr(model, _ATTR, None)
+
+
+@contextlib.contextmanager
+def forward_autocast(model: nn.Module) -> Iterator[None]:
+    """torch.autocast on the model's device in its dtype; nothing when it has none."""
+    dtype = autocast_dtype(model)
+    if dtype is None:
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
