@@ -11,7 +11,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathrl.errors import ConfigError
 from mathrl.models.logprobs import completion_batch, completion_logprobs
-from mathrl.models.precision import autocast_dtype, forward_autocast, set_autocast
+from mathrl.models.precision import (
+    autocast_dtype,
+    forward_autocast,
+    low_precision_weights_warning,
+    set_autocast,
+)
 from mathrl.models.scratch import build_scratch_model
 from mathrl.rollout.hf_engine import HFEngine
 from mathrl.rollout.types import SamplingParams
@@ -83,3 +88,17 @@ def test_bf16_training_step_keeps_fp32_weights_and_gradients(setup):
     assert all(g is not None and g.dtype == torch.float32 for g in grads)
     assert all(torch.isfinite(g).all() for g in grads)
     assert logprobs.dtype == torch.float32
+
+
+def test_low_precision_weights_warning_names_the_fix():
+    fp32 = [torch.zeros(3)]
+    assert low_precision_weights_warning(fp32, 1e-6) is None
+    msg = low_precision_weights_warning(fp32 + [torch.zeros(3, dtype=torch.bfloat16)], 1e-6)
+    assert msg.startswith(
+        "training bfloat16 weights: an AdamW step moves a weight by about lr (1e-06)"
+    )
+    assert "model.dtype=float32 with model.autocast=bfloat16" in msg
+    # and the reason is real: a 1e-6 step on a typical weight is lost in bf16, kept in fp32
+    w = torch.tensor([0.02])
+    assert (w.bfloat16() + 1e-6).item() == w.bfloat16().item()
+    assert (w + 1e-6).item() != w.item()

@@ -19,7 +19,8 @@ import torch
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
-from mathrl.models.precision import forward_autocast
+from mathrl.logging import console
+from mathrl.models.precision import forward_autocast, low_precision_weights_warning
 from mathrl.rollout.buffer import read_jsonl
 from mathrl.runtime import checkpoint_meta
 from mathrl.shards import Encoded
@@ -119,7 +120,10 @@ def train_sft(
     s = cfg.sft
     steps = s.steps if steps is None else steps
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if (warning := low_precision_weights_warning(params, s.lr)) is not None:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    optimizer = torch.optim.AdamW(params, lr=s.lr)
     step = 0
     if resume_from is not None:
         saved = ckpt_mod.load_trainer_state(resume_from)

@@ -37,6 +37,7 @@ from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.logging import console
 from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
+from mathrl.models.precision import low_precision_weights_warning
 from mathrl.rewards import RewardPool
 from mathrl.rollout.buffer import append_jsonl
 from mathrl.rollout.chat import prompt_token_ids
@@ -567,6 +568,8 @@ def optimizer_state(
     """
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
+    if (warning := low_precision_weights_warning(params, t.lr)) is not None:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if resume_from is None:

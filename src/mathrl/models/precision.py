@@ -50,3 +50,16 @@ def forward_autocast(model: nn.Module) -> Iterator[None]:
     device = next(model.parameters()).device
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def low_precision_weights_warning(params: list[torch.Tensor], lr: float) -> str | None:
+    """Why training these weights directly in bf16/fp16 loses updates, or None if fp32."""
+    low = {p.dtype for p in params} & {torch.bfloat16, torch.float16}
+    if not low:
+        return None
+    name = "bfloat16" if torch.bfloat16 in low else "float16"
+    return (
+        f"training {name} weights: an AdamW step moves a weight by about lr ({lr:g}), far "
+        f"below {name}'s resolution for most weights, so most updates round away; use "
+        "model.dtype=float32 with model.autocast=bfloat16 (mixed precision)"
+    )
