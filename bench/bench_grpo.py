@@ -335,7 +335,10 @@ def run_one(
         for i in range(total):
             for k in ["mathrl", "trl"] if i % 2 == 0 else ["trl", "mathrl"]:
                 step(k, workers[k], i)
-        done = {k: w.finish() for k, w in workers.items()}
+                if i == total - 1:
+                    # Wait for its exit now: its wrap-up after the last step (TRL's train
+                    # end, mathrl's final checkpoint) must not overlap the other's last step.
+                    done[k] = workers[k].finish()
     else:
         # One process at a time (a 135M model's two processes do not fit in 24 GB together).
         for k, c in commands.items():

@@ -100,7 +100,9 @@ def main() -> None:
     quiet_libraries()
     set_threads(cfg.model.threads)
     set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
+    model, tokenizer = load_model(
+        cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device, autocast=cfg.model.autocast
+    )
     task = BenchTask(spec["prompts"], cfg.seed)
 
     # Check that the engine is given exactly the token ids TRL gets (the same prompts, in order).
