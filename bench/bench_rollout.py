@@ -12,6 +12,7 @@ up to and including EOS.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import random
@@ -26,6 +27,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathrl.models.logprobs import left_pad
+from mathrl.models.precision import set_autocast
 from mathrl.models.scratch import build_scratch_model
 from mathrl.rollout.hf_engine import HFEngine
 from mathrl.rollout.types import SamplingParams
@@ -112,6 +114,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--p-eos", type=float, default=0.015)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="HFEngine with model.autocast=bfloat16 vs model.generate on a bf16 copy",
+    )
     args = parser.parse_args()
 
     texts = corpus()
@@ -129,6 +136,14 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(path).eval()
     add_eos_bias(model, tokenizer.convert_tokens_to_ids("<|im_end|>"), args.p_eos)
     engine = HFEngine(model, tokenizer, batch_size=args.prompts * args.n)
+    gen_model = model
+    if args.bf16:
+        # Each side in its fastest bf16 form: mathrl autocasts an fp32 model (its GEMM
+        # weights cast once per call); generate runs on bf16 weights (autocast would recast
+        # them at every step).
+        set_autocast(model, "bfloat16")
+        gen_model = copy.deepcopy(model).to(torch.bfloat16)
+        set_autocast(gen_model, "none")
     rng = random.Random(1)
     prompts = [
         tokenizer(" ".join(rng.choices(texts, k=2))).input_ids[: rng.randint(20, 60)]
@@ -147,12 +162,12 @@ def main() -> None:
     # Warm-up at full size: the first full-size call pays one-time allocation costs (several
     # times slower here), which a tiny warm-up call does not absorb.
     bench_engine(engine, prompts, args.n, args.max_new_tokens, 10_000)
-    bench_generate(model, prompts, engine, args.n, args.max_new_tokens, 10_000)
+    bench_generate(gen_model, prompts, engine, args.n, args.max_new_tokens, 10_000)
     eng, gen, gen_padded = [], [], []
     for run in range(args.runs):
         e_tps, e_tok, timing = bench_engine(engine, prompts, args.n, args.max_new_tokens, run)
         g_tps, g_pad_tps, g_tok = bench_generate(
-            model, prompts, engine, args.n, args.max_new_tokens, run
+            gen_model, prompts, engine, args.n, args.max_new_tokens, run
         )
         eng.append(e_tps)
         gen.append(g_tps)

@@ -15,6 +15,7 @@ from mathrl.models.precision import (
     autocast_dtype,
     forward_autocast,
     low_precision_weights_warning,
+    pad_multiple,
     set_autocast,
 )
 from mathrl.models.scratch import build_scratch_model
@@ -102,3 +103,25 @@ def test_low_precision_weights_warning_names_the_fix():
     w = torch.tensor([0.02])
     assert (w.bfloat16() + 1e-6).item() == w.bfloat16().item()
     assert (w + 1e-6).item() != w.item()
+
+
+def test_cpu_autocast_pads_to_bounded_shapes_without_changing_logprobs(setup):
+    """Widths round up to 32 under CPU autocast (bounded kernel shapes); values unchanged."""
+    model, _, prompts = setup
+    model = copy.deepcopy(model)
+    assert pad_multiple(model) == 1
+    set_autocast(model, "bfloat16")
+    assert pad_multiple(model) == 32
+    set_autocast(model, "none")
+    comps = [[5, 6, 7], [8, 9], [10]]
+    plain = completion_batch(prompts, [0, 0, 1], comps, 0, torch.device("cpu"))
+    padded = completion_batch(prompts, [0, 0, 1], comps, 0, torch.device("cpu"), multiple=32)
+    assert (
+        plain.prompt_ids.shape[1] == max(map(len, prompts)) and plain.completion_ids.shape[1] == 3
+    )
+    assert padded.prompt_ids.shape[1] == 32 and padded.completion_ids.shape[1] == 32
+    with torch.no_grad():
+        a = completion_logprobs(model, plain)
+        b = completion_logprobs(model, padded)
+    torch.testing.assert_close(b[:, :3], a, atol=1e-5, rtol=0)
+    assert (b[:, 3:] == 0).all()

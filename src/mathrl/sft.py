@@ -20,7 +20,11 @@ from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
 from mathrl.logging import console
-from mathrl.models.precision import forward_autocast, low_precision_weights_warning
+from mathrl.models.precision import (
+    forward_autocast,
+    low_precision_weights_warning,
+    pad_multiple,
+)
 from mathrl.rollout.buffer import read_jsonl
 from mathrl.runtime import checkpoint_meta
 from mathrl.shards import Encoded
@@ -131,6 +135,7 @@ def train_sft(
         step = int(saved["step"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = max(1, cfg.train.micro_batch_size)
+    multiple = pad_multiple(model)
     model.train()
     while step < steps:
         t0 = time.perf_counter()
@@ -150,7 +155,7 @@ def train_sft(
         for i in range(0, len(encoded), micro):
             chunk = encoded[i : i + micro]
             ids, attn, mask = pad_batch(
-                [c[0] for c in chunk], [c[1] for c in chunk], pad_id, device
+                [c[0] for c in chunk], [c[1] for c in chunk], pad_id, device, multiple
             )
             loss_sum, _ = sft_loss(model, ids, attn, mask)
             (loss_sum / n_tokens).backward()

@@ -37,7 +37,7 @@ from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.logging import console
 from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
-from mathrl.models.precision import low_precision_weights_warning
+from mathrl.models.precision import low_precision_weights_warning, pad_multiple
 from mathrl.rewards import RewardPool
 from mathrl.rollout.buffer import append_jsonl
 from mathrl.rollout.chat import prompt_token_ids
@@ -315,7 +315,8 @@ def policy_update(
         max_len=cfg.rollout.max_new_tokens,
     )
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
-    batches = [micro_batch(groups, comps, row_group, mb, pad_id, device) for mb in micro]
+    multiple = pad_multiple(model)
+    batches = [micro_batch(groups, comps, row_group, mb, pad_id, device, multiple) for mb in micro]
     share = t.share_prompts
     old_lp: list[torch.Tensor | None] = [None] * len(micro)
     ref_lp: list[torch.Tensor | None] = [None] * len(micro)
@@ -393,6 +394,7 @@ def micro_batch(
     rows: list[int],
     pad_id: int,
     device: torch.device,
+    multiple: int = 1,
 ) -> CompletionBatch:
     """The CompletionBatch of `rows` (indices into comps): each distinct prompt once."""
     local: dict[int, int] = {}
@@ -405,6 +407,7 @@ def micro_batch(
         [list(comps[i].token_ids) for i in rows],
         pad_id,
         device,
+        multiple,
     )
 
 

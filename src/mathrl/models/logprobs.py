@@ -56,11 +56,19 @@ def _scatter_scores(
     return logprobs, zeros.masked_scatter(targets, entropy_tok)
 
 
+def round_up(width: int, multiple: int) -> int:
+    """width rounded up to a multiple of `multiple` (see models.precision.pad_multiple)."""
+    return -(-width // multiple) * multiple
+
+
 def left_pad(
-    prompts: list[list[int]], pad_id: int, device: torch.device
+    prompts: list[list[int]], pad_id: int, device: torch.device, multiple: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (P, max_len), prompts right-aligned."""
-    width = max(len(p) for p in prompts)
+    """(input_ids, attention_mask), both (P, width), prompts right-aligned.
+
+    width is the longest prompt, rounded up to a multiple of `multiple`.
+    """
+    width = round_up(max(len(p) for p in prompts), multiple)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -70,10 +78,14 @@ def left_pad(
 
 
 def pad_batch(
-    seqs: list[list[int]], prompt_lens: list[int], pad_id: int, device: torch.device
+    seqs: list[list[int]],
+    prompt_lens: list[int],
+    pad_id: int,
+    device: torch.device,
+    multiple: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (B, L) input ids, attention mask and completion mask."""
-    width = max(len(s) for s in seqs)
+    """Right-padded (B, L) input ids, attention mask and completion mask (L: see left_pad)."""
+    width = round_up(max(len(s) for s in seqs), multiple)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
     completion_mask = torch.zeros((len(seqs), width), dtype=torch.float32)
@@ -105,10 +117,14 @@ def completion_batch(
     completions: list[list[int]],
     pad_id: int,
     device: torch.device,
+    multiple: int = 1,
 ) -> CompletionBatch:
-    """Pad `prompts` (left) and `completions` (right); row i continues prompts[row_prompt[i]]."""
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id, torch.device("cpu"))
-    c_width = max(1, max(len(c) for c in completions))
+    """Pad `prompts` (left) and `completions` (right); row i continues prompts[row_prompt[i]].
+
+    Both widths are rounded up to a multiple of `multiple` (see left_pad).
+    """
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, torch.device("cpu"), multiple)
+    c_width = round_up(max(1, max(len(c) for c in completions)), multiple)
     completion_ids = torch.full((len(completions), c_width), pad_id, dtype=torch.long)
     completion_mask = torch.zeros((len(completions), c_width), dtype=torch.float32)
     for i, c in enumerate(completions):

@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
 from mathrl.models.logprobs import left_pad
-from mathrl.models.precision import forward_autocast
+from mathrl.models.precision import forward_autocast, pad_multiple
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
@@ -122,7 +122,8 @@ class HFEngine(RolloutEngine):
         device = next(self.model.parameters()).device
         n = sampling.n
         t0 = time.perf_counter()
-        input_ids, attention_mask = left_pad(prompts, self.pad_id, device)  # (P, Lp)
+        multiple = pad_multiple(self.model)  # bounded shapes under CPU autocast
+        input_ids, attention_mask = left_pad(prompts, self.pad_id, device, multiple)  # (P, Lp)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (P, Lp)
         out = self.model(
             input_ids=input_ids,
