@@ -334,3 +334,20 @@ def test_lean_decode_declines_what_it_does_not_implement(model, tokenizer, promp
     assert "model_type 'gpt2'" in unsupported_reason(
         type("M", (), {"config": type("C", (), {"model_type": "gpt2"})()})()
     )
+
+
+def test_no_deprecated_cache_kwarg(model, tokenizer, prompts):
+    """The KV cache is passed under the name the installed transformers expects, silently."""
+    import warnings
+
+    from mathrl.models.logprobs import completion_batch, completion_logprobs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for lean in (True, False):
+            engine = HFEngine(model, tokenizer, batch_size=8, lean_decode=lean)
+            result = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=4, seed=0))
+        comps = [c.token_ids for c in result.completions]
+        batch = completion_batch(prompts, [i // 2 for i in range(6)], comps, 0, torch.device("cpu"))
+        completion_logprobs(model, batch)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]

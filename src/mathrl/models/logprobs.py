@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +62,24 @@ def _scatter_scores(
 def round_up(width: int, multiple: int) -> int:
     """width rounded up to a multiple of `multiple` (see models.precision.pad_multiple)."""
     return -(-width // multiple) * multiple
+
+
+def cache_kwarg(module: nn.Module, cache: Any) -> dict[str, Any]:
+    """{name: cache} for module's forward: `cache` (transformers >= 5.23), else
+    `past_key_values` (older; 5.x still takes it but warns, and drops it in 5.40)."""
+    params = _forward_params(type(module))
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
+@functools.cache
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned, under either name (see cache_kwarg)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def left_pad(
@@ -180,7 +201,7 @@ def _shared_prompt_hidden(model: nn.Module, batch: CompletionBatch) -> torch.Ten
         position_ids=p_pos,
         use_cache=True,
     )
-    cache = out.past_key_values
+    cache = output_cache(out)
     rows = batch.row_prompt
     cache.batch_select_indices(rows)  # (P, ...) -> (B, ...): differentiable indexing
     last = out.last_hidden_state[:, -1][rows]  # (B, H): left padding puts real ends last
@@ -191,7 +212,7 @@ def _shared_prompt_hidden(model: nn.Module, batch: CompletionBatch) -> torch.Ten
         input_ids=batch.completion_ids,
         attention_mask=attn,
         position_ids=pos,
-        past_key_values=cache,
+        **cache_kwarg(decoder, cache),
         use_cache=True,
     ).last_hidden_state  # (B, T, H): row t is the state after completion token t
     return torch.cat([last[:, None], hidden[:, :-1]], dim=1)

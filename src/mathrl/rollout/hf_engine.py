@@ -24,7 +24,7 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
-from mathrl.models.logprobs import left_pad
+from mathrl.models.logprobs import cache_kwarg, left_pad, output_cache
 from mathrl.models.precision import forward_autocast, pad_multiple
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
@@ -132,7 +132,7 @@ class HFEngine(RolloutEngine):
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = out.past_key_values
+        cache = output_cache(out)
         logits = out.logits[:, -1].float()  # (P, V)
         if self.lean_decode and unsupported_reason(self.model) is None:
             lean = LeanDecoder(self.model)
@@ -208,7 +208,7 @@ class HFEngine(RolloutEngine):
                 input_ids=next_tok[:, None],
                 attention_mask=attention_mask,
                 position_ids=next_pos[:, None],
-                past_key_values=cache,
+                **cache_kwarg(self.model, cache),
                 use_cache=True,
             )
             logits = out.logits[:, -1].float()  # (b, V)
