@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathrl.models.precision import forward_autocast
+from mathrl.models.precision import forward_autocast, pad_multiple
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -180,7 +180,7 @@ def completion_logprobs(
             hidden = _shared_prompt_hidden(model, batch)  # (B, T, H)
             logits = model.get_output_embeddings()(hidden[targets])  # (N, V)
         return _scatter_scores(logits, batch.completion_ids, targets, return_entropy)
-    ids, attn, cmask = _full_sequences(batch)
+    ids, attn, cmask = _full_sequences(batch, pad_multiple(model))
     out = sequence_logprobs(model, ids, attn, cmask, return_entropy)
     # Scored positions come in the same row-major order in both layouts: move them over.
     full = cmask.bool()
@@ -218,7 +218,9 @@ def _shared_prompt_hidden(model: nn.Module, batch: CompletionBatch) -> torch.Ten
     return torch.cat([last[:, None], hidden[:, :-1]], dim=1)
 
 
-def _full_sequences(batch: CompletionBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _full_sequences(
+    batch: CompletionBatch, multiple: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded prompt+completion rows (ids, attention mask, completion mask), (B, L)."""
     prompts = [
         p[m.bool()].tolist() for p, m in zip(batch.prompt_ids, batch.prompt_mask, strict=True)
@@ -229,7 +231,8 @@ def _full_sequences(batch: CompletionBatch) -> tuple[torch.Tensor, torch.Tensor,
         for c, m in zip(batch.completion_ids, batch.completion_mask, strict=True)
     ]
     seqs = [prompts[r] + c for r, c in zip(rows, comps, strict=True)]
-    return pad_batch(seqs, [len(prompts[r]) for r in rows], 0, batch.completion_ids.device)
+    lens = [len(prompts[r]) for r in rows]
+    return pad_batch(seqs, lens, 0, batch.completion_ids.device, multiple)
 
 
 def _selected_logits(

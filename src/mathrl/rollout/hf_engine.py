@@ -24,7 +24,12 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from mathrl.errors import MathrlError
-from mathrl.models.logprobs import cache_kwarg, left_pad, output_cache
+from mathrl.models.logprobs import (
+    cache_kwarg,
+    left_pad,
+    output_cache,
+    position_ids_from_mask,
+)
 from mathrl.models.precision import forward_autocast, pad_multiple
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
@@ -101,9 +106,14 @@ class HFEngine(RolloutEngine):
         self.model.eval()
         try:
             with torch.inference_mode(), forward_autocast(self.model):
+                # Packed once per call (inside autocast: it casts its GEMM weights), reused
+                # by every chunk; the weights only change between calls.
+                lean = None
+                if self.lean_decode and unsupported_reason(self.model) is None:
+                    lean = LeanDecoder(self.model)
                 for start in range(0, len(prompts), per_chunk):
                     chunk = prompts[start : start + per_chunk]
-                    completions += self._generate_chunk(chunk, start, sampling, gen, timing)
+                    completions += self._generate_chunk(chunk, start, sampling, gen, timing, lean)
         finally:
             self.model.train(was_training)
         timing["total_s"] = time.perf_counter() - t0
@@ -117,6 +127,7 @@ class HFEngine(RolloutEngine):
         sampling: SamplingParams,
         gen: torch.Generator,
         timing: dict[str, float],
+        lean: LeanDecoder | None,
     ) -> list[Completion]:
         """Prefill the chunk's prompts once, then decode all n samples of each."""
         device = next(self.model.parameters()).device
@@ -124,7 +135,7 @@ class HFEngine(RolloutEngine):
         t0 = time.perf_counter()
         multiple = pad_multiple(self.model)  # bounded shapes under CPU autocast
         input_ids, attention_mask = left_pad(prompts, self.pad_id, device, multiple)  # (P, Lp)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (P, Lp)
+        position_ids = position_ids_from_mask(attention_mask)  # (P, Lp)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -133,28 +144,24 @@ class HFEngine(RolloutEngine):
             logits_to_keep=1,
         )
         cache = output_cache(out)
-        logits = out.logits[:, -1].float()  # (P, V)
-        if self.lean_decode and unsupported_reason(self.model) is None:
-            lean = LeanDecoder(self.model)
+        # One prefill per prompt; its last logits repeated for the n samples of its group.
+        logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # (B, V), B = P * n
+        next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
+        if lean is not None:
+            # The prompt K/V stays one copy per prompt (LeanDecoder shares it per group).
             lean.load_cache(cache, attention_mask, len(prompts) * n, sampling.max_new_tokens)
             del cache, out
-            next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
-            t1 = time.perf_counter()
-            timing["prefill_s"] += t1 - t0
-            tokens, logprobs, finish = self._decode_lean(
-                lean, logits.repeat_interleave(n, dim=0), n, next_pos, sampling, gen
-            )
         else:
-            if n > 1:
-                # One prefill per prompt, its KV rows copied for the n samples of its group.
+            if n > 1:  # transformers' cache: the prompt's K/V rows copied per sample
                 cache.batch_repeat_interleave(n)
-                logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = P * n
                 attention_mask = attention_mask.repeat_interleave(n, dim=0)  # (B, Lp)
-            next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
             if self.reserve_kv:
                 reserve_cache(cache, sampling.max_new_tokens)
-            t1 = time.perf_counter()
-            timing["prefill_s"] += t1 - t0
+        t1 = time.perf_counter()
+        timing["prefill_s"] += t1 - t0
+        if lean is not None:
+            tokens, logprobs, finish = self._decode_lean(lean, logits, n, next_pos, sampling, gen)
+        else:
             tokens, logprobs, finish = self._decode(
                 cache, logits, attention_mask, next_pos, sampling, gen
             )

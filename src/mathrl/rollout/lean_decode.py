@@ -25,17 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_TYPES = ("llama", "qwen2")
-NORMS = ("ln1", "ln2")  # norm weights stay in the model's dtype (as under autocast)
 
 
 @dataclass
 class _Layer:
-    ln1: torch.Tensor  # (H,) input RMSNorm weight
+    ln1: nn.Module  # the layer's own input RMSNorm (kept in the model's dtype)
     qkv_w: torch.Tensor  # (q + 2 kv, H) packed q/k/v projections
     qkv_b: torch.Tensor | None
     o_w: torch.Tensor
     o_b: torch.Tensor | None
-    ln2: torch.Tensor  # post-attention RMSNorm weight
+    ln2: nn.Module  # post-attention RMSNorm
     gate_up_w: torch.Tensor  # (2 I, H) packed gate/up projections
     down_w: torch.Tensor
 
@@ -77,8 +76,7 @@ class LeanDecoder:
         cfg = model.config
         self.embed = base.embed_tokens.weight
         self.rotary = base.rotary_emb
-        self.norm = base.norm.weight
-        self.eps = float(cfg.rms_norm_eps)
+        self.norm = base.norm
         head = model.get_output_embeddings()
         self.head_w, self.head_b = head.weight, head.bias
         attn0 = base.layers[0].self_attn
@@ -96,7 +94,7 @@ class LeanDecoder:
             low = torch.get_autocast_dtype(self.device_type)
             self.head_w, self.head_b = _cast(self.head_w, low), _cast(self.head_b, low)
             self.layers = [
-                _Layer(**{k: v if k in NORMS else _cast(v, low) for k, v in vars(layer).items()})
+                _Layer(**{k: _cast(v, low) for k, v in vars(layer).items()})
                 for layer in self.layers
             ]
         self.pk: list[torch.Tensor] = []  # per layer: prompt keys, transposed (P, Hkv, D, Lp)
@@ -120,12 +118,12 @@ class LeanDecoder:
             )
         )
         return _Layer(
-            ln1=layer.input_layernorm.weight,
+            ln1=layer.input_layernorm,
             qkv_w=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
             qkv_b=qkv_b,
             o_w=a.o_proj.weight,
             o_b=a.o_proj.bias,
-            ln2=layer.post_attention_layernorm.weight,
+            ln2=layer.post_attention_layernorm,
             gate_up_w=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
             down_w=m.down_proj.weight,
         )
@@ -159,16 +157,13 @@ class LeanDecoder:
         Queries of a prompt's rows are laid out as (P, rank within prompt) so one batched
         matmul per prompt scores them against that prompt's keys.
         """
-        rank: dict[int, int] = {}
-        flat = []
+        rank = []  # each slot's rank among the slots of its prompt
+        count: dict[int, int] = {}
         for p in row_prompt:
-            flat.append(p)
-            rank[p] = rank.get(p, 0) + 1
-        self.width = max(rank.values())  # most rows continuing one prompt
-        seen: dict[int, int] = {}
-        for i, p in enumerate(row_prompt):
-            flat[i] = p * self.width + seen.get(p, 0)
-            seen[p] = seen.get(p, 0) + 1
+            rank.append(count.get(p, 0))
+            count[p] = rank[-1] + 1
+        self.width = max(count.values())  # most rows continuing one prompt
+        flat = [p * self.width + r for p, r in zip(row_prompt, rank, strict=True)]
         device = self.prompt_bias.device
         # In order (slot i = prompt i // width, all groups full): no scatter/gather needed.
         self.in_order = flat == list(range(self.prompt_bias.shape[0] * self.width))
@@ -195,8 +190,7 @@ class LeanDecoder:
         x = F.embedding(tokens, self.embed)  # (b, H)
         cos, sin = self.rotary(x, positions[:, None])  # (b, 1, D) each
         for i, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.ln1, self.eps)
-            qkv = _linear(h, layer.qkv_w, layer.qkv_b)  # (b, q + 2 kv)
+            qkv = _linear(layer.ln1(x), layer.qkv_w, layer.qkv_b)  # (b, q + 2 kv)
             qk = qkv[:, : self.q_size + self.kv_size].view(b, -1, self.head_dim)
             qk = _rotate(qk, cos, sin)  # (b, heads + kv heads, D): one rotation for both
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
@@ -205,11 +199,10 @@ class LeanDecoder:
             self.sv[i][:b, :, self.used] = v
             att = self._attend(i, q, b)  # (b, heads * D)
             x = x + _linear(att, layer.o_w, layer.o_b)
-            h = _rms_norm(x, layer.ln2, self.eps)
-            gate, up = _linear(h, layer.gate_up_w).chunk(2, dim=-1)
+            gate, up = _linear(layer.ln2(x), layer.gate_up_w).chunk(2, dim=-1)
             x = x + _linear(F.silu(gate) * up, layer.down_w)
         self.used += 1
-        return _linear(_rms_norm(x, self.norm, self.eps), self.head_w, self.head_b)
+        return _linear(self.norm(x), self.head_w, self.head_b)
 
     def _attend(self, i: int, q: torch.Tensor, b: int) -> torch.Tensor:
         """Attention of queries q (b, heads, D) over prompt keys + own generated keys.
@@ -259,17 +252,9 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
     return F.linear(x.to(w.dtype), w, b)
 
 
-def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None or not t.is_floating_point() else t.to(dtype)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm/Qwen2RMSNorm: normalise in fp32, scale in the input dtype."""
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)  # the same values, fewer ops
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+def _cast(t: Any, dtype: torch.dtype) -> Any:
+    """A floating-point tensor in `dtype`; anything else (None, norm modules) unchanged."""
+    return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
