@@ -92,7 +92,7 @@ def assert_same_run(a: Path, b: Path, step: int) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from mathrl.rollout.buffer import read_jsonl
+    from mathrl.io import read_jsonl
 
     ckpt = f"checkpoints/step_{step:08d}"
     wa = load_file(a / ckpt / "model/model.safetensors")

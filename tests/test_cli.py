@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from mathrl.checkpoint import latest_checkpoint, read_manifest
-from mathrl.rollout.buffer import read_jsonl
+from mathrl.io import read_jsonl
 
 ROLLOUT_FIELDS = {
     "iter",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from mathrl.expert_iter import round_prompts, select_correct
+from mathrl.io import read_jsonl
 from mathrl.rewards.scoring import RewardResult
-from mathrl.rollout.buffer import read_jsonl
 from mathrl.tasks import Example
 
 

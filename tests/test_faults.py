@@ -11,8 +11,8 @@ import torch
 
 import mathrl.trainer as trainer_mod
 from mathrl.checkpoint import list_checkpoints
+from mathrl.io import read_jsonl
 from mathrl.rewards.scoring import RewardResult, score_countdown
-from mathrl.rollout.buffer import read_jsonl
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import GSM8K_DIR, REPO
 from mathrl.checkpoint import latest_checkpoint
-from mathrl.rollout.buffer import read_jsonl
+from mathrl.io import read_jsonl
 
 LEARN = """
 seed = 0

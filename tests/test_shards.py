@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from mathrl.checkpoint import latest_checkpoint
 from mathrl.errors import DataError
-from mathrl.rollout.buffer import read_jsonl
+from mathrl.io import read_jsonl
 from mathrl.shards import Encoded, read_meta, shard_sampler, tokenizer_fingerprint, write_shards
 
 ROWS = [Encoded([1, 2, 3, 4], 2), Encoded([5, 6, 7], 1), Encoded([8, 9, 10, 11, 12], 3)]

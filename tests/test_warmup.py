@@ -7,8 +7,8 @@ import json
 import pytest
 
 from mathrl.config import load_config
+from mathrl.io import read_jsonl
 from mathrl.rewards.scoring import RewardResult
-from mathrl.rollout.buffer import read_jsonl
 from mathrl.tasks.countdown import CountdownTask
 from mathrl.warmup import decide
 

@@ -13,7 +13,6 @@ never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -28,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
+from mathrl.io import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file
 
 CKPT_DIR = "checkpoints"
 PREFIX = "step_"
-TMP_PREFIX = ".tmp_"
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
 FORMAT_VERSION = 1
@@ -116,36 +115,6 @@ def write_run_manifest(
         **(extra or {}),
     }
     atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------- atomic file helpers
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file so readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(root: Path) -> list[Path]:

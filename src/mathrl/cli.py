@@ -40,7 +40,7 @@ def _load(config: Path | None, sets: list[str] | None, quiet: bool = False) -> A
 
 
 def _logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
-    from mathrl.logging import ConsoleLogger, JSONLLogger, MultiLogger
+    from mathrl.loggers import ConsoleLogger, JSONLLogger, MultiLogger
 
     loggers: list[Any] = [JSONLLogger(run_dir / "metrics.jsonl")]
     if not cfg.log.quiet:
@@ -136,7 +136,7 @@ def data_prepare(
     sets: SetOpt = None,
 ) -> None:
     """Write train/val/test JSONL splits and the dataset fingerprint."""
-    from mathrl.rollout.buffer import append_jsonl
+    from mathrl.io import append_jsonl
     from mathrl.tasks import make_task
 
     overrides = list(sets or []) + [f"task.name={task}"]
@@ -181,8 +181,8 @@ def score_cmd(
 ) -> None:
     """Re-score records with a task reward, for example an old rollout log with a new reward."""
     from mathrl.errors import DataError
+    from mathrl.io import append_jsonl, read_jsonl
     from mathrl.rewards import RewardPool, score_countdown, score_gsm8k
-    from mathrl.rollout.buffer import append_jsonl, read_jsonl
 
     rows = read_jsonl(input)
     items = []
@@ -513,7 +513,7 @@ def sft_pretokenize_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Tokenise SFT pairs once into fixed-length shards (sft.max_len) that `mathrl sft --data DIR` streams."""
-    from mathrl.checkpoint import sha256_file
+    from mathrl.io import sha256_file
     from mathrl.models.loading import load_model
     from mathrl.sft import encode_pair, read_pairs
     from mathrl.shards import tokenizer_fingerprint, write_shards

@@ -86,8 +86,9 @@ def _setup(
     config: Path | None, sets: list[str] | None, out: Path | None, models: list[str] | None
 ) -> tuple[Any, Any, list[str], Path]:
     """Config, task, model paths (checked) and the output dir, with the resolved config in it."""
-    from mathrl.checkpoint import atomic_write_text, default_run_dir
+    from mathrl.checkpoint import default_run_dir
     from mathrl.config import dumps_toml, load_config
+    from mathrl.io import atomic_write_text
     from mathrl.runtime import quiet_libraries, set_seed, set_threads
     from mathrl.tasks import make_task
 
@@ -115,7 +116,7 @@ def print_table(title: str, summaries: dict[str, dict[str, Any]]) -> None:
     """Metrics as rows, models as columns; `key_lo`/`key_hi` shown as a 95% CI beside `key`."""
     from rich.table import Table
 
-    from mathrl.logging import console
+    from mathrl.loggers import console
 
     table = Table(title=title)
     table.add_column("metric")
@@ -149,8 +150,8 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Greedy pass@1 and sampled mean@n / pass@k / maj@k of one or more models, side by side."""
-    from mathrl.checkpoint import atomic_write_text
     from mathrl.evaluate import eval_kwargs, evaluate, write_eval
+    from mathrl.io import atomic_write_text
 
     cfg, task, paths, out_dir = _setup(config, sets, out, model)
     kwargs = eval_kwargs(cfg)
@@ -196,7 +197,7 @@ def probe_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Sample n completions per prompt and say whether RL would get a learning signal."""
-    from mathrl.logging import console
+    from mathrl.loggers import console
     from mathrl.probe import ProbeThresholds, probe
 
     cfg, task, paths, out_dir = _setup(config, sets, out, [model] if model else None)

@@ -22,8 +22,8 @@ import torch
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config
 from mathrl.errors import DataError, MathrlError
+from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardPool, RewardResult
-from mathrl.rollout.buffer import append_jsonl, read_jsonl
 from mathrl.rollout.types import Completion
 from mathrl.tasks import Task
 from mathrl.trainer import (

@@ -181,7 +181,7 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from mathrl.logging import console
+    from mathrl.loggers import console
 
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -319,18 +319,13 @@ def eval_metrics(summary: dict[str, Any], prefix: str = "eval/") -> dict[str, fl
     }
 
 
-def jsonl_text(rows: list[dict[str, Any]]) -> str:
-    """Rows as JSON lines (NaN/inf refused: JSON has none)."""
-    return "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
-
-
 def write_eval(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write eval_examples.jsonl and eval_summary.json (each atomically) into out_dir."""
-    from mathrl.checkpoint import atomic_write_text
+    from mathrl.io import atomic_write_text, write_jsonl
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     examples, summary = out / "eval_examples.jsonl", out / "eval_summary.json"
-    atomic_write_text(examples, jsonl_text(result.records))
+    write_jsonl(examples, result.records)
     atomic_write_text(summary, json.dumps(result.summary, indent=2, allow_nan=False) + "\n")
     return examples, summary

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl.checkpoint import atomic_write_text
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
-from mathrl.rollout.buffer import append_jsonl, read_jsonl
+from mathrl.io import append_jsonl, atomic_write_text, read_jsonl
 from mathrl.runtime import checkpoint_meta
 from mathrl.tasks import Example, Task
 

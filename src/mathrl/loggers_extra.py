@@ -1,4 +1,4 @@
-"""Optional loggers with the interface of mathrl.logging: W&B and TensorBoard (lazy imports)."""
+"""Optional loggers with the interface of mathrl.loggers: W&B and TensorBoard (lazy imports)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mathrl.errors import DataError
-from mathrl.rollout.buffer import read_jsonl
+from mathrl.io import read_jsonl
 
 PLOTS_DIR = "plots"
 # reward/* keys that are statistics or counts, not reward components.

@@ -28,7 +28,6 @@ from typing import Any
 from mathrl.errors import ConfigError, DataError
 from mathrl.evaluate import (
     chunks,
-    jsonl_text,
     progress_bar,
     sample_scored,
     select_examples,
@@ -204,19 +203,19 @@ def probe(
 
 def write_probe(result: ProbeResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write probe_summary.json and pass_rates.jsonl (each atomically) into out_dir."""
-    from mathrl.checkpoint import atomic_write_text
+    from mathrl.io import atomic_write_text, write_jsonl
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary, rates = out / "probe_summary.json", out / "pass_rates.jsonl"
     atomic_write_text(summary, json.dumps(result.stats, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(rates, jsonl_text(result.rates))
+    write_jsonl(rates, result.rates)
     return summary, rates
 
 
 def load_pass_rates(path: str | Path) -> dict[str, float]:
     """prompt_id -> pass rate from pass_rates.jsonl; duplicate ids are pooled, weighted by n."""
-    from mathrl.rollout.buffer import read_jsonl
+    from mathrl.io import read_jsonl
 
     p = Path(path)
     if not p.is_file():

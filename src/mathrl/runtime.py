@@ -10,6 +10,7 @@ from typing import Any
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, config_hash, dumps_toml
 from mathrl.errors import MathrlError
+from mathrl.io import atomic_write_text
 from mathrl.tasks import Task
 
 
@@ -57,7 +58,7 @@ def prepare_run_dir(
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_mod.clean_orphans(run_dir)
-    ckpt_mod.atomic_write_text(run_dir / "config.toml", dumps_toml(cfg))
+    atomic_write_text(run_dir / "config.toml", dumps_toml(cfg))
     return run_dir
 
 

@@ -19,13 +19,13 @@ import torch
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
-from mathrl.logging import console
+from mathrl.io import read_jsonl
+from mathrl.loggers import console
 from mathrl.models.precision import (
     forward_autocast,
     low_precision_weights_warning,
     pad_multiple,
 )
-from mathrl.rollout.buffer import read_jsonl
 from mathrl.runtime import checkpoint_meta
 from mathrl.shards import Encoded
 from mathrl.tasks import Task

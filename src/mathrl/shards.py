@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mathrl.checkpoint import atomic_write_text, sha256_file
 from mathrl.errors import DataError
+from mathrl.io import atomic_write_text, sha256_file
 
 FORMAT = 1
 META = "meta.json"

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mathrl.checkpoint import atomic_write_text
+from mathrl.io import atomic_write_text
 
 EVAL_KEY = "eval/pass@1"
 

@@ -13,7 +13,6 @@ Simplifications, stated up front:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import time
@@ -35,11 +34,11 @@ from mathrl.algorithms import (
 )
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
-from mathrl.logging import console
+from mathrl.io import append_jsonl, read_jsonl, write_jsonl
+from mathrl.loggers import console
 from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
 from mathrl.models.precision import low_precision_weights_warning, pad_multiple
 from mathrl.rewards import RewardPool
-from mathrl.rollout.buffer import append_jsonl
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
@@ -459,15 +458,11 @@ def rollout_records(
 
 def truncate_logs(run_dir: Path, step: int) -> None:
     """Drop log lines newer than the resumed checkpoint so the continued run re-logs them once."""
-    from mathrl.rollout.buffer import read_jsonl
-
     for name in ("metrics.jsonl", "rollouts.jsonl"):
         path = run_dir / name
         if not path.exists():
             continue
-        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-        ckpt_mod.atomic_write_text(path, text)
+        write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
 
 
 def train(

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mathrl.checkpoint import atomic_write_text
 from mathrl.config import Config
 from mathrl.errors import DataError
+from mathrl.io import atomic_write_text
 from mathrl.tasks import Task
 
 DECISION = "decision.json"
@@ -100,7 +100,7 @@ def write_warmup_data(task: Task, path: Path, limit: int = 0) -> int:
     MAX_SOLUTIONS draws of the same sampler SFT uses (all of them for most prompts)."""
     import random
 
-    from mathrl.rollout.buffer import append_jsonl
+    from mathrl.io import append_jsonl
 
     examples = task.examples("train")
     if limit:

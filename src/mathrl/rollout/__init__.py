@@ -1,8 +1,7 @@
-"""Sampling engines and the JSONL rollout buffer.
+"""Sampling engines.
 
 types.py: SamplingParams, Completion, GenerationResult, RolloutEngine (the interface).
 hf_engine.py: HFEngine, our KV-cached decode loop on a transformers model.
 lean_decode.py: LeanDecoder, the decode step HFEngine uses for Llama/Qwen2 models.
 registry.py: ENGINES and make_engine(name, model, tokenizer).
-buffer.py: RolloutRecord, append_jsonl / read_jsonl (torch-free; also used for metrics).
 """

@@ -1,4 +1,4 @@
-"""JSONL buffer: round trip, torn tails, malformed lines, NaN rejection."""
+"""mathrl.io: JSONL round trip, torn tails, malformed lines, NaN rejection; atomic rewrite."""
 
 import json
 import math
@@ -6,11 +6,11 @@ import math
 import pytest
 
 from mathrl.errors import DataError
-from mathrl.rollout.buffer import RolloutRecord, append_jsonl, read_jsonl
+from mathrl.io import append_jsonl, read_jsonl, write_jsonl
 
 
 def record(i: int, **overrides) -> dict:
-    rec = RolloutRecord(
+    rec = dict(
         iter=i,
         step=i * 2,
         prompt_id=f"p{i:04x}",
@@ -25,7 +25,8 @@ def record(i: int, **overrides) -> dict:
         gold="4",
         correct=True,
         group_id=i // 4,
-    ).to_dict()
+        extras={},
+    )
     rec.update(overrides)
     return rec
 
@@ -125,3 +126,14 @@ def test_scalar_objects_with_item_are_converted(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: no such file"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_write_jsonl_replaces_whole_file_and_refuses_nan(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, [record(0), record(1), record(2)])
+    write_jsonl(path, [record(0)])
+    assert read_jsonl(path) == [record(0)]
+    with pytest.raises(DataError, match="field 'reward'"):
+        write_jsonl(path, [record(1, reward=math.nan)])
+    assert read_jsonl(path) == [record(0)]  # the failed rewrite left the old file whole
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]

@@ -1,48 +1,26 @@
-"""Append-only JSONL files for rollouts (and metrics): crash-safe appends, strict reads.
+"""Files the package writes: crash-safe JSONL appends and strict reads, atomic whole files.
 
 A crash can only tear the LAST line of a file (each batch of records is one O_APPEND write).
 `read_jsonl` skips such a torn tail with a warning; the next `append_jsonl` drops it first
 (truncating the file back to its last newline), so a torn record never ends up in the middle
-of the file, where a malformed line is an error. No torch import here.
+of the file, where a malformed line is an error. Small files (configs, summaries, whole
+JSONL files) are replaced atomically: readers see the old or the new content. No torch here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mathrl.errors import DataError
 
-
-@dataclass
-class RolloutRecord:
-    """One completion as logged: what was asked, what came back, how it was scored."""
-
-    iter: int
-    step: int
-    prompt_id: str
-    """Stable hash of the prompt, given by the caller."""
-    task: str
-    messages: list[dict[str, str]]
-    completion: str
-    completion_tokens: int
-    finish_reason: str
-    reward: float
-    reward_components: dict[str, float]
-    pred: str | None
-    gold: str | None
-    correct: bool
-    group_id: int
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
+TMP_PREFIX = ".tmp_"
+"""Prefix of files and dirs being written; a crash can leave them behind (cleaned on resume)."""
 
 
 def append_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
@@ -162,3 +140,36 @@ def _drop_torn_tail(fd: int, path: Path) -> None:
         return
     # A complete record that only lacks its newline: keep it.
     os.write(fd, b"\n")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small file so readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Replace a whole JSONL file atomically (same line format and checks as append_jsonl)."""
+    path = Path(path)
+    atomic_write_text(path, "".join(_dump(r, path, i) + "\n" for i, r in enumerate(records)))

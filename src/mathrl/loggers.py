@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-from mathrl.rollout.buffer import append_jsonl
+from mathrl.io import append_jsonl
 
 console = Console(stderr=True)
 
