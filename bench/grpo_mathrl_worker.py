@@ -88,7 +88,7 @@ def main() -> None:
     import torch
 
     from mathrl.config import load_config
-    from mathrl.logging import JSONLLogger
+    from mathrl.loggers import JSONLLogger
     from mathrl.models.loading import load_model
     from mathrl.rollout.hf_engine import HFEngine
     from mathrl.runtime import quiet_libraries, set_seed, set_threads
