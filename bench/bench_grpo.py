@@ -70,7 +70,7 @@ def ensure_trl_env() -> None:
 
 def gsm8k_task(data: str) -> Any:
     from mathrl.config import load_config
-    from mathrl.tasks import make_task
+    from mathrl.data import make_task
 
     return make_task(load_config(CONFIG, [f"data.path={data}"], env=False))
 
@@ -111,9 +111,10 @@ def tokenizer_check(path: Path, texts: list[str]) -> dict[str, Any]:
 
 def select_prompts(task: Any, tokenizer: Any, seed: int, n: int) -> list[dict[str, Any]]:
     """The first n prompts mathrl's PromptStream would take, with their chat-template ids."""
-    from mathrl.trainer import PromptStream, TrainState, prompt_token_ids
+    from mathrl.data import PromptStream, StreamPosition
+    from mathrl.rollout.chat import prompt_token_ids
 
-    stream = PromptStream(task.examples("train"), seed, TrainState())
+    stream = PromptStream(task.examples("train"), seed, StreamPosition())
     rows = []
     for ex in stream.take(n):
         messages = task.messages(ex)

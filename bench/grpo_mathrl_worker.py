@@ -56,14 +56,14 @@ class BenchTask:
     fingerprint = "bench"
 
     def __init__(self, rows: list[dict[str, Any]], seed: int) -> None:
+        from mathrl.data import PromptStream, StreamPosition
         from mathrl.tasks import Example
-        from mathrl.trainer import PromptStream, TrainState
 
         ordered = [
             Example(r["id"], r["question"], r["gold"], meta={"messages": r["messages"]})
             for r in rows
         ]
-        order = PromptStream(ordered, seed, TrainState())._order(0)
+        order = PromptStream(ordered, seed, StreamPosition())._order(0)
         slots: list[Any] = [None] * len(ordered)
         for k, idx in enumerate(order):
             slots[idx] = ordered[k]  # stream's k-th take is slots[order[k]] = ordered[k]

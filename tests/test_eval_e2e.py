@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from mathrl.config import load_config
-from mathrl.evaluate import evaluate, pass_at_k, summarize, write_eval
+from mathrl.data import load_pass_rates, make_task
+from mathrl.eval.evaluate import evaluate, write_eval
+from mathrl.eval.metrics import pass_at_k, summarize
+from mathrl.eval.probe import TOO_HARD, probe
 from mathrl.models.loading import load_model
 from mathrl.models.scratch import build_scratch_model
-from mathrl.probe import TOO_HARD, load_pass_rates, probe
 from mathrl.rewards import RewardPool, RewardResult
-from mathrl.tasks import make_task
 
 COUNTDOWN = [
     "task.name=countdown",

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from mathrl.evaluate import (
+from mathrl.eval.metrics import (
     eval_metrics,
     maj_at_k,
     mean_ci,

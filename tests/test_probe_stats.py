@@ -4,17 +4,9 @@ import json
 
 import pytest
 
+from mathrl.data import filter_by_pass_rate, load_pass_rates
 from mathrl.errors import ConfigError, DataError
-from mathrl.probe import (
-    TOO_EASY,
-    TOO_HARD,
-    TRAIN,
-    ProbeThresholds,
-    filter_by_pass_rate,
-    load_pass_rates,
-    probe_stats,
-    verdict,
-)
+from mathrl.eval.probe import TOO_EASY, TOO_HARD, TRAIN, ProbeThresholds, probe_stats, verdict
 from mathrl.tasks import Example
 
 T, F = True, False

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
-from mathrl.io import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file
+from mathrl.io import TMP_PREFIX, atomic_write_text, fsync_dir, read_jsonl, sha256_file, write_jsonl
 
 CKPT_DIR = "checkpoints"
 PREFIX = "step_"
@@ -319,3 +319,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Drop log lines newer than the resumed checkpoint so the continued run re-logs them once."""
+    for name in ("metrics.jsonl", "rollouts.jsonl"):
+        path = run_dir / name
+        if path.exists():
+            write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])

@@ -136,8 +136,8 @@ def data_prepare(
     sets: SetOpt = None,
 ) -> None:
     """Write train/val/test JSONL splits and the dataset fingerprint."""
+    from mathrl.data import make_task
     from mathrl.io import append_jsonl
-    from mathrl.tasks import make_task
 
     overrides = list(sets or []) + [f"task.name={task}"]
     if source:
@@ -237,8 +237,8 @@ def _setup(
     cfg: Any, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
 ) -> tuple[Any, Path]:
     from mathrl.checkpoint import write_run_manifest
+    from mathrl.data import make_task
     from mathrl.runtime import prepare_run_dir, quiet_libraries, set_seed, set_threads
-    from mathrl.tasks import make_task
 
     quiet_libraries()
     set_threads(cfg.model.threads)
@@ -318,9 +318,9 @@ def _warmup_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def _finish(cfg: Any, task: Any, run_dir: Path, started: float, resumed: bool) -> None:
     """summary.json, the before/after table, then the report (which shows the summary too)."""
+    from mathrl.data import heldout_split
     from mathrl.plots import load_metrics
     from mathrl.summary import before_after_text, run_summary, write_summary
-    from mathrl.trainer import heldout_split
 
     report = run_dir / "report.html"
     summary = run_summary(

@@ -1,4 +1,4 @@
-"""`mathrl eval` and `mathrl probe`: thin commands over evaluate.py and probe.py.
+"""`mathrl eval` and `mathrl probe`: thin commands over eval/evaluate.py and eval/probe.py.
 
 cli.py calls `register(app)`; this module never imports mathrl.cli (no import cycle), so
 the shared option types come from cli_options.
@@ -88,9 +88,9 @@ def _setup(
     """Config, task, model paths (checked) and the output dir, with the resolved config in it."""
     from mathrl.checkpoint import default_run_dir
     from mathrl.config import dumps_toml, load_config
+    from mathrl.data import make_task
     from mathrl.io import atomic_write_text
     from mathrl.runtime import quiet_libraries, set_seed, set_threads
-    from mathrl.tasks import make_task
 
     cfg = load_config(config, sets or [])
     paths = models or [cfg.model.path]
@@ -150,8 +150,9 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Greedy pass@1 and sampled mean@n / pass@k / maj@k of one or more models, side by side."""
-    from mathrl.evaluate import eval_kwargs, evaluate, write_eval
+    from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
     from mathrl.io import atomic_write_text
+    from mathrl.sampling import rollout_engine
 
     cfg, task, paths, out_dir = _setup(config, sets, out, model)
     kwargs = eval_kwargs(cfg)
@@ -161,7 +162,9 @@ def eval_cmd(
     rows = []
     for path, label in zip(paths, _labels(paths), strict=True):
         m, tok = _load_model(cfg, task, path, out_dir)
-        result = evaluate(m, tok, task, split, progress=not quiet, **kwargs)
+        engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"])
+        result = evaluate(m, tok, task, split, progress=not quiet, engine=engine, **kwargs)
+        del engine
         del m
         result.summary["model"] = path
         sub = out_dir / label if len(paths) > 1 else out_dir
@@ -197,8 +200,9 @@ def probe_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Sample n completions per prompt and say whether RL would get a learning signal."""
+    from mathrl.eval.probe import ProbeThresholds, probe
     from mathrl.loggers import console
-    from mathrl.probe import ProbeThresholds, probe
+    from mathrl.sampling import rollout_engine
 
     cfg, task, paths, out_dir = _setup(config, sets, out, [model] if model else None)
     m, tok = _load_model(cfg, task, paths[0], out_dir)
@@ -218,6 +222,7 @@ def probe_cmd(
         thresholds=ProbeThresholds(min_acc, max_acc, min_var),
         out_dir=out_dir,
         progress=not quiet,
+        engine=rollout_engine(cfg, m, tok),
     )
     shown = {k: v for k, v in result.stats.items() if k not in ("verdict", "verdict_reason")}
     print_table(f"probe {task.name} {split}", {"value": shown})

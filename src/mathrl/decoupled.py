@@ -5,9 +5,11 @@
                                     policy having moved since (PPO ratio vs sampler)
     out_dir/checkpoints/            the same format as online RL
 
-Iteration `it` draws the prompts at positions [it * G, (it + 1) * G) of the shuffled
-prompt stream (G = steps_per_iter * prompts_per_step), so a resumed loop continues where
-it stopped without keeping any other state.
+Iteration `it` covers the global steps [it * S, it * S + n) (S = steps per iteration, n
+this iteration's steps), draws the prompts at stream positions [it * S * P, ...) of the
+shuffled training prompts (P = prompts_per_step; the same pass-rate filter as online RL)
+and samples with each global step's seed, so a resumed loop continues where it stopped
+without keeping any other state.
 """
 
 from __future__ import annotations
@@ -21,27 +23,21 @@ import torch
 
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config
+from mathrl.data import PromptStream, training_examples
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardPool, RewardResult
-from mathrl.rollout.types import Completion
-from mathrl.tasks import Task
-from mathrl.trainer import (
-    Dist,
-    Group,
-    PromptStream,
-    TrainState,
+from mathrl.rl import (
     advantages_for,
-    collect_groups,
     optimizer_state,
-    policy_update,
     reference_model,
-    reward_metrics,
-    rollout_engine,
-    rollout_records,
-    save,
+    save_checkpoint,
     step_scheduler,
+    train_step,
 )
+from mathrl.rollout.types import Completion
+from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
+from mathrl.tasks import Example, Task
 
 BUFFER_DIR = "buffer"
 
@@ -55,16 +51,24 @@ def steps_per_iter(max_steps: int, iters: int) -> int:
 
 
 def rollout_iteration(
-    cfg: Config, task: Task, model: Any, tokenizer: Any, run_dir: Path, it: int, n_steps: int
+    cfg: Config,
+    task: Task,
+    model: Any,
+    tokenizer: Any,
+    run_dir: Path,
+    it: int,
+    n_steps: int,
+    steps_per_iter: int | None = None,
 ) -> Path:
-    """Sample n_steps * prompts_per_step groups with the current policy into the buffer file."""
+    """Sample n_steps * prompts_per_step groups with the current policy into the buffer file.
+
+    steps_per_iter (default n_steps) places the iteration: its first global step is
+    it * steps_per_iter (the last iteration of a loop may run fewer steps).
+    """
     t = cfg.train
-    per_iter = n_steps * t.prompts_per_step
-    examples = task.examples("train")
-    state = TrainState(
-        epoch=(it * per_iter) // len(examples), cursor=(it * per_iter) % len(examples)
-    )
-    stream = PromptStream(examples, cfg.seed, state)
+    first_step = it * (steps_per_iter or n_steps)
+    examples = training_examples(cfg, task)
+    stream = PromptStream.at_position(examples, cfg.seed, first_step * t.prompts_per_step)
     engine = rollout_engine(cfg, model, tokenizer)
     path = buffer_path(run_dir, it)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,12 +77,10 @@ def rollout_iteration(
     cache: dict[str, list[int]] = {}
     model.eval()
     with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
-        for s in range(n_steps):
-            groups, _ = collect_groups(
-                cfg, stream, engine, pool, task, cache, tokenizer, it * 1000 + s
-            )
+        for step in range(first_step, first_step + n_steps):
+            groups, _ = collect_groups(cfg, stream, engine, pool, task, cache, tokenizer, step)
             adv = torch.zeros(sum(len(g.completions) for g in groups))
-            records = rollout_records(groups, adv, task, s, it)
+            records = rollout_records(groups, adv, task, step + 1, it)
             comps = [c for g in groups for c in g.completions]
             for rec, c in zip(records, comps, strict=True):
                 rec.update(
@@ -130,14 +132,13 @@ def load_buffer(path: Path, group_size: int) -> list[Group]:
                 components=r.get("reward_components", {}),
                 pred=r.get("pred"),
                 correct=bool(r.get("correct")),
-                correct_lenient=bool(r.get("correct")),
+                # buffers written before the field existed read as not lenient-correct
+                correct_lenient=bool(r.get("correct_lenient", False)),
                 format_ok=True,
                 reason=r.get("reason", "ok"),
             )
             for r in recs
         ]
-        from mathrl.tasks import Example
-
         ex = Example(id=recs[0]["prompt_id"], question="", gold=str(recs[0].get("gold")))
         out.append(Group(ex, recs[0]["prompt_ids"], comps, results))
     return out
@@ -164,7 +165,7 @@ def train_on_buffer(
     if not chunks:
         raise DataError(f"Rollout buffer {path} is empty")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ref_model = reference_model(cfg, model)
+    ref = reference_model(cfg, model)
     for chunk in chunks:
         t0 = time.perf_counter()
         rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)
@@ -172,17 +173,7 @@ def train_on_buffer(
         model.train()
         metrics = reward_metrics(chunk)
         metrics.update(
-            policy_update(
-                cfg,
-                model,
-                ref_model,
-                optimizer,
-                chunk,
-                advantages,
-                pad_id,
-                Dist(),
-                rollout_logprobs=True,
-            )
+            train_step(cfg, model, ref, optimizer, chunk, advantages, pad_id, rollout_logprobs=True)
         )
         step_scheduler(scheduler)
         state.step += 1
@@ -192,7 +183,7 @@ def train_on_buffer(
         )
         logger.log(metrics, state.step)
     model.eval()
-    save(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
+    save_checkpoint(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
     return state.step
 
 
@@ -228,7 +219,7 @@ def loop(
         )
         path = buffer_path(run_dir, it)
         if not path.exists():
-            path = rollout_iteration(cfg, task, model, tokenizer, run_dir, it, n)
+            path = rollout_iteration(cfg, task, model, tokenizer, run_dir, it, n, per_iter)
         say(f"iter {it}: training {n} steps from {path.name}")
         step = train_on_buffer(cfg, task, model, tokenizer, run_dir, path, logger, latest, n)
         latest = ckpt_mod.latest_checkpoint(run_dir)

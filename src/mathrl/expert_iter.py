@@ -25,7 +25,7 @@ from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.io import append_jsonl, atomic_write_text, read_jsonl
-from mathrl.runtime import checkpoint_meta
+from mathrl.runtime import checkpoint_meta, derive_seed
 from mathrl.tasks import Example, Task
 
 
@@ -46,7 +46,7 @@ def select_correct(
 
 def round_seed(seed: int, round_no: int) -> int:
     """The seed of one round's prompt draw and sampling."""
-    return seed * 1_000_003 + 7919 * round_no
+    return derive_seed(seed, 7919 * round_no)  # 7919 keeps rounds off the epoch-shuffle seeds
 
 
 def round_prompts(examples: list[Example], n: int, seed: int, round_no: int) -> list[Example]:
@@ -64,28 +64,23 @@ def run_expert_iter(
     say: Callable[[str], None],
 ) -> int:
     """Run the remaining rounds; returns the number of finished rounds."""
+    from mathrl.data import heldout_split, training_examples
+    from mathrl.eval.evaluate import heldout_metrics
     from mathrl.rewards.bounded import RewardPool
+    from mathrl.sampling import rollout_sampling, sample_examples
     from mathrl.sft import file_pair_sampler, train_sft
-    from mathrl.trainer import (
-        heldout_split,
-        rollout_sampling,
-        run_eval,
-        sample_examples,
-        training_examples,
-        truncate_logs,
-    )
 
     ei = cfg.expert_iter
     latest = ckpt_mod.latest_checkpoint(run_dir)
     done = ckpt_mod.read_manifest(latest)["step"] if latest else 0
-    truncate_logs(run_dir, done)
+    ckpt_mod.truncate_logs(run_dir, done)
     train_examples = training_examples(cfg, task)
     by_id = {ex.id: ex for ex in train_examples}
     eval_split = heldout_split(cfg, task)
     with RewardPool(timeout_s=cfg.train.reward_timeout_s, workers=cfg.train.reward_workers) as pool:
         model, tokenizer = load(latest / "model" if latest else None)
         if done == 0 and cfg.eval.every:
-            logger.log(run_eval(cfg, model, tokenizer, task, eval_split, pool), 0)
+            logger.log(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool), 0)
         for round_no in range(done + 1, ei.rounds + 1):
             rdir = run_dir / "expert_iter" / f"round_{round_no:03d}"
             data_path = rdir / "data.jsonl"
@@ -134,7 +129,7 @@ def run_expert_iter(
             )
             sft_logger.close()
             if cfg.eval.every:
-                metrics.update(run_eval(cfg, model, tokenizer, task, eval_split, pool))
+                metrics.update(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool))
             logger.log(metrics, round_no)  # step = round; a resume truncates a repeated row
             ckpt_mod.save_training_checkpoint(
                 run_dir,

@@ -14,6 +14,19 @@ from mathrl.io import atomic_write_text
 from mathrl.tasks import Task
 
 
+def derive_seed(seed: int, *parts: int) -> int:
+    """The seed of one random stream of a run, from the run's seed and the stream's indices.
+
+    seed * 1_000_003 + the parts read as digits in base 101 (`(step, round)` gives
+    `step * 101 + round`). Every derived seed in mathrl comes from here; the formula is
+    older than this helper and is kept so that earlier runs reproduce.
+    """
+    mixed = 0
+    for part in parts:
+        mixed = mixed * 101 + part
+    return seed * 1_000_003 + mixed
+
+
 def set_seed(seed: int) -> None:
     import numpy as np
     import torch

@@ -20,13 +20,9 @@ from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import read_jsonl
-from mathrl.loggers import console
-from mathrl.models.precision import (
-    forward_autocast,
-    low_precision_weights_warning,
-    pad_multiple,
-)
-from mathrl.runtime import checkpoint_meta
+from mathrl.models.precision import forward_autocast, pad_multiple
+from mathrl.rl import make_optimizer
+from mathrl.runtime import checkpoint_meta, derive_seed
 from mathrl.shards import Encoded
 from mathrl.tasks import Task
 
@@ -124,10 +120,7 @@ def train_sft(
     s = cfg.sft
     steps = s.steps if steps is None else steps
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    if (warning := low_precision_weights_warning(params, s.lr)) is not None:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    optimizer = torch.optim.AdamW(params, lr=s.lr)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], s.lr)
     step = 0
     if resume_from is not None:
         saved = ckpt_mod.load_trainer_state(resume_from)
@@ -139,7 +132,7 @@ def train_sft(
     model.train()
     while step < steps:
         t0 = time.perf_counter()
-        rng = random.Random(cfg.seed * 1_000_003 + step)
+        rng = random.Random(derive_seed(cfg.seed, step))
         encoded = [
             b if isinstance(b, Encoded) else encode_pair(tokenizer, b[0], b[1], s.max_len)
             for b in sampler(rng, s.batch_size)

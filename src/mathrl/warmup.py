@@ -75,18 +75,12 @@ def decide(cfg: Config, first_round_correct: float | None) -> Decision:
 
 def first_round_correct(cfg: Config, task: Task, model: Any, tokenizer: Any) -> float:
     """Fraction of correct samples in RL step 1's round (same prompts and seed), from `model`."""
+    from mathrl.data import PromptStream, StreamPosition, training_examples
     from mathrl.rewards.bounded import RewardPool
-    from mathrl.trainer import (
-        PromptStream,
-        TrainState,
-        rollout_sampling,
-        sample_examples,
-        step_seed,
-        training_examples,
-    )
+    from mathrl.sampling import rollout_sampling, sample_examples, step_seed
 
     t = cfg.train
-    stream = PromptStream(training_examples(cfg, task), cfg.seed, TrainState())
+    stream = PromptStream(training_examples(cfg, task), cfg.seed, StreamPosition())
     examples = stream.take(t.prompts_per_step)  # exactly step 1's prompts
     sampling = rollout_sampling(cfg, t.group_size, step_seed(cfg, 0))  # and step 1's seed
     with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:

@@ -110,6 +110,19 @@ def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str, max_len: int | None = No
     return AGG_MODES.get(mode)(loss_mat, mask, max_len)
 
 
+def agg_share(mode: str, mask: Tensor, total_tokens: int, total_seqs: int) -> float:
+    """The weight of one micro-batch's agg_loss in the loss of the whole batch.
+
+    token-mean divides by every token of the batch, the seq-mean modes by every sequence,
+    so sum(share * agg_loss(micro-batch)) equals agg_loss(whole batch) exactly; the totals
+    may count rows that are not in any micro-batch (their loss is zero).
+    """
+    AGG_MODES.get(mode)  # a bad name fails here, with the registry's message
+    if mode == "token-mean":
+        return float(mask.sum().item()) / max(1, total_tokens)
+    return mask.shape[0] / max(1, total_seqs)
+
+
 # ---------------------------------------------------------------- policy losses
 
 PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, PolicyLossConfig], LossOutputs]

@@ -11,7 +11,7 @@ GRPO-style estimators learn only from groups whose rewards differ, so the probe 
 - `pass_rate_hist`: prompts per pass-rate bin [0, .1), [.1, .2), ..., [.9, 1.0].
 
 `pass_rates.jsonl` lets training keep only prompts in a pass-rate band
-(`data.keep_pass_rate`); see `filter_by_pass_rate`.
+(`data.keep_pass_rate`); see `mathrl.data.filter_by_pass_rate`.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import ConfigError, DataError
-from mathrl.evaluate import (
-    chunks,
-    progress_bar,
-    sample_scored,
-    select_examples,
-    token_entropy,
-)
+from mathrl.eval.evaluate import chunks, progress_bar
+from mathrl.eval.metrics import select_examples, token_entropy
 from mathrl.rewards import RewardPool
-from mathrl.tasks import Example, Task
+from mathrl.rollout.chat import prompt_token_ids
+from mathrl.rollout.registry import make_engine
+from mathrl.rollout.types import RolloutEngine, SamplingParams
+from mathrl.runtime import derive_seed
+from mathrl.sampling import sample_scored
+from mathrl.tasks import Task
 
 TRAIN = "train"
 TOO_HARD = "too hard: warm up with SFT first"
@@ -148,19 +148,17 @@ def probe(
     thresholds: ProbeThresholds | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    engine: RolloutEngine | None = None,
 ) -> ProbeResult:
     """Sample n completions for each of `limit` seeded prompts, score, and judge the signal."""
-    from mathrl.rollout.chat import prompt_token_ids
-    from mathrl.rollout.registry import make_engine
-    from mathrl.rollout.types import SamplingParams
-
     if n < 2:
         raise ConfigError(f"probe needs n >= 2 samples per prompt, got {n}")
     examples = select_examples(task.examples(split), limit, seed)
     if not examples:
         raise DataError(f"The {split} split of {task.name} is empty: nothing to probe")
     prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
-    engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
+    if engine is None:
+        engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
     t0 = time.perf_counter()
     samples: list[list[dict[str, Any]]] = []
     with contextlib.ExitStack() as stack:
@@ -171,7 +169,7 @@ def probe(
                 n=n,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
-                seed=seed * 1_000_003 + i,
+                seed=derive_seed(seed, i),
             )
             exs, ps = [examples[j] for j in idx], [prompts[j] for j in idx]
             samples += sample_scored(engine, pool, task, exs, ps, params)
@@ -211,55 +209,3 @@ def write_probe(result: ProbeResult, out_dir: str | Path) -> tuple[Path, Path]:
     atomic_write_text(summary, json.dumps(result.stats, indent=2, allow_nan=False) + "\n")
     write_jsonl(rates, result.rates)
     return summary, rates
-
-
-def load_pass_rates(path: str | Path) -> dict[str, float]:
-    """prompt_id -> pass rate from pass_rates.jsonl; duplicate ids are pooled, weighted by n."""
-    from mathrl.io import read_jsonl
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"Pass-rate file not found: {p}")
-    hits: dict[str, float] = {}
-    totals: dict[str, int] = {}
-    for i, row in enumerate(read_jsonl(p), 1):
-        pid, rate, n = row.get("prompt_id"), row.get("pass_rate"), row.get("n", 1)
-        ok_rate = isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate <= 1
-        if not isinstance(pid, str) or not ok_rate or not isinstance(n, int) or n < 1:
-            raise DataError(
-                f"{p}: row {i} needs a string 'prompt_id', 'pass_rate' in [0, 1] and int 'n' >= 1"
-            )
-        hits[pid] = hits.get(pid, 0.0) + rate * n
-        totals[pid] = totals.get(pid, 0) + n
-    if not hits:
-        raise DataError(f"Pass-rate file is empty: {p}")
-    return {pid: hits[pid] / totals[pid] for pid in hits}
-
-
-def filter_by_pass_rate(
-    examples: list[Example],
-    rates: dict[str, float],
-    lo: float,
-    hi: float,
-    counts: dict[str, int] | None = None,
-) -> list[Example]:
-    """Examples whose probed pass rate is in [lo, hi].
-
-    Examples missing from `rates` are DROPPED (we cannot vouch for their signal) and
-    counted: `counts`, if given, receives kept / out_of_range / missing. Keeping nothing
-    is a DataError naming those counts (usually a pass-rate file from another task).
-    """
-    if not 0 <= lo <= hi <= 1:
-        raise ConfigError(f"pass-rate band must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
-    kept = [ex for ex in examples if ex.id in rates and lo <= rates[ex.id] <= hi]
-    missing = sum(ex.id not in rates for ex in examples)
-    tally = {"kept": len(kept), "out_of_range": len(examples) - len(kept) - missing}
-    tally["missing"] = missing
-    if counts is not None:
-        counts.update(tally)
-    if not kept:
-        raise DataError(
-            f"No example has a probed pass rate in [{lo}, {hi}]: "
-            f"{tally['out_of_range']} out of range, {missing} missing from the pass-rate file"
-        )
-    return kept

@@ -1,4 +1,4 @@
-"""Held-out evaluation: greedy pass@1, sampled mean@n / pass@k / maj@k, entropy, lengths.
+"""Pure evaluation metrics (no torch): greedy pass@1, sampled mean@n / pass@k / maj@k, entropy, lengths.
 
 Definitions, stated up front:
 - `pass@1` is GREEDY and strict (the headline number); `pass@1_lenient` uses the lenient
@@ -21,21 +21,14 @@ Definitions, stated up front:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import random
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from mathrl.errors import ConfigError, DataError
-from mathrl.rewards import RewardPool, format_number, parse_number
-from mathrl.tasks import Example, Task
-
-# ---------------------------------------------------------------- pure metrics
+from mathrl.errors import DataError
+from mathrl.rewards import format_number, parse_number
+from mathrl.tasks import Example
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -162,154 +155,6 @@ def summarize(records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any
     return out
 
 
-# ---------------------------------------------------------------- sampling + scoring
-
-
-@dataclass
-class EvalResult:
-    """Summary metrics and one record per problem (greedy + sampled completions)."""
-
-    summary: dict[str, Any]
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields `advance(n)` (a no-op when disabled)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from mathrl.loggers import console
-
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        tid = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(tid, n)
-
-
-def sample_scored(
-    engine: Any,
-    pool: RewardPool,
-    task: Task,
-    examples: list[Example],
-    prompts: list[list[int]],
-    sampling: Any,
-) -> list[list[dict[str, Any]]]:
-    """Generate `sampling.n` completions per prompt and score them: one list per example."""
-    from mathrl.trainer import score_completions
-
-    result = engine.generate(prompts, sampling)
-    scores = score_completions(pool, task, examples, result.completions)
-    out: list[list[dict[str, Any]]] = [[] for _ in examples]
-    for c, s in zip(result.completions, scores, strict=True):
-        out[c.prompt_index].append(
-            {
-                "completion": c.text,
-                "pred": s.pred,
-                "correct": bool(s.correct),
-                "correct_lenient": bool(s.correct_lenient),
-                "reward": float(s.reward),
-                "reason": s.reason,
-                "n_tokens": len(c.token_ids),
-                "finish_reason": c.finish_reason,
-                "logprob_sum": float(sum(c.logprobs)),
-            }
-        )
-    return out
-
-
-def chunks(n_items: int, size: int) -> list[range]:
-    """Consecutive index ranges of at most `size` items."""
-    return [range(i, min(i + size, n_items)) for i in range(0, n_items, max(1, size))]
-
-
-def evaluate(
-    model: Any,
-    tokenizer: Any,
-    task: Task,
-    split: str = "test",
-    limit: int = 0,
-    n: int = 1,
-    ks: Sequence[int] = (1,),
-    temperature: float = 1.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 64,
-    seed: int = 0,
-    reward_timeout_s: float = 5.0,
-    progress: bool = True,
-    pool: RewardPool | None = None,
-) -> EvalResult:
-    """Greedy + (n > 1) sampled evaluation of `model` on a seeded sample of `split`."""
-    from mathrl.rollout.chat import prompt_token_ids
-    from mathrl.rollout.registry import make_engine
-    from mathrl.rollout.types import SamplingParams
-
-    if n < 1 or any(not 1 <= k <= n for k in ks):
-        raise ConfigError(f"eval needs n >= 1 and every k in [1, n={n}], got ks={list(ks)}")
-    examples = select_examples(task.examples(split), limit, seed)
-    if not examples:
-        raise DataError(f"The {split} split of {task.name} is empty: nothing to evaluate")
-    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
-    engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
-    # An explicit seed even for greedy: seed=None would draw from (and so shift) torch's
-    # global RNG, and a periodic eval must not change the training run's random stream.
-    greedy = SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True, seed=seed)
-    t0 = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    with contextlib.ExitStack() as stack:
-        if pool is None:
-            pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
-        advance = stack.enter_context(progress_bar(progress, len(examples), f"eval {split}"))
-        for i, idx in enumerate(chunks(len(examples), max(1, batch_size // n))):
-            exs, ps = [examples[j] for j in idx], [prompts[j] for j in idx]
-            g = sample_scored(engine, pool, task, exs, ps, greedy)
-            s: list[list[dict[str, Any]]] = [[] for _ in exs]
-            if n > 1:
-                params = SamplingParams(
-                    n=n,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    seed=seed * 1_000_003 + i,
-                )
-                s = sample_scored(engine, pool, task, exs, ps, params)
-            records += [_record(ex, gi[0], si) for ex, gi, si in zip(exs, g, s, strict=True)]
-            advance(len(exs))
-    elapsed = time.perf_counter() - t0
-    summary: dict[str, Any] = {"split": split, **summarize(records, ks)}
-    summary.update(n=n, ks=sorted(set(ks)), temperature=temperature, seed=seed)
-    summary.update(time_s=elapsed, problems_per_s=len(records) / max(elapsed, 1e-9))
-    return EvalResult(summary, records)
-
-
-def _record(ex: Example, greedy: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """One problem's record: gold, the greedy completion and the sampled ones."""
-    rate = sum(s["correct"] for s in samples) / len(samples) if samples else None
-    return {
-        "prompt_id": ex.id,
-        "question": ex.question,
-        "gold": ex.gold,
-        "greedy": greedy,
-        "samples": samples,
-        "pass_rate": rate,
-    }
-
-
-def eval_kwargs(cfg: Any) -> dict[str, Any]:
-    """evaluate() keyword arguments from a Config (eval.*, rollout.*, seed, train timeout)."""
-    return {
-        "limit": cfg.eval.limit,
-        "n": cfg.eval.n,
-        "ks": tuple(cfg.eval.k),
-        "temperature": cfg.eval.temperature,
-        "max_new_tokens": cfg.rollout.max_new_tokens,
-        "batch_size": cfg.rollout.batch_size,
-        "seed": cfg.seed,
-        "reward_timeout_s": cfg.train.reward_timeout_s,
-    }
-
-
 def eval_metrics(summary: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
     """The numeric summary entries under `prefix` (e.g. `eval/pass@1`), ready for a logger."""
     return {
@@ -317,15 +162,3 @@ def eval_metrics(summary: dict[str, Any], prefix: str = "eval/") -> dict[str, fl
         for k, v in summary.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-
-
-def write_eval(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write eval_examples.jsonl and eval_summary.json (each atomically) into out_dir."""
-    from mathrl.io import atomic_write_text, write_jsonl
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    examples, summary = out / "eval_examples.jsonl", out / "eval_summary.json"
-    write_jsonl(examples, result.records)
-    atomic_write_text(summary, json.dumps(result.summary, indent=2, allow_nan=False) + "\n")
-    return examples, summary

@@ -1,0 +1,172 @@
+"""Which prompts a run sees: the task from the config, splits, pass-rate filtering, and the
+resumable prompt stream of the RL loop."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mathrl.config import Config
+from mathrl.errors import ConfigError, DataError, MathrlError
+from mathrl.io import read_jsonl
+from mathrl.loggers import console
+from mathrl.runtime import derive_seed
+from mathrl.tasks import Example, Task
+
+
+def make_task(cfg: Config) -> Task:
+    """Build the configured task (the only place that maps task.name to a class)."""
+    if cfg.task.name == "gsm8k":
+        from mathrl.tasks.gsm8k import GSM8KTask
+
+        return GSM8KTask(
+            cfg.data.path,
+            prompt_style=cfg.task.prompt_style,
+            reward_scheme=cfg.task.reward_scheme,
+            val_size=cfg.data.val_size,
+            split_seed=cfg.data.split_seed,
+            revision=cfg.data.hub_revision,
+            system_prompt=cfg.task.system_prompt,
+            use_math_verify=cfg.task.use_math_verify,
+        )
+    from mathrl.tasks.countdown import CountdownTask
+
+    d = cfg.data
+    source = d.path if d.path.endswith((".jsonl", ".parquet")) else None
+    return CountdownTask(
+        source,
+        prompt_style=cfg.task.prompt_style,
+        reward_scheme=cfg.task.reward_scheme,
+        sizes=d.countdown_numbers,
+        max_number=d.countdown_max_number,
+        max_target=d.countdown_max_target,
+        train_size=d.countdown_train_size,
+        test_size=d.countdown_test_size,
+        seed=d.split_seed,
+        system_prompt=cfg.task.system_prompt,
+    )
+
+
+def heldout_split(cfg: Config, task: Task) -> str:
+    """eval.split, with auto = val when the task has one, else test (never training prompts)."""
+    if cfg.eval.split != "auto":
+        return cfg.eval.split
+    return "val" if task.examples("val") else "test"
+
+
+def training_examples(cfg: Config, task: Task) -> list[Example]:
+    """The train split, filtered by probed pass rate when data.keep_pass_rate is set."""
+    examples = task.examples("train")
+    if cfg.data.keep_pass_rate is None or cfg.data.pass_rates is None:
+        return examples
+    lo, hi = cfg.data.keep_pass_rate
+    counts: dict[str, int] = {}
+    kept = filter_by_pass_rate(
+        examples, load_pass_rates(Path(cfg.data.pass_rates)), lo, hi, counts=counts
+    )
+    console.print(
+        f"pass-rate filter [{lo}, {hi}]: kept {len(kept)} of {len(examples)} training prompts {counts}",
+        soft_wrap=True,
+    )
+    return kept
+
+
+def load_pass_rates(path: str | Path) -> dict[str, float]:
+    """prompt_id -> pass rate from pass_rates.jsonl; duplicate ids are pooled, weighted by n."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"Pass-rate file not found: {p}")
+    hits: dict[str, float] = {}
+    totals: dict[str, int] = {}
+    for i, row in enumerate(read_jsonl(p), 1):
+        pid, rate, n = row.get("prompt_id"), row.get("pass_rate"), row.get("n", 1)
+        ok_rate = isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate <= 1
+        if not isinstance(pid, str) or not ok_rate or not isinstance(n, int) or n < 1:
+            raise DataError(
+                f"{p}: row {i} needs a string 'prompt_id', 'pass_rate' in [0, 1] and int 'n' >= 1"
+            )
+        hits[pid] = hits.get(pid, 0.0) + rate * n
+        totals[pid] = totals.get(pid, 0) + n
+    if not hits:
+        raise DataError(f"Pass-rate file is empty: {p}")
+    return {pid: hits[pid] / totals[pid] for pid in hits}
+
+
+def filter_by_pass_rate(
+    examples: list[Example],
+    rates: dict[str, float],
+    lo: float,
+    hi: float,
+    counts: dict[str, int] | None = None,
+) -> list[Example]:
+    """Examples whose probed pass rate is in [lo, hi].
+
+    Examples missing from `rates` are DROPPED (we cannot vouch for their signal) and
+    counted: `counts`, if given, receives kept / out_of_range / missing. Keeping nothing
+    is a DataError naming those counts (usually a pass-rate file from another task).
+    """
+    if not 0 <= lo <= hi <= 1:
+        raise ConfigError(f"pass-rate band must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
+    kept = [ex for ex in examples if ex.id in rates and lo <= rates[ex.id] <= hi]
+    missing = sum(ex.id not in rates for ex in examples)
+    tally = {"kept": len(kept), "out_of_range": len(examples) - len(kept) - missing}
+    tally["missing"] = missing
+    if counts is not None:
+        counts.update(tally)
+    if not kept:
+        raise DataError(
+            f"No example has a probed pass rate in [{lo}, {hi}]: "
+            f"{tally['out_of_range']} out of range, {missing} missing from the pass-rate file"
+        )
+    return kept
+
+
+class Cursor(Protocol):
+    """Where a prompt stream stands (the trainer's TrainState carries these two fields)."""
+
+    epoch: int
+    cursor: int
+
+
+class PromptStream:
+    """Deterministic epoch-wise shuffled prompt order with a resumable cursor.
+
+    The position lives in `state` (epoch, cursor), which the trainer checkpoints, so a
+    resumed stream continues with exactly the prompts an uninterrupted one would take.
+    """
+
+    def __init__(self, examples: list[Example], seed: int, state: Cursor) -> None:
+        if not examples:
+            raise MathrlError("The training split is empty")
+        self.examples, self.seed, self.state = examples, seed, state
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(derive_seed(self.seed, epoch)).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[Example]:
+        out, order = [], self._order(self.state.epoch)
+        while len(out) < n:
+            if self.state.cursor >= len(order):
+                self.state.epoch, self.state.cursor = self.state.epoch + 1, 0
+                order = self._order(self.state.epoch)
+            out.append(self.examples[order[self.state.cursor]])
+            self.state.cursor += 1
+        return out
+
+    @classmethod
+    def at_position(cls, examples: list[Example], seed: int, position: int) -> PromptStream:
+        """A stream that has already handed out `position` prompts."""
+        epoch, cursor = divmod(position, max(1, len(examples)))
+        return cls(examples, seed, StreamPosition(epoch, cursor))
+
+
+@dataclass
+class StreamPosition:
+    """A Cursor of its own, for streams whose position is not checkpointed."""
+
+    epoch: int = 0
+    cursor: int = 0

@@ -1,0 +1,1 @@
+"""Evaluation: pure metrics (metrics.py), held-out evaluation (evaluate.py), signal probe (probe.py)."""

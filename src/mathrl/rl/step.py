@@ -1,0 +1,205 @@
+"""One RL update from scored groups: advantages, old/ref log-probs, loss, clip, step.
+
+- With mu = 1 the update is on-policy: old log-probs are the detached current ones, so no
+  extra forward pass. With mu > 1 they come from one no-grad pass before the updates;
+  a rollout buffer brings its sampler's log-probs instead (`rollout_logprobs`).
+- Sequences with zero advantage contribute exactly zero policy gradient; when kl_coef = 0
+  they are skipped in the backward pass, but still counted in the loss normaliser, so the
+  result equals the full-batch loss (`agg_share`).
+- A non-finite gradient norm skips the optimizer step (or stops: train.nonfinite).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mathrl.algorithms import (
+    ADVANTAGES,
+    PolicyLossConfig,
+    agg_share,
+    compute_loss,
+    update_ema_baseline,
+)
+from mathrl.config import Config
+from mathrl.errors import MathrlError
+from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
+from mathrl.models.precision import pad_multiple
+from mathrl.rl.state import TrainState
+from mathrl.rollout.types import Completion
+from mathrl.sampling import Group
+
+
+@dataclass
+class Reference:
+    """The frozen KL reference policy: its own module, or (model None) the policy's base
+    weights with its LoRA adapters switched off."""
+
+    model: torch.nn.Module | None = None
+
+    def logprobs(self, policy: Any, batch: CompletionBatch, share: bool) -> torch.Tensor:
+        if self.model is None:
+            with policy.disable_adapter():
+                return completion_logprobs(policy, batch, share_prompts=share)
+        return completion_logprobs(self.model, batch, share_prompts=share)
+
+
+def reference_model(cfg: Config, model: Any) -> Reference | None:
+    """The KL reference: None at kl_coef 0; the adapter-free base under LoRA."""
+    if cfg.train.kl_coef <= 0:
+        return None
+    if cfg.model.lora.r > 0:
+        return Reference(None)
+    return Reference(copy.deepcopy(model).eval().requires_grad_(False))
+
+
+def advantages_for(cfg: Config, state: TrainState, rewards: torch.Tensor) -> torch.Tensor:
+    """Per-sample advantages (B,) of the configured algorithm; moves REINFORCE's baseline."""
+    t = cfg.train
+    kw: dict[str, Any] = {"baseline": state.baseline} if t.algorithm == "reinforce" else {}
+    advantages = ADVANTAGES.get(t.algorithm)(rewards, t.group_size, **kw)
+    if t.algorithm == "reinforce" and t.baseline_momentum > 0:
+        state.baseline = update_ema_baseline(state.baseline, rewards, t.baseline_momentum)
+    return advantages
+
+
+def train_step(
+    cfg: Config,
+    model: Any,
+    ref: Reference | None,
+    optimizer: Any,
+    groups: list[Group],
+    advantages: torch.Tensor,
+    pad_id: int,
+    rollout_logprobs: bool = False,
+    loss_fn: Callable[..., Any] = compute_loss,
+    all_reduce_grads: Callable[[Any], None] | None = None,
+) -> dict[str, float]:
+    """mu passes of micro-batched loss + backward, one optimizer step each.
+
+    rollout_logprobs: use the sampler's log-probs as old log-probs (off-policy buffers).
+    loss_fn: compute_loss's signature (tests inject faults through it).
+    all_reduce_grads: called on the model between backward and clipping (data parallel).
+    """
+    t = cfg.train
+    device = next(model.parameters()).device
+    comps = [c for g in groups for c in g.completions]
+    row_group = [gi for gi, g in enumerate(groups) for _ in g.completions]
+    total_tokens = sum(len(c.token_ids) for c in comps)
+    # Zero-advantage sequences give exactly zero policy gradient; skip them unless KL needs them.
+    keep = [i for i in range(len(comps)) if t.kl_coef > 0 or advantages[i].item() != 0.0]
+    loss_cfg = PolicyLossConfig(
+        clip_eps=t.clip_eps,
+        clip_eps_high=t.clip_eps_high,
+        agg_mode=t.loss_agg,
+        max_len=cfg.rollout.max_new_tokens,
+    )
+    micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
+    multiple = pad_multiple(model)
+    batches = [micro_batch(groups, comps, row_group, mb, pad_id, device, multiple) for mb in micro]
+    share = t.share_prompts
+    old_lp: list[torch.Tensor | None] = [None] * len(micro)
+    ref_lp: list[torch.Tensor | None] = [None] * len(micro)
+    with torch.no_grad():
+        for j, batch in enumerate(batches):
+            if rollout_logprobs:
+                old_lp[j] = sampler_logprobs([comps[i] for i in micro[j]], batch)
+            elif t.mu > 1:
+                old_lp[j] = completion_logprobs(model, batch, share_prompts=share)
+            if ref is not None:
+                ref_lp[j] = ref.logprobs(model, batch, share)
+    sums: dict[str, float] = {}
+    grad_norm = torch.tensor(0.0)
+    skipped = 0
+    for _epoch in range(t.mu):
+        optimizer.zero_grad(set_to_none=True)
+        for j, mb in enumerate(micro):
+            cmask = batches[j].completion_mask
+            logprobs, entropy = completion_logprobs(
+                model, batches[j], return_entropy=True, share_prompts=share
+            )
+            old = old_lp[j] if old_lp[j] is not None else logprobs.detach()
+            out = loss_fn(
+                logprobs,
+                old,
+                ref_lp[j],
+                advantages[mb].to(device),
+                cmask,
+                loss_cfg,
+                t.policy_loss,
+                t.kl_coef,
+                t.kl_estimator,
+            )
+            (out.loss * agg_share(t.loss_agg, cmask, total_tokens, len(comps))).backward()
+            n_tok = cmask.sum().item()
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * n_tok
+            sums["entropy"] = sums.get("entropy", 0.0) + (entropy * cmask).sum().item()
+            sums["_tokens"] = sums.get("_tokens", 0.0) + n_tok
+        if all_reduce_grads is not None:
+            all_reduce_grads(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, t.grad_clip if t.grad_clip > 0 else float("inf")
+        )
+        if not torch.isfinite(grad_norm):
+            if t.nonfinite == "stop":
+                raise MathrlError("Non-finite gradient norm; stopping (train.nonfinite = 'stop')")
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            continue
+        optimizer.step()
+    return _step_metrics(sums, grad_norm, skipped, trained=len(keep), had_micro=bool(micro))
+
+
+def _step_metrics(
+    sums: dict[str, float], grad_norm: torch.Tensor, skipped: int, trained: int, had_micro: bool
+) -> dict[str, float]:
+    """loss/* (token-weighted means over the step), rollout/entropy and optim/* metrics."""
+    n = max(1.0, sums.pop("_tokens", 0.0))
+    rename = {"policy_loss": "policy", "loss": "total"}
+    metrics = {f"loss/{rename.get(k, k)}": v / n for k, v in sums.items() if k != "entropy"}
+    for k in ("policy", "total", "clip_frac", "approx_kl"):  # nothing trained: the loss is 0
+        metrics.setdefault(f"loss/{k}", 0.0)
+    if had_micro:  # entropy of the trained sequences; absent when none carried a gradient
+        metrics["rollout/entropy"] = sums.get("entropy", 0.0) / n
+    metrics["optim/grad_norm"] = float(grad_norm)
+    metrics["optim/skipped"] = skipped
+    metrics["train/trained_seqs"] = trained
+    return metrics
+
+
+def micro_batch(
+    groups: list[Group],
+    comps: list[Completion],
+    row_group: list[int],
+    rows: list[int],
+    pad_id: int,
+    device: torch.device,
+    multiple: int = 1,
+) -> CompletionBatch:
+    """The CompletionBatch of `rows` (indices into comps): each distinct prompt once."""
+    local: dict[int, int] = {}
+    for i in rows:
+        local.setdefault(row_group[i], len(local))
+    prompts = [list(groups[g].prompt_ids) for g in local]
+    return completion_batch(
+        prompts,
+        [local[row_group[i]] for i in rows],
+        [list(comps[i].token_ids) for i in rows],
+        pad_id,
+        device,
+        multiple,
+    )
+
+
+def sampler_logprobs(comps: list[Completion], batch: CompletionBatch) -> torch.Tensor:
+    """(B, T) sampler log-probs laid out like the batch's completion tokens."""
+    out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+    for i, c in enumerate(comps):
+        out[i, : len(c.logprobs)] = torch.tensor(c.logprobs, dtype=torch.float32)
+    return out.to(batch.completion_mask.device)

@@ -1,0 +1,260 @@
+"""Sampling and scoring: completions from the rollout engine, rewards from the reward pool.
+
+Everything that samples (the RL loop, eval, probe, warm-up probe, expert iteration, the
+decoupled rollout) builds its engine, sampling parameters and seeds here, and scores
+through `score_completions`, so a reward fault is handled the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mathrl.config import Config
+from mathrl.data import PromptStream
+from mathrl.rewards import RewardPool
+from mathrl.rollout.chat import prompt_token_ids
+from mathrl.rollout.registry import make_engine
+from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
+from mathrl.runtime import derive_seed
+from mathrl.tasks import Example, Task
+
+
+@dataclass
+class Group:
+    """One prompt's completions and their scores."""
+
+    example: Example
+    prompt_ids: list[int]
+    completions: list[Completion]
+    results: list[Any]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [r.reward for r in self.results]
+
+
+def call_reward(fn: Callable[..., Any], completion: str, *args: Any) -> Any:
+    """Top-level (picklable) trampoline run in the reward workers."""
+    return fn(completion, *args)
+
+
+def score_completions(
+    pool: RewardPool, task: Task, examples: list[Example], completions: list[Completion]
+) -> list[Any]:
+    """RewardResults of completions (each continues examples[c.prompt_index]), in order."""
+    # Each example names its own reward function, so the function travels with its item.
+    items = [(*task.reward_call(examples[c.prompt_index]), c.text) for c in completions]
+    return pool.map(call_reward, [(fn, text, *args) for fn, args, text in items]) if items else []
+
+
+def score_groups(
+    pool: RewardPool,
+    task: Task,
+    examples: list[Example],
+    completions: list[Completion],
+    n: int,
+    prompts: list[list[int]],
+) -> list[Group]:
+    """Score prompt-major completions (n per example) and bundle them into groups."""
+    results = score_completions(pool, task, examples, completions)
+    return [
+        Group(ex, prompts[i], completions[i * n : (i + 1) * n], results[i * n : (i + 1) * n])
+        for i, ex in enumerate(examples)
+    ]
+
+
+def step_seed(cfg: Config, step: int, round_no: int = 0) -> int:
+    """The sampling seed of a training step's rollout round (step counts from 0)."""
+    return derive_seed(cfg.seed, step, round_no)
+
+
+def rollout_sampling(cfg: Config, n: int, seed: int) -> SamplingParams:
+    """n samples per prompt at the configured rollout.* settings."""
+    r = cfg.rollout
+    return SamplingParams(
+        n=n,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        ignore_eos=r.ignore_eos,
+        seed=seed,
+    )
+
+
+def rollout_engine(
+    cfg: Config, model: torch.nn.Module, tokenizer: Any, batch_size: int | None = None
+) -> RolloutEngine:
+    """The engine `cfg.rollout` names, on the trainer's (shared) model."""
+    return make_engine(
+        cfg.rollout.engine,
+        model,
+        tokenizer,
+        batch_size=batch_size or cfg.rollout.batch_size,
+        lean_decode=cfg.rollout.lean_decode,
+    )
+
+
+def sample_scored(
+    engine: Any,
+    pool: RewardPool,
+    task: Task,
+    examples: list[Example],
+    prompts: list[list[int]],
+    sampling: SamplingParams,
+) -> list[list[dict[str, Any]]]:
+    """Generate `sampling.n` completions per prompt and score them: one list per example."""
+    result = engine.generate(prompts, sampling)
+    scores = score_completions(pool, task, examples, result.completions)
+    out: list[list[dict[str, Any]]] = [[] for _ in examples]
+    for c, s in zip(result.completions, scores, strict=True):
+        out[c.prompt_index].append(
+            {
+                "completion": c.text,
+                "pred": s.pred,
+                "correct": bool(s.correct),
+                "correct_lenient": bool(s.correct_lenient),
+                "reward": float(s.reward),
+                "reason": s.reason,
+                "n_tokens": len(c.token_ids),
+                "finish_reason": c.finish_reason,
+                "logprob_sum": float(sum(c.logprobs)),
+            }
+        )
+    return out
+
+
+def sample_examples(
+    cfg: Config,
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    examples: list[Example],
+    sampling: SamplingParams,
+    pool: RewardPool,
+) -> list[list[dict[str, Any]]]:
+    """Scored completions (sampling.n per example) from `model` outside the training loop."""
+    engine = rollout_engine(cfg, model, tokenizer)
+    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
+    return sample_scored(engine, pool, task, examples, prompts, sampling)
+
+
+def collect_groups(
+    cfg: Config,
+    stream: PromptStream,
+    engine: Any,
+    pool: RewardPool,
+    task: Task,
+    prompt_cache: dict[str, list[int]],
+    tokenizer: Any,
+    step: int,
+) -> tuple[list[Group], dict[str, float]]:
+    """Rollouts for one step; resamples zero-variance groups / too few positives when asked."""
+    t = cfg.train
+    want = t.prompts_per_step
+    budget = t.max_total_rollouts or 4 * want * t.group_size
+    groups: list[Group] = []
+    sampled, rounds, dropped = 0, 0, 0
+    timing = {"rollout_s": 0.0, "reward_s": 0.0}
+    while True:
+        examples = stream.take(want if rounds == 0 else max(1, want - len(groups)))
+        prompts = []
+        for ex in examples:
+            if ex.id not in prompt_cache:
+                prompt_cache[ex.id] = prompt_token_ids(tokenizer, task.messages(ex))
+            prompts.append(prompt_cache[ex.id])
+        sampling = rollout_sampling(cfg, t.group_size, step_seed(cfg, step, rounds))
+        t0 = time.perf_counter()
+        result = engine.generate(prompts, sampling)
+        t1 = time.perf_counter()
+        new = score_groups(pool, task, examples, result.completions, t.group_size, prompts)
+        timing["rollout_s"] += t1 - t0
+        timing["reward_s"] += time.perf_counter() - t1
+        sampled += len(result.completions)
+        rounds += 1
+        if t.drop_zero_std:
+            kept = [g for g in new if len(set(g.rewards)) > 1]
+            dropped += len(new) - len(kept)
+            new = kept
+        groups += new
+        positives = sum(r > 0 for g in groups for r in g.rewards)
+        enough = len(groups) >= want and positives >= t.min_positive
+        if enough or sampled >= budget:
+            break
+    if len(groups) > want:
+        groups = groups[:want]
+    stats = {
+        "rollout/rounds": rounds,
+        "rollout/sampled": sampled,
+        "rollout/dropped_groups": dropped,
+        "time/rollout_s": timing["rollout_s"],
+        "time/reward_s": timing["reward_s"],
+    }
+    if rounds > 1 or len(groups) < want:
+        stats["rollout/short_batch"] = float(len(groups) < want)
+    return groups, stats
+
+
+def reward_metrics(groups: list[Group]) -> dict[str, float]:
+    """reward/* and rollout/* metrics of a step's scored groups."""
+    results = [r for g in groups for r in g.results]
+    comps = [c for g in groups for c in g.completions]
+    if not results:
+        return {}
+    rewards = torch.tensor([r.reward for r in results], dtype=torch.float64)
+    lens = [len(c.token_ids) for c in comps]
+    m = {
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std(unbiased=False).item(),
+        "reward/accuracy": sum(r.correct for r in results) / len(results),
+        "reward/accuracy_lenient": sum(r.correct_lenient for r in results) / len(results),
+        "reward/frac_zero_std": sum(len(set(g.rewards)) <= 1 for g in groups) / len(groups),
+        "reward/failed": sum(
+            r.reason in ("timeout", "invalid_reward") or r.reason.startswith("error")
+            for r in results
+        ),
+        "rollout/len_mean": sum(lens) / len(lens),
+        "rollout/len_max": max(lens),
+        "rollout/clipped_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
+    }
+    for key in results[0].components:
+        m[f"reward/{key}"] = sum(r.components.get(key, 0.0) for r in results) / len(results)
+    return m
+
+
+def rollout_records(
+    groups: list[Group], advantages: torch.Tensor, task: Task, step: int, it: int
+) -> list[dict[str, Any]]:
+    """One rollouts.jsonl row per completion of a step."""
+    records, i = [], 0
+    for gi, g in enumerate(groups):
+        messages = task.messages(g.example)
+        for c, r in zip(g.completions, g.results, strict=True):
+            records.append(
+                {
+                    "iter": it,
+                    "step": step,
+                    "prompt_id": g.example.id,
+                    "task": task.name,
+                    "messages": messages,
+                    "completion": c.text,
+                    "completion_tokens": len(c.token_ids),
+                    "finish_reason": c.finish_reason,
+                    "reward": r.reward,
+                    "reward_components": r.components,
+                    "pred": r.pred,
+                    "gold": g.example.gold,
+                    "correct": r.correct,
+                    "correct_lenient": r.correct_lenient,
+                    "reason": r.reason,
+                    "group_id": f"{step}:{gi}",
+                    "advantage": float(advantages[i]),
+                }
+            )
+            i += 1
+    return records
