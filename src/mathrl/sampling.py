@@ -159,7 +159,7 @@ def collect_groups(
     want = t.prompts_per_step
     budget = t.max_total_rollouts or 4 * want * t.group_size
     groups: list[Group] = []
-    sampled, rounds, dropped = 0, 0, 0
+    sampled, rounds, dropped, positives = 0, 0, 0, 0
     timing = {"rollout_s": 0.0, "reward_s": 0.0}
     while True:
         examples = stream.take(want if rounds == 0 else max(1, want - len(groups)))
@@ -182,12 +182,11 @@ def collect_groups(
             dropped += len(new) - len(kept)
             new = kept
         groups += new
+        if len(groups) > want:  # resampled for min_positive: groups with a positive go first
+            groups = sorted(groups, key=lambda g: not any(r > 0 for r in g.rewards))[:want]
         positives = sum(r > 0 for g in groups for r in g.rewards)
-        enough = len(groups) >= want and positives >= t.min_positive
-        if enough or sampled >= budget:
+        if (len(groups) >= want and positives >= t.min_positive) or sampled >= budget:
             break
-    if len(groups) > want:
-        groups = groups[:want]
     stats = {
         "rollout/rounds": rounds,
         "rollout/sampled": sampled,
@@ -195,8 +194,9 @@ def collect_groups(
         "time/rollout_s": timing["rollout_s"],
         "time/reward_s": timing["reward_s"],
     }
-    if rounds > 1 or len(groups) < want:
-        stats["rollout/short_batch"] = float(len(groups) < want)
+    if rounds > 1 or len(groups) < want or positives < t.min_positive:
+        # the budget ran out before the batch was what drop_zero_std / min_positive ask for
+        stats["rollout/short_batch"] = float(len(groups) < want or positives < t.min_positive)
     return groups, stats
 
 

@@ -33,6 +33,9 @@ from mathrl.rl.state import TrainState
 from mathrl.rollout.types import Completion
 from mathrl.sampling import Group
 
+LOSS_KEYS = ("loss", "policy_loss")
+"""compute_loss metrics that are parts of the loss (weighted like it), not token means."""
+
 
 @dataclass
 class Reference:
@@ -90,8 +93,7 @@ def train_step(
     comps = [c for g in groups for c in g.completions]
     row_group = [gi for gi, g in enumerate(groups) for _ in g.completions]
     total_tokens = sum(len(c.token_ids) for c in comps)
-    # Zero-advantage sequences give exactly zero policy gradient; skip them unless KL needs them.
-    keep = [i for i in range(len(comps)) if t.kl_coef > 0 or advantages[i].item() != 0.0]
+    keep = keep_rows(cfg, advantages)
     loss_cfg = PolicyLossConfig(
         clip_eps=t.clip_eps,
         clip_eps_high=t.clip_eps_high,
@@ -134,10 +136,13 @@ def train_step(
                 t.kl_coef,
                 t.kl_estimator,
             )
-            (out.loss * agg_share(t.loss_agg, cmask, total_tokens, len(comps))).backward()
+            share = agg_share(t.loss_agg, cmask, total_tokens, len(comps))
+            (out.loss * share).backward()
             n_tok = cmask.sum().item()
             for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * n_tok
+                # the losses add up to the batch's loss (/ mu); diagnostics are token means
+                w = share / t.mu if k in LOSS_KEYS else n_tok
+                sums[k] = sums.get(k, 0.0) + v * w
             sums["entropy"] = sums.get("entropy", 0.0) + (entropy * cmask).sum().item()
             sums["_tokens"] = sums.get("_tokens", 0.0) + n_tok
         if all_reduce_grads is not None:
@@ -156,13 +161,24 @@ def train_step(
     return _step_metrics(sums, grad_norm, skipped, trained=len(keep), had_micro=bool(micro))
 
 
+def keep_rows(cfg: Config, advantages: torch.Tensor) -> list[int]:
+    """Rows that carry a gradient: zero-advantage sequences give exactly zero policy
+    gradient, so they are skipped unless a KL term needs them."""
+    return [i for i in range(len(advantages)) if cfg.train.kl_coef > 0 or advantages[i] != 0]
+
+
 def _step_metrics(
     sums: dict[str, float], grad_norm: torch.Tensor, skipped: int, trained: int, had_micro: bool
 ) -> dict[str, float]:
-    """loss/* (token-weighted means over the step), rollout/entropy and optim/* metrics."""
+    """loss/* (the batch's loss, and token means of the diagnostics over the step),
+    rollout/entropy and optim/* metrics."""
     n = max(1.0, sums.pop("_tokens", 0.0))
     rename = {"policy_loss": "policy", "loss": "total"}
-    metrics = {f"loss/{rename.get(k, k)}": v / n for k, v in sums.items() if k != "entropy"}
+    metrics = {
+        f"loss/{rename.get(k, k)}": v if k in LOSS_KEYS else v / n
+        for k, v in sums.items()
+        if k != "entropy"
+    }
     for k in ("policy", "total", "clip_frac", "approx_kl"):  # nothing trained: the loss is 0
         metrics.setdefault(f"loss/{k}", 0.0)
     if had_micro:  # entropy of the trained sequences; absent when none carried a gradient

@@ -1,0 +1,156 @@
+"""rl.train_step: micro-batching is exact, zero-advantage rows are skipped exactly, the
+sampler's log-probs are the old ones of a buffer; agg_share against hand-computed values."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from mathrl.algorithms import agg_loss, agg_share
+from mathrl.config import load_config
+from mathrl.rewards import RewardResult
+from mathrl.rl import train_step
+from mathrl.rollout.types import Completion
+from mathrl.sampling import Group
+from mathrl.tasks import Example
+
+VOCAB = 40
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    return Qwen2ForCausalLM(cfg).float()
+
+
+def make_groups(n_groups: int = 3, group_size: int = 4) -> list[Group]:
+    """Groups of different prompt and completion lengths (so padding is exercised)."""
+    g = torch.Generator().manual_seed(1)
+    groups = []
+    for gi in range(n_groups):
+        prompt = torch.randint(1, VOCAB, (3 + gi,), generator=g).tolist()
+        comps, results = [], []
+        for j in range(group_size):
+            n = 2 + (gi + 3 * j) % 5
+            ids = torch.randint(1, VOCAB, (n,), generator=g).tolist()
+            lps = (-torch.rand(n, generator=g) * 3).tolist()
+            comps.append(Completion(gi, j, prompt, ids, "", "eos", lps))
+            results.append(RewardResult(reward=float((gi + j) % 2)))
+        groups.append(Group(Example(f"p{gi}", "", "0"), prompt, comps, results))
+    return groups
+
+
+class RecordingOptimizer:
+    """Keeps the gradients each step would apply; changes no weight."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.steps = model, []
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.steps.append(
+            {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        )
+
+
+def run_step(micro: int, agg: str, kl: float = 0.0, **kw) -> tuple[dict, list[dict]]:
+    cfg = load_config(
+        overrides=[
+            f"train.micro_batch_size={micro}",
+            f"train.loss_agg={agg}",
+            f"train.kl_coef={kl}",
+            "train.group_size=4",
+            "train.grad_clip=0",
+            "rollout.max_new_tokens=8",
+        ],
+        env=False,
+    )
+    model = tiny_model()
+    ref = None
+    if kl:
+        from mathrl.rl import Reference
+
+        ref_model = copy.deepcopy(model)
+        with torch.no_grad():  # a reference that differs, so the KL term has a gradient
+            for p in ref_model.parameters():
+                p.add_(0.05)
+        ref = Reference(ref_model)
+    opt = RecordingOptimizer(model)
+    groups = make_groups()
+    advantages = torch.tensor([1.0, -1.0, 0.0, 0.5] * 3)  # (B,)
+    metrics = train_step(cfg, model, ref, opt, groups, advantages, pad_id=0, **kw)
+    return metrics, opt.steps
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("kl", [0.0, 0.1])
+def test_micro_batched_step_equals_full_batch(agg, kl):
+    full_m, full_g = run_step(12, agg, kl)
+    for micro in (1, 2, 5):
+        m, g = run_step(micro, agg, kl)
+        assert len(g) == len(full_g) == 1
+        for name, grad in full_g[0].items():
+            torch.testing.assert_close(g[0][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+        assert m["loss/policy"] == pytest.approx(full_m["loss/policy"], rel=1e-5, abs=1e-7)
+        assert m["loss/total"] == pytest.approx(full_m["loss/total"], rel=1e-5, abs=1e-7)
+    # zero-advantage rows are skipped exactly when no KL term needs them (3 of 12 here)
+    assert full_m["train/trained_seqs"] == (12 if kl else 9)
+    assert any(grad.abs().sum() > 0 for grad in full_g[0].values())
+
+
+def test_mu_two_second_update_uses_the_old_logprobs():
+    """With mu = 2 the second update's ratio moves away from 1: approx_kl > 0 (exactly 0 at mu 1)."""
+    cfg_over = ["train.group_size=4", "rollout.max_new_tokens=8", "train.lr=0.05"]
+    out = {}
+    for mu in (1, 2):
+        cfg = load_config(overrides=[*cfg_over, f"train.mu={mu}"], env=False)
+        model = tiny_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        advantages = torch.tensor([1.0, -1.0, 0.0, 0.5] * 3)
+        out[mu] = train_step(cfg, model, None, opt, make_groups(), advantages, pad_id=0)
+    assert out[1]["loss/approx_kl"] == 0.0
+    assert out[2]["loss/approx_kl"] > 1e-6
+
+
+def test_buffer_step_uses_the_sampler_logprobs_as_old():
+    """rollout_logprobs=True: ratio = exp(logprob - sampler logprob), far from 1 for random lps."""
+    on, _ = run_step(12, "token-mean")
+    off, _ = run_step(12, "token-mean", rollout_logprobs=True)
+    assert on["loss/approx_kl"] == 0.0 and on["loss/clip_frac"] == 0.0
+    assert off["loss/approx_kl"] > 0.1 and off["loss/clip_frac"] > 0.0
+
+
+def test_agg_share_hand_computed():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])  # 3 tokens, 2 sequences
+    assert agg_share("token-mean", mask, total_tokens=12, total_seqs=5) == pytest.approx(0.25)
+    assert agg_share("seq-mean-token-mean", mask, 12, 5) == pytest.approx(0.4)
+    assert agg_share("seq-mean-token-sum-norm", mask, 12, 5) == pytest.approx(0.4)
+    with pytest.raises(Exception, match="did you mean 'token-mean'"):
+        agg_share("token-men", mask, 12, 5)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_agg_share_weights_split_a_batch_exactly(agg):
+    torch.manual_seed(3)
+    loss = torch.randn(6, 5)
+    mask = (torch.rand(6, 5) > 0.3).long()
+    mask[:, 0] = 1
+    whole = agg_loss(loss, mask, agg, max_len=5)
+    parts = sum(
+        agg_share(agg, mask[s], int(mask.sum()), 6) * agg_loss(loss[s], mask[s], agg, max_len=5)
+        for s in (slice(0, 2), slice(2, 3), slice(3, 6))
+    )
+    torch.testing.assert_close(parts, whole)
