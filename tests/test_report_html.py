@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from mathrl.report import write_report
+from mathrl.report.html import write_report
 from test_report_plots import make_run
 
 CHROMIUM = Path("/usr/bin/chromium")

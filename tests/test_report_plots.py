@@ -12,7 +12,7 @@ import pytest
 from matplotlib.image import imread
 
 from mathrl.errors import DataError
-from mathrl.plots import (
+from mathrl.report.plots import (
     line_plot,
     prompt_accuracy_matrix,
     prompt_curve,

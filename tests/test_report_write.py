@@ -14,7 +14,7 @@ import typer
 from mathrl import cli
 from mathrl.cli_report import register
 from mathrl.errors import MathrlError
-from mathrl.report import compare_runs, pick_samples, summary_rows, write_report
+from mathrl.report.html import compare_runs, pick_samples, summary_rows, write_report
 from test_report_plots import CONFIG, SCRIPT, make_run, metric_rows, rollout_rows, write_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mathrl.summary import before_after_text, run_summary, write_summary
+from mathrl.report.summary import before_after_text, run_summary, write_summary
 
 ROWS = [
     {

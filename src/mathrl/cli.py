@@ -319,8 +319,8 @@ def _warmup_summary(run_dir: Path) -> dict[str, Any] | None:
 def _finish(cfg: Any, task: Any, run_dir: Path, started: float, resumed: bool) -> None:
     """summary.json, the before/after table, then the report (which shows the summary too)."""
     from mathrl.data import heldout_split
-    from mathrl.plots import load_metrics
-    from mathrl.summary import before_after_text, run_summary, write_summary
+    from mathrl.report.plots import load_metrics
+    from mathrl.report.summary import before_after_text, run_summary, write_summary
 
     report = run_dir / "report.html"
     summary = run_summary(
@@ -341,7 +341,7 @@ def _finish(cfg: Any, task: Any, run_dir: Path, started: float, resumed: bool) -
 
 def _final_report(run_dir: Path) -> Path | None:
     """Plots + report.html at the end of a run; a failure here must not fail the run."""
-    from mathrl.report import write_report
+    from mathrl.report.html import write_report
 
     try:
         return write_report(run_dir)

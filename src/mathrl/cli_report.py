@@ -21,7 +21,7 @@ def report_cmd(
     ] = None,
 ) -> None:
     """Write RUN_DIR/plots/*.png and a self-contained RUN_DIR/report.html; print its path."""
-    from mathrl.report import write_report
+    from mathrl.report.html import write_report
 
     typer.echo(str(write_report(run_dir, prompt_id=prompt_id)))
 
@@ -34,7 +34,7 @@ def compare_cmd(
     ],
 ) -> None:
     """Overlay the metric curves two runs have in common; print the written files."""
-    from mathrl.report import compare_runs
+    from mathrl.report.html import compare_runs
 
     for path in compare_runs(run_a, run_b, out):
         typer.echo(str(path))

@@ -17,7 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from mathrl.errors import DataError, MathrlError
-from mathrl.plots import (
+from mathrl.report.plots import (
     draw_series,
     load_metrics,
     load_rollouts,
