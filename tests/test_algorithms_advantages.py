@@ -9,7 +9,9 @@ import torch
 
 from mathrl.algorithms import (
     ADVANTAGES,
-    Registry,
+    NEEDS_GROUPS,
+    USES_BASELINE,
+    compute_advantages,
     dr_grpo,
     grpo,
     reinforce,
@@ -72,6 +74,34 @@ def test_ema_baseline() -> None:
         update_ema_baseline(0.5, torch.tensor([]), 0.9)
     with pytest.raises(ValueError, match="momentum"):
         update_ema_baseline(0.5, torch.tensor([1.0]), 1.5)
+
+
+def test_compute_advantages_keeps_reinforce_baseline() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    # first batch: no baseline yet -> raw rewards; the baseline becomes the mean 0.5
+    advantages, baseline = compute_advantages("reinforce", rewards, 1, baseline_momentum=0.9)
+    assert torch.equal(advantages, rewards) and baseline == 0.5
+    # second batch: r - 0.5, then 0.9 * 0.5 + 0.1 * 1.0 = 0.55
+    ones = torch.ones(2, dtype=torch.float64)
+    advantages, baseline = compute_advantages(
+        "reinforce", ones, 1, baseline=baseline, baseline_momentum=0.9
+    )
+    assert torch.equal(advantages, torch.full((2,), 0.5, dtype=torch.float64))
+    assert baseline == pytest.approx(0.55)
+    # momentum 0: the baseline never moves (and None means none)
+    assert compute_advantages("reinforce", ones, 1, baseline=None)[1] is None
+
+
+def test_compute_advantages_passes_baseline_through_group_estimators() -> None:
+    advantages, baseline = compute_advantages(
+        "dr_grpo", REWARDS, G, baseline=0.3, baseline_momentum=0.9
+    )
+    assert torch.equal(advantages, dr_grpo(REWARDS, G)) and baseline == 0.3
+
+
+def test_estimator_flags() -> None:
+    assert NEEDS_GROUPS == {"grpo", "dr_grpo", "rloo"}
+    assert USES_BASELINE == {"reinforce"}
 
 
 def test_zero_std_mask() -> None:
@@ -173,15 +203,3 @@ def test_unknown_estimator_suggests() -> None:
         ADVANTAGES.get("grop")
     with pytest.raises(ConfigError, match="choose from dr_grpo, grpo, reinforce, rloo"):
         ADVANTAGES.get("zzzzzz")
-
-
-def test_registry_basics() -> None:
-    reg: Registry = Registry("thing")
-
-    @reg.register("a")
-    def a() -> int:
-        return 1
-
-    assert reg.get("a") is a and "a" in reg and reg.names() == ["a"]
-    with pytest.raises(ValueError, match="already registered"):
-        reg.register("a")(a)

@@ -2,11 +2,15 @@
 
 from mathrl.algorithms.advantages import (
     ADVANTAGES,
+    NEEDS_GROUPS,
+    USES_BASELINE,
+    compute_advantages,
     dr_grpo,
     grpo,
     register_advantage,
     reinforce,
     rloo,
+    unregister_advantage,
     update_ema_baseline,
     zero_std_mask,
 )
@@ -28,18 +32,21 @@ from mathrl.algorithms.losses import (
     token_entropy_from_logits,
     vanilla,
 )
-from mathrl.algorithms.registry import Registry
+from mathrl.registry import Registry
 
 __all__ = [
     "ADVANTAGES",
     "AGG_MODES",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "NEEDS_GROUPS",
+    "USES_BASELINE",
     "LossOutputs",
     "PolicyLossConfig",
     "Registry",
     "agg_loss",
     "agg_share",
+    "compute_advantages",
     "compute_loss",
     "dr_grpo",
     "grpo",
@@ -53,6 +60,7 @@ __all__ = [
     "rloo",
     "selective_logprobs",
     "token_entropy_from_logits",
+    "unregister_advantage",
     "update_ema_baseline",
     "vanilla",
     "zero_std_mask",

@@ -8,6 +8,8 @@ group-id tensor, no scatter. Every estimator has the signature
     fn(rewards: Tensor (B,), group_size: int, **options) -> Tensor (B,)
 
 and ignores options it does not use, so the trainer can pass one set to any of them.
+`compute_advantages` is the one entry point for callers: it also keeps the running
+baseline of the estimators that use one, so no caller needs an estimator's name.
 Group-relative estimators return exactly 0.0 for a group whose rewards are all equal
 (never NaN and never a rounding residue like 1e-9 / (1e-9 + eps)).
 """
@@ -19,11 +21,39 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mathrl.algorithms.registry import Registry
+from mathrl.registry import Registry
 
 AdvantageFn = Callable[..., Tensor]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
-register_advantage = ADVANTAGES.register
+
+NEEDS_GROUPS: set[str] = set()
+"""Estimators that compare a completion with the others of its group: group_size >= 2."""
+
+USES_BASELINE: set[str] = set()
+"""Estimators that subtract a running scalar baseline kept between batches."""
+
+
+def register_advantage(
+    name: str, *, needs_groups: bool = False, uses_baseline: bool = False
+) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Decorator adding an estimator to ADVANTAGES, with what it needs from the caller."""
+
+    def deco(fn: AdvantageFn) -> AdvantageFn:
+        ADVANTAGES.add(name, fn)
+        if needs_groups:
+            NEEDS_GROUPS.add(name)
+        if uses_baseline:
+            USES_BASELINE.add(name)
+        return fn
+
+    return deco
+
+
+def unregister_advantage(name: str) -> AdvantageFn:
+    """Remove an estimator and its flags (tests that register a throwaway one)."""
+    NEEDS_GROUPS.discard(name)
+    USES_BASELINE.discard(name)
+    return ADVANTAGES.remove(name)
 
 
 def _grouped(rewards: Tensor, group_size: int) -> Tensor:
@@ -51,7 +81,7 @@ def _zero_flat_groups(advantages: Tensor, rewards: Tensor, group_size: int) -> T
     return torch.where(flat, torch.zeros_like(advantages), advantages)
 
 
-@register_advantage("reinforce")
+@register_advantage("reinforce", uses_baseline=True)
 def reinforce(
     rewards: Tensor, group_size: int = 1, *, baseline: float | None = None, **_: object
 ) -> Tensor:
@@ -71,7 +101,7 @@ def update_ema_baseline(old: float | None, rewards: Tensor, momentum: float) -> 
     return batch_mean if old is None else momentum * old + (1.0 - momentum) * batch_mean
 
 
-@register_advantage("rloo")
+@register_advantage("rloo", needs_groups=True)
 def rloo(rewards: Tensor, group_size: int, **_: object) -> Tensor:
     """r_i minus the mean of the other G-1 rewards of its group (Ahmadian et al., 2024)."""
     if group_size < 2:
@@ -82,7 +112,7 @@ def rloo(rewards: Tensor, group_size: int, **_: object) -> Tensor:
     return _zero_flat_groups(advantages, rewards, group_size)
 
 
-@register_advantage("grpo")
+@register_advantage("grpo", needs_groups=True)
 def grpo(rewards: Tensor, group_size: int, *, eps: float = 1e-6, **_: object) -> Tensor:
     """(r - group mean) / (group std + eps), std unbiased (Bessel), as DeepSeekMath/TRL/verl."""
     grouped = _grouped(rewards, group_size)  # (B/G, G)
@@ -93,9 +123,31 @@ def grpo(rewards: Tensor, group_size: int, *, eps: float = 1e-6, **_: object) ->
     return _zero_flat_groups(advantages, rewards, group_size)
 
 
-@register_advantage("dr_grpo")
+@register_advantage("dr_grpo", needs_groups=True)
 def dr_grpo(rewards: Tensor, group_size: int, **_: object) -> Tensor:
     """r - group mean, no std scaling (Dr. GRPO, Liu et al., 2025: std favours easy/hard prompts)."""
     grouped = _grouped(rewards, group_size)  # (B/G, G)
     advantages = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)  # (B,)
     return _zero_flat_groups(advantages, rewards, group_size)
+
+
+def compute_advantages(
+    name: str,
+    rewards: Tensor,
+    group_size: int,
+    *,
+    baseline: float | None = None,
+    baseline_momentum: float = 0.0,
+) -> tuple[Tensor, float | None]:
+    """(B,) advantages of estimator `name`, and the baseline to pass with the next batch.
+
+    Only estimators in USES_BASELINE read `baseline`; they move it towards this batch's
+    mean reward by `baseline_momentum` (0 keeps it as it is). Others return it unchanged.
+    """
+    fn = ADVANTAGES.get(name)
+    if name not in USES_BASELINE:
+        return fn(rewards, group_size), baseline
+    advantages = fn(rewards, group_size, baseline=baseline)  # (B,)
+    if baseline_momentum > 0:
+        baseline = update_ema_baseline(baseline, rewards, baseline_momentum)
+    return advantages, baseline

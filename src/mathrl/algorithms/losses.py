@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mathrl.algorithms.registry import Registry
 from mathrl.errors import ConfigError
+from mathrl.registry import Registry
 
 # exp() of a log-ratio beyond this overflows or dominates the batch; verl uses the same bound
 LOG_RATIO_CLAMP = 20.0
