@@ -8,7 +8,7 @@ from mathrl.errors import ConfigError
 from mathrl.rewards.extract import (
     LENIENT_TAIL_CHARS,
     MAX_COMPLETION_CHARS,
-    STYLES,
+    PROMPT_STYLES,
     extract_lenient,
     extract_strict,
     last_boxed,
@@ -107,7 +107,7 @@ ADVERSARIAL = [
 
 @pytest.mark.timeout(5)
 @pytest.mark.parametrize("completion", ADVERSARIAL, ids=lambda c: repr(c[:12]) + f"*{len(c)}")
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("style", PROMPT_STYLES.names())
 def test_adversarial_inputs_are_fast(completion: str, style: str) -> None:
     start = time.perf_counter()
     extract_strict(completion, style)
@@ -172,3 +172,18 @@ def test_parse_gold_gsm8k(answer: str, gold: str) -> None:
 def test_parse_gold_gsm8k_errors(answer: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_gold_gsm8k(answer)
+
+
+@pytest.mark.parametrize(
+    ("style", "completion", "strict", "container"),
+    [
+        # the strict reader wants the whole format; the container is found anywhere
+        ("think_answer", "x <answer>5</answer> y", None, "5"),
+        ("think_answer", "<think>a</think><answer>5</answer>", "5", "5"),
+        ("final_line", "Final: 5\nmore", None, None),
+        ("boxed", "\\boxed{5} then text", "5", "5"),
+    ],
+)
+def test_answer_format_readers(style: str, completion: str, strict: str | None, container) -> None:
+    fmt = PROMPT_STYLES.get(style)
+    assert (fmt.strict(completion), fmt.container(completion)) == (strict, container)

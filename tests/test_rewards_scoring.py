@@ -121,8 +121,8 @@ def test_unknown_scheme_suggests_closest() -> None:
 
 
 def test_scheme_registry() -> None:
-    assert sorted(REWARD_SCHEMES) == ["binary", "format", "lenient"]
-    assert REWARD_SCHEMES["format"](False, False, True) == FORMAT_REWARD
+    assert REWARD_SCHEMES.names() == ["binary", "format", "lenient"]
+    assert REWARD_SCHEMES.get("format")(False, False, True) == FORMAT_REWARD
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mathrl.errors import DataError
-from mathrl.rewards import evaluate_expression
+from mathrl.errors import ConfigError, DataError
+from mathrl.rewards import PROMPT_STYLES, evaluate_expression, extract_strict
 from mathrl.tasks.countdown import CountdownTask, generate, solve
 from mathrl.tasks.gsm8k import GSM8KTask, split_train_val
+from mathrl.tasks.prompts import PROMPT_TEXT, build_messages, format_answer
 
 GSM8K_DIR = Path(
     os.environ.get("MATHRL_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared/data/gsm8k")
@@ -147,3 +148,52 @@ def test_countdown_hf_format_loader(tmp_path):
     bad = _write(tmp_path / "bad.jsonl", [{"numbers": [1], "target": 2}])
     with pytest.raises(DataError, match="needs an int list 'nums'"):
         CountdownTask(str(bad))
+
+
+# ---------------------------------------------------------------- prompt styles
+
+
+def test_every_prompt_style_has_prompt_text():
+    assert sorted(PROMPT_TEXT) == PROMPT_STYLES.names()
+
+
+@pytest.mark.parametrize("style", PROMPT_STYLES.names())
+@pytest.mark.parametrize("reasoning", ["2 + 3 = 5.", ""])
+def test_a_formatted_answer_is_what_the_strict_extractor_reads(style, reasoning):
+    response = format_answer(reasoning, "5", style)
+    assert extract_strict(response, style) == "5"
+    assert not response.startswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("style", "expected"),
+    [
+        ("final_line", "2 + 3 = 5.\nFinal: 5"),
+        ("hash", "2 + 3 = 5.\n#### 5"),
+        ("boxed", "2 + 3 = 5.\nThe answer is \\boxed{5}."),
+        ("think_answer", "<think>2 + 3 = 5.</think><answer>5</answer>"),
+    ],
+)
+def test_format_answer_by_style(style, expected):
+    assert format_answer("  2 + 3 = 5.\n", "5", style) == expected
+
+
+def test_build_messages():
+    hash_msgs = build_messages("What is 2 + 3?", "hash")
+    assert [m["role"] for m in hash_msgs] == ["user"]  # the seeds' GSM8K prompt: no system
+    assert hash_msgs[0]["content"].endswith('output the final answer after "####".')
+    boxed = build_messages("Q", "boxed", system_prompt="Be brief.")
+    assert boxed == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q"}]
+    with pytest.raises(
+        ConfigError, match=r"Unknown prompt style 'boxd' \(did you mean 'boxed'\?\)"
+    ):
+        build_messages("Q", "boxd")
+
+
+def test_a_style_without_prompt_text_is_a_clear_error():
+    PROMPT_STYLES.add("zz_new", PROMPT_STYLES.get("boxed"))
+    try:
+        with pytest.raises(ConfigError, match="prompt style 'zz_new' has no prompt text"):
+            format_answer("r", "1", "zz_new")
+    finally:
+        PROMPT_STYLES.remove("zz_new")

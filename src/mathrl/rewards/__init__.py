@@ -10,7 +10,8 @@ from mathrl.rewards.countdown import (
     used_numbers,
 )
 from mathrl.rewards.extract import (
-    STYLES,
+    PROMPT_STYLES,
+    AnswerFormat,
     extract_lenient,
     extract_strict,
     parse_gold_gsm8k,
@@ -30,8 +31,9 @@ from mathrl.rewards.scoring import (
 
 __all__ = [
     "FORMAT_REWARD",
+    "PROMPT_STYLES",
     "REWARD_SCHEMES",
-    "STYLES",
+    "AnswerFormat",
     "CountdownResult",
     "RewardPool",
     "RewardResult",

@@ -3,6 +3,10 @@
 Why processes: a hung reward call can only be stopped from outside. SIGALRM works
 on the main thread only and threads cannot be killed, so each call runs in a
 worker process that the parent kills and replaces once it overruns `timeout_s`.
+Why not a library: concurrent.futures and multiprocessing.Pool stop *waiting* for a
+timed-out task but leave its worker running it (neither kills one task's process, so a
+hung call holds a worker forever); pebble's ProcessPool can, but it is not a dependency
+we keep, and it sends one task per message (no batches with a deadline per item).
 
 - Items go to workers in batches (low IPC cost); each worker reports every item as
   it finishes, and the deadline restarts per item, so `timeout_s` bounds each call.
@@ -28,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 from typing import Any
 
 from mathrl.errors import ConfigError, MathrlError
@@ -130,6 +135,19 @@ def _stop_workers(workers: list[_Worker]) -> None:
     workers.clear()
 
 
+def _context(start_method: str | None) -> ForkContext | ForkServerContext | SpawnContext:
+    """The multiprocessing context: fork where the platform has it (fast), else spawn."""
+    if start_method is None:
+        start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if start_method == "fork":
+        return multiprocessing.get_context("fork")
+    if start_method == "forkserver":
+        return multiprocessing.get_context("forkserver")
+    if start_method == "spawn":
+        return multiprocessing.get_context("spawn")
+    raise ConfigError(f"unknown start method {start_method!r}; choose fork, forkserver or spawn")
+
+
 class RewardPool:
     """Persistent worker pool scoring items with a hard per-call time limit."""
 
@@ -140,10 +158,7 @@ class RewardPool:
             raise ConfigError(f"reward workers must be >= 0, got {workers}")
         self.timeout_s = float(timeout_s)
         self.n_workers = workers
-        methods = multiprocessing.get_all_start_methods()
-        self._ctx = multiprocessing.get_context(
-            start_method or ("fork" if "fork" in methods else "spawn")
-        )
+        self._ctx = _context(start_method)
         self.stats = {"calls": 0, "timeouts": 0, "errors": 0, "invalid": 0, "restarts": 0}
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -245,11 +260,12 @@ class RewardPool:
         self, jobs: dict[int, _Job], results: list[RewardResult | None], queue: deque
     ) -> None:
         """Wait for replies or the earliest deadline; settle finished, dead and hung workers."""
-        conns = {self._workers[slot].conn: slot for slot in jobs}
-        sentinels = {self._workers[slot].process.sentinel: slot for slot in jobs}
+        # a worker wakes us with a reply on its pipe or by dying (its process sentinel)
+        waitables: dict[Connection | int, int] = {self._workers[s].conn: s for s in jobs}
+        waitables |= {self._workers[slot].process.sentinel: slot for slot in jobs}
         wait_s = max(0.0, min(job.deadline for job in jobs.values()) - time.monotonic())
-        ready = wait(list(conns) + list(sentinels), timeout=wait_s)
-        woken = {conns.get(obj, sentinels.get(obj)) for obj in ready}
+        ready = wait(list(waitables), timeout=wait_s)
+        woken = {slot for obj, slot in waitables.items() if obj in ready}
         now = time.monotonic()
         woken |= {slot for slot, job in jobs.items() if job.deadline <= now}
         for slot in woken:

@@ -16,14 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from mathrl.rewards.extract import (
-    after_final,
-    check_style,
-    last_boxed,
-    last_hash_line,
-    last_line,
-    tail_window,
-)
+from mathrl.rewards.extract import PROMPT_STYLES
 
 MAX_LEN = 200
 MAX_DEPTH = 32
@@ -194,18 +187,8 @@ def check_countdown(
     return CountdownResult(valid=True, correct=True, value=value, reason="ok")
 
 
-def _container(completion: str, style: str) -> str | None:
-    """Raw text of the answer container that `style` asks for, or None."""
-    window = tail_window(completion)
-    if style == "think_answer":
-        close = window.rfind("</answer>")
-        start = window.rfind("<answer>", 0, close) if close >= 0 else -1
-        return window[start + len("<answer>") : close] if start >= 0 else None
-    if style == "final_line":
-        return after_final(last_line(window))
-    if style == "boxed":
-        return last_boxed(window)
-    return last_hash_line(window)
+# the containers a lenient read tries after the style's own, the least ambiguous first
+LENIENT_ORDER = ("think_answer", "boxed", "final_line", "hash")
 
 
 def extract_countdown_answer(completion: str, style: str, *, lenient: bool = False) -> str | None:
@@ -215,14 +198,9 @@ def extract_countdown_answer(completion: str, style: str, *, lenient: bool = Fal
     often append `= 24`; `24 = 6/(1-3/4)` then fails on wrong_numbers, as intended.
     With `lenient`, the other styles' containers are tried when `style`'s is absent.
     """
-    check_style(style)
-    order = [style] + (
-        [s for s in ("think_answer", "boxed", "final_line", "hash") if s != style]
-        if lenient
-        else []
-    )
+    order = [style] + ([s for s in LENIENT_ORDER if s != style] if lenient else [])
     for candidate_style in order:
-        content = _container(completion, candidate_style)
+        content = PROMPT_STYLES.get(candidate_style).container(completion)
         if content is None:
             continue
         content = content.split("=", 1)[0].strip().strip("$").strip()

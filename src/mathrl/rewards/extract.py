@@ -1,4 +1,5 @@
-"""Answer extraction from GSM8K completions: one strict and one lenient extractor per style.
+"""Answer extraction: the prompt styles (PROMPT_STYLES, the one list of them), and one
+strict and one lenient extractor for GSM8K completions.
 
 Prompt styles and the strict format each one asks for:
 - `final_line`: the last non-empty line is `Final: <number>` ("final" in any case;
@@ -25,11 +26,11 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from mathrl.errors import ConfigError
+from mathrl.registry import Registry
 from mathrl.rewards.numbers import MAX_NUMBER_CHARS, format_number, parse_number
-
-STYLES = ("final_line", "hash", "boxed", "think_answer")
 
 MAX_COMPLETION_CHARS = 64 * 1024
 """Only this many trailing characters of a completion are examined."""
@@ -44,12 +45,6 @@ _NUMBER_TOKEN_RE = re.compile(
     r"(?:(?<![0-9A-Za-z])-)?\$?(?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.[0-9]+)?"
     r"|(?:(?<![0-9A-Za-z])-)?\.[0-9]+"
 )
-
-
-def check_style(style: str) -> None:
-    """Raise ConfigError if `style` is not a known prompt style."""
-    if style not in STYLES:
-        raise ConfigError(f"unknown prompt style {style!r}; expected one of {', '.join(STYLES)}")
 
 
 def tail_window(completion: str) -> str:
@@ -128,23 +123,55 @@ def think_answer_content(completion: str) -> str | None:
     return text[open_at + len("<answer>") : -len("</answer>")]
 
 
+def _last_answer_tag(completion: str) -> str | None:
+    """Content of the last `<answer>...</answer>` pair, wherever it is."""
+    window = tail_window(completion)
+    close = window.rfind("</answer>")
+    start = window.rfind("<answer>", 0, close) if close >= 0 else -1
+    return window[start + len("<answer>") : close] if start >= 0 else None
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """Where a prompt style puts the final answer; both readers take the whole completion."""
+
+    strict: Callable[[str], str | None]
+    """The answer's raw text if the completion follows the style exactly, else None."""
+    container: Callable[[str], str | None]
+    """The raw text of the style's last answer container, however the rest looks."""
+
+
+def _final_line(completion: str) -> str | None:
+    return after_final(last_line(tail_window(completion)))
+
+
+def _hash_line(completion: str) -> str | None:
+    return last_hash_line(tail_window(completion))
+
+
+def _boxed(completion: str) -> str | None:
+    return last_boxed(tail_window(completion))
+
+
+PROMPT_STYLES: Registry[AnswerFormat] = Registry("prompt style")
+PROMPT_STYLES.add("final_line", AnswerFormat(_final_line, _final_line))
+PROMPT_STYLES.add("hash", AnswerFormat(_hash_line, _hash_line))
+PROMPT_STYLES.add("boxed", AnswerFormat(_boxed, _boxed))
+PROMPT_STYLES.add("think_answer", AnswerFormat(think_answer_content, _last_answer_tag))
+
+
+def check_style(style: str) -> None:
+    """Raise ConfigError (suggesting the closest name) if `style` is not a prompt style."""
+    PROMPT_STYLES.get(style)
+
+
 def extract_strict(completion: str, style: str, *, numeric: bool = True) -> str | None:
     """The answer if the completion follows `style` exactly, else None.
 
     With `numeric=True` (GSM8K) the answer must parse as a number; with False any
     non-empty content of the container is returned (for math-verify).
     """
-    check_style(style)
-    window = tail_window(completion)
-    if style == "final_line":
-        content = after_final(last_line(window))
-    elif style == "hash":
-        content = last_hash_line(window)
-    elif style == "boxed":
-        content = last_boxed(window)
-    else:
-        content = think_answer_content(completion)
-    return _numeric_or_none(content, numeric)
+    return _numeric_or_none(PROMPT_STYLES.get(style).strict(completion), numeric)
 
 
 def _short_token(match: re.Match[str] | None) -> str | None:

@@ -11,7 +11,6 @@ parsed (a number for GSM8K, a valid expression for Countdown).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import threading
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from mathrl.errors import ConfigError, DataError
+from mathrl.registry import Registry
 from mathrl.rewards.countdown import check_countdown, extract_countdown_answer
 from mathrl.rewards.extract import check_style, extract_lenient, extract_strict
 from mathrl.rewards.numbers import numbers_equal, parse_number
@@ -46,17 +46,9 @@ def zero_result(reason: str) -> RewardResult:
 
 
 SchemeFn = Callable[[bool, bool, bool], float]
-REWARD_SCHEMES: dict[str, SchemeFn] = {}
-
-
-def register_scheme(name: str) -> Callable[[SchemeFn], SchemeFn]:
-    """Decorator adding `fn(correct, correct_lenient, format_ok) -> reward` to REWARD_SCHEMES."""
-
-    def decorate(fn: SchemeFn) -> SchemeFn:
-        REWARD_SCHEMES[name] = fn
-        return fn
-
-    return decorate
+REWARD_SCHEMES: Registry[SchemeFn] = Registry("reward scheme")
+register_scheme = REWARD_SCHEMES.register
+"""Decorator adding `fn(correct, correct_lenient, format_ok) -> reward` to REWARD_SCHEMES."""
 
 
 @register_scheme("format")
@@ -76,11 +68,7 @@ def _lenient_scheme(correct: bool, correct_lenient: bool, format_ok: bool) -> fl
 
 def get_scheme(name: str) -> SchemeFn:
     """Look up a reward scheme; an unknown name is a ConfigError suggesting the closest."""
-    if name not in REWARD_SCHEMES:
-        close = difflib.get_close_matches(name, list(REWARD_SCHEMES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown reward scheme {name!r} (known: {sorted(REWARD_SCHEMES)}){hint}")
-    return REWARD_SCHEMES[name]
+    return REWARD_SCHEMES.get(name)
 
 
 def combine(components: dict[str, float], weights: dict[str, float]) -> float:

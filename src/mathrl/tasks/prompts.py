@@ -1,47 +1,78 @@
-"""Prompt styles: what the system prompt asks for, and how a correct answer is written."""
+"""Prompt text per style: what the prompt asks for, and how a correct answer is written.
+
+The styles themselves are mathrl.rewards.PROMPT_STYLES (with where each puts the
+answer); every style there has its text here, which tests/test_tasks.py checks.
+"""
 
 from __future__ import annotations
 
-STYLES = ("final_line", "hash", "boxed", "think_answer")
+from dataclasses import dataclass
 
-SYSTEM_PROMPTS: dict[str, str | None] = {
-    "final_line": (
-        "Solve the problem step by step. End your answer with a last line of the form "
-        "'Final: <answer>'."
+from mathrl.errors import ConfigError
+from mathrl.rewards import PROMPT_STYLES
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """The words of one prompt style."""
+
+    system: str | None
+    """Default system prompt; None sends no system message."""
+    answer: str
+    """A correct response, with {reasoning} and {answer} filled in."""
+    user_suffix: str = ""
+    """Appended to the question."""
+
+
+PROMPT_TEXT: dict[str, PromptText] = {
+    "final_line": PromptText(
+        system=(
+            "Solve the problem step by step. End your answer with a last line of the form "
+            "'Final: <answer>'."
+        ),
+        answer="{reasoning}\nFinal: {answer}",
     ),
     # The seeds' GSM8K prompt: no system message, the instruction follows the question.
-    "hash": None,
-    "boxed": "Solve the problem step by step and put your final answer within \\boxed{}.",
-    "think_answer": (
-        "First think about the problem inside <think> </think> tags, then give only the final "
-        "answer inside <answer> </answer> tags."
+    "hash": PromptText(
+        system=None,
+        answer="{reasoning}\n#### {answer}",
+        user_suffix='\nLet\'s think step by step and output the final answer after "####".',
+    ),
+    "boxed": PromptText(
+        system="Solve the problem step by step and put your final answer within \\boxed{}.",
+        answer="{reasoning}\nThe answer is \\boxed{{{answer}}}.",
+    ),
+    "think_answer": PromptText(
+        system=(
+            "First think about the problem inside <think> </think> tags, then give only the "
+            "final answer inside <answer> </answer> tags."
+        ),
+        answer="<think>{reasoning}</think><answer>{answer}</answer>",
     ),
 }
 
-USER_SUFFIX: dict[str, str] = {
-    "hash": '\nLet\'s think step by step and output the final answer after "####".',
-}
+
+def prompt_text(style: str) -> PromptText:
+    """The text of a registered prompt style (ConfigError for an unknown one)."""
+    PROMPT_STYLES.get(style)  # an unknown name fails here, suggesting the closest
+    if style not in PROMPT_TEXT:
+        raise ConfigError(f"prompt style '{style}' has no prompt text in mathrl.tasks.prompts")
+    return PROMPT_TEXT[style]
 
 
 def build_messages(
     question: str, style: str, system_prompt: str | None = None
 ) -> list[dict[str, str]]:
     """Chat messages for a question in a prompt style."""
-    system = system_prompt if system_prompt is not None else SYSTEM_PROMPTS[style]
+    text = prompt_text(style)
+    system = system_prompt if system_prompt is not None else text.system
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": question + USER_SUFFIX.get(style, "")})
+    messages.append({"role": "user", "content": question + text.user_suffix})
     return messages
 
 
 def format_answer(reasoning: str, answer: str, style: str) -> str:
     """A response in the style's format: reasoning followed by the final answer."""
-    reasoning = reasoning.strip()
-    if style == "final_line":
-        return f"{reasoning}\nFinal: {answer}".lstrip("\n")
-    if style == "hash":
-        return f"{reasoning}\n#### {answer}".lstrip("\n")
-    if style == "boxed":
-        return f"{reasoning}\nThe answer is \\boxed{{{answer}}}.".lstrip("\n")
-    if style == "think_answer":
-        return f"<think>{reasoning}</think><answer>{answer}</answer>"
-    raise ValueError(f"unknown prompt style {style!r}")
+    filled = prompt_text(style).answer.format(reasoning=reasoning.strip(), answer=answer)
+    # with no reasoning the answer starts the response (not an empty first line)
+    return filled.lstrip("\n")
