@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+import types
+import typing
+from pathlib import Path
 
 import pytest
 
-from mathrl.config import Config, ConfigError, dumps_toml, field_docs, iter_keys, load_config
+from mathrl.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    dumps_toml,
+    field_docs,
+    iter_keys,
+    load_config,
+)
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.toml"))
 
 
 def test_defaults_validate_and_every_key_is_documented():
@@ -121,13 +135,51 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_presets_load():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "configs"
-    presets = sorted(root.glob("*/*.toml")) + sorted(root.glob("*.toml"))
-    names = {f"{p.parent.name}/{p.stem}" for p in presets}
+    names = {f"{p.parent.name}/{p.stem}" for p in PRESETS}
     for task in ("gsm8k", "countdown"):
         for size in ("smoke", "medium", "prod"):
             assert f"{task}/{size}" in names
-    for p in presets:
+    for p in PRESETS:
         assert isinstance(load_config(p, env=False), Config)
+
+
+@pytest.mark.parametrize(
+    "preset", [None, *PRESETS], ids=lambda p: f"{p.parent.name}/{p.stem}" if p else "defaults"
+)
+def test_dumps_toml_reloads_to_the_same_config(preset, tmp_path):
+    cfg = load_config(preset, env=False)  # builds the Config only; no data is read
+    path = tmp_path / "resolved.toml"
+    path.write_text(dumps_toml(cfg))
+    again = load_config(path, env=False)
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+
+
+def test_every_optional_key_defaults_to_none():
+    # dumps_toml leaves None values out (TOML has no null), which reads back as the
+    # default; so an optional key whose default is not None would not round-trip
+    for key, tp, default, _ in iter_keys():
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            assert type(None) in typing.get_args(tp), key
+            assert default is None, f"{key} is optional but defaults to {default!r}"
+
+
+def test_none_values_are_left_out_of_the_toml():
+    cfg = load_config(overrides=["train.clip_eps_high=0.28"], env=False)
+    table = tomllib.loads(dumps_toml(cfg))
+    assert table["train"]["clip_eps_high"] == 0.28
+    assert "system_prompt" not in table["task"] and "pass_rates" not in table["data"]
+
+
+def test_config_hash_follows_values():
+    base = Config()
+    assert config_hash(base) == config_hash(Config())
+    changed = dataclasses.replace(base, seed=1)
+    assert config_hash(changed) != config_hash(base)
+
+
+def test_registry_keys_list_their_names_in_the_key_docs():
+    docs = {key: doc for key, _, _, doc in iter_keys()}
+    assert docs["train.algorithm"].endswith("One of: dr_grpo, grpo, reinforce, rloo.")
+    assert "boxed, final_line, hash, think_answer" in docs["task.prompt_style"]
+    assert "\n" not in docs["model.autocast"] and "  " not in docs["model.autocast"]

@@ -1,0 +1,277 @@
+"""The sections of the config tree, one dataclass each; every field documented once.
+
+The string literal under a field is its documentation (mathrl.config.schema.field_docs
+reads it for `mathrl config keys`). Keys whose value names a registered variant
+(train.algorithm, task.prompt_style, ...) do not list the names here: the registries
+do, and the config reads its choices from them (mathrl.config.validate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ScratchConfig:
+    """A model built from a config in code, with a tokenizer trained on the task's text."""
+
+    arch: str = "qwen2"
+    """Architecture of the from-scratch model: qwen2 or llama."""
+    hidden: int = 128
+    """Hidden size of the from-scratch model."""
+    layers: int = 3
+    """Number of transformer layers of the from-scratch model."""
+    heads: int = 4
+    """Attention heads of the from-scratch model."""
+    vocab_size: int = 512
+    """Target vocabulary size of the locally trained tokenizer."""
+    max_position: int = 512
+    """Maximum sequence length of the from-scratch model."""
+
+
+@dataclass
+class LoraConfig:
+    """Optional LoRA adapters (needs the peft extra); r = 0 trains all weights."""
+
+    r: int = 0
+    """LoRA rank; 0 disables LoRA."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters."""
+
+
+@dataclass
+class ModelConfig:
+    """Which policy to train and where it runs."""
+
+    path: str = "scratch"
+    """HF hub id, local HF dir, .gguf file, 'smollm2-135m-instruct' (offline), or 'scratch'."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA, else fp32), float32, bfloat16 or float16."""
+    autocast: str = "none"
+    """Mixed precision: none, bfloat16 or float16. Forwards (rollout, training, eval) run
+    under torch.autocast in this dtype while weights and optimizer state stay in
+    model.dtype (use float32 weights with it). Fast on GPUs and CPUs with AMX/AVX512-BF16."""
+    device: str = "auto"
+    """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps."""
+    threads: int = 0
+    """torch CPU threads; 0 uses every core."""
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class TaskConfig:
+    """The task: data, prompt and reward."""
+
+    name: str = "countdown"
+    """gsm8k or countdown."""
+    prompt_style: str = "final_line"
+    """How the prompt asks for the final answer, and where the reward looks for it
+    (mathrl.rewards.PROMPT_STYLES: e.g. final_line ends with 'Final: N')."""
+    reward_scheme: str = "format"
+    """Reward from correctness and format (mathrl.rewards.REWARD_SCHEMES: e.g. format gives
+    1 correct / 0.1 formatted but wrong / 0)."""
+    system_prompt: str | None = None
+    """Override the style's system prompt (None keeps the default)."""
+    use_math_verify: bool = False
+    """Compare LaTeX answers with math-verify (needs the math-verify extra)."""
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from."""
+
+    path: str = "../shared/data/gsm8k"
+    """GSM8K: a .jsonl/.parquet file or dir with train/test files, or 'hub' for openai/gsm8k."""
+    hub_revision: str = "e53f048856ff4f594e959d75785d2c2d37b678ee"
+    """Pinned revision of openai/gsm8k when data.path = 'hub'."""
+    val_size: int = 512
+    """Train problems reserved for validation (GSM8K)."""
+    split_seed: int = 31415
+    """Seed of the train/validation split."""
+    countdown_numbers: list[int] = field(default_factory=lambda: [3])
+    """How many numbers a generated Countdown instance has (choices among 3 and 4)."""
+    countdown_max_number: int = 20
+    """Largest number of a generated Countdown instance."""
+    countdown_max_target: int = 100
+    """Largest target of a generated Countdown instance."""
+    countdown_train_size: int = 10000
+    """Generated Countdown training instances."""
+    countdown_test_size: int = 1000
+    """Generated Countdown held-out instances (never in training)."""
+    keep_pass_rate: list[float] | None = None
+    """Keep only training prompts whose probed pass rate lies in [lo, hi] (needs data.pass_rates)."""
+    pass_rates: str | None = None
+    """pass_rates.jsonl written by `mathrl probe` (used by data.keep_pass_rate)."""
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling of completions."""
+
+    engine: str = "hf"
+    """Rollout engine (mathrl.rollout.registry.ENGINES; hf: in-process, KV-cached)."""
+    max_new_tokens: int = 256
+    """Maximum completion length in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 disables."""
+    batch_size: int = 64
+    """Sequences decoded at once (a multiple of train.group_size)."""
+    ignore_eos: bool = False
+    """Always generate max_new_tokens (benchmarks)."""
+    lean_decode: bool = True
+    """Llama/Qwen2 models decode with mathrl's lean step: the same samples and log-probs as
+    transformers' forward, less overhead, each prompt's K/V shared by its group. Other
+    architectures always use transformers' forward."""
+
+
+@dataclass
+class TrainConfig:
+    """The RL optimisation."""
+
+    algorithm: str = "grpo"
+    """Advantage estimator (mathrl.algorithms.ADVANTAGES)."""
+    policy_loss: str = "ppo_clip"
+    """Policy loss (mathrl.algorithms.POLICY_LOSSES)."""
+    loss_agg: str = "token-mean"
+    """How token losses become one number (mathrl.algorithms.AGG_MODES)."""
+    steps: int = 100
+    """Optimizer steps (one rollout batch each, times mu updates)."""
+    prompts_per_step: int = 8
+    """Distinct prompts per rollout batch."""
+    group_size: int = 8
+    """Completions per prompt."""
+    lr: float = 1e-6
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    schedule: str = "constant"
+    """Learning-rate schedule after warm-up: constant or cosine."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward (gradient accumulation over the batch)."""
+    mu: int = 1
+    """Optimizer updates per rollout batch; > 1 reuses old log-probs (PPO style)."""
+    clip_eps: float = 0.2
+    """PPO lower clip range."""
+    clip_eps_high: float | None = None
+    """PPO upper clip range (DAPO clip-higher); None uses clip_eps."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the reference model; 0 builds no reference."""
+    kl_estimator: str = "k3"
+    """KL estimator (mathrl.algorithms.KL_ESTIMATORS)."""
+    baseline_momentum: float = 0.9
+    """EMA momentum of the REINFORCE baseline; 0 disables the baseline."""
+    drop_zero_std: bool = False
+    """Drop groups whose rewards are all equal and resample (dynamic sampling)."""
+    min_positive: int = 0
+    """Keep sampling until a round has this many positive-reward samples."""
+    share_prompts: bool = True
+    """Training forward runs each group's prompt once and shares its KV cache across the group (same values, less compute); false runs every prompt+completion row in full."""
+    max_total_rollouts: int = 0
+    """Bound on completions sampled per step when resampling; 0 means 4x the batch."""
+    reward_timeout_s: float = 5.0
+    """Time limit of one reward call; a timed-out sample gets reward 0."""
+    reward_workers: int = 1
+    """Reward worker processes (they bound the time of each call)."""
+    nonfinite: str = "skip"
+    """On a non-finite loss or gradient: skip the step, or stop the run."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm-up / fine-tuning."""
+
+    steps: int = 0
+    """Optimizer steps of `mathrl sft` (the warm-up inside train/loop is [warmup])."""
+    lr: float = 1e-4
+    """SFT learning rate."""
+    batch_size: int = 32
+    """Sequences per SFT step."""
+    max_len: int = 512
+    """Truncate SFT sequences to this many tokens."""
+    data: str | None = None
+    """prompt/response or messages JSONL; None uses the task's own solutions."""
+
+
+@dataclass
+class WarmupConfig:
+    """SFT warm-up before RL in `train` and `loop` (lr, batch_size, max_len from [sft])."""
+
+    steps: int = 0
+    """Warm up with this many SFT steps on the task's own solutions before RL; 0: none, unless min_positive triggers one."""
+    min_positive: float = 0.0
+    """Probe RL's first round from the starting model first: if fewer than this fraction of its samples are correct, warm up for auto_steps; 0 disables the probe."""
+    auto_steps: int = 200
+    """SFT steps of a warm-up triggered by min_positive."""
+
+
+@dataclass
+class ExpertIterConfig:
+    """`mathrl expert-iter`: rounds of sample -> keep correct -> SFT -> eval."""
+
+    rounds: int = 3
+    """Rounds to run."""
+    prompts: int = 256
+    """Training prompts sampled per round (a seeded draw per round)."""
+    samples: int = 8
+    """Completions per prompt (at rollout.temperature)."""
+    max_per_prompt: int = 2
+    """Distinct correct completions kept per prompt."""
+    sft_steps: int = 100
+    """SFT steps per round on the kept completions (lr, batch_size, max_len from [sft])."""
+
+
+@dataclass
+class CheckpointConfig:
+    """When and how checkpoints are written."""
+
+    every: int = 50
+    """Write a checkpoint every this many steps (and at the end); 0: only at the end."""
+    keep_last: int = 3
+    """Keep this many newest checkpoints."""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation."""
+
+    every: int = 0
+    """Evaluate every this many training steps (and before the first); 0 disables periodic eval."""
+    split: str = "auto"
+    """Held-out split for eval: val, test, or auto (val when it is non-empty, else test)."""
+    limit: int = 200
+    """Held-out problems per evaluation (seeded sample); 0 = all."""
+    n: int = 1
+    """Samples per problem for mean@n and pass@k."""
+    k: list[int] = field(default_factory=lambda: [1])
+    """k values for pass@k (each <= n)."""
+    temperature: float = 1.0
+    """Sampling temperature for mean@n/pass@k (pass@1 greedy is always reported)."""
+
+
+@dataclass
+class LogConfig:
+    """Where metrics go."""
+
+    every: int = 1
+    """Print metrics to the console every this many steps."""
+    rollouts_every: int = 1
+    """Write the step's completions to rollouts.jsonl every this many steps (and at the last step); 0: never. Long runs: 10 keeps the file 10x smaller."""
+    quiet: bool = False
+    """No progress bars or console tables (CI)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the wandb extra)."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the tensorboard extra)."""

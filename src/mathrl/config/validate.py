@@ -1,0 +1,176 @@
+"""Range and cross-field checks of a Config (Config.__post_init__ runs them); each
+failure names the key.
+
+The choices of a key that names a registered variant come from its registry, so a new
+estimator, loss, style, scheme or engine is a valid config value as soon as it is
+registered (REGISTRY_CHOICES); only fixed vocabularies are listed here (FIXED_CHOICES).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+from mathrl.algorithms import ADVANTAGES, AGG_MODES, KL_ESTIMATORS, NEEDS_GROUPS, POLICY_LOSSES
+from mathrl.config.sections import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    ExpertIterConfig,
+    LogConfig,
+    ModelConfig,
+    RolloutConfig,
+    SFTConfig,
+    TrainConfig,
+    WarmupConfig,
+)
+from mathrl.errors import ConfigError
+from mathrl.registry import Registry
+from mathrl.rewards import PROMPT_STYLES, REWARD_SCHEMES
+from mathrl.rollout.registry import ENGINES
+
+FIXED_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.scratch.arch": ("qwen2", "llama"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.autocast": ("none", "bfloat16", "float16"),
+    "task.name": ("gsm8k", "countdown"),
+    "train.schedule": ("constant", "cosine"),
+    "train.nonfinite": ("skip", "stop"),
+    "eval.split": ("auto", "val", "test"),
+}
+
+REGISTRY_CHOICES: dict[str, Registry[Any]] = {
+    "task.prompt_style": PROMPT_STYLES,
+    "task.reward_scheme": REWARD_SCHEMES,
+    "rollout.engine": ENGINES,
+    "train.algorithm": ADVANTAGES,
+    "train.policy_loss": POLICY_LOSSES,
+    "train.loss_agg": AGG_MODES,
+    "train.kl_estimator": KL_ESTIMATORS,
+}
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every key with a closed set of values -> the values accepted now."""
+    from_registries = {key: tuple(reg.names()) for key, reg in REGISTRY_CHOICES.items()}
+    return {**FIXED_CHOICES, **from_registries}
+
+
+def get_value(cfg: Any, key: str) -> Any:
+    """The value at a dotted key, e.g. get_value(cfg, "train.lr")."""
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def check_choices(cfg: Any) -> None:
+    """Every key with a closed set of values holds one of them (suggesting the closest)."""
+    for key, allowed in choices().items():
+        value = get_value(cfg, key)
+        if value not in allowed:
+            hint = difflib.get_close_matches(str(value), allowed, n=1)
+            tip = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"Invalid {key} '{value}'{tip}; choose one of: {', '.join(allowed)}")
+
+
+def check_train(t: TrainConfig, r: RolloutConfig, sft: SFTConfig) -> None:
+    """The optimisation: rates, batch shapes, clip ranges, KL, baseline, rewards."""
+    for key, v in (("train.lr", t.lr), ("sft.lr", sft.lr)):
+        _check(math.isfinite(v) and v > 0, f"{key} must be > 0 and finite, got {v}")
+    _check(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
+    _check(
+        t.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1, got {t.prompts_per_step}"
+    )
+    _check(t.group_size >= 1, f"train.group_size must be >= 1, got {t.group_size}")
+    if t.algorithm in NEEDS_GROUPS:
+        _check(
+            t.group_size >= 2,
+            f"train.group_size must be >= 2 for train.algorithm={t.algorithm}, got {t.group_size}",
+        )
+    _check(
+        r.batch_size >= 1 and r.batch_size % t.group_size == 0,
+        f"rollout.batch_size ({r.batch_size}) must be a positive multiple of "
+        f"train.group_size ({t.group_size})",
+    )
+    _check(
+        t.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}"
+    )
+    _check(
+        math.isfinite(t.kl_coef) and t.kl_coef >= 0, f"train.kl_coef must be >= 0, got {t.kl_coef}"
+    )
+    _check(0 < t.clip_eps < 1, f"train.clip_eps must be in (0, 1), got {t.clip_eps}")
+    if t.clip_eps_high is not None:
+        _check(t.clip_eps_high > 0, f"train.clip_eps_high must be > 0, got {t.clip_eps_high}")
+    _check(t.mu >= 1, f"train.mu must be >= 1, got {t.mu}")
+    _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    _check(
+        0 <= t.baseline_momentum < 1,
+        f"train.baseline_momentum must be in [0, 1), got {t.baseline_momentum}",
+    )
+    _check(t.reward_timeout_s > 0, f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s}")
+    _check(t.reward_workers >= 0, f"train.reward_workers must be >= 0, got {t.reward_workers}")
+
+
+def check_sampling(r: RolloutConfig, e: EvalConfig) -> None:
+    """Sampling knobs of rollouts and of evaluation."""
+    for key, v in (("rollout.temperature", r.temperature), ("eval.temperature", e.temperature)):
+        _check(math.isfinite(v) and v > 0, f"{key} must be > 0, got {v}")
+    _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    _check(r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}")
+    _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+    _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
+    for k in e.k:
+        _check(1 <= k <= e.n, f"eval.k entries must be in [1, eval.n={e.n}], got {k}")
+
+
+def check_model_and_data(model: ModelConfig, d: DataConfig) -> None:
+    """The from-scratch model's shape and the data options."""
+    sc = model.scratch
+    _check(
+        sc.vocab_size >= 259,
+        f"model.scratch.vocab_size must be >= 259 (256 bytes + 3 specials), got {sc.vocab_size}",
+    )
+    _check(
+        sc.hidden % sc.heads == 0,
+        f"model.scratch.hidden ({sc.hidden}) must be divisible by model.scratch.heads ({sc.heads})",
+    )
+    _check(d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}")
+    for n in d.countdown_numbers:
+        _check(n in (3, 4), f"data.countdown_numbers entries must be 3 or 4, got {n}")
+    if d.keep_pass_rate is not None:
+        _check(
+            d.pass_rates is not None,
+            "data.keep_pass_rate needs data.pass_rates (the pass_rates.jsonl of `mathrl probe`)",
+        )
+        lo_hi = d.keep_pass_rate
+        _check(
+            len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1] <= 1,
+            f"data.keep_pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got {lo_hi}",
+        )
+
+
+def check_schedules(
+    ck: CheckpointConfig,
+    log: LogConfig,
+    w: WarmupConfig,
+    sft: SFTConfig,
+    ei: ExpertIterConfig,
+) -> None:
+    """Checkpointing, logging, warm-up, SFT and expert iteration."""
+    _check(ck.every >= 0, f"checkpoint.every must be >= 0, got {ck.every}")
+    _check(ck.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {ck.keep_last}")
+    _check(log.rollouts_every >= 0, f"log.rollouts_every must be >= 0, got {log.rollouts_every}")
+    _check(w.steps >= 0, f"warmup.steps must be >= 0, got {w.steps}")
+    _check(w.auto_steps >= 1, f"warmup.auto_steps must be >= 1, got {w.auto_steps}")
+    _check(0 <= w.min_positive <= 1, f"warmup.min_positive must be in [0, 1], got {w.min_positive}")
+    _check(sft.steps >= 0, f"sft.steps must be >= 0, got {sft.steps}")
+    for key in ("rounds", "prompts", "samples", "max_per_prompt", "sft_steps"):
+        v = getattr(ei, key)
+        _check(v >= 1, f"expert_iter.{key} must be >= 1, got {v}")
