@@ -16,9 +16,9 @@ from mathrl.config.load import (
     read_config_file,
     type_name,
 )
-from mathrl.config.schema import (
+from mathrl.config.schema import Config, field_docs
+from mathrl.config.sections import (
     CheckpointConfig,
-    Config,
     DataConfig,
     EvalConfig,
     ExpertIterConfig,
@@ -31,7 +31,6 @@ from mathrl.config.schema import (
     TaskConfig,
     TrainConfig,
     WarmupConfig,
-    field_docs,
 )
 from mathrl.config.validate import (
     FIXED_CHOICES,

@@ -16,10 +16,8 @@ from mathrl.config.sections import (
     EvalConfig,
     ExpertIterConfig,
     LogConfig,
-    LoraConfig,
     ModelConfig,
     RolloutConfig,
-    ScratchConfig,
     SFTConfig,
     TaskConfig,
     TrainConfig,
@@ -32,24 +30,6 @@ from mathrl.config.validate import (
     check_schedules,
     check_train,
 )
-
-__all__ = [
-    "Config",
-    "CheckpointConfig",
-    "DataConfig",
-    "EvalConfig",
-    "ExpertIterConfig",
-    "LogConfig",
-    "LoraConfig",
-    "ModelConfig",
-    "RolloutConfig",
-    "SFTConfig",
-    "ScratchConfig",
-    "TaskConfig",
-    "TrainConfig",
-    "WarmupConfig",
-    "field_docs",
-]
 
 
 @dataclass
