@@ -210,7 +210,7 @@ def test_restores_training_mode(model, tokenizer, prompts):
 
 def test_make_engine(model, tokenizer):
     assert isinstance(make_engine("hf", model, tokenizer, batch_size=4), HFEngine)
-    with pytest.raises(ConfigError, match="unknown rollout engine 'vllm2'"):
+    with pytest.raises(ConfigError, match="Unknown rollout engine 'vllm2'"):
         make_engine("vllm2", model, tokenizer)
 
 

@@ -18,13 +18,7 @@ from typing import Any
 
 import torch
 
-from mathrl.algorithms import (
-    ADVANTAGES,
-    PolicyLossConfig,
-    agg_share,
-    compute_loss,
-    update_ema_baseline,
-)
+from mathrl.algorithms import PolicyLossConfig, agg_share, compute_advantages, compute_loss
 from mathrl.config import Config
 from mathrl.errors import MathrlError
 from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
@@ -61,12 +55,16 @@ def reference_model(cfg: Config, model: Any) -> Reference | None:
 
 
 def advantages_for(cfg: Config, state: TrainState, rewards: torch.Tensor) -> torch.Tensor:
-    """Per-sample advantages (B,) of the configured algorithm; moves REINFORCE's baseline."""
+    """Per-sample advantages (B,) of the configured estimator; a stateful one (REINFORCE's
+    baseline) keeps its state in the TrainState, so it is checkpointed and resumed."""
     t = cfg.train
-    kw: dict[str, Any] = {"baseline": state.baseline} if t.algorithm == "reinforce" else {}
-    advantages = ADVANTAGES.get(t.algorithm)(rewards, t.group_size, **kw)
-    if t.algorithm == "reinforce" and t.baseline_momentum > 0:
-        state.baseline = update_ema_baseline(state.baseline, rewards, t.baseline_momentum)
+    advantages, state.baseline = compute_advantages(
+        t.algorithm,
+        rewards,
+        t.group_size,
+        baseline=state.baseline,
+        baseline_momentum=t.baseline_momentum,
+    )
     return advantages
 
 

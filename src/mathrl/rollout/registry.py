@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mathrl.errors import ConfigError
 from mathrl.registry import Registry
 from mathrl.rollout.types import RolloutEngine
 
@@ -28,6 +27,4 @@ def _hf_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
 
 def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
     """Build the engine registered as `name` (e.g. "hf") on a model and tokenizer."""
-    if name not in ENGINES:
-        raise ConfigError(f"unknown rollout engine '{name}' ({ENGINES.hint(name)})")
     return ENGINES.get(name)(model, tokenizer, **kwargs)
