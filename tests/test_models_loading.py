@@ -20,6 +20,7 @@ from mathrl.models.loading import (
     gguf_cache_key,
     gguf_cache_root,
     load_model,
+    resolve_autocast,
     resolve_device,
     resolve_dtype,
 )
@@ -137,6 +138,20 @@ def test_cache_key_and_root(tmp_path, monkeypatch):
 )
 def test_resolve_dtype_on_cpu(dtype, expected):
     assert resolve_dtype(dtype, torch.device("cpu")) == expected
+
+
+def test_auto_precision_is_fp32_weights_with_bf16_forwards_on_cuda(monkeypatch):
+    """A GPU run with the defaults trains fp32 master weights (bf16 weights lose small
+    updates: the H200 check of 2026-11-30 warned on the quickstart) under bf16 autocast."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", cuda) == torch.float32
+    assert resolve_autocast("auto", cuda) == "bfloat16"
+    assert resolve_autocast("auto", torch.device("cpu")) == "none"
+    assert resolve_autocast("none", cuda) == "none"
+    assert resolve_autocast("float16", torch.device("cpu")) == "float16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_autocast("auto", cuda) == "none"
 
 
 def test_resolve_errors():

@@ -50,11 +50,13 @@ class ModelConfig:
     path: str = "scratch"
     """HF hub id, local HF dir, .gguf file, 'smollm2-135m-instruct' (offline), or 'scratch'."""
     dtype: str = "auto"
-    """auto (bf16 on CUDA, else fp32), float32, bfloat16 or float16."""
-    autocast: str = "none"
-    """Mixed precision: none, bfloat16 or float16. Forwards (rollout, training, eval) run
-    under torch.autocast in this dtype while weights and optimizer state stay in
-    model.dtype (use float32 weights with it). Fast on GPUs and CPUs with AMX/AVX512-BF16."""
+    """Weights and optimizer state: auto (= float32), float32, bfloat16 or float16.
+    Training bf16/fp16 weights rounds small updates away; prefer float32 + model.autocast."""
+    autocast: str = "auto"
+    """Mixed precision: auto (bfloat16 on a CUDA GPU that has it, else none), none, bfloat16
+    or float16. Forwards (rollout, training, eval) run under torch.autocast in this dtype
+    while weights and optimizer state stay in model.dtype. Fast on GPUs and on CPUs with
+    AMX/AVX512-BF16 (set it there by hand)."""
     device: str = "auto"
     """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps."""
     threads: int = 0

@@ -33,7 +33,7 @@ from mathrl.rollout.registry import ENGINES
 FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "model.scratch.arch": ("qwen2", "llama"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.autocast": ("none", "bfloat16", "float16"),
+    "model.autocast": ("auto", "none", "bfloat16", "float16"),
     "task.name": ("gsm8k", "countdown"),
     "train.schedule": ("constant", "cosine"),
     "train.nonfinite": ("skip", "stop"),

@@ -85,15 +85,20 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on a CUDA device that supports it, else fp32; or a named dtype."""
+    """'auto' -> fp32 (trainable master weights; speed comes from autocast); or a named dtype."""
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
         return torch.float32
     if dtype not in DTYPES:
         choices = ", ".join(["auto", "float32", "bfloat16", "float16"])
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {choices}")
     return DTYPES[dtype]
+
+
+def resolve_autocast(autocast: str, device: torch.device) -> str:
+    """'auto' -> bfloat16 on a CUDA device that supports it, else none; or as given."""
+    if autocast != "auto":
+        return autocast
+    return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
 def load_model(
@@ -117,7 +122,7 @@ def load_model(
     model, tokenizer = _load_hf(hf_path, torch_dtype)
     model.to(torch_device)
     model.eval()
-    set_autocast(model, autocast)
+    set_autocast(model, resolve_autocast(autocast, torch_device))
     return model, prepare_tokenizer(tokenizer)
 
 
