@@ -30,9 +30,14 @@ quickstart: setup
 	rm -rf runs/quickstart
 	HF_HUB_OFFLINE=1 $(BIN)/mathrl train --config configs/quickstart.toml --out runs/quickstart
 
+# mypy on the pure layers (tensors in/out, text in/reward out); extend as layers get typed.
+MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/mathrl/registry.py \
+	src/mathrl/errors.py src/mathrl/eval/metrics.py
+
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy $(MYPY_PATHS)
 
 format: setup
 	$(BIN)/ruff format src tests bench
@@ -43,4 +48,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_grpo.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

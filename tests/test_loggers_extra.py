@@ -1,4 +1,9 @@
-"""W&B (offline) and TensorBoard loggers: the logged values read back from their files."""
+"""W&B (offline) and TensorBoard loggers: the logged values read back from their files.
+
+Both are in the dev extra, so these tests run (never skip) in `make test`. The W&B run is
+offline with telemetry and error reporting off: no network (checked with strace: the only
+connect() is to wandb-core's local unix socket).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ def test_scalars_keeps_finite_numbers_only() -> None:
 
 
 def test_tensorboard_event_values(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard", reason="optional extra: pip install 'mathrl[tensorboard]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path / "tb")
@@ -80,22 +84,18 @@ def wandb_history(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 
 def test_wandb_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb", reason="optional extra: pip install 'mathrl[wandb]'")
     for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")  # no Sentry
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
     logger = WandbLogger("mathrl-test", tmp_path / "run", {"train": {"lr": 0.5}, "seed": 3})
     logger.log(STEP1, 1)
     logger.log(STEP2, 2)
     logger.close()
     [run_file] = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
-    try:
-        rows, config = wandb_history(run_file)
-    except (ImportError, AssertionError) as e:  # format changed: fall back to the raw bytes
-        data = run_file.read_bytes()
-        assert b"reward/mean" in data and b"0.75" in data, e
-        return
+    rows, config = wandb_history(run_file)
     assert rows == [
         {"_step": 1, "reward/mean": 0.5, "loss/kl": 0.25, "eval/n": 3.0},
         {"_step": 2, "reward/mean": 0.75},

@@ -40,11 +40,12 @@ def _load(config: Path | None, sets: list[str] | None, quiet: bool = False) -> A
 
 
 def _logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
-    from mathrl.loggers import ConsoleLogger, JSONLLogger, MultiLogger
+    from mathrl.loggers import EventsLog, JSONLLogger, MultiLogger, ProgressLogger
 
-    loggers: list[Any] = [JSONLLogger(run_dir / "metrics.jsonl")]
-    if not cfg.log.quiet:
-        loggers.append(ConsoleLogger(cfg.log.every, total))
+    # events.jsonl (warnings) first: MultiLogger closes in reverse, so it records the others'
+    loggers: list[Any] = [EventsLog(run_dir), JSONLLogger(run_dir / "metrics.jsonl")]
+    if not cfg.log.quiet:  # a bar on a terminal, plain per-step lines otherwise
+        loggers.append(ProgressLogger(total, cfg.log.every, label=run_dir.name))
     if cfg.log.wandb or cfg.log.tensorboard:
         import dataclasses
 
@@ -341,12 +342,14 @@ def _finish(cfg: Any, task: Any, run_dir: Path, started: float, resumed: bool) -
 
 def _final_report(run_dir: Path) -> Path | None:
     """Plots + report.html at the end of a run; a failure here must not fail the run."""
+    from mathrl.loggers import events_log, warn
     from mathrl.report.html import write_report
 
     try:
         return write_report(run_dir)
     except Exception as exc:  # the run itself succeeded; say why there is no report
-        _say(f"warning: no report written ({type(exc).__name__}: {exc})")
+        with events_log(run_dir):
+            warn(f"no report written ({type(exc).__name__}: {exc})")
         return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mathrl.errors import ConfigError
 
@@ -43,7 +43,7 @@ class WandbLogger:
             project=project,
             dir=str(run_dir),
             config=config,
-            mode=mode,
+            mode=cast(Any, mode),  # checked against WANDB_MODES above
             name=name or run_dir.resolve().name,
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )

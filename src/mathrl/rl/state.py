@@ -17,7 +17,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
-from mathrl.loggers import console
+from mathrl.loggers import warn
 from mathrl.models.precision import low_precision_weights_warning
 from mathrl.runtime import checkpoint_meta
 
@@ -40,7 +40,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW over `params`; warns when their dtype would round the updates away."""
     if (warning := low_precision_weights_warning(params, lr)) is not None:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        warn(warning)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
