@@ -165,11 +165,9 @@ def test_evaluate_metrics_consistent_with_records(policy, task):
 
 
 def run_cli(monkeypatch, args):
-    """Run the real `mathrl` entry point in-process (registering eval/probe if cli.py did not)."""
+    """Run the real `mathrl` entry point in-process."""
     from mathrl import cli
-    from mathrl.cli_eval import register
 
-    register(cli.app)
     monkeypatch.setattr(sys, "argv", ["mathrl", *args])
     try:
         cli.main()

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"rl", "eval", "report"},  # one train step; metrics, evaluate, probe; plots, summary
     {"trainer", "sft", "warmup", "expert_iter", "decoupled"},  # the loops
     {"runs"},  # start / resume / finish a run
-    {"cli", "cli_eval", "cli_options", "cli_report"},  # thin commands
+    {"cli", "__main__"},  # thin commands
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

@@ -9,10 +9,8 @@ from html import escape
 from pathlib import Path
 
 import pytest
-import typer
 
 from mathrl import cli
-from mathrl.cli_report import register
 from mathrl.errors import MathrlError
 from mathrl.report.html import compare_runs, pick_samples, summary_rows, write_report
 from test_report_plots import CONFIG, SCRIPT, make_run, metric_rows, rollout_rows, write_jsonl
@@ -102,11 +100,7 @@ def test_compare_without_common_keys_is_an_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 def mathrl_main(monkeypatch: pytest.MonkeyPatch):
-    """Run `mathrl ARGS` through cli.main; report/compare are registered if cli.py does not yet."""
-    if "report" not in {c.name for c in cli.app.registered_commands}:
-        app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        register(app)
-        monkeypatch.setattr(cli, "app", app)
+    """Run `mathrl ARGS` through cli.main."""
 
     def run(*args: str) -> int:
         monkeypatch.setattr(sys, "argv", ["mathrl", *args])

@@ -1,0 +1,22 @@
+"""The `mathrl` command line: one small module per command group, each command thin (the work
+is in mathrl.runs and the layers below; heavy imports happen inside the commands).
+
+    app.py        the typer app and main() (one-line errors, exit codes)
+    options.py    option types shared by every command
+    basic.py      env, config keys|show, data prepare, score
+    train.py      train, expert-iter, sft, sft-pretokenize
+    decoupled.py  rollout, train-buffer, loop
+    eval.py       eval, probe
+    report.py     report, compare
+"""
+
+import importlib
+
+from mathrl.cli.app import app, main
+
+# Importing a command module registers its commands; `mathrl --help` lists them in this order.
+COMMAND_MODULES = ("train", "decoupled", "eval", "report", "basic")
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"mathrl.cli.{_name}")
+
+__all__ = ["app", "main"]

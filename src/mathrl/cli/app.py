@@ -1,0 +1,75 @@
+"""The typer application and the entry point: MathrlError becomes one line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from mathrl.errors import MathrlError
+
+app = typer.Typer(
+    name="mathrl",
+    help="RL post-training of language models on verifiable math (GSM8K, Countdown).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect configuration keys and resolved configs.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+
+def _out_of_memory(exc: BaseException, debug: bool) -> None:
+    """An OOM mid-step: nothing of that step was written; say how to go on, exit 3."""
+    if debug:
+        raise exc
+    typer.echo(
+        f"error: out of memory ({type(exc).__name__}: {str(exc)[:200]}). Nothing from the "
+        "failed step was written; lower rollout.batch_size / train.micro_batch_size and "
+        "continue from the last checkpoint with --resume",
+        err=True,
+    )
+    raise SystemExit(3) from None
+
+
+def main() -> None:
+    """Entry point: MathrlError becomes one line on stderr and exit code 2 (unless --debug)."""
+    debug = "--debug" in sys.argv[1:] or os.environ.get("MATHRL_DEBUG") == "1"
+    sys.argv = [a for a in sys.argv if a != "--debug"]
+    try:
+        app(standalone_mode=False)
+    except MathrlError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except MemoryError as exc:  # torch.OutOfMemoryError subclasses RuntimeError, see below
+        _out_of_memory(exc, debug)
+    except Exception as exc:  # click usage errors and the like
+        import click
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            _out_of_memory(exc, debug)
+        if isinstance(exc, click.exceptions.Exit):
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        if debug:
+            raise
+        typer.echo(
+            f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True
+        )
+        raise SystemExit(1) from None

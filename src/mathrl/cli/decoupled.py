@@ -1,0 +1,97 @@
+"""`mathrl rollout`, `train-buffer` and `loop`: decoupled RL through buffer files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mathrl.cli.app import app
+from mathrl.cli.options import EPILOG, ConfigOpt, OutOpt, QuietOpt, SetOpt
+from mathrl.runs import load_run_config, make_logger, maybe_warmup, open_run, policy_loader, say
+
+
+@app.command("rollout", epilog=EPILOG)
+def rollout_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    iter: Annotated[
+        int, typer.Option("--iter", help="Iteration number: writes buffer/iter_XXX.jsonl.")
+    ] = 0,
+    steps: Annotated[
+        int, typer.Option(help="Training steps the buffer should feed (x prompts_per_step groups).")
+    ] = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample completions with the newest checkpoint in --out (or model.path) into a buffer file."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.decoupled import rollout_iteration
+
+    cfg = load_run_config(config, sets, quiet)
+    task, run_dir = open_run(cfg, out, resume=False)
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    model, tokenizer = policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
+    path = rollout_iteration(cfg, task, model, tokenizer, run_dir, iter, steps)
+    say(f"wrote {path}")
+
+
+@app.command("train-buffer", epilog=EPILOG)
+def train_buffer_cmd(
+    buffer: Annotated[Path, typer.Option(help="Buffer file written by `mathrl rollout`.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train from a rollout buffer (continuing the newest checkpoint in --out), then checkpoint."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.decoupled import train_on_buffer
+
+    cfg = load_run_config(config, sets, quiet)
+    task, run_dir = open_run(cfg, out, resume=False)
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    model, tokenizer = policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
+    step = train_on_buffer(
+        cfg, task, model, tokenizer, run_dir, buffer, make_logger(cfg, run_dir), latest
+    )
+    say(f"trained to step {step}; checkpoints in {run_dir / 'checkpoints'}")
+
+
+@app.command("loop", epilog=EPILOG)
+def loop_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: OutOpt = None,
+    iters: Annotated[int, typer.Option(help="Rollout/train iterations.")] = 5,
+    max_steps: Annotated[
+        int, typer.Option(help="Total training steps over all iterations.")
+    ] = 1000,
+    reset: Annotated[bool, typer.Option(help="Delete --out and start over.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Alternate `rollout` and `train-buffer` (steps_per_iter = ceil(max_steps / iters)), after an SFT warm-up per [warmup]; resumes by itself."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.decoupled import loop
+    from mathrl.runtime import load_policy
+
+    cfg = load_run_config(config, sets, quiet)
+    task, run_dir = open_run(cfg, out, resume=False, reset=reset)
+    # The warm-up (per [warmup]) only matters before the first RL checkpoint; it resumes too.
+    base = (
+        None
+        if ckpt_mod.latest_checkpoint(run_dir)
+        else maybe_warmup(cfg, task, run_dir, resume=True, allow_change=False)
+    )
+    step = loop(
+        cfg,
+        task,
+        run_dir,
+        iters,
+        max_steps,
+        lambda path: load_policy(cfg, task, run_dir, path or base),
+        make_logger(cfg, run_dir, max_steps),
+        say,
+    )
+    say(f"loop finished at step {step}; checkpoints in {run_dir / 'checkpoints'}")

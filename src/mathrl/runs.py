@@ -1,0 +1,297 @@
+"""Start, resume and finish a run: config, run directory, loggers, SFT warm-up, summary
+and report. Everything a command does besides parsing its options lives here, so the
+commands in cli/ stay thin and other front ends (torchrun workers, notebooks) can call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mathrl.errors import MathrlError
+
+
+def load_run_config(config: Path | None, sets: list[str] | None, quiet: bool = False) -> Any:
+    from mathrl.config import load_config
+
+    cfg = load_config(config, sets or [])
+    if quiet:
+        cfg.log.quiet = True
+    return cfg
+
+
+def make_logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
+    from mathrl.loggers import EventsLog, JSONLLogger, MultiLogger, ProgressLogger
+
+    # events.jsonl (warnings) first: MultiLogger closes in reverse, so it records the others'
+    loggers: list[Any] = [EventsLog(run_dir), JSONLLogger(run_dir / "metrics.jsonl")]
+    if not cfg.log.quiet:  # a bar on a terminal, plain per-step lines otherwise
+        loggers.append(ProgressLogger(total, cfg.log.every, label=run_dir.name))
+    if cfg.log.wandb or cfg.log.tensorboard:
+        import dataclasses
+
+        from mathrl.loggers_extra import TensorBoardLogger, WandbLogger
+
+        if cfg.log.wandb:
+            loggers.append(
+                WandbLogger(
+                    "mathrl",
+                    run_dir,
+                    dataclasses.asdict(cfg),
+                    mode=os.environ.get("WANDB_MODE", "online"),
+                )
+            )
+        if cfg.log.tensorboard:
+            loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    return MultiLogger(loggers)
+
+
+def say(msg: str) -> None:
+    """One line of progress or outcome on stderr (stdout keeps tables and JSON)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def open_run(
+    cfg: Any, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
+) -> tuple[Any, Path]:
+    from mathrl.checkpoint import write_run_manifest
+    from mathrl.data import make_task
+    from mathrl.runtime import prepare_run_dir, quiet_libraries, set_seed, set_threads
+
+    quiet_libraries()
+    set_threads(cfg.model.threads)
+    set_seed(cfg.seed)
+    task = make_task(cfg)
+    run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
+    write_run_manifest(
+        run_dir, cfg.seed, task.fingerprint, {"task": task.name, "model": cfg.model.path}
+    )
+    return task, run_dir
+
+
+def start_training_run(
+    config: Path | None,
+    sets: list[str] | None,
+    out: Path | None,
+    resume: bool,
+    allow_change: bool,
+    quiet: bool,
+) -> tuple[Any, Any, Path, Path | None, Path | None]:
+    """Set up a training command: (cfg, task, run_dir, checkpoint to resume, model to start).
+
+    Resuming takes the newest complete checkpoint (refusing changed inputs); a fresh start
+    (or a resume still inside the warm-up) goes through the SFT warm-up per [warmup]. The
+    model to start from is None for the configured model.
+    """
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.runtime import resume_point
+
+    cfg = load_run_config(config, sets, quiet)
+    task, run_dir = open_run(cfg, out, resume, fresh=True)
+    resume_from = (
+        resume_point(run_dir, cfg, task.fingerprint, allow_change)
+        if resume and ckpt_mod.list_checkpoints(run_dir)
+        else None
+    )
+    if resume and resume_from is None and not ckpt_mod.list_checkpoints(run_dir / "warmup_sft"):
+        raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
+    if resume_from is not None:
+        return cfg, task, run_dir, resume_from, resume_from / "model"
+    return cfg, task, run_dir, None, maybe_warmup(cfg, task, run_dir, resume, allow_change)
+
+
+def maybe_warmup(
+    cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool
+) -> Path | None:
+    """Decide once per run whether to warm up with SFT (see mathrl.warmup), then do it.
+
+    Returns the warmed-up model dir, or None to start RL from the configured model.
+    """
+    from mathrl import warmup
+    from mathrl.runtime import load_policy
+
+    wdir = run_dir / "warmup_sft"
+    decision = warmup.read_decision(wdir) if resume else None
+    if decision is None:
+        rate = None
+        if cfg.warmup.steps == 0 and cfg.warmup.min_positive > 0:
+            say("warm-up probe: sampling RL's first round from the starting model")
+            model, tokenizer = load_policy(cfg, task, run_dir)
+            rate = warmup.first_round_correct(cfg, task, model, tokenizer)
+            del model, tokenizer
+        decision = warmup.decide(cfg, rate)
+        if decision.warmup or rate is not None:
+            warmup.write_decision(wdir, decision)
+    if decision.warmup or decision.first_round_correct is not None:
+        say(f"warm-up decision: {decision.reason}")
+    if not decision.warmup:
+        return None
+    return run_warmup(cfg, task, run_dir, resume, allow_change, decision.steps)
+
+
+def run_warmup(
+    cfg: Any, task: Any, run_dir: Path, resume: bool, allow_change: bool, steps: int
+) -> Path:
+    """SFT warm-up on the task's own solutions into run_dir/warmup_sft; returns its model dir."""
+    from mathrl import checkpoint as ckpt_mod
+    from mathrl.runtime import load_policy, resume_point
+    from mathrl.sft import task_pair_sampler, train_sft
+    from mathrl.warmup import write_warmup_data
+
+    wdir = run_dir / "warmup_sft"
+    wdir.mkdir(exist_ok=True)
+    ckpt_mod.clean_orphans(wdir)
+    prev = (
+        resume_point(wdir, cfg, task.fingerprint, allow_change)
+        if resume and ckpt_mod.list_checkpoints(wdir)
+        else None
+    )
+    if prev is not None and ckpt_mod.read_manifest(prev)["step"] >= steps:
+        return prev / "model"
+    if not (wdir / "data.jsonl").is_file():
+        n = write_warmup_data(task, wdir / "data.jsonl")
+        say(f"warm-up data: {n} prompts with their solutions -> {wdir / 'data.jsonl'}")
+    model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
+    say(f"SFT warm-up: {steps} steps on the task's own solutions")
+    train_sft(
+        cfg,
+        model,
+        tokenizer,
+        task_pair_sampler(task),
+        wdir,
+        make_logger(cfg, wdir, steps),
+        task.fingerprint,
+        steps=steps,
+        resume_from=prev,
+    )
+    latest = ckpt_mod.latest_checkpoint(wdir)
+    assert latest is not None
+    return latest / "model"
+
+
+def warmup_summary(run_dir: Path) -> dict[str, Any] | None:
+    from dataclasses import asdict
+
+    from mathrl.warmup import read_decision
+
+    decision = read_decision(run_dir / "warmup_sft")
+    return asdict(decision) if decision else None
+
+
+def finish_run(cfg: Any, task: Any, run_dir: Path, started: float, resumed: bool) -> None:
+    """summary.json, the before/after table, then the report (which shows the summary too)."""
+    from mathrl.data import heldout_split
+    from mathrl.report.plots import load_metrics
+    from mathrl.report.summary import before_after_text, run_summary, write_summary
+
+    report = run_dir / "report.html"
+    summary = run_summary(
+        load_metrics(run_dir / "metrics.jsonl"),
+        wall_s=time.perf_counter() - started,
+        heldout_split=heldout_split(cfg, task),
+        warmup=warmup_summary(run_dir),
+        resumed=resumed,
+        report=str(report),
+    )
+    path = write_summary(run_dir, summary)
+    if final_report(run_dir) is None:
+        summary["report"] = None
+        write_summary(run_dir, summary)
+    print(before_after_text(summary))
+    print(f"summary: {path}\nreport:  {summary['report']}")
+
+
+def final_report(run_dir: Path) -> Path | None:
+    """Plots + report.html at the end of a run; a failure here must not fail the run."""
+    from mathrl.loggers import events_log, warn
+    from mathrl.report.html import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as exc:  # the run itself succeeded; say why there is no report
+        with events_log(run_dir):
+            warn(f"no report written ({type(exc).__name__}: {exc})")
+        return None
+
+
+def policy_loader(cfg: Any, task: Any, run_dir: Path) -> Any:
+    from mathrl.runtime import load_policy
+
+    return lambda path: load_policy(cfg, task, run_dir, path)
+
+
+# ---------------------------------------------------------------- eval and probe
+
+MODEL_HELP = (
+    "A checkpoint dir (holding model/), a run dir (its newest checkpoint), an HF dir or hub id, "
+    "a .gguf file, 'smollm2-135m-instruct' or 'scratch' (default: model.path)."
+)
+
+
+def resolve_model(path: str) -> str:
+    """What load_model should read for a --model argument (see MODEL_HELP)."""
+    from mathrl.checkpoint import latest_checkpoint
+    from mathrl.models.loading import NAMED_MODELS
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "model" / "config.json").is_file():
+            return str(p / "model")
+        for run_dir in (p, p / "warmup_sft"):
+            if (run_dir / "checkpoints").is_dir():
+                latest = latest_checkpoint(run_dir)
+                if latest is not None:
+                    return str(latest / "model")
+        if (p / "config.json").is_file():
+            return str(p)
+        raise MathrlError(f"{path}: not a checkpoint, a run dir with a checkpoint, or an HF dir")
+    if path in NAMED_MODELS or path == "scratch":
+        return path
+    if p.suffix == ".gguf" or path.startswith(("/", "./", "../", "~")) or p.exists():
+        if not p.is_file() or p.suffix != ".gguf":
+            raise MathrlError(f"model not found: {path}")
+        return str(p)
+    return path  # a hub id
+
+
+def load_model_arg(cfg: Any, task: Any, path: str, out_dir: Path) -> tuple[Any, Any]:
+    """Model and tokenizer for a --model argument; 'scratch' builds one into out_dir."""
+    from mathrl.models.loading import load_model
+    from mathrl.runtime import load_policy
+
+    source = resolve_model(path)
+    if source == "scratch":
+        scratch_cfg = copy.deepcopy(cfg)
+        scratch_cfg.model.path = "scratch"
+        return load_policy(scratch_cfg, task, out_dir)
+    return load_model(
+        source, dtype=cfg.model.dtype, device=cfg.model.device, autocast=cfg.model.autocast
+    )
+
+
+def open_eval_run(
+    config: Path | None, sets: list[str] | None, out: Path | None, models: list[str] | None
+) -> tuple[Any, Any, list[str], Path]:
+    """Config, task, model paths (checked) and the output dir, with the resolved config in it."""
+    from mathrl.checkpoint import default_run_dir
+    from mathrl.config import dumps_toml, load_config
+    from mathrl.data import make_task
+    from mathrl.io import atomic_write_text
+    from mathrl.runtime import quiet_libraries, set_seed, set_threads
+
+    cfg = load_config(config, sets or [])
+    paths = models or [cfg.model.path]
+    for path in paths:
+        resolve_model(path)  # fail on a bad path before writing anything
+    quiet_libraries()
+    set_threads(cfg.model.threads)
+    set_seed(cfg.seed)
+    task = make_task(cfg)
+    out_dir = out or default_run_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
+    return cfg, task, paths, out_dir
