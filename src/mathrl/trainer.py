@@ -25,7 +25,7 @@ from mathrl.config import Config
 from mathrl.data import PromptStream, heldout_split, training_examples
 from mathrl.eval.evaluate import heldout_metrics
 from mathrl.io import append_jsonl
-from mathrl.loggers import console
+from mathrl.loggers import warn
 from mathrl.rewards import RewardPool
 from mathrl.rl import (
     TrainState,
@@ -76,9 +76,9 @@ def train(
             advantages = advantages_for(cfg, state, rewards)  # (B,)
             metrics.update(reward_metrics(groups))
             if groups and bool(zero_std_mask(rewards, t.group_size).all()):
-                console.print(
-                    f"[yellow]warning:[/] step {state.step + 1}: every group has identical rewards, so there is no learning signal",
-                    soft_wrap=True,
+                warn(
+                    f"step {state.step + 1}: every group has identical rewards, so there is no learning signal",
+                    step=state.step + 1,
                 )
             model.train()
             t_train = time.perf_counter()
