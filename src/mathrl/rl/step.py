@@ -89,7 +89,6 @@ def train_step(
     t = cfg.train
     device = next(model.parameters()).device
     comps = [c for g in groups for c in g.completions]
-    row_group = [gi for gi, g in enumerate(groups) for _ in g.completions]
     total_tokens = sum(len(c.token_ids) for c in comps)
     keep = keep_rows(cfg, advantages)
     loss_cfg = PolicyLossConfig(
@@ -99,19 +98,8 @@ def train_step(
         max_len=cfg.rollout.max_new_tokens,
     )
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
-    multiple = pad_multiple(model)
-    batches = [micro_batch(groups, comps, row_group, mb, pad_id, device, multiple) for mb in micro]
-    share = t.share_prompts
-    old_lp: list[torch.Tensor | None] = [None] * len(micro)
-    ref_lp: list[torch.Tensor | None] = [None] * len(micro)
-    with torch.no_grad():
-        for j, batch in enumerate(batches):
-            if rollout_logprobs:
-                old_lp[j] = sampler_logprobs([comps[i] for i in micro[j]], batch)
-            elif t.mu > 1:
-                old_lp[j] = completion_logprobs(model, batch, share_prompts=share)
-            if ref is not None:
-                ref_lp[j] = ref.logprobs(model, batch, share)
+    batches = micro_batches(groups, micro, pad_id, device, pad_multiple(model))
+    old_lp, ref_lp = fixed_logprobs(cfg, model, ref, comps, micro, batches, rollout_logprobs)
     sums: dict[str, float] = {}
     grad_norm = torch.tensor(0.0)
     skipped = 0
@@ -120,7 +108,7 @@ def train_step(
         for j, mb in enumerate(micro):
             cmask = batches[j].completion_mask
             logprobs, entropy = completion_logprobs(
-                model, batches[j], return_entropy=True, share_prompts=share
+                model, batches[j], return_entropy=True, share_prompts=t.share_prompts
             )
             old = old_lp[j] if old_lp[j] is not None else logprobs.detach()
             out = loss_fn(
@@ -134,21 +122,18 @@ def train_step(
                 t.kl_coef,
                 t.kl_estimator,
             )
-            share = agg_share(t.loss_agg, cmask, total_tokens, len(comps))
-            (out.loss * share).backward()
+            weight = agg_share(t.loss_agg, cmask, total_tokens, len(comps))
+            (out.loss * weight).backward()
             n_tok = cmask.sum().item()
             for k, v in out.metrics.items():
                 # the losses add up to the batch's loss (/ mu); diagnostics are token means
-                w = share / t.mu if k in LOSS_KEYS else n_tok
+                w = weight / t.mu if k in LOSS_KEYS else n_tok
                 sums[k] = sums.get(k, 0.0) + v * w
             sums["entropy"] = sums.get("entropy", 0.0) + (entropy * cmask).sum().item()
             sums["_tokens"] = sums.get("_tokens", 0.0) + n_tok
         if all_reduce_grads is not None:
             all_reduce_grads(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, t.grad_clip if t.grad_clip > 0 else float("inf")
-        )
+        grad_norm = clip_gradients(model, t.grad_clip)
         if not torch.isfinite(grad_norm):
             if t.nonfinite == "stop":
                 raise MathrlError("Non-finite gradient norm; stopping (train.nonfinite = 'stop')")
@@ -157,6 +142,49 @@ def train_step(
             continue
         optimizer.step()
     return _step_metrics(sums, grad_norm, skipped, trained=len(keep), had_micro=bool(micro))
+
+
+def clip_gradients(model: Any, max_norm: float) -> torch.Tensor:
+    """Clip the trainable parameters' global gradient norm (0: no clipping); returns the norm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+
+
+def micro_batches(
+    groups: list[Group], micro: list[list[int]], pad_id: int, device: torch.device, multiple: int
+) -> list[CompletionBatch]:
+    """One CompletionBatch per list of row indices (rows count completions group by group)."""
+    comps = [c for g in groups for c in g.completions]
+    row_group = [gi for gi, g in enumerate(groups) for _ in g.completions]
+    return [micro_batch(groups, comps, row_group, mb, pad_id, device, multiple) for mb in micro]
+
+
+def fixed_logprobs(
+    cfg: Config,
+    model: Any,
+    ref: Reference | None,
+    comps: list[Completion],
+    micro: list[list[int]],
+    batches: list[CompletionBatch],
+    rollout_logprobs: bool,
+) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """Old and reference log-probs per micro-batch, computed once before the updates.
+
+    Old ones: the sampler's (buffers), one no-grad pass (mu > 1), or None (mu = 1: the
+    detached current log-probs serve). Reference ones: None without a KL reference.
+    """
+    share = cfg.train.share_prompts
+    old_lp: list[torch.Tensor | None] = [None] * len(micro)
+    ref_lp: list[torch.Tensor | None] = [None] * len(micro)
+    with torch.no_grad():
+        for j, batch in enumerate(batches):
+            if rollout_logprobs:
+                old_lp[j] = sampler_logprobs([comps[i] for i in micro[j]], batch)
+            elif cfg.train.mu > 1:
+                old_lp[j] = completion_logprobs(model, batch, share_prompts=share)
+            if ref is not None:
+                ref_lp[j] = ref.logprobs(model, batch, share)
+    return old_lp, ref_lp
 
 
 def keep_rows(cfg: Config, advantages: torch.Tensor) -> list[int]:
