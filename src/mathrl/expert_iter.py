@@ -24,7 +24,7 @@ from typing import Any
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
-from mathrl.io import append_jsonl, atomic_write_text, read_jsonl
+from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.runtime import checkpoint_meta, derive_seed
 from mathrl.tasks import Example, Task
 
@@ -67,7 +67,6 @@ def run_expert_iter(
     from mathrl.data import heldout_split, training_examples
     from mathrl.eval.evaluate import heldout_metrics
     from mathrl.rewards.bounded import RewardPool
-    from mathrl.sampling import rollout_sampling, sample_examples
     from mathrl.sft import file_pair_sampler, train_sft
 
     ei = cfg.expert_iter
@@ -88,25 +87,7 @@ def run_expert_iter(
             if not data_path.is_file():
                 examples = round_prompts(train_examples, ei.prompts, cfg.seed, round_no)
                 say(f"round {round_no}: sampling {len(examples)} prompts x {ei.samples}")
-                sampling = rollout_sampling(cfg, ei.samples, round_seed(cfg.seed, round_no))
-                scored = sample_examples(cfg, model, tokenizer, task, examples, sampling, pool)
-                kept = select_correct(examples, scored, ei.max_per_prompt)
-                flat = [s["correct"] for group in scored for s in group]
-                metrics = {
-                    "ei/sample_accuracy": sum(flat) / max(1, len(flat)),
-                    "ei/prompts_solved": sum(any(s["correct"] for s in g) for g in scored)
-                    / max(1, len(scored)),
-                    "ei/kept": len(kept),
-                }
-                if not kept:
-                    raise MathrlError(
-                        f"expert-iter round {round_no}: no correct completion among "
-                        f"{len(flat)} samples; warm up with SFT first (warmup.steps) or use easier data"
-                    )
-                # written whole before SFT starts, so a resumed round reuses them
-                rdir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(rdir / "sampling.json", json.dumps(metrics) + "\n")
-                append_jsonl(data_path, kept)
+                metrics = sample_round(cfg, task, model, tokenizer, examples, pool, rdir, round_no)
             else:
                 metrics = json.loads((rdir / "sampling.json").read_text())
             kept = read_jsonl(data_path)
@@ -143,3 +124,41 @@ def run_expert_iter(
             )
             shutil.rmtree(rdir / ckpt_mod.CKPT_DIR, ignore_errors=True)  # the round is committed
     return ei.rounds
+
+
+def sample_round(
+    cfg: Config,
+    task: Task,
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    pool: Any,
+    rdir: Path,
+    round_no: int,
+) -> dict[str, float]:
+    """Sample a round, keep the correct completions into rdir/data.jsonl; its ei/* metrics.
+
+    Both files are written whole before SFT starts, so a resumed round reuses them.
+    """
+    from mathrl.sampling import rollout_sampling, sample_examples
+
+    ei = cfg.expert_iter
+    sampling = rollout_sampling(cfg, ei.samples, round_seed(cfg.seed, round_no))
+    scored = sample_examples(cfg, model, tokenizer, task, examples, sampling, pool)
+    kept = select_correct(examples, scored, ei.max_per_prompt)
+    flat = [s["correct"] for group in scored for s in group]
+    if not kept:
+        raise MathrlError(
+            f"expert-iter round {round_no}: no correct completion among "
+            f"{len(flat)} samples; warm up with SFT first (warmup.steps) or use easier data"
+        )
+    metrics = {
+        "ei/sample_accuracy": sum(flat) / max(1, len(flat)),
+        "ei/prompts_solved": sum(any(s["correct"] for s in g) for g in scored)
+        / max(1, len(scored)),
+        "ei/kept": len(kept),
+    }
+    rdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(rdir / "sampling.json", json.dumps(metrics) + "\n")
+    write_jsonl(rdir / "data.jsonl", kept)
+    return metrics

@@ -295,3 +295,56 @@ def open_eval_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
     return cfg, task, paths, out_dir
+
+
+# ---------------------------------------------------------------- score
+
+
+def rescore_file(
+    task: str, input: Path, output: Path, prompt_style: str, scheme: str, timeout: float
+) -> list[dict[str, Any]]:
+    """Score every record of `input` (its 'completion' and the task's fields) into `output`."""
+    from mathrl.errors import DataError
+    from mathrl.io import read_jsonl, write_jsonl
+    from mathrl.rewards import RewardPool, score_countdown, score_gsm8k
+
+    rows = read_jsonl(input)
+    items = []
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get("completion"), str):
+            raise DataError(f"{input}: record {i} has no string 'completion'")
+        if task == "gsm8k":
+            gold = r.get("gold")
+            if gold is None and isinstance(r.get("answer"), str):
+                from mathrl.rewards import parse_gold_gsm8k
+
+                gold = parse_gold_gsm8k(r["answer"])
+            if gold is None:
+                raise DataError(f"{input}: record {i} needs 'gold' or a GSM8K 'answer'")
+            items.append((r["completion"], str(gold), prompt_style, scheme))
+        elif task == "countdown":
+            if not isinstance(r.get("nums"), list) or not isinstance(r.get("target"), int):
+                raise DataError(f"{input}: record {i} needs 'nums' (int list) and 'target' (int)")
+            items.append((r["completion"], r["nums"], r["target"], prompt_style, scheme))
+        else:
+            raise MathrlError(f"Unknown task '{task}' (choose gsm8k or countdown)")
+    fn = score_gsm8k if task == "gsm8k" else score_countdown
+    with RewardPool(timeout_s=timeout, workers=1) as pool:
+        results = pool.map(fn, items)
+    out_rows = []
+    for r, res in zip(rows, results, strict=True):
+        gold = items[len(out_rows)][1] if task == "gsm8k" else str(r["target"])
+        out_rows.append(
+            {
+                **r,
+                "reward": res.reward,
+                "correct": res.correct,
+                "correct_lenient": res.correct_lenient,
+                "pred": res.pred,
+                "gold": gold,
+                "reason": res.reason,
+                "reward_components": res.components,
+            }
+        )
+    write_jsonl(output, out_rows)
+    return out_rows

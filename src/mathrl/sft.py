@@ -21,7 +21,7 @@ from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import read_jsonl
 from mathrl.models.precision import forward_autocast, pad_multiple
-from mathrl.rl import make_optimizer
+from mathrl.rl import clip_gradients, make_optimizer
 from mathrl.runtime import checkpoint_meta, derive_seed
 from mathrl.shards import Encoded
 from mathrl.tasks import Task
@@ -132,17 +132,8 @@ def train_sft(
     model.train()
     while step < steps:
         t0 = time.perf_counter()
-        rng = random.Random(derive_seed(cfg.seed, step))
-        encoded = [
-            b if isinstance(b, Encoded) else encode_pair(tokenizer, b[0], b[1], s.max_len)
-            for b in sampler(rng, s.batch_size)
-        ]
-        encoded.sort(key=lambda e: len(e[0]))  # similar lengths share a micro-batch
+        encoded = sft_batch(cfg, tokenizer, sampler, step)
         n_tokens = sum(len(ids) - p for ids, p in encoded)
-        if n_tokens == 0:
-            raise DataError(
-                "SFT batch has no response tokens (sft.max_len too small for the prompts?)"
-            )
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for i in range(0, len(encoded), micro):
@@ -153,9 +144,7 @@ def train_sft(
             loss_sum, _ = sft_loss(model, ids, attn, mask)
             (loss_sum / n_tokens).backward()
             total += loss_sum.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.train.grad_clip or float("inf")
-        )
+        grad_norm = clip_gradients(model, cfg.train.grad_clip)
         if not torch.isfinite(grad_norm):
             raise MathrlError(f"SFT step {step}: non-finite gradient; lower sft.lr")
         optimizer.step()
@@ -171,20 +160,41 @@ def train_sft(
             on_step(step, metrics)
         every = cfg.checkpoint.every
         if (every and step % every == 0) or step == steps:
-            payload = {
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "rng": ckpt_mod.rng_state(),
-            }
-            ckpt_mod.save_training_checkpoint(
-                run_dir,
-                step,
-                model,
-                tokenizer,
-                payload,
-                dumps_toml(cfg),
-                checkpoint_meta(cfg, fingerprint, {"kind": "sft"}),
-                cfg.checkpoint.keep_last,
-            )
+            save_sft_checkpoint(cfg, run_dir, model, tokenizer, optimizer, step, fingerprint)
     model.eval()
     return step
+
+
+def sft_batch(
+    cfg: Config,
+    tokenizer: Any,
+    sampler: Callable[[random.Random, int], list[Pair] | list[Encoded]],
+    step: int,
+) -> list[Encoded]:
+    """Step `step`'s batch (drawn with its own seed, so a resume sees the same), by length."""
+    rng = random.Random(derive_seed(cfg.seed, step))
+    encoded = [
+        b if isinstance(b, Encoded) else encode_pair(tokenizer, b[0], b[1], cfg.sft.max_len)
+        for b in sampler(rng, cfg.sft.batch_size)
+    ]
+    encoded.sort(key=lambda e: len(e[0]))  # similar lengths share a micro-batch
+    if sum(len(ids) - p for ids, p in encoded) == 0:
+        raise DataError("SFT batch has no response tokens (sft.max_len too small for the prompts?)")
+    return encoded
+
+
+def save_sft_checkpoint(
+    cfg: Config, run_dir: Path, model: Any, tokenizer: Any, optimizer: Any, step: int, fp: str
+) -> Path:
+    """Commit an SFT checkpoint (same layout as RL's; trainer_state holds optimizer and step)."""
+    payload = {"optimizer": optimizer.state_dict(), "step": step, "rng": ckpt_mod.rng_state()}
+    return ckpt_mod.save_training_checkpoint(
+        run_dir,
+        step,
+        model,
+        tokenizer,
+        payload,
+        dumps_toml(cfg),
+        checkpoint_meta(cfg, fp, {"kind": "sft"}),
+        cfg.checkpoint.keep_last,
+    )

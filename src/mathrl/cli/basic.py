@@ -10,7 +10,6 @@ import typer
 
 from mathrl.cli.app import app, config_app, data_app
 from mathrl.cli.options import EPILOG, ConfigOpt, SetOpt
-from mathrl.errors import MathrlError
 from mathrl.runs import load_run_config, say
 
 
@@ -120,50 +119,9 @@ def score_cmd(
     timeout: Annotated[float, typer.Option(help="Seconds one reward call may take.")] = 5.0,
 ) -> None:
     """Re-score records with a task reward, for example an old rollout log with a new reward."""
-    from mathrl.errors import DataError
-    from mathrl.io import append_jsonl, read_jsonl
-    from mathrl.rewards import RewardPool, score_countdown, score_gsm8k
+    from mathrl.runs import rescore_file
 
-    rows = read_jsonl(input)
-    items = []
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r.get("completion"), str):
-            raise DataError(f"{input}: record {i} has no string 'completion'")
-        if task == "gsm8k":
-            gold = r.get("gold")
-            if gold is None and isinstance(r.get("answer"), str):
-                from mathrl.rewards import parse_gold_gsm8k
-
-                gold = parse_gold_gsm8k(r["answer"])
-            if gold is None:
-                raise DataError(f"{input}: record {i} needs 'gold' or a GSM8K 'answer'")
-            items.append((r["completion"], str(gold), prompt_style, scheme))
-        elif task == "countdown":
-            if not isinstance(r.get("nums"), list) or not isinstance(r.get("target"), int):
-                raise DataError(f"{input}: record {i} needs 'nums' (int list) and 'target' (int)")
-            items.append((r["completion"], r["nums"], r["target"], prompt_style, scheme))
-        else:
-            raise MathrlError(f"Unknown task '{task}' (choose gsm8k or countdown)")
-    fn = score_gsm8k if task == "gsm8k" else score_countdown
-    with RewardPool(timeout_s=timeout, workers=1) as pool:
-        results = pool.map(fn, items)
-    out_rows = []
-    for r, res in zip(rows, results, strict=True):
-        gold = items[len(out_rows)][1] if task == "gsm8k" else str(r["target"])
-        out_rows.append(
-            {
-                **r,
-                "reward": res.reward,
-                "correct": res.correct,
-                "correct_lenient": res.correct_lenient,
-                "pred": res.pred,
-                "gold": gold,
-                "reason": res.reason,
-                "reward_components": res.components,
-            }
-        )
-    output.unlink(missing_ok=True)
-    append_jsonl(output, out_rows)
+    out_rows = rescore_file(task, input, output, prompt_style, scheme, timeout)
     acc = sum(r["correct"] for r in out_rows) / max(1, len(out_rows))
     say(
         f"scored {len(out_rows)} records: accuracy {acc:.3f}, mean reward {sum(r['reward'] for r in out_rows) / max(1, len(out_rows)):.3f} -> {output}"

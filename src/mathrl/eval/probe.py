@@ -181,12 +181,7 @@ def probe(
         group_size or n,
         thresholds,
     )
-    flat = [s for row in samples for s in row]
-    stats["entropy"] = token_entropy(
-        [s["logprob_sum"] for s in flat], [s["n_tokens"] for s in flat]
-    )
-    stats["len_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
-    stats["truncated_frac"] = sum(s["finish_reason"] == "length" for s in flat) / len(flat)
+    stats.update(sample_stats([s for row in samples for s in row]))
     stats.update(split=split, n=n, temperature=temperature, seed=seed, time_s=elapsed)
     stats["thresholds"] = asdict(thresholds or ProbeThresholds())
     rates = [
@@ -197,6 +192,15 @@ def probe(
     if out_dir is not None:
         write_probe(result, out_dir)
     return result
+
+
+def sample_stats(flat: list[dict[str, Any]]) -> dict[str, float]:
+    """Entropy estimate, mean length and truncated fraction of scored samples."""
+    return {
+        "entropy": token_entropy([s["logprob_sum"] for s in flat], [s["n_tokens"] for s in flat]),
+        "len_mean": sum(s["n_tokens"] for s in flat) / len(flat),
+        "truncated_frac": sum(s["finish_reason"] == "length" for s in flat) / len(flat),
+    }
 
 
 def write_probe(result: ProbeResult, out_dir: str | Path) -> tuple[Path, Path]:

@@ -11,6 +11,7 @@ from mathrl.rl.state import (
 from mathrl.rl.step import (
     Reference,
     advantages_for,
+    clip_gradients,
     micro_batch,
     reference_model,
     sampler_logprobs,
@@ -21,6 +22,7 @@ __all__ = [
     "Reference",
     "TrainState",
     "advantages_for",
+    "clip_gradients",
     "lr_schedule",
     "make_optimizer",
     "micro_batch",
