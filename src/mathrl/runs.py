@@ -157,17 +157,18 @@ def run_warmup(
         say(f"warm-up data: {n} prompts with their solutions -> {wdir / 'data.jsonl'}")
     model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
     say(f"SFT warm-up: {steps} steps on the task's own solutions")
-    train_sft(
-        cfg,
-        model,
-        tokenizer,
-        task_pair_sampler(task),
-        wdir,
-        make_logger(cfg, wdir, steps),
-        task.fingerprint,
-        steps=steps,
-        resume_from=prev,
-    )
+    with make_logger(cfg, wdir, steps) as logger:
+        train_sft(
+            cfg,
+            model,
+            tokenizer,
+            task_pair_sampler(task),
+            wdir,
+            logger,
+            task.fingerprint,
+            steps=steps,
+            resume_from=prev,
+        )
     latest = ckpt_mod.latest_checkpoint(wdir)
     assert latest is not None
     return latest / "model"
@@ -222,6 +223,20 @@ def policy_loader(cfg: Any, task: Any, run_dir: Path) -> Any:
     from mathrl.runtime import load_policy
 
     return lambda path: load_policy(cfg, task, run_dir, path)
+
+
+def open_at_latest(
+    config: Path | None, sets: list[str] | None, out: Path | None, quiet: bool
+) -> tuple[Any, Any, Path, Path | None, Any, Any]:
+    """(cfg, task, run_dir, newest checkpoint or None, model, tokenizer) for the decoupled
+    commands, which continue whatever --out holds."""
+    from mathrl import checkpoint as ckpt_mod
+
+    cfg = load_run_config(config, sets, quiet)
+    task, run_dir = open_run(cfg, out, resume=False)
+    latest = ckpt_mod.latest_checkpoint(run_dir)
+    model, tokenizer = policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
+    return cfg, task, run_dir, latest, model, tokenizer
 
 
 # ---------------------------------------------------------------- eval and probe

@@ -9,7 +9,14 @@ import typer
 
 from mathrl.cli.app import app
 from mathrl.cli.options import EPILOG, ConfigOpt, OutOpt, QuietOpt, SetOpt
-from mathrl.runs import load_run_config, make_logger, maybe_warmup, open_run, policy_loader, say
+from mathrl.runs import (
+    load_run_config,
+    make_logger,
+    maybe_warmup,
+    open_at_latest,
+    open_run,
+    say,
+)
 
 
 @app.command("rollout", epilog=EPILOG)
@@ -26,13 +33,9 @@ def rollout_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Sample completions with the newest checkpoint in --out (or model.path) into a buffer file."""
-    from mathrl import checkpoint as ckpt_mod
     from mathrl.decoupled import rollout_iteration
 
-    cfg = load_run_config(config, sets, quiet)
-    task, run_dir = open_run(cfg, out, resume=False)
-    latest = ckpt_mod.latest_checkpoint(run_dir)
-    model, tokenizer = policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
+    cfg, task, run_dir, latest, model, tokenizer = open_at_latest(config, sets, out, quiet)
     path = rollout_iteration(cfg, task, model, tokenizer, run_dir, iter, steps)
     say(f"wrote {path}")
 
@@ -46,16 +49,11 @@ def train_buffer_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train from a rollout buffer (continuing the newest checkpoint in --out), then checkpoint."""
-    from mathrl import checkpoint as ckpt_mod
     from mathrl.decoupled import train_on_buffer
 
-    cfg = load_run_config(config, sets, quiet)
-    task, run_dir = open_run(cfg, out, resume=False)
-    latest = ckpt_mod.latest_checkpoint(run_dir)
-    model, tokenizer = policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
-    step = train_on_buffer(
-        cfg, task, model, tokenizer, run_dir, buffer, make_logger(cfg, run_dir), latest
-    )
+    cfg, task, run_dir, latest, model, tokenizer = open_at_latest(config, sets, out, quiet)
+    with make_logger(cfg, run_dir) as logger:
+        step = train_on_buffer(cfg, task, model, tokenizer, run_dir, buffer, logger, latest)
     say(f"trained to step {step}; checkpoints in {run_dir / 'checkpoints'}")
 
 
@@ -84,14 +82,15 @@ def loop_cmd(
         if ckpt_mod.latest_checkpoint(run_dir)
         else maybe_warmup(cfg, task, run_dir, resume=True, allow_change=False)
     )
-    step = loop(
-        cfg,
-        task,
-        run_dir,
-        iters,
-        max_steps,
-        lambda path: load_policy(cfg, task, run_dir, path or base),
-        make_logger(cfg, run_dir, max_steps),
-        say,
-    )
+    with make_logger(cfg, run_dir, max_steps) as logger:
+        step = loop(
+            cfg,
+            task,
+            run_dir,
+            iters,
+            max_steps,
+            lambda path: load_policy(cfg, task, run_dir, path or base),
+            logger,
+            say,
+        )
     say(f"loop finished at step {step}; checkpoints in {run_dir / 'checkpoints'}")

@@ -32,9 +32,8 @@ def train_cmd(
         config, sets, out, resume, allow_config_change, quiet
     )
     model, tokenizer = load_policy(cfg, task, run_dir, start)
-    logger = make_logger(cfg, run_dir, cfg.train.steps)
-    state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
-    logger.close()
+    with make_logger(cfg, run_dir, cfg.train.steps) as logger:
+        state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
     say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
     finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
 
@@ -56,17 +55,16 @@ def expert_iter_cmd(
     cfg, task, run_dir, resume_from, start = start_training_run(
         config, sets, out, resume, allow_config_change, quiet
     )
-    logger = make_logger(cfg, run_dir, cfg.expert_iter.rounds)
-    rounds = run_expert_iter(
-        cfg,
-        task,
-        run_dir,
-        lambda path: load_policy(cfg, task, run_dir, path or start),
-        logger,
-        lambda rdir, steps: make_logger(cfg, rdir, steps),
-        say,
-    )
-    logger.close()
+    with make_logger(cfg, run_dir, cfg.expert_iter.rounds) as logger:
+        rounds = run_expert_iter(
+            cfg,
+            task,
+            run_dir,
+            lambda path: load_policy(cfg, task, run_dir, path or start),
+            logger,
+            lambda rdir, steps: make_logger(cfg, rdir, steps),
+            say,
+        )
     say(f"expert iteration: {rounds} rounds; checkpoints in {run_dir / 'checkpoints'}")
     finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
 
@@ -105,17 +103,18 @@ def sft_cmd(
         sampler: Any = shard_sampler(source, tokenizer)  # pre-tokenised (sft-pretokenize)
     else:
         sampler = file_pair_sampler(read_pairs(source)) if source else task_pair_sampler(task)
-    final = train_sft(
-        cfg,
-        model,
-        tokenizer,
-        sampler,
-        run_dir,
-        make_logger(cfg, run_dir, n),
-        task.fingerprint,
-        steps=n,
-        resume_from=prev,
-    )
+    with make_logger(cfg, run_dir, n) as logger:
+        final = train_sft(
+            cfg,
+            model,
+            tokenizer,
+            sampler,
+            run_dir,
+            logger,
+            task.fingerprint,
+            steps=n,
+            resume_from=prev,
+        )
     say(f"SFT finished at step {final}; checkpoints in {run_dir / 'checkpoints'}")
 
 
