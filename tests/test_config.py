@@ -90,6 +90,8 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         (["train.lr=-1"], "train.lr must be > 0 and finite, got -1.0"),
         (["train.lr=nan"], "train.lr must be > 0 and finite, got nan"),
         (["train.lr=inf"], "train.lr must be > 0 and finite, got inf"),
+        (["sft.weight_decay=-0.1"], "sft.weight_decay must be >= 0 and finite, got -0.1"),
+        (["train.weight_decay=nan"], "train.weight_decay must be >= 0 and finite, got nan"),
         (["train.group_size=1"], "train.group_size must be >= 2 for train.algorithm=grpo, got 1"),
         (
             ["train.group_size=3"],

@@ -120,7 +120,8 @@ def train_sft(
     s = cfg.sft
     steps = s.steps if steps is None else steps
     device = next(model.parameters()).device
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], s.lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, s.lr, s.weight_decay)
     step = 0
     if resume_from is not None:
         saved = ckpt_mod.load_trainer_state(resume_from)

@@ -199,6 +199,8 @@ class SFTConfig:
     """Optimizer steps of `mathrl sft` (the warm-up inside train/loop is [warmup])."""
     lr: float = 1e-4
     """SFT learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay of SFT (torch's AdamW default, which SFT has always used)."""
     batch_size: int = 32
     """Sequences per SFT step."""
     max_len: int = 512

@@ -84,6 +84,8 @@ def check_train(t: TrainConfig, r: RolloutConfig, sft: SFTConfig) -> None:
     """The optimisation: rates, batch shapes, clip ranges, KL, baseline, rewards."""
     for key, v in (("train.lr", t.lr), ("sft.lr", sft.lr)):
         _check(math.isfinite(v) and v > 0, f"{key} must be > 0 and finite, got {v}")
+    for key, v in (("train.weight_decay", t.weight_decay), ("sft.weight_decay", sft.weight_decay)):
+        _check(math.isfinite(v) and v >= 0, f"{key} must be >= 0 and finite, got {v}")
     _check(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
     _check(
         t.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1, got {t.prompts_per_step}"
