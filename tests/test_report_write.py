@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import sys
-from html import escape
 from pathlib import Path
 
 import pytest
+from markupsafe import escape  # jinja2's autoescape: `"` -> &#34;, where html.escape gives &quot;
 
 from mathrl import cli
 from mathrl.errors import MathrlError
@@ -38,6 +39,49 @@ def test_report_is_self_contained_and_escaped(report: tuple[Path, str]) -> None:
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+
+
+# Untrusted text in every place of a run directory that the report shows.
+PAYLOAD = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
+
+
+def evil_run(tmp_path: Path, where: str) -> Path:
+    """A small run directory with PAYLOAD in one place."""
+    run = tmp_path / "evil"
+    run.mkdir()
+    metric = PAYLOAD if where == "metric key" else "reward/mean"
+    write_jsonl(run / "metrics.jsonl", [{"step": s, metric: s / 4} for s in (1, 2)])
+    record = {"step": 2, "prompt_id": "p1", "reward": 1.0, "completion": "ok", "pred": "1"}
+    record |= {"gold": "1", "finish_reason": "stop", "messages": [{"role": "user", "content": "q"}]}
+    if where in ("completion", "prompt_id", "pred", "gold", "finish_reason"):
+        record[where] = PAYLOAD
+    elif where == "prompt":
+        record["messages"] = [{"role": "user", "content": PAYLOAD}]
+    elif where == "reward_components":
+        record["reward_components"] = {PAYLOAD: 1.0}
+    write_jsonl(run / "rollouts.jsonl", [record])
+    manifest = {PAYLOAD: PAYLOAD} if where == "manifest" else {"git_sha": "abc"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "config.toml").write_text(f"# {PAYLOAD}\n" if where == "config" else "seed = 0\n")
+    if where == "summary key":
+        summary = {f"{PAYLOAD}_before_rl": 0.1, f"{PAYLOAD}_after_rl": 0.2}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "completion", "prompt", "prompt_id", "pred", "gold", "finish_reason",
+        "reward_components", "manifest", "config", "summary key", "metric key",
+    ],
+)  # fmt: skip
+def test_untrusted_text_is_escaped(tmp_path: Path, where: str) -> None:
+    html = write_report(evil_run(tmp_path, where)).read_text()
+    assert "<script" not in html.lower() and "<img src=x" not in html
+    assert re.search(r"<[^>]*onerror", html) is None  # no tag carries the handler
+    shown = json.dumps({PAYLOAD: 1.0}) if where == "reward_components" else PAYLOAD
+    assert str(escape(shown)) in html  # shown, as text
 
 
 def test_report_tables(report: tuple[Path, str]) -> None:

@@ -1,7 +1,8 @@
 """One self-contained HTML report per run (plots inlined as data URIs), and run-vs-run overlays.
 
-Everything that comes from the run directory is HTML-escaped: completions are untrusted
-model output, and config values or prompt ids can hold any text.
+The pages are jinja2 templates (module-level strings below) rendered with autoescape on:
+everything from the run directory is untrusted (completions are model output; config values,
+metric keys and prompt ids can hold any text), so no value reaches the page unescaped.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import base64
 import json
 import math
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from matplotlib.figure import Figure
 
 from mathrl.errors import DataError, MathrlError
@@ -31,7 +32,12 @@ from mathrl.report.plots import (
 N_SAMPLES = 3  # best and worst completions shown from the last step
 MAX_CHARS = 4000  # a longer completion is cut in the report (the JSONL keeps it whole)
 HEADLINE = ("reward/mean", "reward/accuracy", "eval/pass@1", "rollout/len_mean", "loss/kl")
-CSS = """
+
+# ---------------------------------------------------------------- templates
+
+PAGE = """\
+<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title><style>
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em}
@@ -39,10 +45,75 @@ th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-family:monosp
 pre{background:#f7f7f7;padding:.6em;overflow:auto;max-height:28em;white-space:pre-wrap}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 .sample{border:1px solid #ddd;padding:.5em .8em;margin:.6em 0}.muted{color:#777}
+</style></head><body>
+<h1>{{ title }}</h1><p class="muted">generated {{ generated }} by mathrl report</p>
+{% block body %}{% endblock %}
+</body></html>
 """
 
+# Numbers get class="num" (right-aligned); `fmt` shortens floats; cells sit on one line.
+MACROS = """\
+{% macro table(headers, rows) -%}
+<table><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr>
+{%- for row in rows %}<tr>
+{%- for c in row %}<td{% if c is numeric %} class="num"{% endif %}>{{ c | fmt }}</td>{% endfor -%}
+</tr>{% endfor %}</table>
+{%- endmacro %}
+{% macro images(pngs) -%}
+{% for alt, data in pngs %}<img alt="{{ alt }}" src="data:image/png;base64,{{ data }}">{% endfor %}
+{%- endmacro %}
+{% macro sample(s) -%}
+<div class="sample">{{ table(["field", "value"], s.meta) }}
+<p><b>prompt</b></p><pre>{{ s.prompt }}</pre>
+<p><b>completion</b></p><pre>{{ s.completion }}</pre></div>
+{%- endmacro %}
+"""
 
-# ---------------------------------------------------------------- small HTML helpers
+REPORT = """\
+{% extends "page.html.j2" %}
+{% block body %}
+{% from "macros.html.j2" import table, images, sample %}
+<h2>Summary (first vs last logged value)</h2>
+{{ table(["metric", "first @ step", "last @ step", "change"], summary) }}
+{% if before_after %}
+<h2>Before / after</h2>
+{{ table(["metric", "before", "after", "change"], before_after) }}
+{% endif %}
+<h2>Plots</h2>
+{{ images(plots) }}
+{% if best %}
+<h2>Samples (step {{ step }})</h2>
+<h3>Highest reward</h3>
+{% for s in best %}{{ sample(s) }}{% endfor %}
+<h3>Lowest reward</h3>
+{% for s in worst %}{{ sample(s) }}{% else %}<p class="muted">(no more samples)</p>{% endfor %}
+{% else %}
+<h2>Samples</h2><p class="muted">no rollouts.jsonl in this run</p>
+{% endif %}
+<h2>Manifest</h2>
+{{ table(["key", "value"], manifest) }}
+<h2>Config</h2>
+<pre>{{ config }}</pre>
+{% endblock %}
+"""
+
+COMPARE = """\
+{% extends "page.html.j2" %}
+{% block body %}
+{% from "macros.html.j2" import table, images %}
+<h2>Last logged value</h2>
+{{ table(["metric", label_a, label_b], rows) }}
+<h2>Curves</h2>
+{{ images(plots) }}
+{% endblock %}
+"""
+
+TEMPLATES = {
+    "page.html.j2": PAGE,
+    "macros.html.j2": MACROS,
+    "report.html.j2": REPORT,
+    "compare.html.j2": COMPARE,
+}
 
 
 def fmt(value: Any) -> str:
@@ -52,39 +123,40 @@ def fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def html_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """An HTML table; every cell is escaped, numbers are right-aligned."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{escape(fmt(c))}</td>'
-            if isinstance(c, int | float) and not isinstance(c, bool)
-            else f"<td>{escape(fmt(c))}</td>"
-            for c in row
-        )
-        + "</tr>"
-        for row in rows
+def _is_numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader(TEMPLATES),
+        autoescape=True,  # every {{ value }} is HTML-escaped unless it is a macro's output
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    env.filters["fmt"] = fmt
+    env.tests["numeric"] = _is_numeric
+    return env
 
 
-def img_tag(path: Path) -> str:
-    """A PNG inlined as a base64 data URI."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{escape(path.stem)}" src="data:image/png;base64,{data}">'
+ENV = _environment()
 
 
-def page(title: str, sections: list[str]) -> str:
-    """A complete HTML page with inline CSS and no external resources."""
+def render_page(template: str, path: Path, title: str, **context: Any) -> Path:
+    """Render one template of TEMPLATES into the self-contained HTML file at path."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-        f'<h1>{escape(title)}</h1><p class="muted">generated {stamp} by mathrl report</p>'
-        + "\n".join(sections)
-        + "</body></html>\n"
-    )
+    html = ENV.get_template(template).render(title=title, generated=stamp, **context)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def inline_png(path: Path) -> tuple[str, str]:
+    """(alt text, base64 data) of a PNG, for an <img> with a data URI."""
+    return path.stem, base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -169,50 +241,30 @@ def _prompt_text(record: dict[str, Any]) -> str:
     return str(users[-1]) if users else str(record.get("prompt", ""))
 
 
-def sample_html(record: dict[str, Any]) -> str:
-    """One completion with its prompt and score; every field escaped."""
+def sample_view(record: dict[str, Any]) -> dict[str, Any]:
+    """One completion with its prompt and score, as the `sample` macro shows it."""
     text = str(record.get("completion", ""))
     cut = f"\n[... {len(text) - MAX_CHARS} more characters]" if len(text) > MAX_CHARS else ""
+    components = record.get("reward_components")
     meta = [
         ["prompt_id", record.get("prompt_id")],
         ["reward", record.get("reward")],
         ["correct", record.get("correct")],
         ["pred", record.get("pred")],
         ["gold", record.get("gold")],
-        ["components", json.dumps(record["reward_components"], sort_keys=True)]
-        if record.get("reward_components") is not None
-        else ["components", None],
+        ["components", None if components is None else json.dumps(components, sort_keys=True)],
         ["finish_reason", record.get("finish_reason")],
     ]
-    meta = [row for row in meta if row[1] is not None]
-    return (
-        f'<div class="sample">{html_table(["field", "value"], meta)}'
-        f"<p><b>prompt</b></p><pre>{escape(_prompt_text(record))}</pre>"
-        f"<p><b>completion</b></p><pre>{escape(text[:MAX_CHARS] + cut)}</pre></div>"
-    )
+    return {
+        "meta": [row for row in meta if row[1] is not None],
+        "prompt": _prompt_text(record),
+        "completion": text[:MAX_CHARS] + cut,
+    }
 
 
-def _samples_section(rollouts: list[dict[str, Any]]) -> str:
-    best, worst = pick_samples(rollouts)
-    if not best:
-        return '<h2>Samples</h2><p class="muted">no rollouts.jsonl in this run</p>'
-    step = best[0].get("step")
-    parts = [f"<h2>Samples (step {escape(str(step))})</h2><h3>Highest reward</h3>"]
-    parts += [sample_html(r) for r in best]
-    parts.append("<h3>Lowest reward</h3>")
-    parts += [sample_html(r) for r in worst] or ['<p class="muted">(no more samples)</p>']
-    return "".join(parts)
-
-
-def _config_sections(run_dir: Path) -> list[str]:
-    cfg = run_dir / "config.toml"
-    text = cfg.read_text() if cfg.is_file() else "(no config.toml)"
+def _manifest_rows(run_dir: Path) -> list[list[Any]]:
     manifest = _read_json(run_dir / "manifest.json")
-    rows = [[k, v] for k, v in flatten(manifest)] if manifest else [["(no manifest.json)", ""]]
-    return [
-        "<h2>Manifest</h2>" + html_table(["key", "value"], rows),
-        f"<h2>Config</h2><pre>{escape(text)}</pre>",
-    ]
+    return [[k, v] for k, v in flatten(manifest)] if manifest else [["(no manifest.json)", ""]]
 
 
 def write_report(run_dir: str | Path, prompt_id: str | None = None) -> Path:
@@ -220,23 +272,21 @@ def write_report(run_dir: str | Path, prompt_id: str | None = None) -> Path:
     run_dir = Path(run_dir)
     metrics = load_metrics(run_dir / "metrics.jsonl")
     plots = write_plots(run_dir, prompt_id=prompt_id)
-    rollouts = load_rollouts(run_dir)
-    sections = [
-        "<h2>Summary (first vs last logged value)</h2>"
-        + html_table(["metric", "first @ step", "last @ step", "change"], summary_rows(metrics))
-    ]
-    before_after = before_after_rows(run_dir, metrics)
-    if before_after:
-        sections.append(
-            "<h2>Before / after</h2>"
-            + html_table(["metric", "before", "after", "change"], before_after)
-        )
-    sections.append("<h2>Plots</h2>" + "".join(img_tag(p) for p in plots))
-    sections.append(_samples_section(rollouts))
-    sections += _config_sections(run_dir)
-    out = run_dir / "report.html"
-    out.write_text(page(f"mathrl run {run_dir.resolve().name}", sections), encoding="utf-8")
-    return out
+    best, worst = pick_samples(load_rollouts(run_dir))
+    cfg = run_dir / "config.toml"
+    return render_page(
+        "report.html.j2",
+        run_dir / "report.html",
+        title=f"mathrl run {run_dir.resolve().name}",
+        summary=summary_rows(metrics),
+        before_after=before_after_rows(run_dir, metrics),
+        plots=[inline_png(p) for p in plots],
+        step=best[0].get("step") if best else None,
+        best=[sample_view(r) for r in best],
+        worst=[sample_view(r) for r in worst],
+        manifest=_manifest_rows(run_dir),
+        config=cfg.read_text() if cfg.is_file() else "(no config.toml)",
+    )
 
 
 # ---------------------------------------------------------------- comparing two runs
@@ -284,10 +334,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> l
         for prefix, keys in groups.items()
     ]
     rows = [[k, series(ma, k)[1][-1], series(mb, k)[1][-1]] for k in common]
-    sections = [
-        "<h2>Last logged value</h2>" + html_table(["metric", label_a, label_b], rows),
-        "<h2>Curves</h2>" + "".join(img_tag(p) for p in paths),
-    ]
-    html = out_dir / "compare.html"
-    html.write_text(page(f"mathrl compare: {label_a} vs {label_b}", sections), encoding="utf-8")
+    html = render_page(
+        "compare.html.j2",
+        out_dir / "compare.html",
+        title=f"mathrl compare: {label_a} vs {label_b}",
+        label_a=label_a,
+        label_b=label_b,
+        rows=rows,
+        plots=[inline_png(p) for p in paths],
+    )
     return [*paths, html]
