@@ -12,6 +12,7 @@ Steps (each in its own try: one failure does not hide the rest; PASS/FAIL per st
            reference, same seed == same samples; fp32 and under bf16 autocast (model.autocast)
   rollout  HFEngine vs model.generate completion tokens/s (tiny scratch model fp32; a
            Qwen2-0.5B-shaped model with random weights in bf16), batch 16 and 64
+  auto     the quickstart with the shipped precision defaults only (also part of e2e_more)
   e2e      `mathrl train` on configs/quickstart.toml (fewer steps) on the device in fp32, bf16
            autocast and the default dtype ('auto'), then `mathrl eval` on the fp32 run
 
@@ -782,7 +783,9 @@ def main() -> None:
         check("train_quickstart_bf16_autocast", 90)(
             check_train, "qs_bf16ac", ["model.dtype=float32", "model.autocast=bfloat16"], g, w
         )
-        # The quickstart as shipped: model.dtype 'auto' = bf16 weights on a CUDA device.
+    if "e2e_more" in steps or "auto" in steps:
+        # The quickstart as shipped. Since 2026-11-30 (after the first check): model.dtype
+        # auto = fp32 weights and model.autocast auto = bf16 forwards on a CUDA GPU.
         check("train_quickstart_dtype_auto", 90)(check_train, "qs_auto", [], g, w)
 
     print("\n=== summary ===")

@@ -10,7 +10,7 @@
 # (with the default BUDGET_S the first form skips e2e_more by itself).
 #
 # Env: OUT (results dir; default ./gpu_check_out), PYTHON (default python3, or .venv's),
-# BUDGET_S (python's own time budget, default 330), STEPS (default all).
+# BUDGET_S (python's own time budget, default 330), STEPS (default all), GRPO_STEPS (default 300).
 # Run from anywhere: mathrl must be importable (PYTHONPATH=<checkout>/src or installed).
 # Writes $OUT/gpu_check.json and per-run logs; run dirs go to $RUNS (default /tmp).
 set -u
@@ -38,6 +38,7 @@ nproc; free -g | head -2
 print("imports PASS:", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "mathrl", mathrl.__file__)' \
   || echo "imports FAIL"
 args=(--device "$DEVICE" --out "$OUT" --runs "$RUNS" --budget-s "$BUDGET_S" --steps "$STEPS")
+if [ -n "${GRPO_STEPS:-}" ]; then args+=(--grpo-steps "$GRPO_STEPS"); fi
 if [ -n "${QUICK:-}" ]; then args+=(--quick); fi
 "$PYTHON" "$HERE/gpu_check.py" "${args[@]}"
 rc=$?
