@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mathrl.errors import ConfigError, MathrlError
 from mathrl.models.logprobs import left_pad, sequence_logprobs
 from mathrl.models.scratch import build_scratch_model
-from mathrl.rollout.hf_engine import HFEngine, _top_p_filter
+from mathrl.rollout.hf_engine import HFEngine
 from mathrl.rollout.registry import make_engine
+from mathrl.rollout.sampler import top_p_filter
 from mathrl.rollout.types import SamplingParams
 
 TEXTS = ["What is 12 + 345? The answer is 357.", "She sold 48 clips in April."] * 5
@@ -195,10 +196,10 @@ def test_degenerate_sampling_equals_greedy(model, tokenizer, prompts, variant):
 
 def test_top_p_filter_hand_computed():
     scores = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    kept = _top_p_filter(scores, 0.7).isfinite().tolist()
+    kept = top_p_filter(scores, 0.7).isfinite().tolist()
     assert kept == [[True, True, False, False]]
-    assert _top_p_filter(scores, 0.96).isfinite().all()
-    assert _top_p_filter(scores, 0.4).isfinite().tolist() == [[True, False, False, False]]
+    assert top_p_filter(scores, 0.96).isfinite().all()
+    assert top_p_filter(scores, 0.4).isfinite().tolist() == [[True, False, False, False]]
 
 
 def test_restores_training_mode(model, tokenizer, prompts):
@@ -237,7 +238,7 @@ def test_sampling_params_validation(kwargs, field):
 
 def test_inverse_cdf_sampling_matches_the_distribution():
     """200k draws from a 5-token distribution (one token impossible): frequencies within 4 SE."""
-    from mathrl.rollout.hf_engine import inverse_cdf_sample
+    from mathrl.rollout.sampler import inverse_cdf_sample
 
     probs = torch.tensor([0.1, 0.0, 0.6, 0.25, 0.05])
     draws = inverse_cdf_sample(probs.repeat(200_000, 1), torch.Generator().manual_seed(0))

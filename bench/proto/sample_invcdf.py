@@ -9,7 +9,7 @@ import time
 import torch
 
 torch.set_num_threads(2)
-from mathrl.rollout.hf_engine import sample_next
+from mathrl.rollout.sampler import sample_next
 from mathrl.rollout.types import SamplingParams
 
 g = torch.Generator().manual_seed(0)
