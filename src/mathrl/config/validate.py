@@ -12,19 +12,8 @@ import difflib
 import math
 from typing import Any
 
+import mathrl.config.sections as s
 from mathrl.algorithms import ADVANTAGES, AGG_MODES, KL_ESTIMATORS, NEEDS_GROUPS, POLICY_LOSSES
-from mathrl.config.sections import (
-    CheckpointConfig,
-    DataConfig,
-    EvalConfig,
-    ExpertIterConfig,
-    LogConfig,
-    ModelConfig,
-    RolloutConfig,
-    SFTConfig,
-    TrainConfig,
-    WarmupConfig,
-)
 from mathrl.errors import ConfigError
 from mathrl.registry import Registry
 from mathrl.rewards import PROMPT_STYLES, REWARD_SCHEMES
@@ -80,7 +69,7 @@ def check_choices(cfg: Any) -> None:
             raise ConfigError(f"Invalid {key} '{value}'{tip}; choose one of: {', '.join(allowed)}")
 
 
-def check_train(t: TrainConfig, r: RolloutConfig, sft: SFTConfig) -> None:
+def check_train(t: s.TrainConfig, r: s.RolloutConfig, sft: s.SFTConfig) -> None:
     """The optimisation: rates, batch shapes, clip ranges, KL, baseline, rewards."""
     for key, v in (("train.lr", t.lr), ("sft.lr", sft.lr)):
         _check(math.isfinite(v) and v > 0, f"{key} must be > 0 and finite, got {v}")
@@ -120,7 +109,7 @@ def check_train(t: TrainConfig, r: RolloutConfig, sft: SFTConfig) -> None:
     _check(t.reward_workers >= 0, f"train.reward_workers must be >= 0, got {t.reward_workers}")
 
 
-def check_sampling(r: RolloutConfig, e: EvalConfig) -> None:
+def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
     """Sampling knobs of rollouts and of evaluation."""
     for key, v in (("rollout.temperature", r.temperature), ("eval.temperature", e.temperature)):
         _check(math.isfinite(v) and v > 0, f"{key} must be > 0, got {v}")
@@ -132,7 +121,7 @@ def check_sampling(r: RolloutConfig, e: EvalConfig) -> None:
         _check(1 <= k <= e.n, f"eval.k entries must be in [1, eval.n={e.n}], got {k}")
 
 
-def check_model_and_data(model: ModelConfig, d: DataConfig) -> None:
+def check_model_and_data(model: s.ModelConfig, d: s.DataConfig) -> None:
     """The from-scratch model's shape and the data options."""
     sc = model.scratch
     _check(
@@ -159,11 +148,11 @@ def check_model_and_data(model: ModelConfig, d: DataConfig) -> None:
 
 
 def check_schedules(
-    ck: CheckpointConfig,
-    log: LogConfig,
-    w: WarmupConfig,
-    sft: SFTConfig,
-    ei: ExpertIterConfig,
+    ck: s.CheckpointConfig,
+    log: s.LogConfig,
+    w: s.WarmupConfig,
+    sft: s.SFTConfig,
+    ei: s.ExpertIterConfig,
 ) -> None:
     """Checkpointing, logging, warm-up, SFT and expert iteration."""
     _check(ck.every >= 0, f"checkpoint.every must be >= 0, got {ck.every}")
