@@ -94,7 +94,7 @@ def write_warmup_data(task: Task, path: Path, limit: int = 0) -> int:
     MAX_SOLUTIONS draws of the same sampler SFT uses (all of them for most prompts)."""
     import random
 
-    from mathrl.io import append_jsonl
+    from mathrl.io import write_jsonl
 
     examples = task.examples("train")
     if limit:
@@ -104,6 +104,5 @@ def write_warmup_data(task: Task, path: Path, limit: int = 0) -> int:
         rng = random.Random(0)
         solutions = sorted({task.response(ex, rng) for _ in range(MAX_SOLUTIONS)})
         rows.append({"prompt_id": ex.id, "messages": task.messages(ex), "responses": solutions})
-    path.unlink(missing_ok=True)
-    append_jsonl(path, rows)
+    write_jsonl(path, rows)
     return len(rows)

@@ -76,7 +76,7 @@ def data_prepare(
 ) -> None:
     """Write train/val/test JSONL splits and the dataset fingerprint."""
     from mathrl.data import make_task
-    from mathrl.io import append_jsonl
+    from mathrl.io import atomic_write_text, write_jsonl
 
     overrides = list(sets or []) + [f"task.name={task}"]
     if source:
@@ -88,13 +88,13 @@ def data_prepare(
     for split in ("train", "val", "test"):
         rows = t.rows(split)
         path = out / f"{split}.jsonl"
-        path.unlink(missing_ok=True)
         if rows:
-            append_jsonl(path, rows)
+            write_jsonl(path, rows)
+        else:
+            path.unlink(missing_ok=True)
         counts[split] = len(rows)
-    (out / "fingerprint.json").write_text(
-        json.dumps({"task": task, "fingerprint": t.fingerprint, "counts": counts}, indent=2) + "\n"
-    )
+    fingerprint = {"task": task, "fingerprint": t.fingerprint, "counts": counts}
+    atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
     say(f"wrote {counts} to {out} (fingerprint {t.fingerprint[:16]})")
 
 
