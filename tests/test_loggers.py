@@ -93,16 +93,6 @@ def test_nested_runs_write_to_both_files_once_each(tmp_path: Path) -> None:
     assert len(events(run)) == 1 and len(events(sub)) == 1
 
 
-def test_a_run_closes_the_unclosed_log_of_its_finished_subrun(tmp_path: Path) -> None:
-    warmup = EventsLog(tmp_path / "warmup_sft")  # a warm-up whose logger nobody closed
-    warn("during warm-up")
-    with events_log(tmp_path):
-        warn("during RL")
-    assert warmup not in loggers._live_logs()
-    assert [r["message"] for r in events(tmp_path / "warmup_sft")] == ["during warm-up"]
-    assert [r["message"] for r in events(tmp_path)] == ["during RL"]
-
-
 def test_a_dropped_log_stops_receiving_events(tmp_path: Path) -> None:
     log = EventsLog(tmp_path)  # a command that raised and never closed its logger
     del log

@@ -96,19 +96,18 @@ def run_expert_iter(
             if prev is not None:
                 model, tokenizer = load(prev / "model")
             say(f"round {round_no}: SFT {ei.sft_steps} steps on {len(pairs)} correct completions")
-            sft_logger = round_logger(rdir, ei.sft_steps)
-            train_sft(
-                cfg,
-                model,
-                tokenizer,
-                file_pair_sampler(pairs),
-                rdir,
-                sft_logger,
-                task.fingerprint,
-                steps=ei.sft_steps,
-                resume_from=prev,
-            )
-            sft_logger.close()
+            with round_logger(rdir, ei.sft_steps) as sft_logger:
+                train_sft(
+                    cfg,
+                    model,
+                    tokenizer,
+                    file_pair_sampler(pairs),
+                    rdir,
+                    sft_logger,
+                    task.fingerprint,
+                    steps=ei.sft_steps,
+                    resume_from=prev,
+                )
             if cfg.eval.every:
                 metrics.update(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool))
             logger.log(metrics, round_no)  # step = round; a resume truncates a repeated row

@@ -200,14 +200,6 @@ def _live_logs() -> list[EventsLog]:
 
 def _open(log: EventsLog) -> None:
     global _showwarning_before
-    logs = _live_logs()
-    # A sub-run (SFT warm-up, an expert-iter round) runs inside its run: a log still open
-    # under this new log's dir belongs to a finished sub-run whose logger was not closed.
-    # (Reopening a file that is open already, e.g. to add a late warning, closes nothing.)
-    if all(old.path != log.path for old in logs):
-        for old in logs:
-            if log.path.parent.resolve() in old.path.parent.resolve().parents:
-                _close(old)
     # (Re)installed on every open: pytest and catch_warnings() restore the hook they saw.
     if warnings.showwarning is not _showwarning:
         _showwarning_before = warnings.showwarning

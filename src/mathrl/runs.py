@@ -55,17 +55,25 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def open_run(
-    cfg: Any, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
-) -> tuple[Any, Path]:
-    from mathrl.checkpoint import write_run_manifest
+def start_process(cfg: Any) -> Any:
+    """Quiet libraries, threads and seeds as configured; returns the configured task."""
     from mathrl.data import make_task
-    from mathrl.runtime import prepare_run_dir, quiet_libraries, set_seed, set_threads
+    from mathrl.runtime import quiet_libraries, set_seed, set_threads
 
     quiet_libraries()
     set_threads(cfg.model.threads)
     set_seed(cfg.seed)
-    task = make_task(cfg)
+    return make_task(cfg)
+
+
+def open_run(
+    cfg: Any, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
+) -> tuple[Any, Path]:
+    """The task and the run directory (resolved config and manifest written into it)."""
+    from mathrl.checkpoint import write_run_manifest
+    from mathrl.runtime import prepare_run_dir
+
+    task = start_process(cfg)
     run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
     write_run_manifest(
         run_dir, cfg.seed, task.fingerprint, {"task": task.name, "model": cfg.model.path}
@@ -219,23 +227,18 @@ def final_report(run_dir: Path) -> Path | None:
         return None
 
 
-def policy_loader(cfg: Any, task: Any, run_dir: Path) -> Any:
-    from mathrl.runtime import load_policy
-
-    return lambda path: load_policy(cfg, task, run_dir, path)
-
-
 def open_at_latest(
     config: Path | None, sets: list[str] | None, out: Path | None, quiet: bool
 ) -> tuple[Any, Any, Path, Path | None, Any, Any]:
     """(cfg, task, run_dir, newest checkpoint or None, model, tokenizer) for the decoupled
     commands, which continue whatever --out holds."""
     from mathrl import checkpoint as ckpt_mod
+    from mathrl.runtime import load_policy
 
     cfg = load_run_config(config, sets, quiet)
     task, run_dir = open_run(cfg, out, resume=False)
     latest = ckpt_mod.latest_checkpoint(run_dir)
-    model, tokenizer = policy_loader(cfg, task, run_dir)(latest / "model" if latest else None)
+    model, tokenizer = load_policy(cfg, task, run_dir, latest / "model" if latest else None)
     return cfg, task, run_dir, latest, model, tokenizer
 
 
@@ -293,19 +296,14 @@ def open_eval_run(
 ) -> tuple[Any, Any, list[str], Path]:
     """Config, task, model paths (checked) and the output dir, with the resolved config in it."""
     from mathrl.checkpoint import default_run_dir
-    from mathrl.config import dumps_toml, load_config
-    from mathrl.data import make_task
+    from mathrl.config import dumps_toml
     from mathrl.io import atomic_write_text
-    from mathrl.runtime import quiet_libraries, set_seed, set_threads
 
-    cfg = load_config(config, sets or [])
+    cfg = load_run_config(config, sets)
     paths = models or [cfg.model.path]
     for path in paths:
         resolve_model(path)  # fail on a bad path before writing anything
-    quiet_libraries()
-    set_threads(cfg.model.threads)
-    set_seed(cfg.seed)
-    task = make_task(cfg)
+    task = start_process(cfg)
     out_dir = out or default_run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))

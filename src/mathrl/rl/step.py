@@ -190,7 +190,9 @@ def fixed_logprobs(
 def keep_rows(cfg: Config, advantages: torch.Tensor) -> list[int]:
     """Rows that carry a gradient: zero-advantage sequences give exactly zero policy
     gradient, so they are skipped unless a KL term needs them."""
-    return [i for i in range(len(advantages)) if cfg.train.kl_coef > 0 or advantages[i] != 0]
+    if cfg.train.kl_coef > 0:
+        return list(range(len(advantages)))
+    return torch.nonzero(advantages).flatten().tolist()
 
 
 def _step_metrics(
