@@ -436,7 +436,11 @@ def main() -> None:
     parser.add_argument(
         "--micro-batch", type=int, default=16, help="sequences per backward, both frameworks"
     )
-    parser.add_argument("--data", default=str((ROOT.parent / "shared/data/gsm8k").resolve()))
+    parser.add_argument(
+        "--data",
+        default="auto",
+        help="GSM8K file or dir; auto: $MATHRL_GSM8K, else `mathrl data prepare gsm8k`'s cache",
+    )
     parser.add_argument(
         "--spec-only", default=None, help="write the workers' spec files into this dir and stop"
     )

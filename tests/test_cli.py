@@ -9,6 +9,7 @@ import pytest
 
 from mathrl.checkpoint import latest_checkpoint, read_manifest
 from mathrl.io import read_jsonl
+from mathrl.tasks.gsm8k import GSM8KTask
 
 ROLLOUT_FIELDS = {
     "iter",
@@ -228,6 +229,30 @@ def test_data_prepare(run_cli, tmp_path):
     assert res.code == 0, res.err
     fp = json.loads((tmp_path / "g" / "fingerprint.json").read_text())
     assert fp["counts"] == {"train": 25, "val": 5, "test": 1} and len(fp["fingerprint"]) == 64
+    # The prepared dir holds the whole official train split: read back, it is the same task.
+    assert len(read_jsonl(tmp_path / "g" / "train.jsonl")) == 30
+    again = GSM8KTask(str(tmp_path / "g"), val_size=5)
+    assert again.fingerprint == fp["fingerprint"]
+    assert [ex.id for ex in again.examples("val")] == [
+        ex.id for ex in GSM8KTask(str(gsm), val_size=5).examples("val")
+    ]
+
+
+def test_data_prepare_gsm8k_defaults_to_the_cache(run_cli, tmp_path, monkeypatch):
+    """Without --out, GSM8K goes to mathrl's cache, where data.path = 'auto' finds it."""
+    gsm = tmp_path / "gsm"
+    gsm.mkdir()
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(12)]
+    (gsm / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (gsm / "test.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    monkeypatch.setenv("MATHRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MATHRL_GSM8K", raising=False)
+    res = run_cli("data", "prepare", "gsm8k", "--source", gsm, "--set", "data.val_size=2")
+    assert res.code == 0, res.err
+    assert read_jsonl(tmp_path / "cache/data/gsm8k/train.jsonl") == rows
+    assert GSM8KTask("auto", val_size=2).source == str(tmp_path / "cache/data/gsm8k")
+    res = run_cli("data", "prepare", "countdown")
+    assert res.code == 2 and "data prepare countdown needs --out" in res.err
 
 
 BAD_INPUT = [

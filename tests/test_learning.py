@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from conftest import GSM8K_DIR, REPO
+from conftest import GSM8K_DIR, REPO, needs_gsm8k
 from mathrl.checkpoint import latest_checkpoint
 from mathrl.io import read_jsonl
 
@@ -143,11 +143,25 @@ def _sets(values: list[str]) -> list[str]:
     importlib.util.find_spec("accelerate") is None,
     reason="GGUF conversion needs accelerate (dev extra)",
 )
-@pytest.mark.skipif(
-    not (GSM8K_DIR / "train.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR}"
-)
-def test_gsm8k_smoke_with_smollm2(run_cli, tmp_path):
-    """The GSM8K smoke preset with the offline pretrained model runs 2 steps and writes everything."""
+@needs_gsm8k
+def test_gsm8k_smoke_with_smollm2(run_cli, tmp_path, monkeypatch):
+    """The GSM8K smoke preset runs 2 steps with the offline pretrained model, from a directory
+    with nothing beside it: the data comes from a copy `data prepare` left in mathrl's cache
+    (data.path = 'auto'), not from MATHRL_GSM8K or a folder next to the repository."""
+    from mathrl.models.loading import gguf_cache_root
+
+    converted = gguf_cache_root()  # keep the converted SmolLM2: only the data cache is new
+    converted.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache/gguf").symlink_to(converted)
+    monkeypatch.setenv("MATHRL_CACHE", str(tmp_path / "cache"))
+    res = run_cli("data", "prepare", "gsm8k", "--source", GSM8K_DIR)
+    assert res.code == 0, res.err
+    assert (tmp_path / "cache/data/gsm8k/train.jsonl").is_file()
+    monkeypatch.delenv("MATHRL_GSM8K", raising=False)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    monkeypatch.chdir(alone)
     out = tmp_path / "gsm"
     res = run_cli(
         "train",
@@ -155,8 +169,6 @@ def test_gsm8k_smoke_with_smollm2(run_cli, tmp_path):
         REPO / "configs/gsm8k/smoke.toml",
         "--out",
         out,
-        "--set",
-        f"data.path={GSM8K_DIR}",
         "--set",
         "rollout.max_new_tokens=32",
         "--set",

@@ -1,13 +1,12 @@
 """score_gsm8k schemes, combine, math-verify flag, and every real GSM8K gold answer."""
 
 import json
-import os
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
+from conftest import GSM8K_DIR, needs_gsm8k
 from mathrl.errors import ConfigError, DataError
 from mathrl.rewards.extract import parse_gold_gsm8k
 from mathrl.rewards.scoring import (
@@ -173,16 +172,10 @@ def test_math_verify_flag_uses_verify_gold_first(monkeypatch: pytest.MonkeyPatch
     )
 
 
-def _gsm8k_dir() -> Path:
-    env = os.environ.get("MATHRL_GSM8K_DIR")
-    return Path(env) if env else Path(__file__).parents[2] / "shared/data/gsm8k"
-
-
+@needs_gsm8k
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_every_gsm8k_gold_parses(split: str) -> None:
-    path = _gsm8k_dir() / f"{split}.jsonl"
-    if not path.exists():
-        pytest.skip(f"GSM8K {split} split not found at {path} (set MATHRL_GSM8K_DIR)")
+    path = GSM8K_DIR / f"{split}.jsonl"
     count = 0
     with path.open(encoding="utf-8") as lines:
         for line_no, line in enumerate(lines, 1):

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import random
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
+from conftest import GSM8K_DIR, needs_gsm8k
 from mathrl.errors import ConfigError, DataError
 from mathrl.rewards import PROMPT_STYLES, evaluate_expression, extract_strict
 from mathrl.tasks.countdown import CountdownTask, generate, solve
 from mathrl.tasks.gsm8k import GSM8KTask, split_train_val
 from mathrl.tasks.prompts import PROMPT_TEXT, build_messages, format_answer
-
-GSM8K_DIR = Path(
-    os.environ.get("MATHRL_GSM8K_DIR", Path(__file__).resolve().parents[2] / "shared/data/gsm8k")
-)
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -88,9 +85,7 @@ def test_gsm8k_bad_input(tmp_path, content, message):
         GSM8KTask(str(path), val_size=0)
 
 
-@pytest.mark.skipif(
-    not (GSM8K_DIR / "train.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR}"
-)
+@needs_gsm8k
 def test_official_gsm8k_loads():
     task = GSM8KTask(str(GSM8K_DIR))
     assert len(task.examples("train")) == 7473 - 512
@@ -197,3 +192,61 @@ def test_a_style_without_prompt_text_is_a_clear_error():
             format_answer("r", "1", "zz_new")
     finally:
         PROMPT_STYLES.remove("zz_new")
+
+
+def _gsm8k_files(root: Path) -> Path:
+    root.mkdir(parents=True)
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(4)]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "test.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    return root
+
+
+def test_gsm8k_auto_source_order(tmp_path, monkeypatch):
+    """data.path = 'auto': $MATHRL_GSM8K, else the prepared copy in the cache, else the hub,
+    else one line naming all three."""
+    from mathrl.tasks import gsm8k
+
+    monkeypatch.setenv("MATHRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MATHRL_GSM8K", raising=False)
+    monkeypatch.setattr(gsm8k.importlib.util, "find_spec", lambda name: None)  # no datasets
+    with pytest.raises(DataError) as err:
+        gsm8k.resolve_source("auto")
+    message = str(err.value)
+    assert message.startswith("GSM8K not found (data.path = 'auto'): set MATHRL_GSM8K")
+    assert "mathrl data prepare gsm8k --source DIR|hub" in message
+    assert "pip install 'mathrl[datasets]'" in message
+    prepared = _gsm8k_files(tmp_path / "cache/data/gsm8k")
+    assert gsm8k.resolve_source("auto") == str(prepared)
+    env = _gsm8k_files(tmp_path / "env")
+    monkeypatch.setenv("MATHRL_GSM8K", str(env))
+    assert gsm8k.resolve_source("auto") == str(env)
+    assert gsm8k.resolve_source(str(prepared)) == str(prepared)  # an explicit path wins
+    monkeypatch.setenv("MATHRL_GSM8K", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="MATHRL_GSM8K=.*nowhere does not exist"):
+        gsm8k.resolve_source("auto")
+    monkeypatch.delenv("MATHRL_GSM8K")
+    (prepared / "train.jsonl").unlink()  # a prepare killed before train.jsonl: not a copy
+    monkeypatch.setattr(gsm8k.importlib.util, "find_spec", lambda name: object())
+    assert gsm8k.resolve_source("auto") == "hub"
+
+
+def test_no_path_outside_the_repository():
+    """Code, presets, tests, docs and benchmarks never name the folder beside the repo; only
+    .ci/run may (it sets MATHRL_GSM8K for the tests)."""
+    repo = Path(__file__).resolve().parents[1]
+    needle = "shared/" + "data"  # split so this file does not match itself
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.split()
+    hits = []
+    for rel in map(Path, tracked):
+        path = repo / rel
+        if rel.parts[0] == ".ci" or path.is_symlink() or not path.is_file():
+            continue
+        if path.suffix in {".py", ".toml", ".md", ".yaml", ".yml", ".sh", ".cfg", ".txt"} or (
+            path.name in {"Makefile", "Dockerfile", "Dockerfile.cuda"}
+        ):
+            if needle in path.read_text(encoding="utf-8", errors="replace"):
+                hits.append(str(rel))
+    assert hits == []

@@ -3,6 +3,7 @@ resumable prompt stream of the RL loop."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Protocol
 
 from mathrl.config import Config
 from mathrl.errors import ConfigError, DataError, MathrlError
-from mathrl.io import read_jsonl
+from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.loggers import console
 from mathrl.runtime import derive_seed
 from mathrl.tasks import Example, Task
@@ -47,6 +48,39 @@ def make_task(cfg: Config) -> Task:
         seed=d.split_seed,
         system_prompt=cfg.task.system_prompt,
     )
+
+
+def prepare_dataset(cfg: Config, out: Path | None) -> tuple[Path, dict[str, int], str]:
+    """Write the configured task's data as files that data.path reads back as the same task.
+
+    GSM8K: the whole official train split and test (val is split off train on load), by
+    default into mathrl's cache, where data.path = 'auto' finds it. Countdown: the generated
+    train/val/test splits into `out`. Returns (dir, rows per split, task fingerprint).
+    """
+    from mathrl.tasks.gsm8k import GSM8KTask, prepared_dir
+
+    task = make_task(cfg)
+    if isinstance(task, GSM8KTask):
+        files = task.export()
+        out = out or prepared_dir()
+    elif out is None:
+        raise ConfigError(f"data prepare {cfg.task.name} needs --out (only GSM8K has a cache)")
+    else:
+        files = {split: task.rows(split) for split in ("train", "val", "test")}
+    counts = {split: len(task.examples(split)) for split in ("train", "val", "test")}
+    manifest = {"task": cfg.task.name, "fingerprint": task.fingerprint, "counts": counts}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.jsonl").unlink(missing_ok=True)
+    atomic_write_text(out / "fingerprint.json", json.dumps(manifest, indent=2) + "\n")
+    # train.jsonl last: its presence marks a prepared copy as complete (a kill before it
+    # leaves a dir that data.path = 'auto' ignores).
+    for split in sorted(files, key=lambda name: name == "train"):
+        path = out / f"{split}.jsonl"
+        if files[split]:
+            write_jsonl(path, files[split])
+        else:
+            path.unlink(missing_ok=True)
+    return out, counts, task.fingerprint
 
 
 def heldout_split(cfg: Config, task: Task) -> str:

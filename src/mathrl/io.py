@@ -19,8 +19,16 @@ from typing import Any
 
 from mathrl.errors import DataError
 
+CACHE_ENV = "MATHRL_CACHE"
+"""Environment variable naming mathrl's cache (converted models, prepared datasets)."""
+
 TMP_PREFIX = ".tmp_"
 """Prefix of files and dirs being written; a crash can leave them behind (cleaned on resume)."""
+
+
+def cache_root() -> Path:
+    """mathrl's cache: $MATHRL_CACHE, else ~/.cache/mathrl (converted GGUFs, prepared data)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mathrl").expanduser()
 
 
 def append_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:

@@ -58,44 +58,38 @@ def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
     typer.echo(dumps_toml(load_run_config(config, sets)), nl=False)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", epilog=EPILOG)
 def data_prepare(
     task: Annotated[str, typer.Argument(help="gsm8k or countdown.")],
     out: Annotated[
-        Path,
-        typer.Option("--out", "-o", help="Directory for the split files and fingerprint.json."),
-    ],
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for the files and fingerprint.json. GSM8K default: mathrl's cache "
+            "($MATHRL_CACHE or ~/.cache/mathrl, under data/gsm8k), where data.path = 'auto' "
+            "finds it. Countdown: required.",
+        ),
+    ] = None,
     source: Annotated[
         str | None,
         typer.Option(
-            help="GSM8K: a .jsonl/.parquet file or dir, or 'hub'. Countdown: a nums/target file; omit to generate."
+            help="GSM8K: a .jsonl/.parquet file or dir, or 'hub' (openai/gsm8k, needs the "
+            "datasets extra). Countdown: a nums/target file; omit to generate."
         ),
     ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Write train/val/test JSONL splits and the dataset fingerprint."""
-    from mathrl.data import make_task
-    from mathrl.io import atomic_write_text, write_jsonl
+    """Write a task's data once: GSM8K into mathrl's cache (then data.path = 'auto' finds it
+    offline), Countdown's generated train/val/test splits into --out."""
+    from mathrl.data import prepare_dataset
 
     overrides = list(sets or []) + [f"task.name={task}"]
     if source:
         overrides.append(f"data.path={source}")
-    cfg = load_run_config(config, overrides)
-    t = make_task(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for split in ("train", "val", "test"):
-        rows = t.rows(split)
-        path = out / f"{split}.jsonl"
-        if rows:
-            write_jsonl(path, rows)
-        else:
-            path.unlink(missing_ok=True)
-        counts[split] = len(rows)
-    fingerprint = {"task": task, "fingerprint": t.fingerprint, "counts": counts}
-    atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
-    say(f"wrote {counts} to {out} (fingerprint {t.fingerprint[:16]})")
+    where, counts, fingerprint = prepare_dataset(load_run_config(config, overrides), out)
+    say(f"wrote {counts} to {where} (fingerprint {fingerprint[:16]})")
 
 
 @app.command("score", epilog=EPILOG)

@@ -87,8 +87,10 @@ class TaskConfig:
 class DataConfig:
     """Where examples come from."""
 
-    path: str = "../shared/data/gsm8k"
-    """GSM8K: a .jsonl/.parquet file or dir with train/test files, or 'hub' for openai/gsm8k."""
+    path: str = "auto"
+    """GSM8K: a .jsonl/.parquet file or dir with train/test files, 'hub' for openai/gsm8k, or
+    auto ($MATHRL_GSM8K, else the copy `mathrl data prepare gsm8k` cached, else the hub).
+    Countdown: a nums/target .jsonl/.parquet file; anything else generates problems."""
     hub_revision: str = "e53f048856ff4f594e959d75785d2c2d37b678ee"
     """Pinned revision of openai/gsm8k when data.path = 'hub'."""
     val_size: int = 512

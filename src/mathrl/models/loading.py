@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mathrl.errors import ConfigError, MathrlError
+from mathrl.io import cache_root
 from mathrl.models.precision import set_autocast
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,7 @@ def gguf_cache_root(cache_dir: str | Path | None = None) -> Path:
     """Where converted GGUF dirs live: cache_dir, else $MATHRL_CACHE/gguf, else ~/.cache."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    base = os.environ.get("MATHRL_CACHE") or Path.home() / ".cache" / "mathrl"
-    return Path(base).expanduser() / "gguf"
+    return cache_root() / "gguf"
 
 
 def gguf_cache_key(gguf: Path) -> str:

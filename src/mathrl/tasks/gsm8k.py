@@ -1,18 +1,29 @@
-"""GSM8K: grade-school word problems; gold = the number after '####'."""
+"""GSM8K: grade-school word problems; gold = the number after '####'.
+
+Where the data comes from (`data.path`): a .jsonl/.parquet file or a dir of split files,
+'hub' (openai/gsm8k at a pinned revision, through the datasets extra), or 'auto':
+$MATHRL_GSM8K if set, else the copy `mathrl data prepare gsm8k` left in mathrl's cache,
+else the hub.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
 import re
 from pathlib import Path
 from typing import Any
 
 from mathrl.errors import DataError
+from mathrl.io import cache_root
 from mathrl.rewards import parse_gold_gsm8k, score_gsm8k
 from mathrl.tasks.base import Example, Messages, fingerprint, read_table, stable_id
 from mathrl.tasks.prompts import build_messages, format_answer
 
 HUB_ID = "openai/gsm8k"
+ENV_PATH = "MATHRL_GSM8K"
+"""Environment variable naming a GSM8K file or dir; read when data.path = 'auto'."""
 _CALC = re.compile(r"<<[^<>]{0,200}>>")  # calculator annotations: "48/2 = <<48/2=24>>24"
 
 
@@ -44,17 +55,54 @@ def _find_split_file(root: Path, split: str) -> Path:
     raise DataError(f"No {split}.jsonl or {split}*.parquet in dataset directory {root}")
 
 
+def prepared_dir() -> Path:
+    """Where `mathrl data prepare gsm8k` keeps its copy: <mathrl cache>/data/gsm8k."""
+    return cache_root() / "data" / "gsm8k"
+
+
+_PROVIDE = (
+    "set MATHRL_GSM8K to a dir with train.jsonl and test.jsonl, or run `mathrl data prepare gsm8k --source DIR|hub` once, or install the "
+    "datasets extra (pip install 'mathrl[datasets]') and go online to read openai/gsm8k"
+)
+
+
+def resolve_source(path: str) -> str:
+    """data.path with 'auto' resolved: $MATHRL_GSM8K, else the prepared copy, else 'hub'."""
+    if path != "auto":
+        return path
+    env = os.environ.get(ENV_PATH)
+    if env:
+        if not Path(env).exists():
+            raise DataError(f"{ENV_PATH}={env} does not exist (a GSM8K dir or .jsonl file)")
+        return env
+    if (prepared_dir() / "train.jsonl").is_file():
+        return str(prepared_dir())
+    if importlib.util.find_spec("datasets") is not None:
+        return "hub"
+    raise DataError(f"GSM8K not found (data.path = 'auto'): {_PROVIDE}")
+
+
+def _load_hub(split: str, revision: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "data.path = 'hub' needs the datasets extra: pip install 'mathrl[datasets]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(HUB_ID, "main", split=split, revision=revision)
+    except Exception as exc:  # offline, unknown revision, network errors: one line
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DataError(
+            f"cannot read {HUB_ID} from the hub ({type(exc).__name__}: {first}); {_PROVIDE}"
+        ) from None
+    return [{"question": r["question"], "answer": r["answer"]} for r in ds]
+
+
 def load_raw(source: str, split: str, revision: str) -> list[dict[str, Any]]:
     """Raw train or test rows from a local file/dir or, with source 'hub', the HF hub."""
     if source == "hub":
-        try:
-            import datasets
-        except ImportError:
-            raise DataError(
-                "data.path = 'hub' needs the datasets extra: pip install 'mathrl[datasets]'"
-            ) from None
-        ds = datasets.load_dataset(HUB_ID, "main", split=split, revision=revision)
-        return [{"question": r["question"], "answer": r["answer"]} for r in ds]
+        return _load_hub(split, revision)
     path = Path(source)
     if path.is_dir():
         return read_rows(_find_split_file(path, split))
@@ -107,10 +155,12 @@ class GSM8KTask:
         system_prompt: str | None = None,
         use_math_verify: bool = False,
     ) -> None:
+        source = resolve_source(source)
         self.source, self.revision = source, revision
         self.prompt_style, self.reward_scheme = prompt_style, reward_scheme
         self.system_prompt, self.use_math_verify = system_prompt, use_math_verify
         train_rows = load_raw(source, "train", revision)
+        self._train_raw = train_rows
         self._rows: dict[str, list[dict[str, Any]]] = {}
         tr, va = split_train_val(len(train_rows), val_size, split_seed)
         self._rows["train"] = [train_rows[i] for i in tr]
@@ -139,6 +189,11 @@ class GSM8KTask:
     def rows(self, split: str) -> list[dict[str, Any]]:
         self._examples(split)
         return self._rows[split]
+
+    def export(self) -> dict[str, list[dict[str, Any]]]:
+        """Files that, read back as data.path, give this task again (the same fingerprint):
+        the whole official train split (val is split off it on load) and test."""
+        return {"train": self._train_raw, "test": self.rows("test")}
 
     def messages(self, ex: Example) -> Messages:
         return build_messages(ex.question, self.prompt_style, self.system_prompt)
