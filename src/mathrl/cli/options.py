@@ -1,4 +1,4 @@
-"""Option types and texts shared by every CLI command module (cli, cli_eval, cli_report).
+"""Option types and texts shared by every CLI command module.
 
 One definition per convention (--config/-c, --set/-s, --out/-o, --resume,
 --allow-config-change, --quiet/-q), so `--help` reads the same in every command.
@@ -11,10 +11,21 @@ from typing import Annotated
 
 import typer
 
+
+def resolve_config_option(value: Path | None) -> Path | None:
+    """--config: an existing file, or a shipped preset's name (`-c countdown/smoke`)."""
+    from mathrl.config.presets import resolve_config
+
+    return None if value is None else resolve_config(value)
+
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="TOML or YAML config file (e.g. configs/countdown/smoke.toml)."
+        "--config",
+        "-c",
+        help="TOML/YAML file or a preset name (mathrl config presets lists them), e.g. countdown/smoke.",
+        callback=resolve_config_option,
     ),
 ]
 SetOpt = Annotated[
