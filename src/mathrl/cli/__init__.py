@@ -8,6 +8,7 @@ is in mathrl.runs and the layers below; heavy imports happen inside the commands
     decoupled.py  rollout, train-buffer, loop
     eval.py       eval, probe
     report.py     report, compare
+    quickstart.py quickstart, config presets
 """
 
 import importlib
@@ -15,7 +16,7 @@ import importlib
 from mathrl.cli.app import app, main
 
 # Importing a command module registers its commands; `mathrl --help` lists them in this order.
-COMMAND_MODULES = ("train", "decoupled", "eval", "report", "basic")
+COMMAND_MODULES = ("quickstart", "train", "decoupled", "eval", "report", "basic")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mathrl.cli.{_name}")
 
