@@ -12,6 +12,8 @@ setup: $(STAMP)
 # torch is installed first and pinned: a bare `torch` requirement would pull a multi-GB
 # CUDA build; 2.13.0 is a CPU build that satisfies pyproject's lower bound.
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+		|| { echo "mathrl needs Python >= 3.11; found $$($(PY) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo 'no working $(PY)'). Set PY=python3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -28,7 +30,7 @@ test-fast: setup
 
 quickstart: setup
 	rm -rf runs/quickstart
-	HF_HUB_OFFLINE=1 $(BIN)/mathrl train --config configs/quickstart.toml --out runs/quickstart
+	HF_HUB_OFFLINE=1 $(BIN)/mathrl quickstart --out runs/quickstart
 
 # mypy on the pure layers (tensors in/out, text in/reward out); extend as layers get typed.
 MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/mathrl/registry.py \
@@ -38,6 +40,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy $(MYPY_PATHS)
+	$(BIN)/hadolint Dockerfile Dockerfile.cuda
 
 format: setup
 	$(BIN)/ruff format src tests bench
