@@ -18,7 +18,7 @@ from mathrl.algorithms import (
 )
 from mathrl.config import REGISTRY_CHOICES, ConfigError, choices, load_config
 from mathrl.registry import Registry
-from mathrl.rewards import PROMPT_STYLES, REWARD_SCHEMES
+from mathrl.rewards import GRADERS, PROMPT_STYLES, REWARD_SCHEMES
 from mathrl.rollout.registry import ENGINES
 
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -29,6 +29,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "rollout.engine": ENGINES,
     "task.prompt_style": PROMPT_STYLES,
     "task.reward_scheme": REWARD_SCHEMES,
+    "task.grader": GRADERS,
 }
 
 

@@ -7,34 +7,62 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mathrl.config import Config
 from mathrl.errors import ConfigError, DataError, MathrlError
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.loggers import console
+from mathrl.rewards import RewardFn
+from mathrl.rewards.functions import preflight, score_with_functions
 from mathrl.runtime import derive_seed
 from mathrl.tasks import Example, Task
 
 
 def make_task(cfg: Config) -> Task:
-    """Build the configured task (the only place that maps task.name to a class)."""
+    """Build the configured task (the only place that maps task.name to a class); with
+    task.rewards, its reward becomes their weighted sum, checked on a trial batch first."""
+    task = _base_task(cfg)
+    if not cfg.task.rewards:
+        return task
+    rewarded = WithRewardFns(task, cfg.task.rewards)
+    rewarded.check(cfg.train.reward_timeout_s)
+    return rewarded
+
+
+def _base_task(cfg: Config) -> Task:
+    d = cfg.data
     if cfg.task.name == "gsm8k":
         from mathrl.tasks.gsm8k import GSM8KTask
 
         return GSM8KTask(
-            cfg.data.path,
+            d.path,
             prompt_style=cfg.task.prompt_style,
             reward_scheme=cfg.task.reward_scheme,
-            val_size=cfg.data.val_size,
-            split_seed=cfg.data.split_seed,
-            revision=cfg.data.hub_revision,
+            val_size=d.val_size,
+            split_seed=d.split_seed,
+            revision=d.hub_revision,
             system_prompt=cfg.task.system_prompt,
             use_math_verify=cfg.task.use_math_verify,
         )
+    if cfg.task.name == "qa":
+        from mathrl.tasks.qa import QATask
+
+        return QATask(
+            d.path,
+            question_field=d.question_field,
+            answer_field=d.answer_field,
+            solution_field=d.solution_field,
+            id_field=d.id_field,
+            grader=cfg.task.grader,
+            prompt_style=cfg.task.prompt_style,
+            reward_scheme=cfg.task.reward_scheme,
+            val_size=d.val_size,
+            split_seed=d.split_seed,
+            system_prompt=cfg.task.system_prompt,
+        )
     from mathrl.tasks.countdown import CountdownTask
 
-    d = cfg.data
     source = d.path if d.path.endswith((".jsonl", ".parquet")) else None
     return CountdownTask(
         source,
@@ -50,21 +78,62 @@ def make_task(cfg: Config) -> Task:
     )
 
 
+def reward_columns(ex: Example) -> dict[str, Any]:
+    """The columns reward functions receive: a qa row's own, else question, answer and the
+    task's fields (Countdown: nums, target)."""
+    if "columns" in ex.meta:
+        return dict(ex.meta["columns"])
+    base = {"question": ex.question, "answer": ex.gold, "solution": ex.solution}
+    return {**base, **ex.meta}
+
+
+class WithRewardFns:
+    """A task whose reward is the weighted task.rewards terms (mathrl.rewards.functions);
+    everything else is the wrapped task's."""
+
+    def __init__(self, task: Task, specs: list[RewardFn]) -> None:
+        self.task, self.specs = task, tuple(specs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def reward_call(self, ex: Example) -> tuple[Any, tuple[Any, ...]]:
+        fn, args = self.task.reward_call(ex)
+        prompt = self.task.messages(ex)
+        return score_with_functions, (fn, args, self.specs, prompt, reward_columns(ex))
+
+    def check(self, timeout_s: float) -> None:
+        """Each function imports, takes our arguments, and returns one value per completion
+        on a trial batch (a correct response and an empty one to the first train example)."""
+        examples = self.task.examples("train") or self.task.examples("test")
+        if not examples:
+            raise DataError("The dataset has no examples to check task.rewards on")
+        ex = examples[0]
+        preflight(
+            self.specs,
+            [self.task.response(ex), ""],
+            [self.task.messages(ex)] * 2,
+            [reward_columns(ex)] * 2,
+            timeout_s=2 * timeout_s,
+        )
+
+
 def prepare_dataset(cfg: Config, out: Path | None) -> tuple[Path, dict[str, int], str]:
     """Write the configured task's data as files that data.path reads back as the same task.
 
-    GSM8K: the whole official train split and test (val is split off train on load), by
-    default into mathrl's cache, where data.path = 'auto' finds it. Countdown: the generated
-    train/val/test splits into `out`. Returns (dir, rows per split, task fingerprint).
+    GSM8K and qa: the whole train split and test (val is split off train on load); GSM8K by
+    default into mathrl's cache, where data.path = 'auto' finds it. Countdown: the
+    generated train/val/test splits into `out`. Returns (dir, rows per split, task fingerprint).
     """
-    from mathrl.tasks.gsm8k import GSM8KTask, prepared_dir
+    from mathrl.tasks.gsm8k import prepared_dir
 
-    task = make_task(cfg)
-    if isinstance(task, GSM8KTask):
-        files = task.export()
-        out = out or prepared_dir()
-    elif out is None:
+    task = _base_task(cfg)
+    if out is None and cfg.task.name != "gsm8k":
         raise ConfigError(f"data prepare {cfg.task.name} needs --out (only GSM8K has a cache)")
+    out = out or prepared_dir()
+    export = getattr(task, "export", None)
+    if export is not None:
+        files = export()
     else:
         files = {split: task.rows(split) for split in ("train", "val", "test")}
     counts = {split: len(task.examples(split)) for split in ("train", "val", "test")}

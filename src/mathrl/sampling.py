@@ -222,8 +222,15 @@ def reward_metrics(groups: list[Group]) -> dict[str, float]:
         "rollout/len_max": max(lens),
         "rollout/clipped_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
     }
-    for key in results[0].components:
-        m[f"reward/{key}"] = sum(r.components.get(key, 0.0) for r in results) / len(results)
+    # A reward function's None ("cannot be scored") leaves its key out of that sample: the
+    # mean is over the samples it scored, and reward/unscored counts the others.
+    keys = dict.fromkeys(k for r in results for k in r.components)
+    for key in keys:
+        values = [r.components[key] for r in results if key in r.components]
+        m[f"reward/{key}"] = sum(values) / len(values)
+    unscored = sum("unscored: " in r.reason for r in results)
+    if unscored:
+        m["reward/unscored"] = unscored
     return m
 
 

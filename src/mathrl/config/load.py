@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from mathrl.config.presets import resolve_config
 from mathrl.config.schema import Config, field_docs
 from mathrl.config.validate import REGISTRY_CHOICES
 from mathrl.errors import ConfigError
@@ -69,6 +70,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, inner[0], key)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item_tp):
+            return [_to_record(v, item_tp, key) for v in _table_items(value, key)]
         return [_coerce(v, item_tp, key) for v in _list_items(value)]
     result = _SCALARS[tp](value) if tp in _SCALARS else None
     if result is None:
@@ -78,6 +81,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _coerce_error(value: Any, tp: Any, key: str) -> ConfigError:
     return ConfigError(f"Failed to coerce {value!r} for {key} ({type_name(tp)})")
+
+
+def _table_items(value: Any, key: str) -> list[Any]:
+    """Tables from a TOML/YAML list of tables, one table, or a TOML inline value string
+    (`--set 'task.rewards=[{fn = "pkg.mod:f", weight = 0.5}]'`)."""
+    if isinstance(value, str):
+        try:
+            value = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f"{key} expects a TOML array of inline tables, e.g. "
+                f'[{{fn = "pkg.module:name", weight = 0.5}}] ({str(exc).splitlines()[0]})'
+            ) from None
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _to_record(value: Any, tp: Any, key: str) -> Any:
+    """One table -> the dataclass `tp`, each field coerced; unknown or missing keys name it."""
+    if dataclasses.is_dataclass(value) and isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} entries must be tables like {{fn = ...}}, got {value!r}")
+    hints = typing.get_type_hints(tp)
+    fields = {f.name: f for f in dataclasses.fields(tp)}
+    for name in value:
+        if name not in fields:
+            hint = difflib.get_close_matches(str(name), list(fields), n=1, cutoff=0.6)
+            tip = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"Unknown key '{name}' in {key}{tip}; keys: {', '.join(fields)}")
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in value:
+            raise ConfigError(f"{key} entry {value!r} lacks '{name}'")
+    return tp(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
 
 
 def _list_items(value: Any) -> list[Any]:
@@ -219,12 +256,21 @@ def build(flat: dict[str, Any]) -> Config:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, env: bool = True
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    env: bool = True,
+    base: Config | None = None,
 ) -> Config:
-    """Resolve the config: defaults < file < MATHRL_CONFIG file < --set overrides."""
+    """Resolve the config: defaults < file (or preset name) < MATHRL_CONFIG file < --set.
+
+    `base`, a Config object (the Python API), takes the file's place; the result is a new
+    validated Config, `base` is not changed.
+    """
     flat: dict[str, Any] = {}
+    if base is not None:
+        _apply(flat, _flatten(dataclasses.asdict(base)))
     if path is not None:
-        _apply(flat, read_config_file(path))
+        _apply(flat, read_config_file(resolve_config(path)))
     env_path = os.environ.get(ENV_CONFIG) if env else None
     if env_path:
         _apply(flat, read_config_file(env_path))

@@ -28,6 +28,7 @@ from mathrl.config.validate import (
     check_model_and_data,
     check_sampling,
     check_schedules,
+    check_task,
     check_train,
 )
 
@@ -55,6 +56,7 @@ class Config:
         check_choices(self)
         check_train(self.train, self.rollout, self.sft)
         check_sampling(self.rollout, self.eval)
+        check_task(self.task, self.data)
         check_model_and_data(self.model, self.data)
         check_schedules(self.checkpoint, self.log, self.warmup, self.sft, self.expert_iter)
 

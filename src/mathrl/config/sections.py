@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mathrl.rewards import RewardFn
+
 
 @dataclass
 class ScratchConfig:
@@ -70,7 +72,7 @@ class TaskConfig:
     """The task: data, prompt and reward."""
 
     name: str = "countdown"
-    """gsm8k or countdown."""
+    """gsm8k, countdown, or qa (your own question/answer data: data.path and data.*_field)."""
     prompt_style: str = "final_line"
     """How the prompt asks for the final answer, and where the reward looks for it
     (mathrl.rewards.PROMPT_STYLES: e.g. final_line ends with 'Final: N')."""
@@ -80,7 +82,16 @@ class TaskConfig:
     system_prompt: str | None = None
     """Override the style's system prompt (None keeps the default)."""
     use_math_verify: bool = False
-    """Compare LaTeX answers with math-verify (needs the math-verify extra)."""
+    """GSM8K: also accept LaTeX answers math-verify finds equal (needs the math-verify extra)."""
+    grader: str = "numeric"
+    """qa: how an answer is compared with the gold one (mathrl.rewards.GRADERS: numeric,
+    math_verify for LaTeX, exact text, choice letter)."""
+    rewards: list[RewardFn] = field(default_factory=list)
+    """Weighted reward terms replacing the task's reward, e.g. [{fn = "pkg.mod:name",
+    weight = 0.5}, {fn = "task"}]: fn is an import path to a TRL-style function
+    fn(completions, **columns) -> list[float | None], or task / correct / format; optional
+    name (metric reward/<name>) and completions = messages (TRL's chat form) or text.
+    Empty: the task's reward under task.reward_scheme."""
 
 
 @dataclass
@@ -90,11 +101,21 @@ class DataConfig:
     path: str = "auto"
     """GSM8K: a .jsonl/.parquet file or dir with train/test files, 'hub' for openai/gsm8k, or
     auto ($MATHRL_GSM8K, else the copy `mathrl data prepare gsm8k` cached, else the hub).
-    Countdown: a nums/target .jsonl/.parquet file; anything else generates problems."""
+    qa: a .jsonl/.json/.csv/.parquet file, a dir with train.* (and test.*), or
+    hf:owner/name[@revision]. Countdown: a nums/target file; anything else generates."""
     hub_revision: str = "e53f048856ff4f594e959d75785d2c2d37b678ee"
     """Pinned revision of openai/gsm8k when data.path = 'hub'."""
     val_size: int = 512
-    """Train problems reserved for validation (GSM8K)."""
+    """Train problems reserved for validation (GSM8K; qa: set it below your train size, 0
+    for none)."""
+    question_field: str = "question"
+    """qa: the column holding the question."""
+    answer_field: str = "answer"
+    """qa: the column holding the gold answer (text or a number)."""
+    solution_field: str | None = None
+    """qa: a column with worked solutions (SFT warm-up data); None: answers only."""
+    id_field: str | None = None
+    """qa: a column with unique ids (the prompt_id in logs); None: a hash of the content."""
     split_seed: int = 31415
     """Seed of the train/validation split."""
     countdown_numbers: list[int] = field(default_factory=lambda: [3])

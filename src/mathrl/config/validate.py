@@ -16,14 +16,15 @@ import mathrl.config.sections as s
 from mathrl.algorithms import ADVANTAGES, AGG_MODES, KL_ESTIMATORS, NEEDS_GROUPS, POLICY_LOSSES
 from mathrl.errors import ConfigError
 from mathrl.registry import Registry
-from mathrl.rewards import PROMPT_STYLES, REWARD_SCHEMES
+from mathrl.rewards import GRADERS, PROMPT_STYLES, REWARD_SCHEMES
+from mathrl.rewards.functions import check_specs
 from mathrl.rollout.registry import ENGINES
 
 FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "model.scratch.arch": ("qwen2", "llama"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.autocast": ("auto", "none", "bfloat16", "float16"),
-    "task.name": ("gsm8k", "countdown"),
+    "task.name": ("gsm8k", "countdown", "qa"),
     "train.schedule": ("constant", "cosine"),
     "train.nonfinite": ("skip", "stop"),
     "eval.split": ("auto", "val", "test"),
@@ -32,6 +33,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
 REGISTRY_CHOICES: dict[str, Registry[Any]] = {
     "task.prompt_style": PROMPT_STYLES,
     "task.reward_scheme": REWARD_SCHEMES,
+    "task.grader": GRADERS,
     "rollout.engine": ENGINES,
     "train.algorithm": ADVANTAGES,
     "train.policy_loss": POLICY_LOSSES,
@@ -119,6 +121,17 @@ def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     for k in e.k:
         _check(1 <= k <= e.n, f"eval.k entries must be in [1, eval.n={e.n}], got {k}")
+
+
+def check_task(task: s.TaskConfig, d: s.DataConfig) -> None:
+    """The qa task has a data source; task.rewards terms are well formed (imports are
+    checked when the run starts, mathrl.data.check_rewards)."""
+    _check(
+        task.name != "qa" or d.path not in ("auto", "hub", ""),
+        "task.name = 'qa' needs data.path: a .jsonl/.json/.csv/.parquet file, a dir with "
+        "train.* (and test.*), or hf:owner/name",
+    )
+    check_specs(task.rewards)
 
 
 def check_model_and_data(model: s.ModelConfig, d: s.DataConfig) -> None:

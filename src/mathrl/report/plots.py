@@ -31,6 +31,7 @@ REWARD_STATS = {
     "reward/accuracy_lenient",
     "reward/frac_zero_std",
     "reward/failed",
+    "reward/unscored",
 }
 TIME_KEYS = ("time/rollout_s", "time/reward_s", "time/train_s")
 # name -> panels (one subplot each) -> metric keys drawn in that panel.

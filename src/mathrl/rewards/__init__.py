@@ -16,6 +16,8 @@ from mathrl.rewards.extract import (
     extract_strict,
     parse_gold_gsm8k,
 )
+from mathrl.rewards.functions import RewardFn
+from mathrl.rewards.graders import GRADERS
 from mathrl.rewards.numbers import format_number, numbers_equal, parse_number
 from mathrl.rewards.scoring import (
     FORMAT_REWARD,
@@ -24,6 +26,7 @@ from mathrl.rewards.scoring import (
     combine,
     get_scheme,
     register_scheme,
+    score_answer,
     score_countdown,
     score_gsm8k,
     zero_result,
@@ -31,11 +34,13 @@ from mathrl.rewards.scoring import (
 
 __all__ = [
     "FORMAT_REWARD",
+    "GRADERS",
     "PROMPT_STYLES",
     "REWARD_SCHEMES",
     "AnswerFormat",
     "CountdownResult",
     "RewardPool",
+    "RewardFn",
     "RewardResult",
     "check_countdown",
     "combine",
@@ -49,6 +54,7 @@ __all__ = [
     "parse_gold_gsm8k",
     "parse_number",
     "register_scheme",
+    "score_answer",
     "score_countdown",
     "score_gsm8k",
     "score_many",

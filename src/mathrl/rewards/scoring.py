@@ -11,16 +11,14 @@ parsed (a number for GSM8K, a valid expression for Countdown).
 
 from __future__ import annotations
 
-import importlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 
 from mathrl.errors import ConfigError, DataError
 from mathrl.registry import Registry
 from mathrl.rewards.countdown import check_countdown, extract_countdown_answer
 from mathrl.rewards.extract import check_style, extract_lenient, extract_strict
+from mathrl.rewards.graders import get_grader, load_math_verify, math_verify_equal_with
 from mathrl.rewards.numbers import numbers_equal, parse_number
 
 FORMAT_REWARD = 0.1
@@ -81,27 +79,6 @@ def combine(components: dict[str, float], weights: dict[str, float]) -> float:
     return float(sum(weight * components[name] for name, weight in weights.items()))
 
 
-def _math_verify() -> ModuleType:
-    """Import math_verify lazily: it pulls in sympy and is an optional extra."""
-    try:
-        return importlib.import_module("math_verify")
-    except ModuleNotFoundError as err:
-        raise ConfigError(
-            "use_math_verify needs the math-verify extra: pip install 'mathrl[math-verify]'"
-        ) from err
-
-
-def _math_verify_equal(module: ModuleType, gold: str, pred: str) -> bool:
-    """LaTeX-aware equivalence, gold first as math_verify expects."""
-    if threading.current_thread() is threading.main_thread():
-        return bool(module.verify(module.parse(gold), module.parse(pred)))
-    # math_verify's own timeouts use SIGALRM, which only works on the main thread;
-    # off it we disable them and rely on RewardPool for the time limit.
-    gold_parsed = module.parse(gold, parsing_timeout=None)
-    pred_parsed = module.parse(pred, parsing_timeout=None)
-    return bool(module.verify(gold_parsed, pred_parsed, timeout_seconds=None))
-
-
 def score_gsm8k(
     completion: str,
     gold: str,
@@ -112,7 +89,7 @@ def score_gsm8k(
     """Score one GSM8K completion against the gold number under `scheme`."""
     scheme_fn = get_scheme(scheme)
     check_style(style)
-    module = _math_verify() if use_math_verify else None
+    module = load_math_verify() if use_math_verify else None
     if module is None and parse_number(gold) is None:
         raise DataError(f"GSM8K gold answer is not a number: {gold[:80]!r}")
 
@@ -120,7 +97,7 @@ def score_gsm8k(
         if pred is None:
             return False
         return numbers_equal(pred, gold) or (
-            module is not None and _math_verify_equal(module, gold, pred)
+            module is not None and math_verify_equal_with(module, gold, pred)
         )
 
     # math_verify can judge non-numeric content such as `\frac{3}{x}`, so keep it.
@@ -129,6 +106,35 @@ def score_gsm8k(
     format_ok = strict is not None
     correct = equal(strict)
     correct_lenient = correct or equal(lenient)
+    if correct:
+        reason = "ok"
+    elif format_ok:
+        reason = "wrong_answer"
+    else:
+        reason = "no_format" if lenient is not None else "no_answer"
+    return RewardResult(
+        reward=scheme_fn(correct, correct_lenient, format_ok),
+        components={"correct": float(correct), "format": float(format_ok)},
+        pred=strict if strict is not None else lenient,
+        correct=correct,
+        correct_lenient=correct_lenient,
+        format_ok=format_ok,
+        reason=reason,
+    )
+
+
+def score_answer(
+    completion: str, gold: str, style: str, grader: str = "numeric", scheme: str = "format"
+) -> RewardResult:
+    """Score one completion against a gold answer with a grader (mathrl.rewards.graders)."""
+    scheme_fn = get_scheme(scheme)
+    check_style(style)
+    g = get_grader(grader)
+    strict = extract_strict(completion, style, numeric=g.numeric)
+    lenient = g.lenient(completion, style)
+    format_ok = strict is not None
+    correct = strict is not None and g.equal(strict, gold)
+    correct_lenient = correct or (lenient is not None and g.equal(lenient, gold))
     if correct:
         reason = "ok"
     elif format_ok:

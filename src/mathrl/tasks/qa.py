@@ -1,0 +1,213 @@
+"""`qa`: the user's own question/answer data, graded by a chosen grader.
+
+Sources (data.path):
+- a file: .jsonl, .json (a list of objects), .csv or .parquet: the train split;
+- a dir: `train.*` and, when present, `test.*` in those formats;
+- `hf:owner/name[@revision]`: a Hugging Face dataset (the datasets extra) with train and
+  (optionally) test splits.
+data.val_size train rows are reserved for validation (seeded); eval uses val, else test.
+Columns: data.question_field, data.answer_field, optional data.solution_field (SFT
+warm-up) and data.id_field; every column travels to user reward functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from mathrl.errors import DataError
+from mathrl.rewards import score_answer
+from mathrl.rewards.graders import get_grader
+from mathrl.tasks.base import Example, Messages, fingerprint, read_table, stable_id
+from mathrl.tasks.gsm8k import split_train_val
+from mathrl.tasks.prompts import build_messages, format_answer
+
+FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+MAX_FIELD_CHARS = 100_000
+"""A question, answer or solution longer than this is a data error (not a math problem)."""
+
+
+def read_any(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl/.json/.csv/.parquet file; a malformed file stops with its name."""
+    if not path.is_file():
+        raise DataError(f"Dataset file not found: {path}")
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows: list[Any] = list(csv.DictReader(fh))
+    elif path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON: {exc.msg} (line {exc.lineno})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: a .json dataset must hold a list of objects")
+    elif path.suffix in (".jsonl", ".parquet"):
+        rows = read_table(path)
+    else:
+        raise DataError(f"{path}: unsupported dataset format (use {', '.join(FORMATS)})")
+    if not rows:
+        raise DataError(f"Dataset file is empty: {path}")
+    return rows
+
+
+def _split_file(root: Path, split: str) -> Path | None:
+    hits = [root / f"{split}{ext}" for ext in FORMATS if (root / f"{split}{ext}").is_file()]
+    return hits[0] if hits else None
+
+
+def load_splits(source: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """{split: (where, rows)} for train and, when the source has one, test."""
+    if source.startswith("hf:"):
+        return _load_hf(source[3:])
+    path = Path(source)
+    if path.is_dir():
+        train = _split_file(path, "train")
+        if train is None:
+            raise DataError(f"No train{{{','.join(FORMATS)}}} file in dataset directory {path}")
+        out = {"train": (str(train), read_any(train))}
+        test = _split_file(path, "test")
+        if test is not None:
+            out["test"] = (str(test), read_any(test))
+        return out
+    if not path.exists():
+        raise DataError(f"Dataset path not found: {source} (task.name = 'qa' needs data.path)")
+    return {"train": (str(path), read_any(path))}
+
+
+def _load_hf(spec: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    name, _, revision = spec.partition("@")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "data.path = 'hf:...' needs the datasets extra: pip install 'mathrl[datasets]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(name, revision=revision or None)
+    except Exception as exc:  # offline, missing dataset: one line
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DataError(
+            f"cannot load {name} from the hub ({type(exc).__name__}: {first})"
+        ) from None
+    if "train" not in ds:
+        raise DataError(f"hf:{spec} has no train split (splits: {', '.join(ds)})")
+    return {s: (f"hf:{spec}[{s}]", [dict(r) for r in ds[s]]) for s in ("train", "test") if s in ds}
+
+
+class QATask:
+    """Question/answer rows from a file, dir or HF dataset, graded by task.grader."""
+
+    name = "qa"
+
+    def __init__(
+        self,
+        source: str,
+        question_field: str = "question",
+        answer_field: str = "answer",
+        solution_field: str | None = None,
+        id_field: str | None = None,
+        grader: str = "numeric",
+        prompt_style: str = "final_line",
+        reward_scheme: str = "format",
+        val_size: int = 0,
+        split_seed: int = 31415,
+        system_prompt: str | None = None,
+    ) -> None:
+        self.fields = (question_field, answer_field, solution_field, id_field)
+        self.grader, self.prompt_style, self.reward_scheme = grader, prompt_style, reward_scheme
+        self.system_prompt = system_prompt
+        loaded = load_splits(source)
+        where, train_rows = loaded["train"]
+        self._rows: dict[str, list[dict[str, Any]]] = {"test": []}
+        if "test" in loaded:
+            self._rows["test"] = loaded["test"][1]
+        if val_size:
+            tr, va = split_train_val(len(train_rows), val_size, split_seed)
+            self._rows["train"] = [train_rows[i] for i in tr]
+            self._rows["val"] = [train_rows[i] for i in va]
+        else:
+            self._rows["train"], self._rows["val"] = list(train_rows), []
+        self._train_raw = train_rows
+        self._examples: dict[str, list[Example]] = {}
+        seen: dict[str, str] = {}
+        for split in ("train", "val", "test"):
+            origin = where if split != "test" else loaded.get("test", ("", []))[0]
+            self._examples[split] = [
+                self._example(row, f"{origin} row {i}", seen)
+                for i, row in enumerate(self._rows[split], 1)
+            ]
+        self.fingerprint = fingerprint(
+            [{"fields": list(self.fields), "val_size": val_size, "split_seed": split_seed}]
+            + train_rows
+            + self._rows["test"]
+        )
+
+    def _example(self, row: Any, where: str, seen: dict[str, str]) -> Example:
+        question_field, answer_field, solution_field, id_field = self.fields
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a row must be an object with named columns")
+        for key in (question_field, answer_field, solution_field, id_field):
+            if key is not None and row.get(key) in (None, ""):
+                have = ", ".join(sorted(map(str, row)))
+                raise DataError(f"{where}: column '{key}' is missing or empty (has: {have})")
+        question, answer = row[question_field], row[answer_field]
+        if not isinstance(question, str):
+            raise DataError(f"{where}: column '{question_field}' must be text")
+        if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+            raise DataError(f"{where}: column '{answer_field}' must be text or a number")
+        gold = str(answer).strip()
+        solution = row[solution_field] if solution_field else None
+        for key, value in (
+            (question_field, question),
+            (answer_field, gold),
+            (solution_field, solution),
+        ):
+            if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+                raise DataError(f"{where}: column '{key}' is longer than {MAX_FIELD_CHARS} chars")
+        problem = get_grader(self.grader).check_gold(gold)
+        if problem is not None:
+            raise DataError(f"{where}: {problem} (task.grader = '{self.grader}')")
+        ex_id = str(row[id_field]) if id_field else stable_id("qa", question, gold)
+        if ex_id in seen:
+            what = f"id '{ex_id}'" if id_field else "question and answer"
+            raise DataError(f"{where}: duplicate {what} (first seen at {seen[ex_id]})")
+        seen[ex_id] = where
+        columns = {k: v for k, v in row.items() if isinstance(k, str)}
+        return Example(
+            id=ex_id,
+            question=question,
+            gold=gold,
+            solution=str(solution) if solution is not None else None,
+            meta={"columns": columns},
+        )
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in self._examples:
+            raise DataError(f"Unknown split '{split}' (choose train, val or test)")
+        return self._examples[split]
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        self.examples(split)
+        return self._rows[split]
+
+    def export(self) -> dict[str, list[dict[str, Any]]]:
+        """Files that data.path reads back as this task: the whole train split and test."""
+        return {"train": self._train_raw, "test": self._rows["test"]}
+
+    def messages(self, ex: Example) -> Messages:
+        return build_messages(ex.question, self.prompt_style, self.system_prompt)
+
+    def response(self, ex: Example, rng: Any | None = None) -> str:
+        return format_answer(ex.solution or "", ex.gold, self.prompt_style)
+
+    def reward_call(self, ex: Example) -> tuple[Any, tuple[Any, ...]]:
+        return score_answer, (ex.gold, self.prompt_style, self.grader, self.reward_scheme)
+
+    def corpus(self) -> list[str]:
+        """Text to train a from-scratch tokenizer on."""
+        return [
+            "\n".join(m["content"] for m in self.messages(ex)) + "\n" + self.response(ex)
+            for ex in self.examples("train")
+        ]

@@ -1,0 +1,64 @@
+"""Reward functions in TRL's form, imported by path in tests (task.rewards fn = "reward_fixtures:...").
+
+`accuracy_reward` is written the way GRPOTrainer users write them: chat-form completions,
+a dataset column by name, **kwargs for the rest, None when the gold cannot be read.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+
+def accuracy_reward(completions, solution, **kwargs):
+    """1.0 when the last number of the completion equals the solution's, None when the
+    solution has no number (TRL: None = this function cannot score the sample)."""
+    out = []
+    for completion, gold in zip(completions, solution, strict=True):
+        content = completion[0]["content"]
+        gold_numbers = re.findall(r"-?\d+", str(gold))
+        if not gold_numbers:
+            out.append(None)
+            continue
+        found = re.findall(r"-?\d+", content)
+        out.append(1.0 if found and found[-1] == gold_numbers[-1] else 0.0)
+    return out
+
+
+def brevity(completions, **kwargs):
+    """Plain-text form: 1 - len/100, floored at 0."""
+    return [max(0.0, 1.0 - len(c) / 100) for c in completions]
+
+
+def seen_columns(completions, prompts, **columns):
+    """1.0 when the columns and prompts arrived as one list per sample."""
+    ok = all(isinstance(v, list) and len(v) == len(completions) for v in columns.values())
+    return [1.0 if ok and len(prompts) == len(completions) else 0.0] * len(completions)
+
+
+def no_completions(texts, **kwargs):
+    return [0.0] * len(texts)
+
+
+def needs_missing(completions, difficulty):
+    return [0.0] * len(completions)
+
+
+def wrong_length(completions, **kwargs):
+    return [1.0]
+
+
+def wrong_type(completions, **kwargs):
+    return ["high"] * len(completions)
+
+
+def raises(completions, **kwargs):
+    raise ValueError("boom")
+
+
+def hangs(completions, **kwargs):
+    time.sleep(30)
+    return [0.0] * len(completions)
+
+
+NOT_A_FUNCTION = 3

@@ -1,0 +1,323 @@
+"""Your own data and rewards: the qa task, graders, TRL-style reward functions and their checks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_COUNTDOWN
+from mathrl.config import load_config
+from mathrl.data import make_task, reward_columns
+from mathrl.errors import ConfigError, DataError
+from mathrl.io import read_jsonl
+from mathrl.rewards import RewardFn, score_answer
+from mathrl.rewards.functions import preflight, score_with_functions
+from mathrl.rewards.graders import choice_letter, normalize_text
+from mathrl.tasks.qa import QATask
+
+# ---------------------------------------------------------------- graders
+
+GRADED = [
+    # grader, completion, gold, style -> (correct, correct_lenient, format_ok)
+    ("numeric", "so\nFinal: 1,000", "1000", "final_line", (True, True, True)),
+    ("numeric", "so it is 12", "12", "final_line", (False, True, False)),
+    ("numeric", "Final: twelve", "12", "final_line", (False, False, False)),
+    ("exact", "Final: Paris.", "paris", "final_line", (True, True, True)),
+    ("exact", "Final: \\text{Paris}", "Paris", "final_line", (True, True, True)),
+    ("exact", "Final: Lyon", "Paris", "final_line", (False, False, True)),
+    ("exact", "the capital is \\boxed{Paris}", "Paris", "final_line", (False, True, False)),
+    ("exact", "Final: 0.50", "0.5", "final_line", (True, True, True)),
+    ("choice", "Final: (B)", "B", "final_line", (True, True, True)),
+    ("choice", "Final: b. 42", "B", "final_line", (True, True, True)),
+    ("choice", "Final: C", "B", "final_line", (False, False, True)),
+    ("choice", "I think the answer is (B) because", "B", "final_line", (False, True, False)),
+    ("choice", "\\boxed{D}", "D", "boxed", (True, True, True)),
+]
+
+
+@pytest.mark.parametrize(("grader", "completion", "gold", "style", "expected"), GRADED)
+def test_graders(grader, completion, gold, style, expected):
+    r = score_answer(completion, gold, style, grader, "format")
+    assert (r.correct, r.correct_lenient, r.format_ok) == expected
+    assert r.reward == (1.0 if expected[0] else 0.1 if expected[2] else 0.0)
+
+
+def test_text_normalisation_and_letters():
+    assert normalize_text("  \\text{New  York}. ") == "new york"
+    assert normalize_text("$5$") == "5"
+    assert [choice_letter(a) for a in ["(c)", "C)", "C: 4", "**C**", "Cat", "", "42"]] == [
+        "C",
+        "C",
+        "C",
+        "C",
+        None,
+        None,
+        None,
+    ]
+
+
+def test_graders_are_bounded_on_huge_answers():
+    big = "Final: " + "9" * 500_000
+    assert score_answer(big, "9", "final_line", "exact").correct is False
+    assert score_answer("x" * 1_000_000, "B", "final_line", "choice").correct is False
+
+
+# ---------------------------------------------------------------- the qa task
+
+
+def write_math(path: Path, n: int, start: int = 0) -> Path:
+    """MATH-style rows: LaTeX-ish problems with worked solutions and short answers."""
+    rows = [
+        {
+            "uid": f"p{i}",
+            "problem": f"Compute ${i} + {i + 1}$.",
+            "solution": f"Adding gives ${2 * i + 1}$.",
+            "answer": str(2 * i + 1),
+            "level": "Level 1",
+        }
+        for i in range(start, start + n)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+MATH_FIELDS = dict(question_field="problem", solution_field="solution", id_field="uid")
+
+
+def test_qa_from_a_dir_with_train_and_test(tmp_path):
+    write_math(tmp_path / "d/train.jsonl", 10)
+    write_math(tmp_path / "d/test.jsonl", 3, start=100)
+    task = QATask(str(tmp_path / "d"), **MATH_FIELDS, val_size=2)
+    assert [len(task.examples(s)) for s in ("train", "val", "test")] == [8, 2, 3]
+    ex = task.examples("test")[0]
+    assert (ex.id, ex.question, ex.gold) == ("p100", "Compute $100 + 101$.", "201")
+    assert task.response(ex) == "Adding gives $201$.\nFinal: 201"
+    assert reward_columns(ex)["level"] == "Level 1"  # every column reaches reward functions
+    fn, args = task.reward_call(ex)
+    assert fn(task.response(ex), *args).reward == 1.0
+    assert fn("Final: 7", *args).reward == 0.1
+
+
+def test_qa_reads_csv_json_and_a_single_file(tmp_path):
+    (tmp_path / "t.csv").write_text("q,a\nOne plus one?,2\nTwo plus two?,4\n")
+    task = QATask(str(tmp_path / "t.csv"), question_field="q", answer_field="a")
+    assert [e.gold for e in task.examples("train")] == ["2", "4"]
+    assert task.examples("test") == [] and task.examples("val") == []
+    (tmp_path / "t.json").write_text(json.dumps([{"question": "Q?", "answer": 3}]))
+    assert QATask(str(tmp_path / "t.json")).examples("train")[0].gold == "3"
+
+
+BAD_DATA = [
+    ("", "Dataset file is empty"),
+    ('{"question": "q"}\n', "column 'answer' is missing or empty (has: question)"),
+    ('{"question": "q", "answer": ""}\n', "column 'answer' is missing or empty"),
+    ('{"question": 5, "answer": "1"}\n', "column 'question' must be text"),
+    ('{"question": "q", "answer": [1]}\n', "column 'answer' must be text or a number"),
+    ('{"question": "q", "answer": "x"}\n', "gold answer is not a number: 'x'"),
+    ('{"question": "q", "answer": "1"}\n{"question": "q", "answer": "1"}\n', "duplicate"),
+    ('{"question": "q", "answer": "1"}\nnot json\n', ":2: malformed JSON"),
+    ("[1, 2]\n", "row 1: a row must be an object"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_DATA)
+def test_qa_bad_data_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=re.escape(message)):
+        QATask(str(path))
+
+
+def test_qa_duplicate_ids_name_both_rows(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    rows = [
+        {"id": "a", "question": "q1", "answer": "1"},
+        {"id": "a", "question": "q2", "answer": "2"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"row 2: duplicate id 'a' \(first seen at .*row 1\)"):
+        QATask(str(path), id_field="id")
+
+
+def test_qa_config_needs_a_path():
+    with pytest.raises(ConfigError, match="task.name = 'qa' needs data.path"):
+        load_config(None, ["task.name=qa"], env=False)
+
+
+# ---------------------------------------------------------------- reward functions
+
+
+def test_weighted_terms_with_a_trl_function_and_none():
+    """reward = 1.0 * task + 0.5 * accuracy_reward; None leaves the term out and says so."""
+    specs = (
+        RewardFn("task"),
+        RewardFn("reward_fixtures:accuracy_reward", 0.5),
+        RewardFn("reward_fixtures:brevity", 0.1, name="short", completions="text"),
+    )
+    prompt = [{"role": "user", "content": "q"}]
+    columns = {"question": "q", "answer": "12", "solution": "so 12"}
+    args = ("12", "final_line", "numeric", "format")
+    text = "x" * 40 + "\nFinal: 12"  # 50 chars: brevity 0.5
+    r = score_with_functions(text, score_answer, args, specs, prompt, columns)
+    assert r.reward == pytest.approx(1.0 + 0.5 * 1.0 + 0.1 * 0.5)
+    assert r.components == pytest.approx(
+        {"correct": 1.0, "format": 1.0, "task": 1.0, "accuracy_reward": 1.0, "short": 0.5}
+    )
+    unreadable = {**columns, "solution": "none"}
+    r = score_with_functions("Final: 3", score_answer, args, specs, prompt, unreadable)
+    assert r.reward == pytest.approx(0.1 + 0.1 * 0.92)
+    assert "accuracy_reward" not in r.components
+    assert r.reason == "wrong_answer; unscored: accuracy_reward"
+
+
+def _check(specs: list[RewardFn], timeout_s: float = 5.0) -> None:
+    columns = [{"question": "q", "answer": "1", "solution": "1"}] * 2
+    preflight(specs, ["Final: 1", ""], [[{"role": "user", "content": "q"}]] * 2, columns, timeout_s)
+
+
+BAD_FUNCTIONS = [
+    ("nowhere_module:fn", "cannot import nowhere_module (ModuleNotFoundError"),
+    ("reward_fixtures:missing", "reward_fixtures has no function 'missing'"),
+    ("reward_fixtures:NOT_A_FUNCTION", "has no function 'NOT_A_FUNCTION'"),
+    ("reward_fixtures:no_completions", "must take completions (TRL signature"),
+    ("reward_fixtures:needs_missing", "needs column 'difficulty', which the data lacks"),
+    ("reward_fixtures:wrong_length", "must return a list of 2 floats or None (one per"),
+    ("reward_fixtures:wrong_type", "returned 'high': each item must be a finite number or None"),
+    ("reward_fixtures:raises", "raised ValueError: boom on a batch of 2"),
+    ("reward_fixtures:hangs", "did not return within 0.5 s"),
+]
+
+
+@pytest.mark.parametrize(("fn", "message"), BAD_FUNCTIONS)
+def test_reward_functions_checked_before_training(fn, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _check([RewardFn(fn)], timeout_s=0.5)
+
+
+def test_good_functions_pass_the_check():
+    _check([RewardFn("reward_fixtures:accuracy_reward"), RewardFn("reward_fixtures:seen_columns")])
+
+
+BAD_SPECS = [
+    ('[{fn = "justaname"}]', "must be 'pkg.module:function' or one of task, correct, format"),
+    (
+        '[{fn = "a.b:c", wieght = 2}]',
+        "Unknown key 'wieght' in task.rewards (did you mean 'weight'?)",
+    ),
+    ("[{weight = 2}]", "lacks 'fn'"),
+    ('[{fn = "a:f"}, {fn = "b:f"}]', "task.rewards name 'f' is used twice"),
+    ('[{fn = "a:mean"}]', "'mean' is a reward/* statistic"),
+    ('[{fn = "a:f", completions = "ids"}]', "must be messages or text"),
+    ("[{fn = ", "task.rewards expects a TOML array of inline tables"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_SPECS)
+def test_reward_specs_in_the_config(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [f"task.rewards={value}"], env=False)
+
+
+def test_rewards_round_trip_through_a_config_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[task]\nrewards = [{fn = "task"}, {fn = "reward_fixtures:brevity", weight = 0.25, '
+        'completions = "text"}]\n'
+    )
+    cfg = load_config(path, env=False)
+    assert cfg.task.rewards == [
+        RewardFn("task"),
+        RewardFn("reward_fixtures:brevity", 0.25, completions="text"),
+    ]
+    from mathrl.config import dumps_toml
+
+    (tmp_path / "again.toml").write_text(dumps_toml(cfg))
+    assert load_config(tmp_path / "again.toml", env=False).task.rewards == cfg.task.rewards
+
+
+def test_make_task_wraps_and_checks(tmp_path):
+    write_math(tmp_path / "m.jsonl", 6)
+    sets = [
+        "task.name=qa",
+        f"data.path={tmp_path / 'm.jsonl'}",
+        "data.question_field=problem",
+        "data.solution_field=solution",
+        "data.val_size=2",
+        'task.rewards=[{fn = "task"}, {fn = "reward_fixtures:accuracy_reward", weight = 2}]',
+    ]
+    task = make_task(load_config(None, sets, env=False))
+    assert task.name == "qa" and len(task.examples("train")) == 4
+    ex = task.examples("val")[0]
+    fn, args = task.reward_call(ex)
+    assert fn(task.response(ex), *args).reward == pytest.approx(3.0)
+    bad = sets[:-1] + ['task.rewards=[{fn = "reward_fixtures:needs_missing"}]']
+    with pytest.raises(ConfigError, match="needs column 'difficulty'"):
+        make_task(load_config(None, bad, env=False))
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_own_math_data_with_a_reward_function(run_cli, tmp_path):
+    """The README's "Your own data" example: train a tiny model on a MATH-style JSONL with a
+    TRL-style reward term, in the bounded pool; then eval it."""
+    write_math(tmp_path / "mine/train.jsonl", 40)
+    write_math(tmp_path / "mine/test.jsonl", 8, start=500)
+    cfg = tmp_path / "qa.toml"
+    body = TINY_COUNTDOWN.replace('name = "countdown"', 'name = "qa"\ngrader = "math_verify"')
+    body = body.replace(
+        "[data]",
+        "[data]\n"
+        + "\n".join(
+            [
+                f'path = "{tmp_path / "mine"}"',
+                'question_field = "problem"',
+                'solution_field = "solution"',
+                'id_field = "uid"',
+                "val_size = 4",
+            ]
+        ),
+    )
+    cfg.write_text(body)
+    sets = [
+        "--set",
+        'task.rewards=[{fn = "task"}, {fn = "reward_fixtures:brevity", weight = 0.1, '
+        'completions = "text"}]',
+        "--set",
+        "train.reward_workers=1",
+    ]
+    out = tmp_path / "run"
+    res = run_cli("train", "-c", cfg, "--out", out, *sets)
+    assert res.code == 0, res.err
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(0.0 <= m["reward/brevity"] <= 1.0 for m in metrics)
+    rollouts = read_jsonl(out / "rollouts.jsonl")
+    assert {r["task"] for r in rollouts} == {"qa"}
+    for r in rollouts:
+        expected = 1.0 if r["correct"] else 0.1 if r["reward_components"]["format"] else 0.0
+        expected += 0.1 * max(0.0, 1 - len(r["completion"]) / 100)
+        assert r["reward"] == pytest.approx(expected)
+    # The Python API evaluates the same run: the CLI's eval, as a function.
+    import mathrl
+
+    summary = mathrl.evaluate(out, cfg, tmp_path / "ev", split="val", limit=4)
+    written = json.loads((tmp_path / "ev/eval_summary.json").read_text())
+    assert summary == written and summary["n_problems"] == 4
+
+
+def test_python_api_trains_from_a_config_object(tmp_path, tiny_config):
+    """mathrl.train(Config) runs `mathrl train` and leaves the object as it was."""
+    import mathrl
+
+    cfg = load_config(tiny_config, env=False)
+    run = mathrl.train(cfg, tmp_path / "api", overrides=["train.steps=1", "warmup.steps=0"])
+    assert run == tmp_path / "api" and cfg.train.steps == 2
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1]
+    saved = load_config(run / "config.toml", env=False)
+    assert (saved.train.steps, saved.warmup.steps, saved.model.scratch.hidden) == (1, 0, 32)
