@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,10 +16,15 @@ from typing import Any
 from mathrl.errors import MathrlError
 
 
-def load_run_config(config: Path | None, sets: list[str] | None, quiet: bool = False) -> Any:
-    from mathrl.config import load_config
+def load_run_config(config: Any, sets: list[str] | None, quiet: bool = False) -> Any:
+    """The run's Config from a file or preset name (CLI), or a Config object (Python API;
+    MATHRL_CONFIG does not apply to it), with `sets` on top."""
+    from mathrl.config import Config, load_config
 
-    cfg = load_config(config, sets or [])
+    if isinstance(config, Config):
+        cfg = load_config(None, sets or [], env=False, base=config)
+    else:
+        cfg = load_config(config, sets or [])
     if quiet:
         cfg.log.quiet = True
     return cfg
@@ -82,7 +88,7 @@ def open_run(
 
 
 def start_training_run(
-    config: Path | None,
+    config: Any,
     sets: list[str] | None,
     out: Path | None,
     resume: bool,
@@ -110,6 +116,30 @@ def start_training_run(
     if resume_from is not None:
         return cfg, task, run_dir, resume_from, resume_from / "model"
     return cfg, task, run_dir, None, maybe_warmup(cfg, task, run_dir, resume, allow_change)
+
+
+def run_training(
+    config: Any,
+    sets: list[str] | None,
+    out: Path | None,
+    resume: bool,
+    allow_change: bool,
+    quiet: bool,
+) -> Path:
+    """`mathrl train` from start to summary: warm-up, RL, checkpoints, report; the run dir."""
+    from mathrl.runtime import load_policy
+    from mathrl.trainer import train
+
+    started = time.perf_counter()
+    cfg, task, run_dir, resume_from, start = start_training_run(
+        config, sets, out, resume, allow_change, quiet
+    )
+    model, tokenizer = load_policy(cfg, task, run_dir, start)
+    with make_logger(cfg, run_dir, cfg.train.steps) as logger:
+        state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
+    say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+    finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
+    return run_dir
 
 
 def maybe_warmup(
@@ -292,7 +322,7 @@ def load_model_arg(cfg: Any, task: Any, path: str, out_dir: Path) -> tuple[Any, 
 
 
 def open_eval_run(
-    config: Path | None, sets: list[str] | None, out: Path | None, models: list[str] | None
+    config: Any, sets: list[str] | None, out: Path | None, models: list[str] | None
 ) -> tuple[Any, Any, list[str], Path]:
     """Config, task, model paths (checked) and the output dir, with the resolved config in it."""
     from mathrl.checkpoint import default_run_dir
@@ -308,6 +338,58 @@ def open_eval_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
     return cfg, task, paths, out_dir
+
+
+def model_labels(paths: list[str]) -> list[str]:
+    """Short, unique, filesystem-safe names for the models (used as subdirs and columns)."""
+    out: list[str] = []
+    for path in paths:
+        p = Path(path.rstrip("/"))
+        name = f"{p.parent.name}_{p.name}" if p.name.startswith("step_") else p.name or path
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+        label, i = base, 2
+        while label in out:
+            label, i = f"{base}-{i}", i + 1
+        out.append(label)
+    return out
+
+
+def run_eval(
+    config: Any,
+    sets: list[str] | None,
+    out: Path | None,
+    models: list[str] | None,
+    split: str,
+    limit: int | None,
+    quiet: bool = False,
+) -> tuple[Any, list[dict[str, Any]], Path]:
+    """`mathrl eval`: each model evaluated on `split`, written under `out` (one subdir per
+    model when several); (task, [{label, model, dir, summary}], out dir)."""
+    import json
+
+    from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
+    from mathrl.io import atomic_write_text
+    from mathrl.sampling import rollout_engine
+
+    cfg, task, paths, out_dir = open_eval_run(config, sets, out, models)
+    kwargs = eval_kwargs(cfg)
+    if limit is not None:
+        kwargs["limit"] = limit
+    rows = []
+    for path, label in zip(paths, model_labels(paths), strict=True):
+        m, tok = load_model_arg(cfg, task, path, out_dir)
+        engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"])
+        result = evaluate(m, tok, task, split, progress=not quiet, engine=engine, **kwargs)
+        del engine
+        del m
+        result.summary["model"] = path
+        sub = out_dir / label if len(paths) > 1 else out_dir
+        write_eval(result, sub)
+        rows.append({"label": label, "model": path, "dir": str(sub), "summary": result.summary})
+    if len(paths) > 1:
+        table = json.dumps({"models": rows}, indent=2, allow_nan=False) + "\n"
+        atomic_write_text(out_dir / "eval_table.json", table)
+    return task, rows, out_dir
 
 
 # ---------------------------------------------------------------- score

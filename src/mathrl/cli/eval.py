@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from mathrl.cli.app import app
 from mathrl.cli.options import EPILOG, ConfigOpt, OutOpt, QuietOpt, SetOpt
-from mathrl.runs import MODEL_HELP, load_model_arg, open_eval_run, say
-
-
-def _labels(paths: list[str]) -> list[str]:
-    """Short, unique, filesystem-safe names for the models (used as subdirs and columns)."""
-    out: list[str] = []
-    for path in paths:
-        p = Path(path.rstrip("/"))
-        name = f"{p.parent.name}_{p.name}" if p.name.startswith("step_") else p.name or path
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
-        label, i = base, 2
-        while label in out:
-            label, i = f"{base}-{i}", i + 1
-        out.append(label)
-    return out
+from mathrl.runs import MODEL_HELP, load_model_arg, open_eval_run, run_eval, say
 
 
 def _fmt(value: Any) -> str:
@@ -73,32 +56,9 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Greedy pass@1 and sampled mean@n / pass@k / maj@k of one or more models, side by side."""
-    from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
-    from mathrl.io import atomic_write_text
-    from mathrl.sampling import rollout_engine
-
-    cfg, task, paths, out_dir = open_eval_run(config, sets, out, model)
-    kwargs = eval_kwargs(cfg)
-    if limit is not None:
-        kwargs["limit"] = limit
-    summaries: dict[str, dict[str, Any]] = {}
-    rows = []
-    for path, label in zip(paths, _labels(paths), strict=True):
-        m, tok = load_model_arg(cfg, task, path, out_dir)
-        engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"])
-        result = evaluate(m, tok, task, split, progress=not quiet, engine=engine, **kwargs)
-        del engine
-        del m
-        result.summary["model"] = path
-        sub = out_dir / label if len(paths) > 1 else out_dir
-        write_eval(result, sub)
-        summaries[label] = result.summary
-        rows.append({"label": label, "model": path, "dir": str(sub), "summary": result.summary})
-    print_table(f"{task.name} {split}", summaries)
-    if len(paths) > 1:
-        table = json.dumps({"models": rows}, indent=2, allow_nan=False) + "\n"
-        atomic_write_text(out_dir / "eval_table.json", table)
-    where = "eval_table.json and one subdir per model" if len(paths) > 1 else "eval_summary.json"
+    task, rows, out_dir = run_eval(config, sets, out, model, split, limit, quiet)
+    print_table(f"{task.name} {split}", {r["label"]: r["summary"] for r in rows})
+    where = "eval_table.json and one subdir per model" if len(rows) > 1 else "eval_summary.json"
     say(f"wrote {where} (+ eval_examples.jsonl) to {out_dir}")
 
 

@@ -11,7 +11,15 @@ import typer
 from mathrl.cli.app import app
 from mathrl.cli.options import EPILOG, AllowOpt, ConfigOpt, OutOpt, QuietOpt, ResumeOpt, SetOpt
 from mathrl.errors import MathrlError
-from mathrl.runs import finish_run, load_run_config, make_logger, open_run, say, start_training_run
+from mathrl.runs import (
+    finish_run,
+    load_run_config,
+    make_logger,
+    open_run,
+    run_training,
+    say,
+    start_training_run,
+)
 
 
 @app.command("train", epilog=EPILOG)
@@ -24,18 +32,7 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Online RL with GRPO, Dr GRPO, RLOO or REINFORCE; an SFT warm-up first per [warmup]."""
-    from mathrl.runtime import load_policy
-    from mathrl.trainer import train
-
-    started = time.perf_counter()
-    cfg, task, run_dir, resume_from, start = start_training_run(
-        config, sets, out, resume, allow_config_change, quiet
-    )
-    model, tokenizer = load_policy(cfg, task, run_dir, start)
-    with make_logger(cfg, run_dir, cfg.train.steps) as logger:
-        state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
-    say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
-    finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
+    run_training(config, sets, out, resume, allow_config_change, quiet)
 
 
 @app.command("expert-iter", epilog=EPILOG)
