@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 
 import pytest
@@ -322,3 +323,27 @@ def test_rollouts_every_thins_the_rollout_log(run_train, tmp_path):
     # steps 2 and 4, and the last step 5; 2 prompts x 4 samples each
     assert sorted({r["step"] for r in rows}) == [2, 4, 5] and len(rows) == 3 * 8
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_run_deterministic_switches_torch_and_is_recorded(run_train, tmp_path, monkeypatch):
+    """run.deterministic = true: deterministic kernels on, cuBLAS workspace set, cuDNN
+    deterministic, and the manifest says so; the next run without it switches them off."""
+    import torch
+
+    from mathrl.runtime import CUBLAS_WORKSPACE
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        res = run_train(tmp_path / "det", "run.deterministic=true", "train.steps=1")
+        assert res.code == 0, res.err
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
+        assert json.loads((tmp_path / "det/manifest.json").read_text())["deterministic"] is True
+        res = run_train(tmp_path / "plain", "train.steps=1")
+        assert res.code == 0, res.err
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert json.loads((tmp_path / "plain/manifest.json").read_text())["deterministic"] is False
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

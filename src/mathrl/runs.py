@@ -64,10 +64,11 @@ def say(msg: str) -> None:
 def start_process(cfg: Any) -> Any:
     """Quiet libraries, threads and seeds as configured; returns the configured task."""
     from mathrl.data import make_task
-    from mathrl.runtime import quiet_libraries, set_seed, set_threads
+    from mathrl.runtime import quiet_libraries, set_deterministic, set_seed, set_threads
 
     quiet_libraries()
     set_threads(cfg.model.threads)
+    set_deterministic(cfg.run.deterministic)
     set_seed(cfg.seed)
     return make_task(cfg)
 
@@ -82,7 +83,10 @@ def open_run(
     task = start_process(cfg)
     run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
     write_run_manifest(
-        run_dir, cfg.seed, task.fingerprint, {"task": task.name, "model": cfg.model.path}
+        run_dir,
+        cfg.seed,
+        task.fingerprint,
+        {"task": task.name, "model": cfg.model.path, "deterministic": cfg.run.deterministic},
     )
     return task, run_dir
 

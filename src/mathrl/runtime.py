@@ -36,6 +36,24 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CUBLAS_WORKSPACE = ":4096:8"
+"""CUBLAS_WORKSPACE_CONFIG that makes cuBLAS deterministic (CUDA >= 10.2, torch's docs)."""
+
+
+def set_deterministic(on: bool) -> None:
+    """run.deterministic: deterministic kernels everywhere, or torch's defaults.
+
+    Called before any model is loaded, so the cuBLAS variable is set before CUDA starts.
+    """
+    import torch
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
 def quiet_libraries() -> None:
     """transformers' per-load progress bars would drown mathrl's own output."""
     from transformers.utils import logging as hf_logging

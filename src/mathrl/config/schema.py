@@ -18,6 +18,7 @@ from mathrl.config.sections import (
     LogConfig,
     ModelConfig,
     RolloutConfig,
+    RunConfig,
     SFTConfig,
     TaskConfig,
     TrainConfig,
@@ -50,6 +51,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
         """Range and cross-field checks; the first failure raises a ConfigError naming its key."""

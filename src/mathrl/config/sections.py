@@ -289,6 +289,16 @@ class EvalConfig:
 
 
 @dataclass
+class RunConfig:
+    """Process-wide switches of a run."""
+
+    deterministic: bool = False
+    """Deterministic kernels: torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG,
+    cuDNN deterministic and no benchmark; recorded in manifest.json. Slower on GPU; an op
+    without a deterministic kernel then stops the run with torch's error naming it."""
+
+
+@dataclass
 class LogConfig:
     """Where metrics go."""
 
