@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_COUNTDOWN
 from mathrl.config import load_config
 from mathrl.data import make_task, reward_columns
 from mathrl.errors import ConfigError, DataError
@@ -263,51 +263,37 @@ def test_make_task_wraps_and_checks(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_eval_on_own_math_data_with_a_reward_function(run_cli, tmp_path):
-    """The README's "Your own data" example: train a tiny model on a MATH-style JSONL with a
-    TRL-style reward term, in the bounded pool; then eval it."""
-    write_math(tmp_path / "mine/train.jsonl", 40)
-    write_math(tmp_path / "mine/test.jsonl", 8, start=500)
-    cfg = tmp_path / "qa.toml"
-    body = TINY_COUNTDOWN.replace('name = "countdown"', 'name = "qa"\ngrader = "math_verify"')
-    body = body.replace(
-        "[data]",
-        "[data]\n"
-        + "\n".join(
-            [
-                f'path = "{tmp_path / "mine"}"',
-                'question_field = "problem"',
-                'solution_field = "solution"',
-                'id_field = "uid"',
-                "val_size = 4",
-            ]
-        ),
-    )
-    cfg.write_text(body)
-    sets = [
-        "--set",
-        'task.rewards=[{fn = "task"}, {fn = "reward_fixtures:brevity", weight = 0.1, '
-        'completions = "text"}]',
-        "--set",
-        "train.reward_workers=1",
-    ]
-    out = tmp_path / "run"
-    res = run_cli("train", "-c", cfg, "--out", out, *sets)
+def test_the_readme_own_data_example(run_cli, tmp_path, monkeypatch):
+    """examples/own_data, as README "Your own data" runs it (shrunk by --set): generate the
+    MATH-style JSONL, train with the qa task, the math_verify grader and a TRL-style reward
+    function from the current directory (scored in the bounded pool), then evaluate through
+    the Python API."""
+    example = Path(__file__).resolve().parents[1] / "examples/own_data"
+    work = tmp_path / "own_data"
+    shutil.copytree(example, work)
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))  # as `python make_data.py` would find it
+    import make_data
+
+    make_data.main(out="data", train=60, test=10)
+    shrink = ["warmup.steps=3", "train.steps=2", "eval.every=0", "data.val_size=8"]
+    sets = [a for s in shrink for a in ("--set", s)]
+    res = run_cli("train", "-c", "config.toml", "--out", "run", *sets, "--set", "log.quiet=true")
     assert res.code == 0, res.err
-    metrics = read_jsonl(out / "metrics.jsonl")
+    metrics = read_jsonl(work / "run/metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
-    assert all(0.0 <= m["reward/brevity"] <= 1.0 for m in metrics)
-    rollouts = read_jsonl(out / "rollouts.jsonl")
-    assert {r["task"] for r in rollouts} == {"qa"}
-    for r in rollouts:
-        expected = 1.0 if r["correct"] else 0.1 if r["reward_components"]["format"] else 0.0
-        expected += 0.1 * max(0.0, 1 - len(r["completion"]) / 100)
+    assert all("reward/one_box" in m and "reward/task" in m for m in metrics)
+    rollouts = read_jsonl(work / "run/rollouts.jsonl")
+    assert len(rollouts) == 2 * 8 * 8 and {r["task"] for r in rollouts} == {"qa"}
+    for r in rollouts:  # the logged reward is the weighted sum of the logged terms
+        parts = r["reward_components"]
+        expected = parts["task"] + 0.2 * parts.get("one_box", 0.0)
         assert r["reward"] == pytest.approx(expected)
-    # The Python API evaluates the same run: the CLI's eval, as a function.
+        assert ("one_box" in parts) == bool(r["completion"].strip())
     import mathrl
 
-    summary = mathrl.evaluate(out, cfg, tmp_path / "ev", split="val", limit=4)
-    written = json.loads((tmp_path / "ev/eval_summary.json").read_text())
+    summary = mathrl.evaluate(work / "run", "config.toml", work / "ev", split="test", limit=4)
+    written = json.loads((work / "ev/eval_summary.json").read_text())
     assert summary == written and summary["n_problems"] == 4
 
 
