@@ -191,6 +191,17 @@ def test_score_command_exact_rewards(run_cli, tmp_path):
     )
     assert res.code == 0, res.err
     assert [r["reward"] for r in read_jsonl(tmp_path / "cd_out.jsonl")] == [1.0, 0.0]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(
+        json.dumps({"gold": "Paris", "completion": "Final: paris."})
+        + "\n"
+        + json.dumps({"gold": "B", "completion": "Final: Rome"})
+        + "\n"
+    )
+    args = ["--input", qa, "--output", tmp_path / "qa_out.jsonl", "--grader", "exact"]
+    res = run_cli("score", "--task", "qa", *args)
+    assert res.code == 0, res.err
+    assert [r["reward"] for r in read_jsonl(tmp_path / "qa_out.jsonl")] == [1.0, 0.1]
 
 
 def test_data_prepare(run_cli, tmp_path):

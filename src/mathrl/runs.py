@@ -400,12 +400,18 @@ def run_eval(
 
 
 def rescore_file(
-    task: str, input: Path, output: Path, prompt_style: str, scheme: str, timeout: float
+    task: str,
+    input: Path,
+    output: Path,
+    prompt_style: str,
+    scheme: str,
+    timeout: float,
+    grader: str = "numeric",
 ) -> list[dict[str, Any]]:
     """Score every record of `input` (its 'completion' and the task's fields) into `output`."""
     from mathrl.errors import DataError
     from mathrl.io import read_jsonl, write_jsonl
-    from mathrl.rewards import RewardPool, score_countdown, score_gsm8k
+    from mathrl.rewards import RewardPool, score_answer, score_countdown, score_gsm8k
 
     rows = read_jsonl(input)
     items = []
@@ -425,14 +431,18 @@ def rescore_file(
             if not isinstance(r.get("nums"), list) or not isinstance(r.get("target"), int):
                 raise DataError(f"{input}: record {i} needs 'nums' (int list) and 'target' (int)")
             items.append((r["completion"], r["nums"], r["target"], prompt_style, scheme))
+        elif task == "qa":
+            if r.get("gold") is None:
+                raise DataError(f"{input}: record {i} needs 'gold' (the answer)")
+            items.append((r["completion"], str(r["gold"]), prompt_style, grader, scheme))
         else:
-            raise MathrlError(f"Unknown task '{task}' (choose gsm8k or countdown)")
-    fn = score_gsm8k if task == "gsm8k" else score_countdown
+            raise MathrlError(f"Unknown task '{task}' (choose gsm8k, countdown or qa)")
+    fn = {"gsm8k": score_gsm8k, "countdown": score_countdown, "qa": score_answer}[task]
     with RewardPool(timeout_s=timeout, workers=1) as pool:
         results = pool.map(fn, items)
     out_rows = []
     for r, res in zip(rows, results, strict=True):
-        gold = items[len(out_rows)][1] if task == "gsm8k" else str(r["target"])
+        gold = str(r["target"]) if task == "countdown" else items[len(out_rows)][1]
         out_rows.append(
             {
                 **r,

@@ -94,7 +94,7 @@ def data_prepare(
 
 @app.command("score", epilog=EPILOG)
 def score_cmd(
-    task: Annotated[str, typer.Option(help="gsm8k or countdown.")],
+    task: Annotated[str, typer.Option(help="gsm8k, countdown or qa (records need 'gold').")],
     input: Annotated[
         Path, typer.Option("--input", "-i", help="JSONL with the task's fields and 'completion'.")
     ],
@@ -111,11 +111,14 @@ def score_cmd(
         str, typer.Option(help="Reward scheme: format, binary or lenient.")
     ] = "format",
     timeout: Annotated[float, typer.Option(help="Seconds one reward call may take.")] = 5.0,
+    grader: Annotated[
+        str, typer.Option(help="qa: numeric, math_verify, exact or choice (task.grader).")
+    ] = "numeric",
 ) -> None:
     """Re-score records with a task reward, for example an old rollout log with a new reward."""
     from mathrl.runs import rescore_file
 
-    out_rows = rescore_file(task, input, output, prompt_style, scheme, timeout)
+    out_rows = rescore_file(task, input, output, prompt_style, scheme, timeout, grader)
     acc = sum(r["correct"] for r in out_rows) / max(1, len(out_rows))
     say(
         f"scored {len(out_rows)} records: accuracy {acc:.3f}, mean reward {sum(r['reward'] for r in out_rows) / max(1, len(out_rows)):.3f} -> {output}"
