@@ -45,6 +45,52 @@ def test_graders(grader, completion, gold, style, expected):
     assert r.reward == (1.0 if expected[0] else 0.1 if expected[2] else 0.0)
 
 
+LATEX = [
+    # completion (boxed style), gold -> correct under the math_verify grader
+    ("\\boxed{\\dfrac12}", "\\frac{1}{2}", True),
+    ("\\boxed{0.5}", "\\frac{1}{2}", True),
+    ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", True),
+    ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", False),
+    ("\\boxed{(1, 2]}", "(1,2]", True),
+    ("\\boxed{[1, 2]}", "(1,2]", False),
+    ("\\boxed{\\{1,2,3\\}}", "\\{3,2,1\\}", True),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2,3\\}", False),
+    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", True),
+    ("\\boxed{x^2}", "x^{2}", True),
+    ("\\boxed{72}", "72", True),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "correct"), LATEX)
+def test_math_verify_grader_on_latex(completion, gold, correct):
+    r = score_answer(completion, gold, "boxed", "math_verify")
+    assert (r.correct, r.format_ok) == (correct, True)
+
+
+ADVERSARIAL_LATEX = [
+    "\\boxed{10^{10^{10^{10^{10}}}}}",
+    "\\boxed{9^{9^{9}}}",
+    "\\boxed{(10^{8})!}",
+    "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",
+]
+
+
+def test_math_verify_is_bounded_by_the_reward_pool():
+    """Inputs that keep math-verify busy for ~10 s each (measured: its own 5 s parse and 5 s
+    verify alarms) cost one pool timeout each, not a stalled run."""
+    import time
+
+    from mathrl.rewards import RewardPool
+
+    items = [(c, "\\frac{1}{2}", "boxed", "math_verify", "format") for c in ADVERSARIAL_LATEX]
+    items.append(("\\boxed{\\dfrac12}", "\\frac{1}{2}", "boxed", "math_verify", "format"))
+    started = time.perf_counter()
+    with RewardPool(timeout_s=1.0, workers=2) as pool:
+        results = pool.map(score_answer, items)
+    assert [r.reason for r in results] == ["timeout"] * 4 + ["ok"]
+    assert time.perf_counter() - started < 30  # 4 timeouts of 1 s, worker restarts included
+
+
 def test_text_normalisation_and_letters():
     assert normalize_text("  \\text{New  York}. ") == "new york"
     assert normalize_text("$5$") == "5"

@@ -141,8 +141,16 @@ def load_math_verify() -> ModuleType:
         ) from err
 
 
+def as_latex(answer: str) -> str:
+    """An extracted answer in `$...$`: math_verify only finds LaTeX between delimiters
+    (a bare `\\dfrac12` or `(1, 2]` parses to nothing)."""
+    text = answer.strip()
+    return text if "$" in text or "\\boxed" in text else f"${text}$"
+
+
 def math_verify_equal_with(module: ModuleType, gold: str, pred: str) -> bool:
     """LaTeX-aware equivalence, gold first as math_verify expects."""
+    gold, pred = as_latex(gold), as_latex(pred)
     if threading.current_thread() is threading.main_thread():
         return bool(module.verify(module.parse(gold), module.parse(pred)))
     # math_verify's own timeouts use SIGALRM, which only works on the main thread;
