@@ -353,3 +353,48 @@ def test_python_api_trains_from_a_config_object(tmp_path, tiny_config):
     assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1]
     saved = load_config(run / "config.toml", env=False)
     assert (saved.train.steps, saved.warmup.steps, saved.model.scratch.hidden) == (1, 0, 32)
+
+
+def test_qa_from_a_hub_dataset_through_datasets(monkeypatch):
+    """hf:owner/name@rev goes to datasets.load_dataset with that revision; its train and
+    test splits become the task's (a stand-in module: the tests never download)."""
+    import sys
+    import types
+
+    calls = []
+    rows = {
+        "train": [{"question": f"q{i}", "answer": str(i)} for i in range(5)],
+        "test": [{"question": "t", "answer": "7"}],
+    }
+
+    def load_dataset(name, revision=None):
+        calls.append((name, revision))
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    task = QATask("hf:someone/math@abc123", val_size=1)
+    assert calls == [("someone/math", "abc123")]
+    assert [len(task.examples(s)) for s in ("train", "val", "test")] == [4, 1, 1]
+    assert task.examples("test")[0].gold == "7"
+
+
+def test_data_prepare_writes_qa_files_that_read_back_as_the_same_task(run_cli, tmp_path):
+    write_math(tmp_path / "src.jsonl", 12)
+    res = run_cli(
+        "data",
+        "prepare",
+        "qa",
+        "--source",
+        tmp_path / "src.jsonl",
+        "--out",
+        tmp_path / "p",
+        "--set",
+        "data.question_field=problem",
+        "--set",
+        "data.val_size=3",
+    )
+    assert res.code == 0, res.err
+    manifest = json.loads((tmp_path / "p/fingerprint.json").read_text())
+    assert manifest["counts"] == {"train": 9, "val": 3, "test": 0}
+    again = QATask(str(tmp_path / "p"), question_field="problem", val_size=3)
+    assert again.fingerprint == manifest["fingerprint"]
