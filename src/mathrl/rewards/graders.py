@@ -49,6 +49,8 @@ class Grader:
     """(pred, gold) -> whether they are the same answer."""
     check_gold: Callable[[str], str | None] = lambda gold: None
     """An error message when a gold answer cannot be graded, else None."""
+    prepare: Callable[[], object] = lambda: None
+    """Raises a ConfigError naming the extra to install when the grader cannot run."""
 
 
 GRADERS: Registry[Grader] = Registry("grader")
@@ -137,7 +139,8 @@ def load_math_verify() -> ModuleType:
         return importlib.import_module("math_verify")
     except ModuleNotFoundError as err:
         raise ConfigError(
-            "use_math_verify needs the math-verify extra: pip install 'mathrl[math-verify]'"
+            "math_verify grading (task.grader, task.use_math_verify) needs the math-verify "
+            "extra: pip install 'mathrl[math-verify]'"
         ) from err
 
 
@@ -165,7 +168,12 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
     return numbers_equal(pred, gold) or math_verify_equal_with(load_math_verify(), gold, pred)
 
 
-GRADERS.add("math_verify", Grader(numeric=False, lenient=_text_lenient, equal=_math_verify_equal))
+GRADERS.add(
+    "math_verify",
+    Grader(
+        numeric=False, lenient=_text_lenient, equal=_math_verify_equal, prepare=load_math_verify
+    ),
+)
 
 
 def get_grader(name: str) -> Grader:

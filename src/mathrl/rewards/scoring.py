@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from mathrl.errors import ConfigError, DataError
 from mathrl.registry import Registry
 from mathrl.rewards.countdown import check_countdown, extract_countdown_answer
-from mathrl.rewards.extract import check_style, extract_lenient, extract_strict
-from mathrl.rewards.graders import get_grader, load_math_verify, math_verify_equal_with
-from mathrl.rewards.numbers import numbers_equal, parse_number
+from mathrl.rewards.extract import check_style, extract_strict
+from mathrl.rewards.graders import get_grader
+from mathrl.rewards.numbers import parse_number
 
 FORMAT_REWARD = 0.1
 """Reward for a well-formatted but wrong answer under the `format` scheme."""
@@ -86,41 +86,12 @@ def score_gsm8k(
     scheme: str = "format",
     use_math_verify: bool = False,
 ) -> RewardResult:
-    """Score one GSM8K completion against the gold number under `scheme`."""
-    scheme_fn = get_scheme(scheme)
-    check_style(style)
-    module = load_math_verify() if use_math_verify else None
-    if module is None and parse_number(gold) is None:
+    """Score one GSM8K completion against the gold number under `scheme` (the numeric
+    grader, or math_verify, which also accepts LaTeX such as `\\frac{144}{2}`)."""
+    if parse_number(gold) is None:
         raise DataError(f"GSM8K gold answer is not a number: {gold[:80]!r}")
-
-    def equal(pred: str | None) -> bool:
-        if pred is None:
-            return False
-        return numbers_equal(pred, gold) or (
-            module is not None and math_verify_equal_with(module, gold, pred)
-        )
-
-    # math_verify can judge non-numeric content such as `\frac{3}{x}`, so keep it.
-    strict = extract_strict(completion, style, numeric=module is None)
-    lenient = extract_lenient(completion, style)
-    format_ok = strict is not None
-    correct = equal(strict)
-    correct_lenient = correct or equal(lenient)
-    if correct:
-        reason = "ok"
-    elif format_ok:
-        reason = "wrong_answer"
-    else:
-        reason = "no_format" if lenient is not None else "no_answer"
-    return RewardResult(
-        reward=scheme_fn(correct, correct_lenient, format_ok),
-        components={"correct": float(correct), "format": float(format_ok)},
-        pred=strict if strict is not None else lenient,
-        correct=correct,
-        correct_lenient=correct_lenient,
-        format_ok=format_ok,
-        reason=reason,
-    )
+    grader = "math_verify" if use_math_verify else "numeric"
+    return score_answer(completion, gold, style, grader, scheme)
 
 
 def score_answer(
@@ -130,6 +101,7 @@ def score_answer(
     scheme_fn = get_scheme(scheme)
     check_style(style)
     g = get_grader(grader)
+    g.prepare()  # e.g. math_verify: a missing extra is a ConfigError, not a wrong answer
     strict = extract_strict(completion, style, numeric=g.numeric)
     lenient = g.lenient(completion, style)
     format_ok = strict is not None

@@ -65,6 +65,15 @@ class Task(Protocol):
         ...
 
 
+def prompt_corpus(task: Task) -> list[str]:
+    """Prompt + correct response of every training example: the text a from-scratch
+    tokenizer is trained on."""
+    return [
+        "\n".join(m["content"] for m in task.messages(ex)) + "\n" + task.response(ex)
+        for ex in task.examples("train")
+    ]
+
+
 def read_table(path: Path) -> list[Any]:
     """Rows of a dataset file (.parquet, or JSON lines); strict: a bad line is an error.
 

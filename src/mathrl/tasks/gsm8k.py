@@ -18,7 +18,14 @@ from typing import Any
 from mathrl.errors import DataError
 from mathrl.io import cache_root
 from mathrl.rewards import parse_gold_gsm8k, score_gsm8k
-from mathrl.tasks.base import Example, Messages, fingerprint, read_table, stable_id
+from mathrl.tasks.base import (
+    Example,
+    Messages,
+    fingerprint,
+    prompt_corpus,
+    read_table,
+    stable_id,
+)
 from mathrl.tasks.prompts import build_messages, format_answer
 
 HUB_ID = "openai/gsm8k"
@@ -206,7 +213,4 @@ class GSM8KTask:
 
     def corpus(self) -> list[str]:
         """Text to train a from-scratch tokenizer on."""
-        return [
-            "\n".join(m["content"] for m in self.messages(ex)) + "\n" + self.response(ex)
-            for ex in self.examples("train")
-        ]
+        return prompt_corpus(self)

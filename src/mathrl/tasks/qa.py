@@ -20,7 +20,14 @@ from typing import Any
 from mathrl.errors import DataError
 from mathrl.rewards import score_answer
 from mathrl.rewards.graders import get_grader
-from mathrl.tasks.base import Example, Messages, fingerprint, read_table, stable_id
+from mathrl.tasks.base import (
+    Example,
+    Messages,
+    fingerprint,
+    prompt_corpus,
+    read_table,
+    stable_id,
+)
 from mathrl.tasks.gsm8k import split_train_val
 from mathrl.tasks.prompts import build_messages, format_answer
 
@@ -118,6 +125,7 @@ class QATask:
         self.fields = (question_field, answer_field, solution_field, id_field)
         self.grader, self.prompt_style, self.reward_scheme = grader, prompt_style, reward_scheme
         self.system_prompt = system_prompt
+        get_grader(grader).prepare()  # a missing extra stops here, not as wrong answers
         loaded = load_splits(source)
         where, train_rows = loaded["train"]
         self._rows: dict[str, list[dict[str, Any]]] = {"test": []}
@@ -207,7 +215,4 @@ class QATask:
 
     def corpus(self) -> list[str]:
         """Text to train a from-scratch tokenizer on."""
-        return [
-            "\n".join(m["content"] for m in self.messages(ex)) + "\n" + self.response(ex)
-            for ex in self.examples("train")
-        ]
+        return prompt_corpus(self)
