@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mathrl.errors import ConfigError
-from mathrl.rewards.scoring import RewardResult
+from mathrl.rewards.scoring import RewardResult, combine
 
 BUILTINS = ("task", "correct", "format")
 """Built-in reward values a RewardFn may name instead of an import path."""
@@ -197,7 +197,9 @@ def score_with_functions(
     """The task's own result, its reward replaced by the weighted task.rewards terms."""
     base = base_fn(completion, *base_args)
     builtin = {"task": base.reward, "correct": float(base.correct), "format": float(base.format_ok)}
-    reward, components, unscored = 0.0, dict(base.components), []
+    values: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    unscored = []
     for spec in specs:
         if spec.fn in BUILTINS:
             value: float | None = builtin[spec.fn]
@@ -206,10 +208,14 @@ def score_with_functions(
         if value is None:
             unscored.append(spec.label)
             continue
-        components[spec.label] = value
-        reward += spec.weight * value
+        values[spec.label], weights[spec.label] = value, spec.weight
     reason = base.reason + (f"; unscored: {', '.join(unscored)}" if unscored else "")
-    return dataclasses.replace(base, reward=reward, components=components, reason=reason)
+    return dataclasses.replace(
+        base,
+        reward=combine(values, weights),
+        components={**base.components, **values},
+        reason=reason,
+    )
 
 
 def preflight(
