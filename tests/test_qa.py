@@ -323,6 +323,7 @@ def test_the_readme_own_data_example(run_cli, tmp_path, monkeypatch):
 
     make_data.main(out="data", train=60, test=10)
     shrink = ["warmup.steps=3", "train.steps=2", "eval.every=0", "data.val_size=8"]
+    shrink += ["train.prompts_per_step=8", "rollout.batch_size=64", "train.micro_batch_size=64"]
     sets = [a for s in shrink for a in ("--set", s)]
     res = run_cli("train", "-c", "config.toml", "--out", "run", *sets, "--set", "log.quiet=true")
     assert res.code == 0, res.err
@@ -338,8 +339,11 @@ def test_the_readme_own_data_example(run_cli, tmp_path, monkeypatch):
         assert ("one_box" in parts) == bool(r["completion"].strip())
     import mathrl
 
-    summary = mathrl.evaluate(work / "run", "config.toml", work / "ev", split="test", limit=4)
-    written = json.loads((work / "ev/eval_summary.json").read_text())
+    ev = work / "ev"
+    summary = mathrl.evaluate(
+        work / "run", "config.toml", ev, overrides=["data.val_size=8"], split="test", limit=4
+    )
+    written = json.loads((ev / "eval_summary.json").read_text())
     assert summary == written and summary["n_problems"] == 4
 
 
