@@ -62,3 +62,9 @@ def hangs(completions, **kwargs):
 
 
 NOT_A_FUNCTION = 3
+
+
+def slow_zero(completions, **kwargs):
+    """0.0 after 20 ms a completion: makes a tiny run's steps long enough to signal mid-run."""
+    time.sleep(0.02 * len(completions))
+    return [0.0] * len(completions)

@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import pickle
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -45,6 +46,7 @@ STARTUP_TIMEOUT_S = 60.0
 """How long a new worker may take to report ready (spawn re-imports the package)."""
 
 _STOP = b""  # an empty message tells a worker to exit
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _error_reason(err: BaseException) -> str:
@@ -81,9 +83,29 @@ def _to_tuple(result: RewardResult) -> tuple:
     )
 
 
-def _worker_main(conn: Connection) -> None:
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the process that started it dies, even
+    mid-call in a hung reward (nothing else would: no one reads its pipe any more)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl: the pipe EOF below still ends an idle worker
+        pass
+
+
+def _worker_main(conn: Connection, inherited: list[Connection]) -> None:
     """Worker loop: receive (fn, [(index, args), ...]) batches, send one reply per item."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes us
+    # Ctrl-C and SIGTERM go to the parent, which finishes its step and closes us; a
+    # scheduler's SIGTERM to the whole process group must not kill a reward mid-step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    for other in inherited:  # fork copies the parent's pipe ends; holding them would hide
+        other.close()  # the parent's death (no EOF) and keep an orphan alive forever
     conn.send(("ready",))
     while True:
         try:
@@ -169,7 +191,10 @@ class RewardPool:
     def _start_worker(self) -> _Worker:
         """Start one worker and wait until it is ready to receive."""
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
+        # Under fork the child holds copies of every parent-side pipe end open now.
+        forked = isinstance(self._ctx, ForkContext)
+        inherited = [parent_conn, *(w.conn for w in self._workers)] if forked else []
+        process = self._ctx.Process(target=_worker_main, args=(child_conn, inherited), daemon=True)
         process.start()
         child_conn.close()  # so the parent sees EOF when the worker dies
         if not parent_conn.poll(STARTUP_TIMEOUT_S):
