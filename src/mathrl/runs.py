@@ -5,15 +5,18 @@ commands in cli/ stay thin and other front ends (torchrun workers, notebooks) ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
+from mathrl.stopping import Stopped, graceful_stop
 
 
 def load_run_config(config: Any, sets: list[str] | None, quiet: bool = False) -> Any:
@@ -130,20 +133,38 @@ def run_training(
     allow_change: bool,
     quiet: bool,
 ) -> Path:
-    """`mathrl train` from start to summary: warm-up, RL, checkpoints, report; the run dir."""
+    """`mathrl train` from start to summary: warm-up, RL, checkpoints, report; the run dir.
+    SIGINT/SIGTERM stop it at a step boundary with a checkpoint (mathrl.stopping.Stopped)."""
     from mathrl.runtime import load_policy
     from mathrl.trainer import train
 
     started = time.perf_counter()
-    cfg, task, run_dir, resume_from, start = start_training_run(
-        config, sets, out, resume, allow_change, quiet
-    )
-    model, tokenizer = load_policy(cfg, task, run_dir, start)
-    with make_logger(cfg, run_dir, cfg.train.steps) as logger:
-        state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
+    run_dir: Path | None = None
+    with graceful_stop(), stopped_in(lambda: run_dir):
+        cfg, task, run_dir, resume_from, start = start_training_run(
+            config, sets, out, resume, allow_change, quiet
+        )
+        model, tokenizer = load_policy(cfg, task, run_dir, start)
+        with make_logger(cfg, run_dir, cfg.train.steps) as logger:
+            state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
     say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
     finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
     return run_dir
+
+
+@contextlib.contextmanager
+def stopped_in(run_dir: Callable[[], Path | None]) -> Iterator[None]:
+    """A Stopped on its way out learns the newest complete checkpoint of the run (RL, else
+    the warm-up's) when the loop did not write one itself."""
+    try:
+        yield
+    except Stopped as stop:
+        where = run_dir()
+        if stop.checkpoint is None and where is not None:
+            from mathrl.checkpoint import latest_checkpoint
+
+            stop.checkpoint = latest_checkpoint(where) or latest_checkpoint(where / "warmup_sft")
+        raise
 
 
 def maybe_warmup(

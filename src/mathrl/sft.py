@@ -8,6 +8,7 @@ run sees the same batches. Batches are sorted by length so padding stays small.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
+from mathrl import stopping
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import read_jsonl
@@ -159,9 +161,13 @@ def train_sft(
         logger.log(metrics, step)
         if on_step is not None:
             on_step(step, metrics)
+
+        save = functools.partial(
+            save_sft_checkpoint, cfg, run_dir, model, tokenizer, optimizer, step, fingerprint
+        )
         every = cfg.checkpoint.every
-        if (every and step % every == 0) or step == steps:
-            save_sft_checkpoint(cfg, run_dir, model, tokenizer, optimizer, step, fingerprint)
+        saved = save() if (every and step % every == 0) or step == steps else None
+        stopping.check(step, save if cfg.checkpoint.on_signal else None, saved)
     model.eval()
     return step
 

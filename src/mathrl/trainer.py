@@ -6,6 +6,8 @@ update (advantages, micro-batched loss, clip, optimizer step), `eval` measures h
 accuracy, `checkpoint` saves. Simplifications, stated up front:
 - One process (data parallelism lands with the distributed issue: `train_step` already
   takes the gradient all-reduce as a parameter).
+- A signal (Ctrl-C, SIGTERM) stops the loop at the next step boundary, after a
+  checkpoint (mathrl.stopping).
 - Rollouts and updates alternate on the same weights: step k's samples come from the
   policy after step k - 1 (on-policy; mu > 1 reuses them PPO-style).
 """
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
+from mathrl import stopping
 from mathrl.algorithms import compute_loss, zero_std_mask
 from mathrl.config import Config
 from mathrl.data import PromptStream, heldout_split, training_examples
@@ -115,9 +118,14 @@ def train(
                 )
             if on_step is not None:
                 on_step(state.step, metrics)
-            every = cfg.checkpoint.every
-            if (every and state.step % every == 0) or state.step == t.steps:
-                save_checkpoint(
+
+            def save() -> Path:
+                return save_checkpoint(
                     cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint
                 )
+
+            every = cfg.checkpoint.every
+            due = (every and state.step % every == 0) or state.step == t.steps
+            saved = save() if due else None
+            stopping.check(state.step, save if cfg.checkpoint.on_signal else None, saved)
     return state

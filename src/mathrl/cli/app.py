@@ -8,6 +8,7 @@ import sys
 import typer
 
 from mathrl.errors import MathrlError
+from mathrl.stopping import Stopped, message
 
 app = typer.Typer(
     name="mathrl",
@@ -44,6 +45,9 @@ def main() -> None:
     sys.argv = [a for a in sys.argv if a != "--debug"]
     try:
         app(standalone_mode=False)
+    except Stopped as stop:
+        typer.echo(message(stop, ["mathrl", *sys.argv[1:]]), err=True)
+        raise SystemExit(stop.exit_code) from None
     except MathrlError as exc:
         if debug:
             raise

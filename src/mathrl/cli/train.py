@@ -19,7 +19,9 @@ from mathrl.runs import (
     run_training,
     say,
     start_training_run,
+    stopped_in,
 )
+from mathrl.stopping import graceful_stop
 
 
 @app.command("train", epilog=EPILOG)
@@ -87,10 +89,10 @@ def sft_cmd(
     from mathrl.sft import file_pair_sampler, read_pairs, task_pair_sampler, train_sft
 
     cfg = load_run_config(config, sets, quiet)
-    task, run_dir = open_run(cfg, out, resume, fresh=True)
     n = steps if steps is not None else cfg.sft.steps
     if n <= 0:
         raise MathrlError("Nothing to do: set --steps N or sft.steps > 0")
+    task, run_dir = open_run(cfg, out, resume, fresh=True)
     prev = resume_point(run_dir, cfg, task.fingerprint, allow_config_change) if resume else None
     model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
     source = data or (Path(cfg.sft.data) if cfg.sft.data else None)
@@ -100,7 +102,7 @@ def sft_cmd(
         sampler: Any = shard_sampler(source, tokenizer)  # pre-tokenised (sft-pretokenize)
     else:
         sampler = file_pair_sampler(read_pairs(source)) if source else task_pair_sampler(task)
-    with make_logger(cfg, run_dir, n) as logger:
+    with graceful_stop(), stopped_in(lambda: run_dir), make_logger(cfg, run_dir, n) as logger:
         final = train_sft(
             cfg,
             model,

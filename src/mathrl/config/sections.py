@@ -268,6 +268,9 @@ class CheckpointConfig:
     """Write a checkpoint every this many steps (and at the end); 0: only at the end."""
     keep_last: int = 3
     """Keep this many newest checkpoints."""
+    on_signal: bool = True
+    """On SIGINT/SIGTERM, finish the step, write a checkpoint and exit (130/143); a second
+    signal stops at once. False: stop at the step boundary without writing one."""
 
 
 @dataclass

@@ -1,0 +1,106 @@
+"""Stopping a run on SIGINT / SIGTERM: at the next step boundary, with a checkpoint.
+
+Schedulers, torchrun and Ctrl-C all send signals. The first one asks the loop to stop
+after the step in progress (the loops call `check()` at each step boundary, after their
+regular checkpoint); the loop writes a checkpoint (checkpoint.on_signal) and `check()`
+raises `Stopped`. A second signal stops at once: `Stopped` is raised wherever the main
+thread is, and the `with` blocks on the way out close the reward pool. The CLI turns
+`Stopped` into one line (the step, the last complete checkpoint, the resume command) and
+exit status 128 + signal (130 for SIGINT, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """A run stopped by a signal. BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way out swallows it."""
+
+    def __init__(self, signum: int, step: int | None, checkpoint: Path | None, now: bool) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step, self.checkpoint, self.now = signum, step, checkpoint, now
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@dataclass
+class _Request:
+    signum: int | None = None
+
+
+_request = _Request()
+
+
+def requested() -> int | None:
+    """The signal that asked the run to stop, or None."""
+    return _request.signum
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _request.signum is None:
+        _request.signum = signum
+        name = signal.Signals(signum).name
+        print(
+            f"\n{name} received: stopping after the current step and writing a checkpoint "
+            f"(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    raise Stopped(signum, None, None, now=True)
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[None]:
+    """SIGINT and SIGTERM ask the loops inside to stop at a step boundary (main thread only;
+    elsewhere a no-op). The previous handlers come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in HANDLED}
+    _request.signum = None
+    for s in HANDLED:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _request.signum = None
+
+
+def check(step: int, save: Callable[[], Path] | None, saved: Path | None = None) -> None:
+    """At a step boundary: if a signal asked to stop, make sure a checkpoint of `step`
+    exists (`saved` if the loop just wrote one, else `save()`; None: no signal checkpoint),
+    then raise Stopped."""
+    signum = _request.signum
+    if signum is None:
+        return
+    checkpoint = saved if saved is not None or save is None else save()
+    raise Stopped(signum, step, checkpoint, now=False)
+
+
+def message(stop: Stopped, argv: list[str]) -> str:
+    """One line: what stopped, where, the last complete checkpoint, how to continue."""
+    import shlex
+
+    name = signal.Signals(stop.signum).name
+    where = f"after step {stop.step}" if stop.step is not None else "at once"
+    resume = [*argv] if "--resume" in argv else [*argv, "--resume"]
+    tail = (
+        f"last complete checkpoint: {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet"
+    )
+    return f"stopped by {name} {where}; {tail}; continue with: {shlex.join(resume)}"
