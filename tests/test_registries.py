@@ -20,6 +20,7 @@ from mathrl.config import REGISTRY_CHOICES, ConfigError, choices, load_config
 from mathrl.registry import Registry
 from mathrl.rewards import GRADERS, PROMPT_STYLES, REWARD_SCHEMES
 from mathrl.rollout.registry import ENGINES
+from mathrl.tasks.arithmetic import KINDS as ARITHMETIC_KINDS
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "train.algorithm": ADVANTAGES,
@@ -30,6 +31,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "task.prompt_style": PROMPT_STYLES,
     "task.reward_scheme": REWARD_SCHEMES,
     "task.grader": GRADERS,
+    "data.arithmetic_kind": ARITHMETIC_KINDS,
 }
 
 

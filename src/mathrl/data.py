@@ -45,6 +45,19 @@ def _base_task(cfg: Config) -> Task:
             system_prompt=cfg.task.system_prompt,
             use_math_verify=cfg.task.use_math_verify,
         )
+    if cfg.task.name == "arithmetic":
+        from mathrl.tasks.arithmetic import ArithmeticTask
+
+        return ArithmeticTask(
+            d.arithmetic_kind,
+            d.arithmetic_digits,
+            prompt_style=cfg.task.prompt_style,
+            reward_scheme=cfg.task.reward_scheme,
+            train_size=d.arithmetic_train_size,
+            test_size=d.arithmetic_test_size,
+            seed=d.split_seed,
+            system_prompt=cfg.task.system_prompt,
+        )
     if cfg.task.name == "qa":
         from mathrl.tasks.qa import QATask
 

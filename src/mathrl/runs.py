@@ -30,6 +30,10 @@ def load_run_config(config: Any, sets: list[str] | None, quiet: bool = False) ->
         cfg = load_config(config, sets or [])
     if quiet:
         cfg.log.quiet = True
+    if cfg.eval.suite:  # read from a registry above the config layer; a typo must not
+        from mathrl.eval.suite import SUITES  # wait for the end of a training run
+
+        SUITES.get(cfg.eval.suite)
     return cfg
 
 
@@ -148,6 +152,9 @@ def run_training(
         with make_logger(cfg, run_dir, cfg.train.steps) as logger:
             state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
     say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+    if cfg.eval.suite:  # before finish_run, so that the report shows it
+        _, paths = run_suite(cfg, None, run_dir / "suite", [str(run_dir)], cfg.eval.suite, quiet)
+        print(paths["md"].read_text())
     finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
     return run_dir
 
@@ -415,6 +422,59 @@ def run_eval(
         table = json.dumps({"models": rows}, indent=2, allow_nan=False) + "\n"
         atomic_write_text(out_dir / "eval_table.json", table)
     return task, rows, out_dir
+
+
+def run_suite(
+    config: Any,
+    sets: list[str] | None,
+    out: Path,
+    models: list[str] | None,
+    suite: str,
+    quiet: bool = False,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """An eval suite (mathrl.eval.suite.SUITES): every task of it on every model, greedy,
+    on its test split; one table written as suite.json / .md / .png into `out`."""
+    from mathrl.data import make_task
+    from mathrl.errors import DataError
+    from mathrl.eval.evaluate import eval_kwargs, evaluate
+    from mathrl.eval.suite import SUITES, cell, write_suite
+    from mathrl.sampling import rollout_engine
+
+    tasks = SUITES.get(suite)  # an unknown name is a ConfigError naming the closest
+    base = load_run_config(config, sets, quiet)
+    paths = models or [base.model.path]
+    for path in paths:
+        resolve_model(path)  # fail on a bad path before evaluating anything
+    start_process(base)
+    labels = model_labels(paths)
+    rows = [{"task": t.label, "overrides": list(t.overrides), "n": 0, "cells": {}} for t in tasks]
+    built: list[tuple[Any, Any]] = []  # (task, its config), or (None, why it is missing)
+    for st in tasks:
+        cfg = load_run_config(base, list(st.overrides))
+        try:
+            built.append((make_task(cfg), cfg))
+        except DataError as exc:  # e.g. GSM8K offline: keep the row, say why
+            built.append((None, str(exc).split(":")[0][:80]))
+    for path, label in zip(paths, labels, strict=True):
+        model = tok = None
+        for row, (task, cfg) in zip(rows, built, strict=True):
+            if task is None:
+                row["cells"][label] = cell(None, cfg)
+                continue
+            if model is None:
+                model, tok = load_model_arg(base, task, path, out)
+            kwargs = {**eval_kwargs(cfg), "n": 1, "ks": (1,)}
+            engine = rollout_engine(cfg, model, tok, batch_size=kwargs["batch_size"])
+            result = evaluate(model, tok, task, "test", progress=not quiet, engine=engine, **kwargs)
+            row["n"] = result.summary["n_problems"]
+            row["cells"][label] = cell(result.summary, None)
+        del model
+    table = {
+        "suite": suite,
+        "models": [{"label": lb, "model": p} for lb, p in zip(labels, paths, strict=True)],
+        "rows": rows,
+    }
+    return table, write_suite(table, out)
 
 
 # ---------------------------------------------------------------- score

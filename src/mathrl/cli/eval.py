@@ -8,7 +8,7 @@ import typer
 
 from mathrl.cli.app import app
 from mathrl.cli.options import EPILOG, ConfigOpt, OutOpt, QuietOpt, SetOpt
-from mathrl.runs import MODEL_HELP, load_model_arg, open_eval_run, run_eval, say
+from mathrl.runs import MODEL_HELP, load_model_arg, open_eval_run, run_eval, run_suite, say
 
 
 def _fmt(value: Any) -> str:
@@ -54,8 +54,26 @@ def eval_cmd(
     ] = None,
     out: OutOpt = None,
     quiet: QuietOpt = False,
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a named eval suite instead (default: GSM8K test, Countdown 3 and 4, "
+            "generated arithmetic; synthetic: the same without GSM8K): one table of strict "
+            "and lenient pass@1 with CIs, rows tasks, columns models, as suite.json, "
+            "suite.md and suite.png in --out. --limit sets problems per task."
+        ),
+    ] = None,
 ) -> None:
     """Greedy pass@1 and sampled mean@n / pass@k / maj@k of one or more models, side by side."""
+    if suite is not None:
+        from mathrl.checkpoint import default_run_dir
+
+        extra = [f"eval.limit={limit}"] if limit is not None else []
+        where = out or default_run_dir()
+        table, paths = run_suite(config, list(sets or []) + extra, where, model, suite, quiet)
+        typer.echo(paths["md"].read_text())
+        say(f"wrote suite.json, suite.md and suite.png to {where}")
+        return
     task, rows, out_dir = run_eval(config, sets, out, model, split, limit, quiet)
     print_table(f"{task.name} {split}", {r["label"]: r["summary"] for r in rows})
     where = "eval_table.json and one subdir per model" if len(rows) > 1 else "eval_summary.json"

@@ -72,7 +72,8 @@ class TaskConfig:
     """The task: data, prompt and reward."""
 
     name: str = "countdown"
-    """gsm8k, countdown, or qa (your own question/answer data: data.path and data.*_field)."""
+    """gsm8k, countdown, arithmetic (generated, data.arithmetic_*), or qa (your own
+    question/answer data: data.path and data.*_field)."""
     prompt_style: str = "final_line"
     """How the prompt asks for the final answer, and where the reward looks for it
     (mathrl.rewards.PROMPT_STYLES: e.g. final_line ends with 'Final: N')."""
@@ -128,6 +129,14 @@ class DataConfig:
     """Generated Countdown training instances."""
     countdown_test_size: int = 1000
     """Generated Countdown held-out instances (never in training)."""
+    arithmetic_kind: str = "add"
+    """Generated arithmetic (task.name = arithmetic): add, mul, mixed or word."""
+    arithmetic_digits: int = 2
+    """Digits of each generated arithmetic operand."""
+    arithmetic_train_size: int = 10000
+    """Generated arithmetic training items."""
+    arithmetic_test_size: int = 500
+    """Generated arithmetic held-out items (never in training)."""
     keep_pass_rate: list[float] | None = None
     """Keep only training prompts whose probed pass rate lies in [lo, hi] (needs data.pass_rates)."""
     pass_rates: str | None = None
@@ -289,6 +298,9 @@ class EvalConfig:
     """k values for pass@k (each <= n)."""
     temperature: float = 1.0
     """Sampling temperature for mean@n/pass@k (pass@1 greedy is always reported)."""
+    suite: str = ""
+    """Run this eval suite (mathrl.eval.suite.SUITES, e.g. default) on the final model at the
+    end of `mathrl train`; empty: none."""
 
 
 @dataclass

@@ -19,12 +19,13 @@ from mathrl.registry import Registry
 from mathrl.rewards import GRADERS, PROMPT_STYLES, REWARD_SCHEMES
 from mathrl.rewards.functions import check_specs
 from mathrl.rollout.registry import ENGINES
+from mathrl.tasks.arithmetic import KINDS as ARITHMETIC_KINDS
 
 FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "model.scratch.arch": ("qwen2", "llama"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.autocast": ("auto", "none", "bfloat16", "float16"),
-    "task.name": ("gsm8k", "countdown", "qa"),
+    "task.name": ("gsm8k", "countdown", "arithmetic", "qa"),
     "train.schedule": ("constant", "cosine"),
     "train.nonfinite": ("skip", "stop"),
     "eval.split": ("auto", "val", "test"),
@@ -34,6 +35,7 @@ REGISTRY_CHOICES: dict[str, Registry[Any]] = {
     "task.prompt_style": PROMPT_STYLES,
     "task.reward_scheme": REWARD_SCHEMES,
     "task.grader": GRADERS,
+    "data.arithmetic_kind": ARITHMETIC_KINDS,
     "rollout.engine": ENGINES,
     "train.algorithm": ADVANTAGES,
     "train.policy_loss": POLICY_LOSSES,

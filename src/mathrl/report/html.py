@@ -79,6 +79,11 @@ REPORT = """\
 <h2>Before / after</h2>
 {{ table(["metric", "before", "after", "change"], before_after) }}
 {% endif %}
+{% if suite %}
+<h2>Eval suite '{{ suite.name }}' (greedy pass@1, strict [95% CI] / lenient)</h2>
+{{ table(suite.header, suite.rows) }}
+{{ images(suite.plot) }}
+{% endif %}
 <h2>Plots</h2>
 {{ images(plots) }}
 {% if best %}
@@ -286,7 +291,25 @@ def write_report(run_dir: str | Path, prompt_id: str | None = None) -> Path:
         worst=[sample_view(r) for r in worst],
         manifest=_manifest_rows(run_dir),
         config=cfg.read_text() if cfg.is_file() else "(no config.toml)",
+        suite=_suite_view(run_dir / "suite"),
     )
+
+
+def _suite_view(suite_dir: Path) -> dict[str, Any] | None:
+    """The eval suite a run ended with (eval.suite), as a table and its plot."""
+    from mathrl.eval.suite import table_rows
+
+    table = _read_json(suite_dir / "suite.json")
+    if table is None:
+        return None
+    header, rows = table_rows(table)
+    png = suite_dir / "suite.png"
+    return {
+        "name": table["suite"],
+        "header": header,
+        "rows": rows,
+        "plot": [inline_png(png)] if png.is_file() else [],
+    }
 
 
 # ---------------------------------------------------------------- comparing two runs
