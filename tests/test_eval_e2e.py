@@ -222,3 +222,18 @@ def test_cli_eval_missing_model_is_one_line(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: model not found: /nonexistent"
     assert not out.exists()
+
+
+def test_eval_has_its_own_batch_size():
+    """eval.batch_size, else max(rollout.batch_size, 64): a preset's small training batch
+    (GSM8K smoke: 8) no longer makes eval decode 8 rows at a time."""
+    from mathrl.config import load_config
+    from mathrl.eval.evaluate import eval_kwargs
+
+    def batch(*sets: str) -> int:
+        return eval_kwargs(load_config(None, list(sets), env=False))["batch_size"]
+
+    assert batch("rollout.batch_size=8") == 64
+    assert batch("rollout.batch_size=256") == 256
+    assert batch("rollout.batch_size=8", "eval.batch_size=16") == 16
+    assert load_config("gsm8k/smoke", env=False).rollout.batch_size == 8  # the case above

@@ -298,6 +298,10 @@ class EvalConfig:
     """k values for pass@k (each <= n)."""
     temperature: float = 1.0
     """Sampling temperature for mean@n/pass@k (pass@1 greedy is always reported)."""
+    batch_size: int = 0
+    """Sequences decoded at once by eval (eval/pass@1 during training, `mathrl eval`, suites);
+    0: max(rollout.batch_size, 64). Greedy eval batches across problems, so it can be
+    larger than the training batch (a preset's small rollout.batch_size made eval crawl)."""
     suite: str = ""
     """Run this eval suite (mathrl.eval.suite.SUITES, e.g. default) on the final model at the
     end of `mathrl train`; empty: none."""

@@ -121,6 +121,7 @@ def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
     _check(r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}")
     _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
+    _check(e.batch_size >= 0, f"eval.batch_size must be >= 0, got {e.batch_size}")
     for k in e.k:
         _check(1 <= k <= e.n, f"eval.k entries must be in [1, eval.n={e.n}], got {k}")
 

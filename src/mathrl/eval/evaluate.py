@@ -133,7 +133,7 @@ def eval_kwargs(cfg: Config) -> dict[str, Any]:
         "ks": tuple(cfg.eval.k),
         "temperature": cfg.eval.temperature,
         "max_new_tokens": cfg.rollout.max_new_tokens,
-        "batch_size": cfg.rollout.batch_size,
+        "batch_size": cfg.eval.batch_size or max(cfg.rollout.batch_size, 64),
         "seed": cfg.seed,
         "reward_timeout_s": cfg.train.reward_timeout_s,
     }
