@@ -129,10 +129,11 @@ def sample(pred, correct, n_tokens=4, logprob_sum=-2.0, reward=None, finish="eos
     }
 
 
-def record(greedy_ok, lenient_ok, greedy_len, finish, samples):
+def record(greedy_ok, lenient_ok, greedy_len, finish, samples, fmt=False):
     greedy = {
         "correct": greedy_ok,
         "correct_lenient": lenient_ok,
+        "format_ok": fmt,
         "reward": float(greedy_ok),
         "n_tokens": greedy_len,
         "finish_reason": finish,
@@ -146,8 +147,8 @@ def test_summarize_hand_computed():
     p2 = [sample(p, c) for p, c in zip(["5", "5", None, "9"], [F, F, F, T], strict=True)]
     p3 = [sample(None, F, n_tokens=8, logprob_sum=-6.0)] * 4
     records = [
-        record(T, T, 10, "eos", p1),
-        record(F, T, 20, "eos", p2),
+        record(T, T, 10, "eos", p1, fmt=T),
+        record(F, T, 20, "eos", p2, fmt=T),
         record(F, F, 30, "length", p3),
     ]
     s = summarize(records, ks=(1, 2, 4))
@@ -157,6 +158,7 @@ def test_summarize_hand_computed():
         (1 / 3, 0, 1 / 3 + 1.96 / 3)
     )
     assert s["pass@1_lenient"] == pytest.approx(2 / 3)
+    assert s["format_rate"] == pytest.approx(2 / 3)  # greedy completions in the format
     assert s["mean_reward"] == pytest.approx(1 / 3)
     assert s["len_mean"] == 20
     assert s["truncated_frac"] == pytest.approx(1 / 3)

@@ -119,6 +119,7 @@ def sample_scored(
                 "pred": s.pred,
                 "correct": bool(s.correct),
                 "correct_lenient": bool(s.correct_lenient),
+                "format_ok": bool(s.format_ok),
                 "reward": float(s.reward),
                 "reason": s.reason,
                 "n_tokens": len(c.token_ids),

@@ -2,7 +2,8 @@
 
 Definitions, stated up front:
 - `pass@1` is GREEDY and strict (the headline number); `pass@1_lenient` uses the lenient
-  extractor on the same greedy completions.
+  extractor on the same greedy completions; `format_rate` is the share of those greedy
+  completions that end in the requested answer format (format compliance).
 - With n > 1 samples per problem (at `temperature`): `mean@n` is the mean strict accuracy
   of the samples (it equals the unbiased sampled pass@1, so no separate sampled `pass@1`
   key exists); `pass@k` (k > 1) is the unbiased estimator of Chen et al. (2021) averaged
@@ -128,6 +129,8 @@ def summarize(records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any
     out: dict[str, Any] = {"n_problems": len(records)}
     _ci_keys(out, "pass@1", [float(g["correct"]) for g in greedy])
     out["pass@1_lenient"] = _mean([float(g["correct_lenient"]) for g in greedy])
+    # format compliance: the share of greedy completions in the requested answer format
+    out["format_rate"] = _mean([float(g.get("format_ok", False)) for g in greedy])
     out["mean_reward"] = _mean([g["reward"] for g in greedy])
     out["len_mean"] = _mean([g["n_tokens"] for g in greedy])
     out["truncated_frac"] = _mean([float(g["finish_reason"] == "length") for g in greedy])
