@@ -3,6 +3,7 @@
     RUN_DIR/
       config.toml  manifest.json  metrics.jsonl  rollouts.jsonl
       checkpoints/step_00000010/{model/, trainer_state.pt, config.toml, manifest.json}
+      (model/: the HF model, or under LoRA the adapters and their base's name)
       checkpoints/latest            (text: name of the newest committed checkpoint)
 
 A checkpoint is committed atomically: everything is written into a temp dir beside the
@@ -263,11 +264,20 @@ def save_training_checkpoint(
     meta: dict[str, Any],
     keep_last: int,
 ) -> Path:
-    """Model in HF format (loadable by from_pretrained and vLLM) plus the trainer state."""
+    """Model in HF format (loadable by from_pretrained and vLLM) plus the trainer state.
+
+    A LoRA policy saves its adapters and a reference to their base instead of the whole
+    model (models/lora.py); mathrl's loader and transformers + peft read either.
+    """
     import torch
 
+    from mathrl.models.lora import is_peft_model, save_adapters
+
     def payload(tmp: Path) -> None:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if is_peft_model(model):
+            save_adapters(model, tmp / "model")
+        else:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.toml").write_text(config_toml, encoding="utf-8")

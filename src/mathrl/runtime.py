@@ -115,7 +115,12 @@ def resume_point(run_dir: Path, cfg: Config, fingerprint: str, allow_change: boo
 def load_policy(
     cfg: Config, task: Task, run_dir: Path, path: str | Path | None = None
 ) -> tuple[Any, Any]:
-    """Model and tokenizer: from `path` (a checkpoint's model dir) or as configured."""
+    """Model and tokenizer: from `path` (a checkpoint's model dir) or as configured.
+
+    With model.lora.r > 0 only LoRA adapters train: new ones on the loaded model, or, when
+    the source is a LoRA checkpoint (a resume, the warm-up's result), its own adapters,
+    trained on. A LoRA source without model.lora loads merged, and all weights train.
+    """
     from mathrl.models.loading import load_model
     from mathrl.models.scratch import build_scratch_model
 
@@ -136,26 +141,53 @@ def load_policy(
                 seed=cfg.seed,
             )
         source = str(scratch_dir)
+    use_lora = cfg.model.lora.r > 0
     model, tokenizer = load_model(
-        source, dtype=cfg.model.dtype, device=cfg.model.device, autocast=cfg.model.autocast
+        source,
+        dtype=cfg.model.dtype,
+        device=cfg.model.device,
+        autocast=cfg.model.autocast,
+        train_adapters=use_lora,
     )
-    if cfg.model.lora.r > 0:
-        model = apply_lora(model, cfg)
+    if use_lora:
+        from mathrl.models.lora import is_peft_model
+
+        if is_peft_model(model):
+            check_adapters(model, cfg, source)
+        else:
+            model = apply_lora(model, cfg, base=source)
     return model, tokenizer
 
 
-def apply_lora(model: Any, cfg: Config) -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise MathrlError(
-            "model.lora.r > 0 needs the peft extra: pip install 'mathrl[peft]'"
-        ) from None
+def apply_lora(model: Any, cfg: Config, base: str | None = None) -> Any:
+    """New LoRA adapters per model.lora; `base` (what the model was loaded from) is what
+    the adapters' checkpoints will name as their base."""
+    from mathrl.models.lora import add_adapters
+
     lc = cfg.model.lora
-    conf = peft.LoraConfig(
-        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.targets
+    return add_adapters(
+        model,
+        r=lc.r,
+        alpha=lc.alpha,
+        dropout=lc.dropout,
+        targets=lc.targets,
+        base=base or str(getattr(model, "name_or_path", "")),
     )
-    return peft.get_peft_model(model, conf)
+
+
+def check_adapters(model: Any, cfg: Config, source: str) -> None:
+    """Adapters loaded to train on must be the ones model.lora describes."""
+    from mathrl.models.lora import adapter_settings
+
+    lc = cfg.model.lora
+    r, alpha, targets = adapter_settings(model)
+    if (r, alpha, targets) != (lc.r, lc.alpha, set(lc.targets)):
+        raise MathrlError(
+            f"{source} holds LoRA adapters with r={r}, alpha={alpha:g}, "
+            f"targets={sorted(targets)}, but model.lora says r={lc.r}, alpha={lc.alpha:g}, "
+            f"targets={sorted(lc.targets)}: set model.lora to match to train them on, or "
+            "start from `mathrl export --merge` of it"
+        )
 
 
 def checkpoint_meta(

@@ -9,6 +9,10 @@ dir and renamed into place, so a crash never leaves a half-written cache.
 Tokenizers come back ready for batched generation: left padding, a pad token (eos if the
 model has none), and a chat template (a plain "role: content" fallback, with a warning, for
 base models that ship none).
+
+A LoRA checkpoint dir (models/lora.py) loads as its base model plus the adapters: merged
+into the weights by default (a plain model: inference runs at full speed, and every
+decode path sees the adapters), or kept as a trainable peft model (`train_adapters`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mathrl.errors import ConfigError, MathrlError
 from mathrl.io import cache_root
+from mathrl.models import lora
 from mathrl.models.precision import set_autocast
 
 log = logging.getLogger(__name__)
@@ -108,11 +113,18 @@ def load_model(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     autocast: str = "none",
-) -> tuple[PreTrainedModel, Any]:
+    train_adapters: bool = False,
+) -> tuple[Any, Any]:
     """(model in eval mode on `device`, tokenizer ready for left-padded chat generation).
 
     autocast: the mixed-precision dtype of the model's forwards (models/precision.py).
+    train_adapters: a LoRA dir comes back as a peft model with trainable adapters instead
+    of merged.
     """
+    if lora.is_adapter_dir(path):
+        return _load_adapter_dir(
+            Path(path).expanduser(), dtype, device, cache_dir, autocast, train_adapters
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     hf_path = path
@@ -125,6 +137,26 @@ def load_model(
     model.eval()
     set_autocast(model, resolve_autocast(autocast, torch_device))
     return model, prepare_tokenizer(tokenizer)
+
+
+def _load_adapter_dir(
+    path: Path,
+    dtype: str,
+    device: str,
+    cache_dir: str | Path | None,
+    autocast: str,
+    train_adapters: bool,
+) -> tuple[Any, Any]:
+    """Base model (itself possibly a LoRA dir, merged) + the adapters in `path`."""
+    lora.require_peft()
+    base, _ = load_model(lora.base_reference(path), dtype, device, cache_dir, autocast)
+    model = lora.load_adapters(base, path, trainable=train_adapters)
+    if not train_adapters:
+        # peft froze the base weights; merged, they are a plain model's again (trainable)
+        model = model.merge_and_unload().requires_grad_(True)
+    model.to(resolve_device(device))
+    model.eval()
+    return model, prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)))
 
 
 def named_model_path(name: str) -> Path:
@@ -147,7 +179,10 @@ def _load_hf(path: str, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
     local = Path(path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise MathrlError(f"cannot load model from {path}: the directory has no config.json")
+            raise MathrlError(
+                f"cannot load model from {path}: the directory has no config.json "
+                f"(nor {lora.ADAPTER_CONFIG}, which LoRA checkpoints have)"
+            )
         path = str(local)
     elif path.startswith(("/", "./", "../", "~")):
         raise MathrlError(f"cannot load model from {path}: no such file or directory")
