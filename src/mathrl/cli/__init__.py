@@ -9,6 +9,7 @@ is in mathrl.runs and the layers below; heavy imports happen inside the commands
     eval.py       eval, probe
     report.py     report, compare
     quickstart.py quickstart, config presets
+    export.py     export (a checkpoint as a plain HF dir, LoRA merged)
 """
 
 import importlib
@@ -16,7 +17,7 @@ import importlib
 from mathrl.cli.app import app, main
 
 # Importing a command module registers its commands; `mathrl --help` lists them in this order.
-COMMAND_MODULES = ("quickstart", "train", "decoupled", "eval", "report", "basic")
+COMMAND_MODULES = ("quickstart", "train", "decoupled", "eval", "report", "export", "basic")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mathrl.cli.{_name}")
 
