@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"rl", "eval", "report"},  # one train step; metrics, evaluate, probe; plots, summary
     {"trainer", "sft", "warmup", "expert_iter", "decoupled"},  # the loops
     {"runs"},  # start / resume / finish a run
+    {"serve"},  # the OpenAI-compatible HTTP server on the rollout engine
     {"cli", "__main__", "api"},  # thin commands; the same as Python functions
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}

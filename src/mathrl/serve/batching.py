@@ -1,0 +1,176 @@
+"""Concurrent requests batched into the rollout engine by one worker thread.
+
+Requests become Jobs on a queue. The worker takes the first waiting job, then whatever
+else arrives within `max_wait_s` (or is already waiting) until the batch holds
+`max_rows` rows (prompts x n), groups the jobs whose sampling parameters are equal and
+runs one `engine.generate` per group. A job that carries a seed runs in a call of its own,
+so the same seeded request gives the same completions whatever else the server is doing
+(the engine's generator is shared by every row of a call). Weight swaps take the same
+lock as engine calls, so they happen between batches, never during one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
+
+
+class ServerClosing(RuntimeError):
+    """The server stopped before the job ran."""
+
+
+@dataclass
+class Job:
+    """Prompts (token ids) sampled with one SamplingParams; the future gets prompt-major
+    completions whose prompt_index counts within this job."""
+
+    prompts: list[list[int]]
+    sampling: SamplingParams
+    future: Future[list[Completion]] = field(default_factory=Future)
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.sampling.n
+
+    def key(self) -> Hashable:
+        """Jobs with equal keys share an engine call; a seeded job shares with nobody."""
+        if self.sampling.seed is not None:
+            return ("seeded", id(self))
+        return dataclasses.astuple(self.sampling)
+
+
+class Batcher:
+    """The queue and the worker thread in front of one engine."""
+
+    def __init__(self, engine: RolloutEngine, max_rows: int = 64, max_wait_s: float = 0.01):
+        self.engine = engine
+        self.max_rows = max(1, max_rows)
+        self.max_wait_s = max_wait_s
+        self.engine_calls = 0
+        """engine.generate calls so far (N concurrent requests should cost fewer than N)."""
+        self.jobs_done = 0
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._carry: Job | None = None  # taken, but did not fit the last batch
+        self._lock = threading.Lock()  # held by engine calls and weight swaps
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mathrl-batcher", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop after the batch in progress; jobs still queued fail with ServerClosing."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(
+        self, prompts: list[list[int]], sampling: SamplingParams
+    ) -> Future[list[Completion]]:
+        job = Job(prompts, sampling)
+        if self._closing:
+            job.future.set_exception(ServerClosing("the server is shutting down"))
+        else:
+            self._queue.put(job)
+        return job.future
+
+    def between_batches(self, fn: Callable[[RolloutEngine], Any]) -> Any:
+        """Run fn(engine) while no batch is running (a weight swap)."""
+        with self._lock:
+            return fn(self.engine)
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                break
+            groups: dict[Hashable, list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.key(), []).append(job)
+            for group in groups.values():
+                self._generate(group)
+            if self._closing:
+                break
+        self._fail_waiting()
+
+    def _take(self) -> list[Job] | None:
+        """The next batch: the first waiting job plus what fits within max_rows and max_wait_s."""
+        jobs: list[Job] = []
+        rows = 0
+        deadline = None
+        while rows < self.max_rows:
+            if self._carry is not None:
+                job: Job | None = self._carry
+                self._carry = None
+            elif deadline is None:
+                job = self._queue.get()  # idle: block until the first job
+                deadline = time.monotonic() + self.max_wait_s
+            else:
+                try:
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            if job is None:
+                self._closing = True
+                break
+            if deadline is None:
+                deadline = time.monotonic() + self.max_wait_s
+            if job.future.cancelled():  # its client went away before it ran
+                continue
+            if jobs and rows + job.rows > self.max_rows:
+                self._carry = job
+                break
+            jobs.append(job)
+            rows += job.rows
+        return jobs if jobs or not self._closing else None
+
+    def _generate(self, group: list[Job]) -> None:
+        """One engine call for jobs with equal sampling; each future gets its own rows."""
+        live = [j for j in group if j.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        prompts = [p for job in live for p in job.prompts]
+        try:
+            with self._lock:
+                result = self.engine.generate(prompts, live[0].sampling)
+                self.engine_calls += 1
+        except Exception as exc:  # the engine failed: every job of the call gets the error
+            traceback.print_exc(file=sys.stderr)
+            for job in live:
+                job.future.set_exception(exc)
+            return
+        offset = 0
+        for job in live:
+            end = offset + len(job.prompts)
+            mine = [c for c in result.completions if offset <= c.prompt_index < end]
+            for c in mine:
+                c.prompt_index -= offset
+            job.future.set_result(mine)
+            offset = end
+        self.jobs_done += len(live)
+
+    def _fail_waiting(self) -> None:
+        pending = [self._carry] if self._carry is not None else []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                pending.append(job)
+        for job in pending:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ServerClosing("the server is shutting down"))
