@@ -93,7 +93,7 @@ class ServeState:
         """SamplingParams for a request, within the limits and the model's context."""
         lim = self.limits
         if req.n > lim.max_n:
-            raise ApiError(400, f"n must be <= {lim.max_n}, got {req.n}", param="n")
+            raise ApiError(400, f"n must be <= {lim.max_n}, got {_short(req.n)}", param="n")
         if len(prompts) > lim.max_prompts:
             raise ApiError(400, f"at most {lim.max_prompts} prompts per request", param=param)
         stops = req.stop_list()
@@ -105,7 +105,9 @@ class ServeState:
             )
         if max_tokens is not None and max_tokens > lim.max_tokens:
             raise ApiError(
-                400, f"max_tokens must be <= {lim.max_tokens}, got {max_tokens}", param="max_tokens"
+                400,
+                f"max_tokens must be <= {lim.max_tokens}, got {_short(max_tokens)}",
+                param="max_tokens",
             )
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ApiError(400, "a prompt is empty", param=param)
@@ -256,6 +258,12 @@ class ServeState:
             version = int(self.weights["version"]) + 1
             self.weights = {"source": source, "version": version}
         return {"object": "load_weights", "model": self.name, **self.weights}
+
+
+def _short(value: int) -> str:
+    """A number for an error message; a 400-digit one is not echoed back whole."""
+    text = str(value)
+    return text if len(text) <= 20 else f"{text[:8]}... ({len(text)} digits)"
 
 
 def _split_prompt(
