@@ -10,6 +10,7 @@ is in mathrl.runs and the layers below; heavy imports happen inside the commands
     report.py     report, compare
     quickstart.py quickstart, config presets
     export.py     export (a checkpoint as a plain HF dir, LoRA merged)
+    serve.py      serve (an OpenAI-compatible HTTP server on the rollout engine)
 """
 
 import importlib
@@ -17,7 +18,16 @@ import importlib
 from mathrl.cli.app import app, main
 
 # Importing a command module registers its commands; `mathrl --help` lists them in this order.
-COMMAND_MODULES = ("quickstart", "train", "decoupled", "eval", "report", "export", "basic")
+COMMAND_MODULES = (
+    "quickstart",
+    "train",
+    "decoupled",
+    "eval",
+    "report",
+    "export",
+    "serve",
+    "basic",
+)
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mathrl.cli.{_name}")
 
