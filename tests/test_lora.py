@@ -226,11 +226,6 @@ def test_eval_reads_a_lora_run(lora_run, lora_config, run_cli, tmp_path):
     assert summary["n_problems"] == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs.resolve_model takes a checkpoint dir only when model/config.json exists; "
-    "a LoRA model dir has adapter_config.json instead (models.lora.is_model_dir)",
-)
 def test_eval_reads_a_lora_checkpoint_dir(lora_run, lora_config, run_cli, tmp_path):
     out, _ = lora_run
     ckpt = latest_checkpoint(out)
@@ -349,11 +344,6 @@ def test_lora_resume_equals_uninterrupted_run(run_cli, lora_config, tmp_path):
     assert_same_lora_run(straight, resumed, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollout/lean_decode.py packs q/k/v/o_proj.weight, which under peft is the base "
-    "layer's weight: lean decode samples from the base model, not the adapted policy",
-)
 def test_rollouts_of_a_lora_policy_see_the_adapters(lora_run):
     from mathrl.rollout.hf_engine import HFEngine
     from mathrl.rollout.types import SamplingParams

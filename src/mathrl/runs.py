@@ -316,17 +316,18 @@ def resolve_model(path: str) -> str:
     """What load_model should read for a --model argument (see MODEL_HELP)."""
     from mathrl.checkpoint import latest_checkpoint
     from mathrl.models.loading import NAMED_MODELS
+    from mathrl.models.lora import is_model_dir
 
     p = Path(path).expanduser()
     if p.is_dir():
-        if (p / "model" / "config.json").is_file():
+        if is_model_dir(p / "model"):  # a checkpoint: full weights or LoRA adapters
             return str(p / "model")
         for run_dir in (p, p / "warmup_sft"):
             if (run_dir / "checkpoints").is_dir():
                 latest = latest_checkpoint(run_dir)
                 if latest is not None:
                     return str(latest / "model")
-        if (p / "config.json").is_file():
+        if is_model_dir(p):
             return str(p)
         raise MathrlError(f"{path}: not a checkpoint, a run dir with a checkpoint, or an HF dir")
     if path in NAMED_MODELS or path == "scratch":

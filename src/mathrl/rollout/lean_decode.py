@@ -57,6 +57,10 @@ def unsupported_reason(model: nn.Module) -> str | None:
         return f"attention implementation {cfg._attn_implementation!r}"
     if getattr(cfg, "pretraining_tp", 1) != 1:
         return "tensor-parallel pretraining layout"
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        # under peft q/k/v/o_proj.weight is the base layer's: packing it would sample from
+        # the base model, not the adapted policy
+        return "LoRA adapters (peft): the packed weights would be the base layers' alone"
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return "output head is not a Linear"
