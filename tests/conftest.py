@@ -103,17 +103,18 @@ def run_cli(capsys, monkeypatch):
     return run
 
 
-def assert_same_run(a: Path, b: Path, step: int) -> None:
-    """Two runs agree bitwise at `step`: weights, Adam moments, train state, logs, rollouts."""
+def assert_same_run(a: Path, b: Path, step: int, weights: str = "model.safetensors") -> None:
+    """Two runs agree bitwise at `step`: weights (LoRA: adapter_model.safetensors), Adam
+    moments, train state, logs, rollouts."""
     import torch
     from safetensors.torch import load_file
 
     from mathrl.io import read_jsonl
 
     ckpt = f"checkpoints/step_{step:08d}"
-    wa = load_file(a / ckpt / "model/model.safetensors")
-    wb = load_file(b / ckpt / "model/model.safetensors")
-    assert wa.keys() == wb.keys()
+    wa = load_file(a / ckpt / "model" / weights)
+    wb = load_file(b / ckpt / "model" / weights)
+    assert wa.keys() == wb.keys() and wa
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     sa = torch.load(a / ckpt / "trainer_state.pt", weights_only=True)

@@ -18,6 +18,7 @@ peft = pytest.importorskip("peft")
 # transformers' own adapter loading reads its deprecated is_gradient_checkpointing
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
+from conftest import assert_same_run  # noqa: E402
 from mathrl.checkpoint import latest_checkpoint  # noqa: E402
 from mathrl.io import read_jsonl  # noqa: E402
 
@@ -309,30 +310,6 @@ def test_loaded_adapters_must_match_model_lora(lora_run, lora_config, tmp_path):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def assert_same_lora_run(a: Path, b: Path, step: int) -> None:
-    """conftest's assert_same_run for LoRA checkpoints: adapters instead of model.safetensors."""
-    ckpt = f"checkpoints/step_{step:08d}"
-    wa = load_file(a / ckpt / "model/adapter_model.safetensors")
-    wb = load_file(b / ckpt / "model/adapter_model.safetensors")
-    assert wa.keys() == wb.keys() and wa
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
-    sa = torch.load(a / ckpt / "trainer_state.pt", weights_only=True)
-    sb = torch.load(b / ckpt / "trainer_state.pt", weights_only=True)
-    assert sa["train_state"] == sb["train_state"]
-    for pa, pb in zip(
-        sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True
-    ):
-        assert torch.equal(pa["exp_avg"], pb["exp_avg"])
-        assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
-
-    def strip(rows: list[dict]) -> list[dict]:
-        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
-
-    assert strip(read_jsonl(a / "metrics.jsonl")) == strip(read_jsonl(b / "metrics.jsonl"))
-    assert read_jsonl(a / "rollouts.jsonl") == read_jsonl(b / "rollouts.jsonl")
-
-
 def test_lora_resume_equals_uninterrupted_run(run_cli, lora_config, tmp_path):
     """Warm-up + 2 RL steps, stop, resume to 4 == warm-up + 4 straight: adapters, Adam, logs."""
     straight, resumed = tmp_path / "a", tmp_path / "b"
@@ -341,7 +318,7 @@ def test_lora_resume_equals_uninterrupted_run(run_cli, lora_config, tmp_path):
     assert run_cli(*train, "train.steps=2", "--out", resumed).code == 0
     res = run_cli(*train, "train.steps=4", "--out", resumed, "--resume", "--allow-config-change")
     assert res.code == 0, res.err
-    assert_same_lora_run(straight, resumed, 4)
+    assert_same_run(straight, resumed, 4, weights="adapter_model.safetensors")
 
 
 def test_rollouts_of_a_lora_policy_see_the_adapters(lora_run):
