@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
+import tomli_w
 import torch
 from safetensors.torch import load_file
 
@@ -18,57 +20,26 @@ peft = pytest.importorskip("peft")
 # transformers' own adapter loading reads its deprecated is_gradient_checkpointing
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
-from conftest import assert_same_run  # noqa: E402
+from conftest import TINY_COUNTDOWN, assert_same_run  # noqa: E402
 from mathrl.checkpoint import latest_checkpoint  # noqa: E402
 from mathrl.io import read_jsonl  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # model.lora.targets' default
 LAYERS = 2
 
-TINY_LORA = f"""
-seed = 0
-[model]
-path = "scratch"
-threads = 2
-[model.scratch]
-hidden = 32
-layers = {LAYERS}
-heads = 2
-vocab_size = 300
-max_position = 256
-[model.lora]
-r = 8
-[task]
-name = "countdown"
-system_prompt = ""
-[data]
-countdown_max_number = 9
-countdown_max_target = 30
-countdown_train_size = 60
-countdown_test_size = 20
-[sft]
-steps = 3
-batch_size = 8
-max_len = 128
-lr = 1e-2
-[warmup]
-steps = 3
-[rollout]
-max_new_tokens = 8
-batch_size = 16
-[train]
-steps = 2
-prompts_per_step = 2
-group_size = 4
-lr = 1e-2
-micro_batch_size = 8
-kl_coef = 0.05
-[checkpoint]
-every = 1
-keep_last = 5
-[log]
-quiet = true
-"""
+
+def _tiny_lora() -> str:
+    """conftest's tiny Countdown config with LoRA r=8 on 2 layers, a high lr (so 3 + 2
+    steps move the adapters) and a KL term (so the reference is exercised)."""
+    cfg = tomllib.loads(TINY_COUNTDOWN)
+    cfg["model"]["scratch"]["layers"] = LAYERS
+    cfg["model"]["lora"] = {"r": 8}
+    cfg["sft"]["lr"] = 1e-2
+    cfg["train"].update(lr=1e-2, kl_coef=0.05)
+    return tomli_w.dumps(cfg)
+
+
+TINY_LORA = _tiny_lora()
 
 
 def hf_name(peft_name: str) -> str:

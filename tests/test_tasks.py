@@ -250,3 +250,23 @@ def test_no_path_outside_the_repository():
             if needle in path.read_text(encoding="utf-8", errors="replace"):
                 hits.append(str(rel))
     assert hits == []
+
+
+def test_gsm8k_hub_failure_is_one_line_naming_the_alternatives(monkeypatch):
+    """Offline with the datasets extra: the hub read fails with one line that still says how
+    to provide GSM8K (a stand-in datasets module; tests never download)."""
+    import sys
+    import types
+
+    def load_dataset(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub\n(LocalEntryNotFoundError)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(DataError) as err:
+        GSM8KTask("hub")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "cannot load openai/gsm8k from the hub (ConnectionError: Couldn't reach 'openai/gsm8k' "
+        "on the Hub); set MATHRL_GSM8K"
+    )

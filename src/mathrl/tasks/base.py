@@ -74,6 +74,25 @@ def prompt_corpus(task: Task) -> list[str]:
     ]
 
 
+def load_hub_dataset(key: str, name: str, *args: Any, advice: str = "", **kwargs: Any) -> Any:
+    """datasets.load_dataset(name, *args, **kwargs) for data.path = `key`; a missing extra
+    or a failed load (offline, unknown dataset or revision) is one DataError line."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"data.path = '{key}' needs the datasets extra: pip install 'mathrl[datasets]'"
+        ) from None
+    try:
+        return datasets.load_dataset(name, *args, **kwargs)
+    except Exception as exc:  # offline, missing dataset, network errors: one line
+        first = (str(exc).splitlines() or [""])[0][:200]
+        tail = f"; {advice}" if advice else ""
+        raise DataError(
+            f"cannot load {name} from the hub ({type(exc).__name__}: {first}){tail}"
+        ) from None
+
+
 def read_table(path: Path) -> list[Any]:
     """Rows of a dataset file (.parquet, or JSON lines); strict: a bad line is an error.
 

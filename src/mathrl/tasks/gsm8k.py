@@ -22,6 +22,7 @@ from mathrl.tasks.base import (
     Example,
     Messages,
     fingerprint,
+    load_hub_dataset,
     prompt_corpus,
     read_table,
     stable_id,
@@ -90,19 +91,7 @@ def resolve_source(path: str) -> str:
 
 
 def _load_hub(split: str, revision: str) -> list[dict[str, Any]]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            "data.path = 'hub' needs the datasets extra: pip install 'mathrl[datasets]'"
-        ) from None
-    try:
-        ds = datasets.load_dataset(HUB_ID, "main", split=split, revision=revision)
-    except Exception as exc:  # offline, unknown revision, network errors: one line
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise DataError(
-            f"cannot read {HUB_ID} from the hub ({type(exc).__name__}: {first}); {_PROVIDE}"
-        ) from None
+    ds = load_hub_dataset("hub", HUB_ID, "main", split=split, revision=revision, advice=_PROVIDE)
     return [{"question": r["question"], "answer": r["answer"]} for r in ds]
 
 

@@ -24,6 +24,7 @@ from mathrl.tasks.base import (
     Example,
     Messages,
     fingerprint,
+    load_hub_dataset,
     prompt_corpus,
     read_table,
     stable_id,
@@ -85,19 +86,7 @@ def load_splits(source: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
 
 def _load_hf(spec: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     name, _, revision = spec.partition("@")
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            "data.path = 'hf:...' needs the datasets extra: pip install 'mathrl[datasets]'"
-        ) from None
-    try:
-        ds = datasets.load_dataset(name, revision=revision or None)
-    except Exception as exc:  # offline, missing dataset: one line
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise DataError(
-            f"cannot load {name} from the hub ({type(exc).__name__}: {first})"
-        ) from None
+    ds = load_hub_dataset("hf:...", name, revision=revision or None)
     if "train" not in ds:
         raise DataError(f"hf:{spec} has no train split (splits: {', '.join(ds)})")
     return {s: (f"hf:{spec}[{s}]", [dict(r) for r in ds[s]]) for s in ("train", "test") if s in ds}
