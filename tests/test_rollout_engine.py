@@ -238,17 +238,77 @@ def test_sampling_params_validation(kwargs, field):
 
 def test_inverse_cdf_sampling_matches_the_distribution():
     """200k draws from a 5-token distribution (one token impossible): frequencies within 4 SE."""
-    from mathrl.rollout.sampler import inverse_cdf_sample
+    from mathrl.rollout.sampler import inverse_cdf_sample, row_keys, uniforms
 
     probs = torch.tensor([0.1, 0.0, 0.6, 0.25, 0.05])
-    draws = inverse_cdf_sample(probs.repeat(200_000, 1), torch.Generator().manual_seed(0))
+    u = uniforms(row_keys(list(range(2000)), 1), 100).flatten()  # 200k counter-based draws
+    draws = inverse_cdf_sample(probs.repeat(len(u), 1), u)
     freq = torch.bincount(draws, minlength=5).double() / len(draws)
     assert freq[1] == 0.0  # a zero-probability token is never drawn
     se = (probs.double() * (1 - probs.double()) / len(draws)).sqrt()
     assert ((freq - probs.double()).abs() <= 4 * se + 1e-12).all(), freq
-    # one-hot rows always give their token, also at the vocabulary's ends
+    # one-hot rows always give their token, also at the vocabulary's ends and at u's ends
     eye = torch.eye(5)
-    assert inverse_cdf_sample(eye, torch.Generator().manual_seed(1)).tolist() == [0, 1, 2, 3, 4]
+    for edge in (0.0, 0.5, 1.0 - 2.0**-53):
+        u = torch.full((5,), edge, dtype=torch.float64)
+        assert inverse_cdf_sample(eye, u).tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "x", [0, 1, 2, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFE, 0xFFFFFFFF]
+)
+def test_mix32_tensor_equals_integer_form(x):
+    """The int64 tensor hash (16-bit split multiply: no overflow) equals exact integer math."""
+    from mathrl.rollout.sampler import _mix32, _mix32_int
+
+    ref = x
+    ref ^= ref >> 16
+    ref = (ref * 0x7FEB352D) % 2**32
+    ref ^= ref >> 15
+    ref = (ref * 0x846CA68B) % 2**32
+    ref ^= ref >> 16
+    assert _mix32(torch.tensor([x])).item() == _mix32_int(x) == ref
+
+
+def test_counter_uniforms_are_uniform_and_independent():
+    """1000 streams x 200 steps: mean, variance, deciles and lag-1 correlations as U(0, 1)'s."""
+    from mathrl.rollout.sampler import prompt_seed, row_keys, uniforms
+
+    seeds = [prompt_seed(123, i) for i in range(250)]
+    u = uniforms(row_keys(seeds, 4), 200)  # (1000, 200)
+    m = u.numel()
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 4 * (1 / 12 / m) ** 0.5
+    assert abs(float(u.var()) - 1 / 12) < 0.002
+    deciles = torch.histc(u.float(), bins=10, min=0, max=1) / m
+    assert ((deciles - 0.1).abs() < 4 * (0.09 / m) ** 0.5).all(), deciles
+    c = u - 0.5
+    for a, b in ((c[:, 1:], c[:, :-1]), (c[1:], c[:-1]), (c[4:], c[:-4])):  # step, sample, prompt
+        corr = float((a * b).mean() / (a.std() * b.std()))
+        assert abs(corr) < 4 / a.numel() ** 0.5, corr
+    assert len(set(u[:, 0].tolist())) == 1000  # no two streams share a first draw
+    # prompt_seed(s, 0) is s: one prompt sent alone with seed s keys like prompt 0 of a call
+    assert prompt_seed(99, 0) == 99 and prompt_seed(-1, 0) == 2**64 - 1
+    assert torch.equal(
+        row_keys([prompt_seed(5, 1)], 3), row_keys([prompt_seed(5, 0), prompt_seed(5, 1)], 3)[3:]
+    )
+
+
+def test_a_prompts_samples_do_not_depend_on_its_batch(model, tokenizer, prompts):
+    """Prompt 1 alone (seeded as prompt 1 of the full call) gives the full call's samples,
+    whatever the batch size: the per-row streams make rollouts world-size invariant."""
+    from mathrl.rollout.sampler import prompt_seed
+
+    sampling = SamplingParams(n=4, max_new_tokens=12, seed=11)
+    full = HFEngine(model, tokenizer, batch_size=64).generate(prompts, sampling)
+    for batch_size in (1, 4, 64):
+        engine = HFEngine(model, tokenizer, batch_size=batch_size)
+        alone = engine.generate([prompts[1]], sampling, seeds=[prompt_seed(11, 1)])
+        assert as_ids(alone) == as_ids(full)[4:8]
+        split = engine.generate(prompts[1:], sampling, seeds=[prompt_seed(11, i) for i in (1, 2)])
+        assert as_ids(split) == as_ids(full)[4:]
+    with pytest.raises(MathrlError, match="2 seeds for 3 prompts"):
+        engine.generate(prompts, sampling, seeds=[1, 2])
 
 
 def test_reserved_kv_cache_gives_identical_samples(model, tokenizer, prompts, monkeypatch):

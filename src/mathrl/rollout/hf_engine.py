@@ -10,8 +10,9 @@ on RL batches. Per chunk of prompts:
 
 Returned log-probs are under the unmodified model distribution (log_softmax of the raw
 logits: temperature 1, no top-k/top-p), which is what the trainer's forward recomputes.
-Sampling uses the engine's own torch.Generator: the same seed gives the same completions
-(for the same prompts, batch_size and device).
+Each completion draws from its own stream of uniforms keyed by (prompt seed, sample index)
+(rollout/sampler.py): a prompt's samples do not depend on the batch size or on the other
+prompts of the call, up to the float rounding of a differently shaped forward.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from mathrl.models.logprobs import (
 )
 from mathrl.models.precision import forward_autocast, pad_multiple
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
-from mathrl.rollout.sampler import sample_next
+from mathrl.rollout.sampler import prompt_seed, row_keys, sample_next, uniforms
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 
@@ -87,17 +88,20 @@ class HFEngine(RolloutEngine):
         """Sample from `model` from now on (weights are shared in-process: no copy)."""
         self.model = model
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> GenerationResult:
-        """`sampling.n` completions per prompt, prompt-major, in chunks of ~batch_size rows."""
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams,
+        seeds: list[int] | None = None,
+    ) -> GenerationResult:
+        """`sampling.n` completions per prompt, prompt-major, in chunks of ~batch_size rows.
+
+        seeds[i] is prompt i's seed; by default prompt_seed(sampling.seed, i).
+        """
         for i, p in enumerate(prompts):
             if len(p) == 0:
                 raise MathrlError(f"prompt {i} is empty: every prompt needs at least one token")
-        device = next(self.model.parameters()).device
-        seed = sampling.seed
-        if seed is None:
-            # From torch's global RNG, so torch.manual_seed still makes runs reproducible.
-            seed = int(torch.randint(0, 2**62, ()).item())
-        gen = torch.Generator(device=device).manual_seed(seed)
+        seeds = resolve_seeds(sampling, len(prompts), seeds)
         # Whole groups per chunk: a group's samples share one prefill.
         per_chunk = max(1, self.batch_size // sampling.n)
         completions: list[Completion] = []
@@ -114,7 +118,10 @@ class HFEngine(RolloutEngine):
                     lean = LeanDecoder(self.model)
                 for start in range(0, len(prompts), per_chunk):
                     chunk = prompts[start : start + per_chunk]
-                    completions += self._generate_chunk(chunk, start, sampling, gen, timing, lean)
+                    chunk_seeds = seeds[start : start + per_chunk]
+                    completions += self._generate_chunk(
+                        chunk, start, sampling, chunk_seeds, timing, lean
+                    )
         finally:
             self.model.train(was_training)
         timing["total_s"] = time.perf_counter() - t0
@@ -126,13 +133,16 @@ class HFEngine(RolloutEngine):
         prompts: list[list[int]],
         first_index: int,
         sampling: SamplingParams,
-        gen: torch.Generator,
+        seeds: list[int],
         timing: dict[str, float],
         lean: LeanDecoder | None,
     ) -> list[Completion]:
         """Prefill the chunk's prompts once, then decode all n samples of each."""
         device = next(self.model.parameters()).device
         n = sampling.n
+        u = None  # (B, max_new_tokens): row r's uniform at decode step t
+        if not sampling.is_greedy:
+            u = uniforms(row_keys(seeds, n, device), sampling.max_new_tokens)
         t0 = time.perf_counter()
         multiple = pad_multiple(self.model)  # bounded shapes under CPU autocast
         input_ids, attention_mask = left_pad(prompts, self.pad_id, device, multiple)  # (P, Lp)
@@ -161,10 +171,10 @@ class HFEngine(RolloutEngine):
         t1 = time.perf_counter()
         timing["prefill_s"] += t1 - t0
         if lean is not None:
-            tokens, logprobs, finish = self._decode_lean(lean, logits, n, next_pos, sampling, gen)
+            tokens, logprobs, finish = self._decode_lean(lean, logits, n, next_pos, sampling, u)
         else:
             tokens, logprobs, finish = self._decode(
-                cache, logits, attention_mask, next_pos, sampling, gen
+                cache, logits, attention_mask, next_pos, sampling, u
             )
         timing["decode_s"] += time.perf_counter() - t1
         return [
@@ -179,7 +189,7 @@ class HFEngine(RolloutEngine):
         attention_mask: torch.Tensor,
         next_pos: torch.Tensor,
         sampling: SamplingParams,
-        gen: torch.Generator,
+        u: torch.Tensor | None,
     ) -> tuple[list[list[int]], list[list[float]], list[str]]:
         """Sample until every row stops; finished rows leave the batch and the KV cache."""
         batch = logits.shape[0]
@@ -188,12 +198,15 @@ class HFEngine(RolloutEngine):
         finish = ["length"] * batch
         stop_ids = torch.tensor(self.stop_token_ids, device=logits.device)
         rows = list(range(batch))  # original row of each active row
+        rows_t = torch.arange(batch, device=logits.device)
         for step in range(sampling.max_new_tokens):
-            next_tok, tok_logp = sample_next(logits, sampling, gen)  # (b,), (b,)
+            step_u = None if u is None else u[rows_t, step]  # (b,)
+            next_tok, tok_logp = sample_next(logits, sampling, step_u)  # (b,), (b,)
             for row, t, lp in zip(rows, next_tok.tolist(), tok_logp.tolist(), strict=True):
                 tokens[row].append(t)
                 logprobs[row].append(lp)
             if step == sampling.max_new_tokens - 1:
+                _mark_last_stops(next_tok, stop_ids, rows, finish, sampling)
                 break
             if not sampling.ignore_eos:
                 done = torch.isin(next_tok, stop_ids)  # (b,)
@@ -205,6 +218,7 @@ class HFEngine(RolloutEngine):
                         break
                     cache.batch_select_indices(keep)
                     rows = [rows[i] for i in keep.tolist()]
+                    rows_t = rows_t[keep]
                     next_tok, attention_mask, next_pos = (
                         next_tok[keep],
                         attention_mask[keep],
@@ -230,15 +244,15 @@ class HFEngine(RolloutEngine):
         n: int,
         next_pos: torch.Tensor,
         sampling: SamplingParams,
-        gen: torch.Generator,
+        u: torch.Tensor | None,
     ) -> tuple[list[list[int]], list[list[float]], list[str]]:
         """_decode on a LeanDecoder: same samples, finished rows leave the batch lazily.
 
         Row r continues prompt r // n. A finished row keeps its slot (decoded as waste)
         until a quarter of the slots are dead; then live rows from the tail move into the
         dead slots, so a compaction copies only the moved rows' generated K/V. The sampler
-        always sees the live rows in original-row order, as in _decode: the same seed gives
-        the same tokens.
+        always sees the live rows in original-row order, as in _decode, each with its own
+        uniform: the same seeds give the same tokens.
         """
         batch = logits.shape[0]
         tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -251,15 +265,18 @@ class HFEngine(RolloutEngine):
         lean.set_rows(slot_prompt)
         live = list(range(batch))  # slots of unfinished rows, by original row
         live_t = torch.arange(batch, device=logits.device)
+        live_rows = live_t  # the original row of each live slot, in sampler order
         in_order = True  # live == range(size): the logits rows are the sampler's rows
         size = batch  # slots in use: live rows plus not-yet-compacted dead ones
         for step in range(sampling.max_new_tokens):
             step_logits = logits if in_order else logits.index_select(0, live_t)
-            next_tok, tok_logp = sample_next(step_logits, sampling, gen)  # (b_live,)
+            step_u = None if u is None else u[live_rows, step]  # (b_live,)
+            next_tok, tok_logp = sample_next(step_logits, sampling, step_u)  # (b_live,)
             for slot, t, lp in zip(live, next_tok.tolist(), tok_logp.tolist(), strict=True):
                 tokens[slot_row[slot]].append(t)
                 logprobs[slot_row[slot]].append(lp)
             if step == sampling.max_new_tokens - 1:
+                _mark_last_stops(next_tok, stop_ids, [slot_row[s] for s in live], finish, sampling)
                 break
             feed.index_copy_(0, live_t, next_tok)
             if not sampling.ignore_eos:
@@ -275,6 +292,7 @@ class HFEngine(RolloutEngine):
                         size = _compact(lean, slot_row, slot_prompt, size, feed, next_pos)
                         live = sorted(range(size), key=slot_row.__getitem__)
                     live_t = torch.tensor(live, device=logits.device)
+                    live_rows = torch.tensor([slot_row[s] for s in live], device=logits.device)
                     in_order = live == list(range(size))
             logits = lean.step(feed[:size], next_pos[:size]).float()
             next_pos = next_pos + 1
@@ -301,6 +319,33 @@ class HFEngine(RolloutEngine):
             finish_reason="eos" if finish == "eos" else "length",
             logprobs=logprobs,
         )
+
+
+def _mark_last_stops(
+    next_tok: torch.Tensor,
+    stop_ids: torch.Tensor,
+    rows: list[int],
+    finish: list[str],
+    sampling: SamplingParams,
+) -> None:
+    """A stop token drawn as the very last allowed token still ends the completion ("eos")."""
+    if sampling.ignore_eos:
+        return
+    for i in torch.isin(next_tok, stop_ids).nonzero().flatten().tolist():
+        finish[rows[i]] = "eos"
+
+
+def resolve_seeds(sampling: SamplingParams, count: int, seeds: list[int] | None) -> list[int]:
+    """Each prompt's seed: `seeds` as given, else prompt_seed(sampling.seed, i); a missing
+    sampling.seed is drawn from torch's global RNG (so torch.manual_seed still fixes a run)."""
+    if seeds is not None:
+        if len(seeds) != count:
+            raise MathrlError(f"got {len(seeds)} seeds for {count} prompts")
+        return [int(s) for s in seeds]
+    seed = sampling.seed
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    return [prompt_seed(seed, i) for i in range(count)]
 
 
 def _compact(

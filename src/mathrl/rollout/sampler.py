@@ -1,5 +1,15 @@
 """Choosing the next token from logits: greedy, or sampled with temperature / top-k / top-p,
-with the chosen token's log-prob under the raw (temperature 1) distribution."""
+with the chosen token's log-prob under the raw (temperature 1) distribution.
+
+Where the randomness comes from: every completion has its own stream of uniforms, a pure
+function of (prompt seed, sample index, decode step) computed with 32-bit integer hashing
+(`uniforms`). So a prompt's samples do not depend on which other prompts share its batch,
+on the batch size, on the number of ranks that split a step's prompts, or on the device:
+the same integers give the same uniforms on CPU, CUDA and any other backend. A prompt's
+seed is `prompt_seed(seed, i)`, the i-th prompt of a call seeded `seed`; `prompt_seed(s, 0)`
+is `s`, so one prompt sent alone with seed s (an HTTP request) samples like prompt i of a
+call when s = prompt_seed(seed, i).
+"""
 
 from __future__ import annotations
 
@@ -7,30 +17,88 @@ import torch
 
 from mathrl.rollout.types import SamplingParams
 
+MASK32 = 0xFFFFFFFF
+_GOLDEN64 = 0x9E3779B97F4A7C15  # 2^64 / phi: consecutive prompts get well-spread seeds
+_M1, _M2 = 0x7FEB352D, 0x846CA68B  # the "lowbias32" multipliers (C. Wellons' hash-prospector)
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of prompt `index` of a call seeded `seed`, as an unsigned 64-bit int."""
+    return (seed + index * _GOLDEN64) % 2**64
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32), without int64 overflow (16-bit halves)."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash ("lowbias32"): every input bit moves every output bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, _M1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, _M2)
+    return x ^ (x >> 16)
+
+
+def _mix32_int(x: int) -> int:
+    """_mix32 on a Python int (same values)."""
+    x ^= x >> 16
+    x = (x * _M1) & MASK32
+    x ^= x >> 15
+    x = (x * _M2) & MASK32
+    return x ^ (x >> 16)
+
+
+def row_keys(seeds: list[int], n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The stream key (B,) of each row, B = len(seeds) * n, prompt-major: row p*n + j is
+    sample j of the prompt seeded seeds[p]."""
+    keys = []
+    for s in seeds:
+        s %= 2**64
+        base = _mix32_int(_mix32_int((s & MASK32) ^ 0x3C6EF372) ^ (s >> 32))
+        keys += [_mix32_int(base ^ _mix32_int(j + 0x2545F491)) for j in range(n)]
+    return torch.tensor(keys, dtype=torch.int64, device=device)
+
+
+def uniforms(keys: torch.Tensor, steps: int) -> torch.Tensor:
+    """Uniforms in [0, 1) of shape (B, steps), float64 with 53 random bits: row r, column t
+    is the draw of stream keys[r] at decode step t."""
+    t = torch.arange(steps, dtype=torch.int64, device=keys.device)
+    x = _mix32(keys[:, None] ^ _mix32(t * 2 + 0x1B873593)[None, :])  # (B, steps)
+    a = _mix32(x ^ 0x68E31DA4) >> 5  # 27 bits
+    b = _mix32(x ^ 0x5BD1E995) >> 6  # 26 bits
+    return (a * 2**26 + b).to(torch.float64) * 2.0**-53
+
 
 def sample_next(
-    logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator
+    logits: torch.Tensor, sampling: SamplingParams, u: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens (b,) and their log-probs (b,) under the raw distribution, from logits (b, V)."""
+    """Next tokens (b,) and their log-probs (b,) under the raw distribution, from logits
+    (b, V) and one uniform per row u (b,) float64 (unused, and may be None, when greedy)."""
     logp = torch.log_softmax(logits, dim=-1)  # (b, V), temperature 1
     if sampling.is_greedy:
         next_tok = logits.argmax(dim=-1)
-    elif sampling.temperature == 1.0 and sampling.top_k == 0 and sampling.top_p >= 1.0:
-        next_tok = inverse_cdf_sample(logp.exp(), gen)  # the raw distribution: no 2nd softmax
     else:
-        scores = logits / sampling.temperature
-        if sampling.top_k > 0:
-            kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1])).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if sampling.top_p < 1.0:
-            scores = top_p_filter(scores, sampling.top_p)
-        probs = torch.softmax(scores, dim=-1)
-        next_tok = inverse_cdf_sample(probs, gen)
+        if u is None:
+            raise ValueError("sampling needs one uniform per row")
+        if sampling.temperature == 1.0 and sampling.top_k == 0 and sampling.top_p >= 1.0:
+            probs = logp.exp()  # the raw distribution: no second softmax
+        else:
+            scores = logits / sampling.temperature
+            if sampling.top_k > 0:
+                kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1])).values[:, -1:]
+                scores = scores.masked_fill(scores < kth, float("-inf"))
+            if sampling.top_p < 1.0:
+                scores = top_p_filter(scores, sampling.top_p)
+            probs = torch.softmax(scores, dim=-1)
+        next_tok = inverse_cdf_sample(probs, u)
     return next_tok, logp.gather(-1, next_tok[:, None]).squeeze(-1)
 
 
-def inverse_cdf_sample(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One token per row of probs (b, V): the first index whose cumulative mass exceeds u.
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs (b, V): the first index whose cumulative mass exceeds u (b,).
 
     Exact like torch.multinomial, but one uniform per row instead of one exponential per
     vocabulary entry (10x faster per decode step here; BENCHMARKS.md). The float64
@@ -38,7 +106,7 @@ def inverse_cdf_sample(probs: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     right=True never lands on a zero-probability token (its cdf step is flat).
     """
     cdf = probs.cumsum(-1, dtype=torch.float64)  # (b, V)
-    u = torch.rand((probs.shape[0], 1), generator=gen, dtype=torch.float64, device=probs.device)
+    u = u.to(device=probs.device, dtype=torch.float64)[:, None]  # (b, 1)
     tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (b, 1)
     return tok.clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 

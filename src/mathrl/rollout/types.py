@@ -26,7 +26,8 @@ class SamplingParams:
     top_k: int = 0
     """Keep only the k most likely tokens; 0 disables."""
     seed: int | None = None
-    """Seed for the engine's own generator; None draws one from torch's global RNG."""
+    """Seed of the call: prompt i samples with prompt_seed(seed, i); None draws one from
+    torch's global RNG."""
     ignore_eos: bool = False
     """Never stop early: every completion gets exactly max_new_tokens tokens."""
     greedy: bool = False
@@ -89,8 +90,14 @@ class RolloutEngine(ABC):
     """Samples completions for token-id prompts; one implementation per backend."""
 
     @abstractmethod
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> GenerationResult:
-        """`sampling.n` completions per prompt, prompt-major."""
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams,
+        seeds: list[int] | None = None,
+    ) -> GenerationResult:
+        """`sampling.n` completions per prompt, prompt-major; seeds[i] is prompt i's seed
+        (default: rollout.sampler.prompt_seed(sampling.seed, i))."""
 
     def update_weights(self, model: Any) -> None:  # noqa: B027 - deliberate no-op default
         """Make the engine sample from `model`'s current weights (no-op when shared in-process)."""
