@@ -26,6 +26,7 @@ openai = pytest.importorskip("openai")
 import mathrl.cli.serve  # noqa: E402,F401  registers `mathrl serve` on the CLI app
 from mathrl.models.loading import load_model  # noqa: E402
 from mathrl.models.scratch import build_scratch_model  # noqa: E402
+from mathrl.rollout.sampler import prompt_seed  # noqa: E402
 from mathrl.rollout.types import SamplingParams  # noqa: E402
 from mathrl.serve.app import create_app  # noqa: E402
 from mathrl.serve.launch import build_state  # noqa: E402
@@ -160,11 +161,13 @@ class EchoEngine:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, SamplingParams]] = []
+        self.seeds: list[list[int]] = []
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompts, sampling, seeds=None):
         from mathrl.rollout.types import Completion, GenerationResult
 
         self.calls.append((len(prompts), sampling))
+        self.seeds.append(seeds)
         out = [
             Completion(i, s, p, list(p), "", "length", [0.0] * len(p))
             for i, p in enumerate(prompts)
@@ -173,7 +176,7 @@ class EchoEngine:
         return GenerationResult(out)
 
 
-def test_batcher_groups_equal_sampling_and_runs_seeded_jobs_alone():
+def test_batcher_groups_equal_sampling_and_gives_each_prompt_its_seed():
     from mathrl.serve.batching import Batcher
 
     engine = EchoEngine()
@@ -182,7 +185,7 @@ def test_batcher_groups_equal_sampling_and_runs_seeded_jobs_alone():
     jobs = [
         *[([[i, i + 1]], hot) for i in range(3)],
         *[([[10 + i], [20 + i]], cool) for i in range(2)],
-        *[([[30 + i]], SamplingParams(seed=i)) for i in range(2)],
+        *[([[30 + i], [40 + i]], SamplingParams(seed=i)) for i in range(2)],
     ]
     futures = [batcher.submit(p, s) for p, s in jobs]  # all queued before the worker starts
     batcher.start()
@@ -190,8 +193,12 @@ def test_batcher_groups_equal_sampling_and_runs_seeded_jobs_alone():
         results = [f.result(timeout=10) for f in futures]
     finally:
         batcher.close()
-    assert sorted(rows for rows, _ in engine.calls) == [1, 1, 3, 4]
-    assert batcher.engine_calls == 4
+    # seeded jobs share a call too: each prompt brings its own seed (per-row streams)
+    assert sorted(rows for rows, _ in engine.calls) == [3, 4, 4]
+    assert batcher.engine_calls == 3
+    seeded = engine.seeds[[c[1].seed for c in engine.calls].index(0)]
+    assert seeded == [prompt_seed(0, 0), prompt_seed(0, 1), prompt_seed(1, 0), prompt_seed(1, 1)]
+    assert seeded[0] == 0 and seeded[2] == 1  # prompt 0 of a request keys on its seed as is
     for (prompts, sampling), got in zip(jobs, results, strict=True):
         assert [c.token_ids for c in got] == [p for p in prompts for _ in range(sampling.n)]
         assert [c.prompt_index for c in got] == [
@@ -424,6 +431,16 @@ def test_load_weights_swaps_and_checks_the_tokenizer(local, models):
     model_b = load_model(str(models["b"]), dtype="float32", device="cpu")[0]
     expected = forward_logprobs(model_b, out["prompt_token_ids"], out["token_ids"])
     assert out["logprobs"]["token_logprobs"] == pytest.approx(expected, abs=1e-5)
+    # the digest a trainer checks: the served weights are b's, and differ from a's
+    from mathrl.models.identity import weights_digest
+
+    assert (
+        r.json()["digest"]
+        == weights_digest(model_b)
+        == tc.get("/health").json()["weights"]["digest"]
+    )
+    model_a = load_model(str(models["a"]), dtype="float32", device="cpu")[0]
+    assert weights_digest(model_a) != weights_digest(model_b)
 
 
 def test_load_weights_is_off_without_a_root(models):

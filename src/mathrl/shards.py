@@ -15,7 +15,6 @@ its batch from that shard, so only one shard is in memory at a time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 
 from mathrl.errors import DataError
 from mathrl.io import atomic_write_text, sha256_file
+from mathrl.models.identity import tokenizer_fingerprint
 
 FORMAT = 1
 META = "meta.json"
@@ -36,16 +36,6 @@ class Encoded(NamedTuple):
 
     ids: list[int]
     prompt_len: int
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of the vocabulary and special tokens: equal means the same ids for any text."""
-    data = {
-        "vocab": sorted(tokenizer.get_vocab().items()),
-        "eos": tokenizer.eos_token_id,
-        "template": getattr(tokenizer, "chat_template", None),
-    }
-    return hashlib.sha256(json.dumps(data).encode()).hexdigest()
 
 
 def write_shards(

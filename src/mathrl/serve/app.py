@@ -90,6 +90,7 @@ def create_app(state: ServeState) -> FastAPI:
             "status": "ok",
             "model": state.name,
             "weights": state.weights,
+            "tokenizer": state.fingerprint,
             "engine_calls": b.engine_calls,
             "requests_done": b.jobs_done,
         }

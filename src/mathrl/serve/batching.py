@@ -3,16 +3,19 @@
 Requests become Jobs on a queue. The worker takes the first waiting job, then whatever
 else arrives within `max_wait_s` (or is already waiting) until the batch holds
 `max_rows` rows (prompts x n), groups the jobs whose sampling parameters are equal and
-runs one `engine.generate` per group. A job that carries a seed runs in a call of its own,
-so the same seeded request gives the same completions whatever else the server is doing
-(the engine's generator is shared by every row of a call). Weight swaps take the same
-lock as engine calls, so they happen between batches, never during one.
+runs one `engine.generate` per group. Every prompt brings its own seed to the call (a
+seeded request's prompt i: prompt_seed(seed, i); an unseeded one: a fresh draw), and each
+completion samples from its own stream, so a seeded request gives the same completions
+whatever it shares a call with (up to the float rounding of a differently shaped batch).
+Weight swaps take the same lock as engine calls, so they happen between batches, never
+during one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import queue
+import random
 import sys
 import threading
 import time
@@ -22,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from mathrl.rollout.sampler import prompt_seed
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 
 
@@ -43,10 +47,15 @@ class Job:
         return len(self.prompts) * self.sampling.n
 
     def key(self) -> Hashable:
-        """Jobs with equal keys share an engine call; a seeded job shares with nobody."""
-        if self.sampling.seed is not None:
-            return ("seeded", id(self))
-        return dataclasses.astuple(self.sampling)
+        """Jobs with equal keys (sampling parameters but the seed) share an engine call."""
+        return dataclasses.astuple(dataclasses.replace(self.sampling, seed=None))
+
+    def seeds(self) -> list[int]:
+        """Each prompt's seed: from the request's seed, else drawn afresh."""
+        seed = self.sampling.seed
+        if seed is None:
+            seed = random.getrandbits(64)
+        return [prompt_seed(seed, i) for i in range(len(self.prompts))]
 
 
 class Batcher:
@@ -143,9 +152,10 @@ class Batcher:
         if not live:
             return
         prompts = [p for job in live for p in job.prompts]
+        seeds = [s for job in live for s in job.seeds()]
         try:
             with self._lock:
-                result = self.engine.generate(prompts, live[0].sampling)
+                result = self.engine.generate(prompts, live[0].sampling, seeds=seeds)
                 self.engine_calls += 1
         except Exception as exc:  # the engine failed: every job of the call gets the error
             traceback.print_exc(file=sys.stderr)

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
+from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 from mathrl.serve.batching import Batcher
 from mathrl.serve.schemas import ApiError, ChatRequest, CompletionRequest, Limits, SamplingFields
-from mathrl.shards import tokenizer_fingerprint
 
 Loader = Callable[[str], tuple[Any, Any]]
 """A resolved model source -> (model, tokenizer), on the served model's device and dtype."""
@@ -54,7 +54,9 @@ class ServeState:
         self.limits = limits or Limits()
         self.batcher = Batcher(engine, max_rows=max_rows, max_wait_s=max_wait_s)
         self.fingerprint = tokenizer_fingerprint(tokenizer)
-        self.weights: dict[str, Any] = {"source": source, "version": 0}
+        model = getattr(engine, "model", None)
+        digest = weights_digest(model) if model is not None else None
+        self.weights: dict[str, Any] = {"source": source, "version": 0, "digest": digest}
         self.allowed_bases = _model_bases(source)
         # Text longer than this cannot fit the context, whatever it tokenizes to: refused
         # before tokenizing (a megabyte of text costs seconds of BPE).
@@ -250,13 +252,15 @@ class ServeState:
                     code="tokenizer_mismatch",
                 )
 
+            digest = weights_digest(model)  # what a trainer compares with its own
+
             def swap(engine: RolloutEngine) -> None:
                 engine.update_weights(model)
                 self.context = context_length(model) or self.context
 
             self.batcher.between_batches(swap)
             version = int(self.weights["version"]) + 1
-            self.weights = {"source": source, "version": version}
+            self.weights = {"source": source, "version": version, "digest": digest}
         return {"object": "load_weights", "model": self.name, **self.weights}
 
 
