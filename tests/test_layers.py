@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"loggers", "loggers_extra", "checkpoint", "runtime", "shards", "stopping"},  # plumbing
     {"data", "sampling"},  # prompts, splits; groups scored through the reward pool
     {"rl", "eval", "report"},  # one train step; metrics, evaluate, probe; plots, summary
-    {"trainer", "sft", "warmup", "expert_iter", "decoupled"},  # the loops
+    {"trainer", "sft", "warmup", "expert_iter", "decoupled", "distill"},  # the loops
     {"runs"},  # start / resume / finish a run
     {"serve"},  # the OpenAI-compatible HTTP server on the rollout engine
     {"cli", "__main__", "api"},  # thin commands; the same as Python functions

@@ -11,6 +11,7 @@ is in mathrl.runs and the layers below; heavy imports happen inside the commands
     quickstart.py quickstart, config presets
     export.py     export (a checkpoint as a plain HF dir, LoRA merged)
     serve.py      serve (an OpenAI-compatible HTTP server on the rollout engine)
+    distill.py    distill (teacher traces from an OpenAI-compatible endpoint, as SFT pairs)
 """
 
 import importlib
@@ -26,6 +27,7 @@ COMMAND_MODULES = (
     "report",
     "export",
     "serve",
+    "distill",
     "basic",
 )
 for _name in COMMAND_MODULES:

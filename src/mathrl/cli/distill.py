@@ -1,0 +1,125 @@
+"""`mathrl distill`: a thin command over distill.py (teacher traces from an OpenAI-compatible
+endpoint, scored, kept as SFT pairs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mathrl.cli.app import app
+from mathrl.cli.options import EPILOG, ConfigOpt, SetOpt
+
+
+@app.command("distill", epilog=EPILOG)
+def distill_cmd(
+    endpoint: Annotated[
+        str,
+        typer.Option(
+            help="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 "
+            "(requests go to <URL>/chat/completions)."
+        ),
+    ],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name the endpoint serves.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Trace file (JSONL, appended); rerunning with it skips what is written.",
+        ),
+    ],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per problem.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
+    api_key_env: Annotated[
+        str,
+        typer.Option(help="Environment variable holding the API key (unset: none is sent)."),
+    ] = "OPENAI_API_KEY",
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="Traces in the SFT pairs file: 'correct' (by the task's reward) or 'all'."
+        ),
+    ] = "correct",
+    sft_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="SFT pairs file that `mathrl sft --data` reads, rewritten from --out at the "
+            "end (default: --out with .sft.jsonl)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(help="Problems to use (a seeded sample of the split); 0 = all.")
+    ] = 0,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="max_tokens per request (default rollout.max_new_tokens).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (default rollout.temperature).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds one request may take in all before it is retried.")
+    ] = 600.0,
+    max_retries: Annotated[
+        int,
+        typer.Option(
+            help="Retries of one request on 429, 5xx, timeouts, dropped connections and bad answers."
+        ),
+    ] = 6,
+    backoff: Annotated[
+        float,
+        typer.Option(
+            help="First retry waits about this many seconds, doubling each time (max 60 s, "
+            "jittered; a longer Retry-After wins)."
+        ),
+    ] = 1.0,
+    rate_limit: Annotated[
+        float, typer.Option(help="Most requests started per second, retries included; 0 = none.")
+    ] = 0.0,
+    split: Annotated[str, typer.Option(help="Problems from this split: train, val or test.")] = (
+        "train"
+    ),
+    seed: Annotated[
+        bool,
+        typer.Option(
+            help="Send a per-trace seed (from the config's seed); --no-seed for endpoints "
+            "that refuse the field."
+        ),
+    ] = True,
+) -> None:
+    """Sample a teacher's solutions from an OpenAI-compatible endpoint, score them with the
+    task's reward, and write traces plus the SFT pairs `mathrl sft --data` reads."""
+    from mathrl.distill import DistillOptions, chat_url, run_distill
+    from mathrl.runs import load_run_config, say, start_process
+
+    opts = DistillOptions(
+        endpoint=endpoint,
+        model=model,
+        out=out,
+        n=n,
+        concurrency=concurrency,
+        api_key=os.environ.get(api_key_env) or None,
+        keep=keep,
+        sft_out=sft_out,
+        limit=limit,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        timeout_s=timeout,
+        max_retries=max_retries,
+        rate_limit=rate_limit,
+        split=split,
+        backoff_s=backoff,
+        seed=seed,
+    )
+    url, _ = chat_url(endpoint)  # a bad URL stops here, before the task is built
+    host = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    loopback = host.startswith(("127.", "localhost", "[::1]"))
+    if opts.api_key and url.startswith("http://") and not loopback:
+        say(f"warning: sending the API key from ${api_key_env} over plain http to {host}")
+    cfg = load_run_config(config, sets)
+    task = start_process(cfg)
+    run_distill(cfg, task, opts, say)
