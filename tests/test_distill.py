@@ -624,6 +624,32 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(
     )
 
 
+def test_ctrl_c_does_not_wait_for_hanging_requests(tiny_config, answers, tmp_path):
+    teacher = FakeTeacher(answers[0])
+    out = tmp_path / "t.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    with serving(teacher) as url:
+        cmd = [sys.executable, "-m", "mathrl", "distill", "--endpoint", url, "--model", "teacher",
+               "-c", str(tiny_config), "--out", str(out), "--n", "2", "--limit", "10",
+               "--concurrency", "2", "--timeout", "60"]  # fmt: skip
+        # SIGINT may be ignored where the tests run (a background job): restore it
+        restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, preexec_fn=restore)
+        teacher.delay = 0.05
+        deadline = time.monotonic() + 60
+        while not out.exists() or out.read_bytes().count(b"\n") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        teacher.delay = 30.0  # what is asked from now on hangs
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=20)
+    assert time.monotonic() - started < 5, err.decode()
+    rows = strict_lines(out)
+    assert 2 <= len(rows) < 20 and len(set(keys(rows))) == len(rows)
+
+
 # -- a real mathrl serve ----------------------------------------------------------------
 
 

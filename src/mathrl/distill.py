@@ -8,8 +8,8 @@ endpoint gives the same trace again (`seed=False` leaves it out).
 
 Threads, not asyncio: the work is a few dozen blocking HTTP calls at a time; httpx's sync
 client is thread-safe, the reward pool and the crash-safe appends are synchronous, and a
-worker's retry loop reads top to bottom. The main thread alone scores and writes, so lines
-never interleave.
+worker's retry loop reads top to bottom. `concurrency` daemon threads take requests from a
+queue; the main thread alone scores and writes, so lines never interleave.
 
 Crash safety: each batch of finished traces is one O_APPEND write + fsync (io.append_jsonl),
 so a kill at any moment can only tear the last line, which reading skips and the next append
@@ -26,13 +26,13 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import queue
 import random
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +110,9 @@ class DistillOptions:
             self.sft_out = self.out.with_name(f"{stem}.sft.jsonl")
         if Path(self.sft_out).resolve() == self.out.resolve():
             raise ConfigError("--sft-out must differ from --out")
+        key = self.api_key or ""
+        if not key.isprintable() or " " in key:  # it would go into an error line verbatim
+            raise ConfigError("the API key holds spaces or control characters (not shown)")
 
 
 # -- one response -----------------------------------------------------------------------
@@ -357,6 +360,8 @@ class Endpoint:
                 raise MathrlError(f"{self.url} asks to retry after {wait_s:.0f} s ({what})")
             raise _Transient(str(status), what, wait_s)
         hint = {
+            301: f"; it redirects to {headers.get('location', '?')!r}",
+            302: f"; it redirects to {headers.get('location', '?')!r}",
             401: f"; is the API key set (--api-key-env)? {'one was' if self.opts.api_key else 'none was'} sent",
             403: "; the API key may lack access to this model",
             404: "; --endpoint is the base URL (ending in /v1) and --model one it serves?",
@@ -517,37 +522,53 @@ def _sample(
     temperature = cfg.rollout.temperature if opts.temperature is None else opts.temperature
     stop = threading.Event()
     error: BaseException | None = None
-    with ThreadPoolExecutor(opts.concurrency, thread_name_prefix="distill") as threads:
-        pending: dict[Future[Reply], tuple[Example, int]] = {}
-        for ex, s in jobs:
-            body: dict[str, Any] = {"model": opts.model, "messages": task.messages(ex)}
-            body |= {"max_tokens": max_tokens, "temperature": temperature}
-            if opts.seed:
-                body["seed"] = trace_seed(cfg.seed, ex.id, s)
-            pending[threads.submit(endpoint.complete, body, stop)] = (ex, s)
-        try:
-            while pending:
-                finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                replies = []
-                for future in finished:
-                    job = pending.pop(future)
-                    exc = None if future.cancelled() else future.exception()
-                    if exc is None and not future.cancelled():
-                        replies.append((*job, future.result()))
-                    elif exc is not None and not isinstance(exc, Cancelled) and error is None:
-                        error = exc  # stop: cancel what has not started, keep what finishes
-                        stop.set()
-                        for other in pending:
-                            other.cancel()
-                if replies:
-                    new = trace_records(task, pool, identity, replies)
-                    append_jsonl(opts.out, new)
-                    rows.extend(new)
-                    _advance(progress, new, endpoint, opts, say)
-        finally:
-            stop.set()
-            for future in pending:
-                future.cancel()
+    bodies: queue.SimpleQueue[tuple[Example, int, dict[str, Any]]] = queue.SimpleQueue()
+    for ex, s in jobs:
+        body: dict[str, Any] = {"model": opts.model, "messages": task.messages(ex)}
+        body |= {"max_tokens": max_tokens, "temperature": temperature}
+        if opts.seed:
+            body["seed"] = trace_seed(cfg.seed, ex.id, s)
+        bodies.put((ex, s, body))
+    answers: queue.SimpleQueue[tuple[Example, int, Reply | BaseException]] = queue.SimpleQueue()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                ex, s, body = bodies.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                answers.put((ex, s, endpoint.complete(body, stop)))
+            except BaseException as exc:  # handed to the main thread, which decides
+                answers.put((ex, s, exc))
+
+    # Daemon threads: on Ctrl-C nobody waits for requests in flight (what was not written
+    # is sampled again by the next run). Only this thread scores and writes.
+    threads = [threading.Thread(target=work, daemon=True) for _ in jobs[: opts.concurrency]]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(t.is_alive() for t in threads) or not answers.empty():
+            replies = []
+            try:
+                got = [answers.get(timeout=1.0)]
+            except queue.Empty:
+                continue
+            while not answers.empty():
+                got.append(answers.get())
+            for ex, s, answer in got:
+                if isinstance(answer, Reply):
+                    replies.append((ex, s, answer))
+                elif error is None and not isinstance(answer, Cancelled):
+                    error = answer  # stop: start nothing new, keep what finishes
+                    stop.set()
+            if replies:
+                new = trace_records(task, pool, identity, replies)
+                append_jsonl(opts.out, new)
+                rows.extend(new)
+                _advance(progress, new, endpoint, opts, say)
+    finally:
+        stop.set()  # a Ctrl-C or a failed write: the workers start nothing more
     if error is not None:
         raise error
 
