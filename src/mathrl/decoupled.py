@@ -62,7 +62,7 @@ def rollout_iteration(
     first_step = it * (steps_per_iter or n_steps)
     examples = training_examples(cfg, task)
     stream = PromptStream.at_position(examples, cfg.seed, first_step * t.prompts_per_step)
-    engine = rollout_engine(cfg, model, tokenizer)
+    engine = rollout_engine(cfg, model, tokenizer, run_dir=run_dir)
     path = buffer_path(run_dir, it)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")

@@ -114,8 +114,10 @@ def start_training_run(
     """
     from mathrl import checkpoint as ckpt_mod
     from mathrl.runtime import resume_point
+    from mathrl.sampling import check_rollout_server
 
     cfg = load_run_config(config, sets, quiet)
+    check_rollout_server(cfg)
     task, run_dir = open_run(cfg, out, resume, fresh=True)
     resume_from = (
         resume_point(run_dir, cfg, task.fingerprint, allow_change)

@@ -7,18 +7,21 @@ through `score_completions`, so a reward fault is handled the same way everywher
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mathrl.config import Config
 from mathrl.data import PromptStream
+from mathrl.errors import MathrlError
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
-from mathrl.rollout.registry import make_engine
+from mathrl.rollout.registry import SERVER_ENGINES, make_engine
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 from mathrl.runtime import derive_seed
 from mathrl.tasks import Example, Task
@@ -88,16 +91,60 @@ def rollout_sampling(cfg: Config, n: int, seed: int) -> SamplingParams:
 
 
 def rollout_engine(
-    cfg: Config, model: torch.nn.Module, tokenizer: Any, batch_size: int | None = None
+    cfg: Config,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    batch_size: int | None = None,
+    run_dir: Path | None = None,
 ) -> RolloutEngine:
-    """The engine `cfg.rollout` names, on the trainer's (shared) model."""
-    return make_engine(
-        cfg.rollout.engine,
-        model,
-        tokenizer,
-        batch_size=batch_size or cfg.rollout.batch_size,
-        lean_decode=cfg.rollout.lean_decode,
-    )
+    """The engine `cfg.rollout` names, on the trainer's (shared) model.
+
+    A server engine (rollout.engine = "openai") samples the training loop's rollouts only
+    (run_dir given): evaluation, probes and `mathrl serve` sample in-process, from the
+    model in hand, with "hf".
+    """
+    r = cfg.rollout
+    name = r.engine
+    options: dict[str, Any] = {
+        "batch_size": batch_size or r.batch_size,
+        "lean_decode": r.lean_decode,
+    }
+    if name in SERVER_ENGINES:
+        if run_dir is None:
+            name = "hf"
+        else:
+            options.update(
+                base_url=r.server_url,
+                served_model=r.server_model,
+                api_key=api_key(r.api_key_env),
+                weight_sync=r.weight_sync,
+                weights_dir=Path(r.weights_dir) if r.weights_dir else run_dir / "served_weights",
+                verify_weights=r.verify_weights,
+                check_tokenizer=r.check_tokenizer,
+                concurrency=r.concurrency,
+                timeout_s=r.request_timeout_s,
+            )
+    return make_engine(name, model, tokenizer, **options)
+
+
+def check_rollout_server(cfg: Config) -> None:
+    """A server engine's server answers (/v1/models), checked before a long warm-up; the
+    tokenizer and weights are checked when the loop builds the engine."""
+    r = cfg.rollout
+    if r.engine in SERVER_ENGINES:
+        from mathrl.rollout.openai_engine import ServerClient
+
+        ServerClient(r.server_url, api_key(r.api_key_env), r.request_timeout_s).first_model()
+
+
+def api_key(var: str) -> str | None:
+    """The key in $var ('' names none); naming an unset variable is an error."""
+    if not var:
+        return None
+    key = os.environ.get(var, "")
+    if not key:
+        raise MathrlError(f"rollout.api_key_env = {var!r}: the variable is not set or empty")
+    return key
 
 
 def sample_scored(

@@ -9,13 +9,18 @@ accuracy, `checkpoint` saves. Simplifications, stated up front:
 - A signal (Ctrl-C, SIGTERM) stops the loop at the next step boundary, after a
   checkpoint (mathrl.stopping).
 - Rollouts and updates alternate on the same weights: step k's samples come from the
-  policy after step k - 1 (on-policy; mu > 1 reuses them PPO-style).
+  policy after step k - 1 (on-policy; mu > 1 reuses them PPO-style). With a rollout
+  server and rollout.off_policy_steps = 1, step k + 1's samples are drawn (from the
+  weights before step k) while step k trains; the loss then takes the sampler's log-probs
+  as the old ones, and the new weights are published once both are done.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from mathrl.rl import (
     step_scheduler,
     train_step,
 )
+from mathrl.rollout.registry import SERVER_ENGINES
 from mathrl.sampling import collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Task
 
@@ -59,22 +65,37 @@ def train(
     if resume_from is not None:
         ckpt_mod.truncate_logs(run_dir, state.step)
     ref = reference_model(cfg, model)
-    engine = rollout_engine(cfg, model, tokenizer)
+    engine = rollout_engine(cfg, model, tokenizer, run_dir=run_dir)
     stream = PromptStream(training_examples(cfg, task), cfg.seed, state)
     eval_split = heldout_split(cfg, task)
     prompt_cache: dict[str, list[int]] = {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # The sampler's weights lag the trainer's: its log-probs are the old ones in the loss.
+    frozen_server = cfg.rollout.engine in SERVER_ENGINES and cfg.rollout.weight_sync == "none"
+    pending: Future[Any] | None = None  # the next step's rollouts (off_policy_steps = 1)
     if saved is not None:
         ckpt_mod.set_rng_state(saved["rng"])  # restored last, after everything that draws
-    with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
+    with (
+        RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="mathrl-rollout") as background,
+    ):
+
+        def rollouts(step: int) -> tuple[list[Any], dict[str, float]]:
+            return collect_groups(cfg, stream, engine, pool, task, prompt_cache, tokenizer, step)
+
         if cfg.eval.every and state.step == 0:
             logger.log(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool), 0)
         while state.step < t.steps:
             t_step = time.perf_counter()
             model.eval()
-            groups, metrics = collect_groups(
-                cfg, stream, engine, pool, task, prompt_cache, tokenizer, state.step
-            )
+            staleness = 0 if pending is None else 1  # optimizer steps between sampler and now
+            groups, metrics = rollouts(state.step) if pending is None else pending.result()
+            consumed = (state.epoch, state.cursor)  # prompts this step and earlier ones used
+            if cfg.rollout.off_policy_steps and state.step + 1 < t.steps:
+                pending = background.submit(rollouts, state.step + 1)  # on the server
+            else:
+                pending = None
+            metrics["rollout/staleness"] = float(staleness)
             rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
             advantages = advantages_for(cfg, state, rewards)  # (B,)
             metrics.update(reward_metrics(groups))
@@ -87,11 +108,21 @@ def train(
             t_train = time.perf_counter()
             metrics.update(
                 train_step(
-                    cfg, model, ref, optimizer, groups, advantages, pad_id, loss_fn=compute_loss
+                    cfg,
+                    model,
+                    ref,
+                    optimizer,
+                    groups,
+                    advantages,
+                    pad_id,
+                    rollout_logprobs=staleness > 0 or frozen_server,
+                    loss_fn=compute_loss,
                 )
             )
             step_scheduler(scheduler)
             model.eval()
+            if pending is not None:
+                wait([pending])  # never swap the server's weights during a rollout
             engine.update_weights(model)
             now = time.perf_counter()
             n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
@@ -119,13 +150,34 @@ def train(
             if on_step is not None:
                 on_step(state.step, metrics)
 
-            def save() -> Path:
-                return save_checkpoint(
-                    cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint
-                )
+            def save(used: tuple[int, int] = consumed) -> Path:
+                # Saved at the prompts this step used: a resume samples the pending step's
+                # prompts again (same seeds, from the checkpoint's weights).
+                with rewound(state, used):
+                    return save_checkpoint(
+                        cfg,
+                        run_dir,
+                        model,
+                        tokenizer,
+                        optimizer,
+                        scheduler,
+                        state,
+                        task.fingerprint,
+                    )
 
             every = cfg.checkpoint.every
             due = (every and state.step % every == 0) or state.step == t.steps
             saved = save() if due else None
             stopping.check(state.step, save if cfg.checkpoint.on_signal else None, saved)
     return state
+
+
+@contextmanager
+def rewound(state: TrainState, position: tuple[int, int]) -> Iterator[None]:
+    """The prompt stream's (epoch, cursor) set to `position` for the duration (a save)."""
+    ahead = (state.epoch, state.cursor)
+    state.epoch, state.cursor = position
+    try:
+        yield
+    finally:
+        state.epoch, state.cursor = ahead

@@ -165,6 +165,33 @@ class RolloutConfig:
     """Llama/Qwen2 models decode with mathrl's lean step: the same samples and log-probs as
     transformers' forward, less overhead, each prompt's K/V shared by its group. Other
     architectures always use transformers' forward."""
+    server_url: str = ""
+    """engine = "openai": the server's base URL (mathrl serve, vLLM, SGLang), e.g.
+    http://127.0.0.1:8000."""
+    server_model: str = ""
+    """engine = "openai": the model name to request; empty takes the first of /v1/models."""
+    api_key_env: str = ""
+    """engine = "openai": the environment variable holding the server's API key (empty: none)."""
+    weight_sync: str = "load_weights"
+    """engine = "openai": how the server gets each step's weights: load_weights (mathrl
+    serve's /v1/load_weights), vllm_lora (vLLM's runtime LoRA loading; LoRA training) or
+    none (the server's model never changes)."""
+    weights_dir: str = ""
+    """engine = "openai": where the trainer writes the weights the server loads (mathrl
+    serve: under its --weights-root); empty: <run dir>/served_weights."""
+    verify_weights: bool = True
+    """engine = "openai": after each load, the server's weights digest must equal the
+    trainer's (mathrl serve reports it); a mismatch stops the run."""
+    check_tokenizer: bool = True
+    """engine = "openai": refuse a server whose tokenizer differs from the trainer's."""
+    concurrency: int = 32
+    """engine = "openai": requests in flight at once (one per prompt; the server batches)."""
+    request_timeout_s: float = 600.0
+    """engine = "openai": seconds one request may take (retried on timeouts, 429 and 5xx)."""
+    off_policy_steps: int = 0
+    """0: each step samples from the current weights. 1: step t+1's rollouts are sampled
+    while step t trains (from the weights before step t), and the loss corrects with the
+    sampler's log-probs; rollout/staleness logs the lag (never more than this)."""
 
 
 @dataclass

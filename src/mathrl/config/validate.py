@@ -18,7 +18,7 @@ from mathrl.errors import ConfigError
 from mathrl.registry import Registry
 from mathrl.rewards import GRADERS, PROMPT_STYLES, REWARD_SCHEMES
 from mathrl.rewards.functions import check_specs
-from mathrl.rollout.registry import ENGINES
+from mathrl.rollout.registry import ENGINES, SERVER_ENGINES
 from mathrl.tasks.arithmetic import KINDS as ARITHMETIC_KINDS
 
 FIXED_CHOICES: dict[str, tuple[str, ...]] = {
@@ -29,6 +29,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("constant", "cosine"),
     "train.nonfinite": ("skip", "stop"),
     "eval.split": ("auto", "val", "test"),
+    "rollout.weight_sync": ("load_weights", "vllm_lora", "none"),
 }
 
 REGISTRY_CHOICES: dict[str, Registry[Any]] = {
@@ -120,6 +121,26 @@ def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
     _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
     _check(r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}")
     _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+    _check(r.concurrency >= 1, f"rollout.concurrency must be >= 1, got {r.concurrency}")
+    _check(
+        r.request_timeout_s > 0,
+        f"rollout.request_timeout_s must be > 0, got {r.request_timeout_s}",
+    )
+    _check(
+        r.off_policy_steps in (0, 1),
+        f"rollout.off_policy_steps must be 0 or 1, got {r.off_policy_steps}",
+    )
+    _check(
+        r.off_policy_steps == 0 or r.engine in SERVER_ENGINES,
+        "rollout.off_policy_steps = 1 samples while the trainer trains, so it needs a rollout "
+        "server (rollout.engine = 'openai'); in-process rollouts share the trainer's weights",
+    )
+    if r.engine == "openai":
+        _check(
+            r.server_url.startswith(("http://", "https://")),
+            "rollout.engine = 'openai' needs rollout.server_url = 'http://HOST:PORT' "
+            f"(got {r.server_url!r})",
+        )
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     _check(e.batch_size >= 0, f"eval.batch_size must be >= 0, got {e.batch_size}")
     for k in e.k:

@@ -33,7 +33,7 @@ from mathrl.models.logprobs import (
 )
 from mathrl.models.precision import forward_autocast, pad_multiple
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
-from mathrl.rollout.sampler import prompt_seed, row_keys, sample_next, uniforms
+from mathrl.rollout.sampler import resolve_seeds, row_keys, sample_next, uniforms
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 
@@ -333,19 +333,6 @@ def _mark_last_stops(
         return
     for i in torch.isin(next_tok, stop_ids).nonzero().flatten().tolist():
         finish[rows[i]] = "eos"
-
-
-def resolve_seeds(sampling: SamplingParams, count: int, seeds: list[int] | None) -> list[int]:
-    """Each prompt's seed: `seeds` as given, else prompt_seed(sampling.seed, i); a missing
-    sampling.seed is drawn from torch's global RNG (so torch.manual_seed still fixes a run)."""
-    if seeds is not None:
-        if len(seeds) != count:
-            raise MathrlError(f"got {len(seeds)} seeds for {count} prompts")
-        return [int(s) for s in seeds]
-    seed = sampling.seed
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item())
-    return [prompt_seed(seed, i) for i in range(count)]
 
 
 def _compact(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from mathrl.errors import MathrlError
 from mathrl.rollout.types import SamplingParams
 
 MASK32 = 0xFFFFFFFF
@@ -25,6 +26,19 @@ _M1, _M2 = 0x7FEB352D, 0x846CA68B  # the "lowbias32" multipliers (C. Wellons' ha
 def prompt_seed(seed: int, index: int) -> int:
     """The seed of prompt `index` of a call seeded `seed`, as an unsigned 64-bit int."""
     return (seed + index * _GOLDEN64) % 2**64
+
+
+def resolve_seeds(sampling: SamplingParams, count: int, seeds: list[int] | None) -> list[int]:
+    """Each prompt's seed: `seeds` as given, else prompt_seed(sampling.seed, i); a missing
+    sampling.seed is drawn from torch's global RNG (so torch.manual_seed still fixes a run)."""
+    if seeds is not None:
+        if len(seeds) != count:
+            raise MathrlError(f"got {len(seeds)} seeds for {count} prompts")
+        return [int(s) for s in seeds]
+    seed = sampling.seed
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    return [prompt_seed(seed, i) for i in range(count)]
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
