@@ -65,7 +65,7 @@ class FakeTeacher:
         self.requests: list[tuple[float, dict, dict, str]] = []  # (t, body, headers, fault)
         self.lock = threading.Lock()
         self.inflight = self.max_inflight = 0
-        self.always: tuple[int, bytes] | None = None  # answer every request with this
+        self.always: tuple | None = None  # answer every request with this
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
         body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
@@ -570,11 +570,18 @@ def test_cli_bad_input_is_one_error_line(run_cli, tiny_config, tmp_path, args, m
 
 
 @pytest.mark.parametrize(
-    "status,hint", [(400, "bad field"), (401, "is the API key set"), (404, "ending in /v1")]
+    "status,hint",
+    [
+        (400, "bad field"),
+        (401, "is the API key set"),
+        (404, "ending in /v1"),
+        (308, "redirects to 'https://elsewhere/v1/chat/completions'"),
+    ],
 )
 def test_cli_non_retryable_4xx_stops_at_once(run_cli, tiny_config, tmp_path, status, hint):
     teacher = FakeTeacher({})
-    teacher.always = (status, json.dumps({"error": {"message": "bad field 'x'"}}).encode())
+    error = json.dumps({"error": {"message": "bad field 'x'"}}).encode()
+    teacher.always = (status, error, {"Location": "https://elsewhere/v1/chat/completions"})
     with serving(teacher) as url:
         res = run_cli("distill", "--endpoint", url, "--model", "m", "-c", tiny_config,
                       "--out", tmp_path / "t.jsonl", "--limit", 1, "--n", 1)  # fmt: skip

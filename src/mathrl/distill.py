@@ -287,7 +287,7 @@ class Endpoint:
             raise MathrlError("mathrl distill needs httpx: pip install 'mathrl[distill]'") from None
 
         self.httpx, self.opts = httpx, opts
-        self.url, self.recorded = chat_url(opts.endpoint)
+        self.url, _ = chat_url(opts.endpoint)
         headers = {"User-Agent": "mathrl-distill"}
         if opts.api_key:
             headers["Authorization"] = f"Bearer {opts.api_key}"
@@ -360,12 +360,14 @@ class Endpoint:
                 raise MathrlError(f"{self.url} asks to retry after {wait_s:.0f} s ({what})")
             raise _Transient(str(status), what, wait_s)
         hint = {
-            301: f"; it redirects to {headers.get('location', '?')!r}",
-            302: f"; it redirects to {headers.get('location', '?')!r}",
             401: f"; is the API key set (--api-key-env)? {'one was' if self.opts.api_key else 'none was'} sent",
             403: "; the API key may lack access to this model",
             404: "; --endpoint is the base URL (ending in /v1) and --model one it serves?",
         }.get(status, "")
+        if 300 <= status < 400:
+            hint = (
+                f"; it redirects to {_quote(headers.get('location', '?'))}: use that as --endpoint"
+            )
         raise MathrlError(f"{self.url} answered {what}{hint}")
 
     def _read(self, response: Any, deadline: float, limit: int, ok: bool) -> bytes:
@@ -410,6 +412,7 @@ def problems(cfg: Config, task: Task, split: str, limit: int) -> list[Example]:
 
 
 def trace_seed(seed: int, problem_id: str, sample: int) -> int:
+    """The seed a trace's request carries: the same in every run of the same config."""
     digest = int(hashlib.sha256(problem_id.encode()).hexdigest()[:8], 16)
     return derive_seed(seed, digest, sample)
 
