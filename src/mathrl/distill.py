@@ -287,7 +287,8 @@ class Endpoint:
             raise MathrlError("mathrl distill needs httpx: pip install 'mathrl[distill]'") from None
 
         self.httpx, self.opts = httpx, opts
-        self.url, _ = chat_url(opts.endpoint)
+        self.url, recorded = chat_url(opts.endpoint)
+        self.shown = f"{recorded}/chat/completions"  # in messages: no credentials, no query
         headers = {"User-Agent": "mathrl-distill"}
         if opts.api_key:
             headers["Authorization"] = f"Bearer {opts.api_key}"
@@ -332,7 +333,9 @@ class Endpoint:
                 continue
             reply.latency_s, reply.attempts = time.monotonic() - started, attempt + 1
             return reply
-        raise MathrlError(f"{self.url}: gave up after {o.max_retries + 1} tries; the last: {last}")
+        raise MathrlError(
+            f"{self.shown}: gave up after {o.max_retries + 1} tries; the last: {last}"
+        )
 
     def _once(self, body: dict[str, Any], deadline: float) -> Reply:
         httpx = self.httpx
@@ -345,7 +348,7 @@ class Endpoint:
         except httpx.TimeoutException:
             raise _Transient("timeout", f"no answer within {self.opts.timeout_s:g} s") from None
         except httpx.UnsupportedProtocol as exc:
-            raise MathrlError(f"--endpoint {self.opts.endpoint!r}: {exc}") from None
+            raise MathrlError(f"{self.shown}: {exc}") from None
         except httpx.TransportError as exc:  # refused, reset, closed mid-answer
             raise _Transient("connection", f"{type(exc).__name__}: {exc}"[:300]) from None
         if 200 <= status < 300:
@@ -357,7 +360,7 @@ class Endpoint:
         if status in RETRY_STATUSES or status >= 500:
             wait_s = retry_after(headers)
             if wait_s is not None and wait_s > MAX_RETRY_AFTER_S:
-                raise MathrlError(f"{self.url} asks to retry after {wait_s:.0f} s ({what})")
+                raise MathrlError(f"{self.shown} asks to retry after {wait_s:.0f} s ({what})")
             raise _Transient(str(status), what, wait_s)
         hint = {
             401: f"; is the API key set (--api-key-env)? {'one was' if self.opts.api_key else 'none was'} sent",
@@ -368,7 +371,7 @@ class Endpoint:
             hint = (
                 f"; it redirects to {_quote(headers.get('location', '?'))}: use that as --endpoint"
             )
-        raise MathrlError(f"{self.url} answered {what}{hint}")
+        raise MathrlError(f"{self.shown} answered {what}{hint}")
 
     def _read(self, response: Any, deadline: float, limit: int, ok: bool) -> bytes:
         """The body, up to `limit` bytes (an error body is cut there), before `deadline`."""
@@ -523,6 +526,7 @@ def _sample(
     """Run the requests on `concurrency` threads; score and append each batch that finishes."""
     max_tokens = opts.max_tokens or cfg.rollout.max_new_tokens
     temperature = cfg.rollout.temperature if opts.temperature is None else opts.temperature
+    fields = {**identity, "temperature": temperature, "max_tokens": max_tokens}
     stop = threading.Event()
     error: BaseException | None = None
     bodies: queue.SimpleQueue[tuple[Example, int, dict[str, Any]]] = queue.SimpleQueue()
@@ -566,7 +570,7 @@ def _sample(
                     error = answer  # stop: start nothing new, keep what finishes
                     stop.set()
             if replies:
-                new = trace_records(task, pool, identity, replies)
+                new = trace_records(task, pool, fields, replies)
                 append_jsonl(opts.out, new)
                 rows.extend(new)
                 _advance(progress, new, endpoint, opts, say)
@@ -579,10 +583,11 @@ def _sample(
 def trace_records(
     task: Task,
     pool: RewardPool,
-    identity: dict[str, Any],
+    fields: dict[str, Any],
     replies: list[tuple[Example, int, Reply]],
 ) -> list[dict[str, Any]]:
-    """Score replies with the task's reward (through the bounded pool) as trace lines."""
+    """Score replies with the task's reward (through the bounded pool) as trace lines, each
+    with `fields` (the run's identity and sampling settings)."""
     items = []
     for ex, _, reply in replies:
         fn, args = task.reward_call(ex)
@@ -608,7 +613,7 @@ def trace_records(
                 "latency_s": round(reply.latency_s, 4),
                 "attempts": reply.attempts,
                 "served_model": reply.served_model,
-                **identity,
+                **fields,
             }
         )
     return records
