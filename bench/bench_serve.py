@@ -8,7 +8,9 @@ ignore_eos), three ways:
 - http, one request: /v1/completions with every prompt as token ids, n, logprobs=0 and
   return_token_ids (what an RL client of the server sends);
 - http, concurrent: one /v1/chat/completions request per prompt, all at once (the server
-  batches them).
+  batches them);
+- openai engine: `rollout.engine = "openai"`'s OpenAIEngine.generate, what the trainer
+  calls: one seeded /v1/completions request per prompt with token ids, all at once.
 The server runs in a thread of this process on 127.0.0.1 (uvicorn), so client and server
 share the CPU as they would on one machine. Prints a table and one JSON line.
 """
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rollout import corpus  # noqa: E402
 
 from mathrl.models.scratch import build_scratch_model  # noqa: E402
+from mathrl.rollout.openai_engine import OpenAIEngine  # noqa: E402
 from mathrl.rollout.types import SamplingParams  # noqa: E402
 from mathrl.serve.app import create_app  # noqa: E402
 from mathrl.serve.launch import build_state  # noqa: E402
@@ -116,6 +119,13 @@ def main() -> None:
     calls = state.batcher.engine_calls
     rows["http, concurrent"] = timed(concurrent, args.runs)
     calls_per_round = (state.batcher.engine_calls - calls) / (args.runs + 1)
+    model = state.batcher.engine.model  # type: ignore[attr-defined]
+    engine = OpenAIEngine(model, tok, url, served_model="bench", weight_sync="none")
+
+    def openai_engine() -> int:
+        return engine.generate(prompts, sampling).tokens_generated
+
+    rows["openai engine"] = timed(openai_engine, args.runs)
     server.should_exit = True
     thread.join(10)
 

@@ -172,7 +172,12 @@ def log_event(level: str, message: str, step: int | None = None, **extra: Any) -
 
 
 def warn(message: str, step: int | None = None) -> None:
-    """Print `warning: message` in yellow on the console and record it in the events log."""
+    """Print `warning: message` in yellow on the console and record it in the events log
+    (rank 0's only: the other ranks compute the same and stay quiet)."""
+    from mathrl import dist  # same layer
+
+    if not dist.current().is_main:
+        return
     console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
     log_event("warning", message, step)
 

@@ -38,8 +38,11 @@ def load_run_config(config: Any, sets: list[str] | None, quiet: bool = False) ->
 
 
 def make_logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
+    from mathrl import dist
     from mathrl.loggers import EventsLog, JSONLLogger, MultiLogger, ProgressLogger
 
+    if not dist.current().is_main:  # rank 0 logs for every rank
+        return MultiLogger([])
     # events.jsonl (warnings) first: MultiLogger closes in reverse, so it records the others'
     loggers: list[Any] = [EventsLog(run_dir), JSONLLogger(run_dir / "metrics.jsonl")]
     if not cfg.log.quiet:  # a bar on a terminal, plain per-step lines otherwise
@@ -64,8 +67,11 @@ def make_logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
 
 
 def say(msg: str) -> None:
-    """One line of progress or outcome on stderr (stdout keeps tables and JSON)."""
-    print(msg, file=sys.stderr, flush=True)
+    """One line of progress or outcome on stderr (stdout keeps tables and JSON); rank 0's."""
+    from mathrl import dist
+
+    if dist.current().is_main:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def start_process(cfg: Any) -> Any:
@@ -84,18 +90,23 @@ def open_run(
     cfg: Any, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
 ) -> tuple[Any, Path]:
     """The task and the run directory (resolved config and manifest written into it)."""
+    from mathrl import dist
     from mathrl.checkpoint import write_run_manifest
     from mathrl.runtime import prepare_run_dir
 
     task = start_process(cfg)
-    run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
-    write_run_manifest(
-        run_dir,
-        cfg.seed,
-        task.fingerprint,
-        {"task": task.name, "model": cfg.model.path, "deterministic": cfg.run.deterministic},
-    )
-    return task, run_dir
+
+    def prepare() -> Path:
+        run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
+        write_run_manifest(
+            run_dir,
+            cfg.seed,
+            task.fingerprint,
+            {"task": task.name, "model": cfg.model.path, "deterministic": cfg.run.deterministic},
+        )
+        return run_dir
+
+    return task, dist.on_main(prepare)  # rank 0 writes; every rank gets the same dir
 
 
 def start_training_run(
@@ -113,10 +124,12 @@ def start_training_run(
     model to start from is None for the configured model.
     """
     from mathrl import checkpoint as ckpt_mod
+    from mathrl import dist
     from mathrl.runtime import resume_point
     from mathrl.sampling import check_rollout_server
 
     cfg = load_run_config(config, sets, quiet)
+    dist.init(cfg.train.collective_timeout_s, cfg.model.device)  # torchrun: join the ranks
     check_rollout_server(cfg)
     task, run_dir = open_run(cfg, out, resume, fresh=True)
     resume_from = (
@@ -141,18 +154,22 @@ def run_training(
 ) -> Path:
     """`mathrl train` from start to summary: warm-up, RL, checkpoints, report; the run dir.
     SIGINT/SIGTERM stop it at a step boundary with a checkpoint (mathrl.stopping.Stopped)."""
+    from mathrl import dist
     from mathrl.runtime import load_policy
     from mathrl.trainer import train
 
     started = time.perf_counter()
     run_dir: Path | None = None
-    with graceful_stop(), stopped_in(lambda: run_dir):
+    with graceful_stop(), stopped_in(lambda: run_dir), dist.joined():
         cfg, task, run_dir, resume_from, start = start_training_run(
             config, sets, out, resume, allow_change, quiet
         )
         model, tokenizer = load_policy(cfg, task, run_dir, start)
         with make_logger(cfg, run_dir, cfg.train.steps) as logger:
             state = train(cfg, task, model, tokenizer, run_dir, logger, resume_from=resume_from)
+        main = dist.current().is_main
+    if not main:  # rank 0 evaluates the suite and writes the summary and report
+        return run_dir
     say(f"trained {state.step} steps; checkpoints in {run_dir / 'checkpoints'}")
     if cfg.eval.suite:  # before finish_run, so that the report shows it
         _, paths = run_suite(cfg, None, run_dir / "suite", [str(run_dir)], cfg.eval.suite, quiet)
@@ -183,7 +200,7 @@ def maybe_warmup(
 
     Returns the warmed-up model dir, or None to start RL from the configured model.
     """
-    from mathrl import warmup
+    from mathrl import dist, warmup
     from mathrl.runtime import load_policy
 
     wdir = run_dir / "warmup_sft"
@@ -197,7 +214,7 @@ def maybe_warmup(
             del model, tokenizer
         decision = warmup.decide(cfg, rate)
         if decision.warmup or rate is not None:
-            warmup.write_decision(wdir, decision)
+            dist.on_main(lambda: warmup.write_decision(wdir, decision))
     if decision.warmup or decision.first_round_correct is not None:
         say(f"warm-up decision: {decision.reason}")
     if not decision.warmup:
@@ -210,13 +227,21 @@ def run_warmup(
 ) -> Path:
     """SFT warm-up on the task's own solutions into run_dir/warmup_sft; returns its model dir."""
     from mathrl import checkpoint as ckpt_mod
+    from mathrl import dist
     from mathrl.runtime import load_policy, resume_point
     from mathrl.sft import task_pair_sampler, train_sft
     from mathrl.warmup import write_warmup_data
 
     wdir = run_dir / "warmup_sft"
-    wdir.mkdir(exist_ok=True)
-    ckpt_mod.clean_orphans(wdir)
+
+    def prepare() -> None:
+        wdir.mkdir(exist_ok=True)
+        ckpt_mod.clean_orphans(wdir)
+        if not (wdir / "data.jsonl").is_file():
+            n = write_warmup_data(task, wdir / "data.jsonl")
+            say(f"warm-up data: {n} prompts with their solutions -> {wdir / 'data.jsonl'}")
+
+    dist.on_main(prepare)
     prev = (
         resume_point(wdir, cfg, task.fingerprint, allow_change)
         if resume and ckpt_mod.list_checkpoints(wdir)
@@ -224,9 +249,6 @@ def run_warmup(
     )
     if prev is not None and ckpt_mod.read_manifest(prev)["step"] >= steps:
         return prev / "model"
-    if not (wdir / "data.jsonl").is_file():
-        n = write_warmup_data(task, wdir / "data.jsonl")
-        say(f"warm-up data: {n} prompts with their solutions -> {wdir / 'data.jsonl'}")
     model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
     say(f"SFT warm-up: {steps} steps on the task's own solutions")
     with make_logger(cfg, wdir, steps) as logger:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl import checkpoint as ckpt_mod
+from mathrl import dist
 from mathrl.config import Config, config_hash, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.io import atomic_write_text
@@ -128,24 +129,26 @@ def load_policy(
     if path is None and cfg.model.path == "scratch":
         s = cfg.model.scratch
         scratch_dir = run_dir / "scratch_model"
-        if not (scratch_dir / "config.json").is_file():
-            build_scratch_model(
-                scratch_dir,
-                task.corpus(),
-                arch=s.arch,
-                hidden=s.hidden,
-                layers=s.layers,
-                heads=s.heads,
-                vocab_size=s.vocab_size,
-                max_position=s.max_position,
-                seed=cfg.seed,
+        if not (scratch_dir / "config.json").is_file():  # rank 0 builds, the others wait
+            dist.on_main(
+                lambda: build_scratch_model(
+                    scratch_dir,
+                    task.corpus(),
+                    arch=s.arch,
+                    hidden=s.hidden,
+                    layers=s.layers,
+                    heads=s.heads,
+                    vocab_size=s.vocab_size,
+                    max_position=s.max_position,
+                    seed=cfg.seed,
+                )
             )
         source = str(scratch_dir)
     use_lora = cfg.model.lora.r > 0
     model, tokenizer = load_model(
         source,
         dtype=cfg.model.dtype,
-        device=cfg.model.device,
+        device=dist.rank_device(cfg.model.device),
         autocast=cfg.model.autocast,
         train_adapters=use_lora,
     )

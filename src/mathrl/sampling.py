@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 
+from mathrl import dist
 from mathrl.config import Config
 from mathrl.data import PromptStream
 from mathrl.errors import MathrlError
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import SERVER_ENGINES, make_engine
+from mathrl.rollout.sampler import prompt_seed
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 from mathrl.runtime import derive_seed
 from mathrl.tasks import Example, Task
@@ -211,14 +213,18 @@ def collect_groups(
     timing = {"rollout_s": 0.0, "reward_s": 0.0}
     while True:
         examples = stream.take(want if rounds == 0 else max(1, want - len(groups)))
+        # With several ranks each samples its share; a prompt's seed comes from its index
+        # in the whole step, so it samples the same on any number of ranks.
+        first, examples = dist.share(examples)
         prompts = []
         for ex in examples:
             if ex.id not in prompt_cache:
                 prompt_cache[ex.id] = prompt_token_ids(tokenizer, task.messages(ex))
             prompts.append(prompt_cache[ex.id])
         sampling = rollout_sampling(cfg, t.group_size, step_seed(cfg, step, rounds))
+        seeds = [prompt_seed(sampling.seed or 0, first + i) for i in range(len(prompts))]
         t0 = time.perf_counter()
-        result = engine.generate(prompts, sampling)
+        result = engine.generate(prompts, sampling, seeds=seeds)
         t1 = time.perf_counter()
         new = score_groups(pool, task, examples, result.completions, t.group_size, prompts)
         timing["rollout_s"] += t1 - t0

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl import stopping
+from mathrl import dist, stopping
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import read_jsonl
@@ -133,20 +133,25 @@ def train_sft(
     micro = max(1, cfg.train.micro_batch_size)
     multiple = pad_multiple(model)
     model.train()
+    ranks = dist.current()
     while step < steps:
         t0 = time.perf_counter()
-        encoded = sft_batch(cfg, tokenizer, sampler, step)
-        n_tokens = sum(len(ids) - p for ids, p in encoded)
+        dist.at_step(step + 1)
+        encoded = sft_batch(cfg, tokenizer, sampler, step)  # the whole batch, on every rank
+        n_tokens = sum(len(ids) - p for ids, p in encoded)  # what the loss is divided by
+        mine = encoded[ranks.rank :: ranks.world]  # this rank's share, lengths balanced
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for i in range(0, len(encoded), micro):
-            chunk = encoded[i : i + micro]
+        for i in range(0, len(mine), micro):
+            chunk = mine[i : i + micro]
             ids, attn, mask = pad_batch(
                 [c[0] for c in chunk], [c[1] for c in chunk], pad_id, device, multiple
             )
             loss_sum, _ = sft_loss(model, ids, attn, mask)
             (loss_sum / n_tokens).backward()
             total += loss_sum.item()
+        dist.all_reduce_grads(model)  # sums over ranks (nothing to do with one)
+        (total,) = dist.all_sum([total])
         grad_norm = clip_gradients(model, cfg.train.grad_clip)
         if not torch.isfinite(grad_norm):
             raise MathrlError(f"SFT step {step}: non-finite gradient; lower sft.lr")
@@ -162,9 +167,13 @@ def train_sft(
         if on_step is not None:
             on_step(step, metrics)
 
-        save = functools.partial(
+        write = functools.partial(
             save_sft_checkpoint, cfg, run_dir, model, tokenizer, optimizer, step, fingerprint
         )
+
+        def save(write: Callable[[], Path] = write) -> Path:
+            return dist.on_main(write)  # rank 0 writes
+
         every = cfg.checkpoint.every
         saved = save() if (every and step % every == 0) or step == steps else None
         stopping.check(step, save if cfg.checkpoint.on_signal else None, saved)

@@ -86,7 +86,9 @@ def check(step: int, save: Callable[[], Path] | None, saved: Path | None = None)
     """At a step boundary: if a signal asked to stop, make sure a checkpoint of `step`
     exists (`saved` if the loop just wrote one, else `save()`; None: no signal checkpoint),
     then raise Stopped."""
-    signum = _request.signum
+    from mathrl import dist  # same layer; a no-op with one process
+
+    signum = dist.agree_stop(_request.signum)  # any rank's signal stops every rank here
     if signum is None:
         return
     checkpoint = saved if saved is not None or save is None else save()

@@ -4,8 +4,10 @@ The loop below is the whole algorithm; each line calls one layer:
 `data` hands out prompts, `sampling` generates and scores groups, `rl` turns them into an
 update (advantages, micro-batched loss, clip, optimizer step), `eval` measures held-out
 accuracy, `checkpoint` saves. Simplifications, stated up front:
-- One process (data parallelism lands with the distributed issue: `train_step` already
-  takes the gradient all-reduce as a parameter).
+- Several ranks (torchrun) split each step's prompts; every rank sees the whole step's
+  groups (`dist.gather`), so rewards, advantages, metrics and logs are the whole batch's,
+  and trains on its share with the loss normalised and gradients summed over ranks
+  (mathrl.dist). Rank 0 writes; the others compute the same and write nothing.
 - A signal (Ctrl-C, SIGTERM) stops the loop at the next step boundary, after a
   checkpoint (mathrl.stopping).
 - Rollouts and updates alternate on the same weights: step k's samples come from the
@@ -27,10 +29,11 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl import stopping
+from mathrl import dist, stopping
 from mathrl.algorithms import compute_loss, zero_std_mask
 from mathrl.config import Config
 from mathrl.data import PromptStream, heldout_split, training_examples
+from mathrl.errors import MathrlError
 from mathrl.eval.evaluate import heldout_metrics
 from mathrl.io import append_jsonl
 from mathrl.loggers import warn
@@ -45,7 +48,7 @@ from mathrl.rl import (
     train_step,
 )
 from mathrl.rollout.registry import SERVER_ENGINES
-from mathrl.sampling import collect_groups, reward_metrics, rollout_engine, rollout_records
+from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Task
 
 
@@ -61,8 +64,10 @@ def train(
 ) -> TrainState:
     """The RL loop. Returns the final TrainState; checkpoints land in run_dir/checkpoints."""
     t = cfg.train
+    ranks = dist.current()
+    check_parallel(cfg, ranks.world)
     optimizer, scheduler, state, saved = optimizer_state(cfg, model, resume_from)
-    if resume_from is not None:
+    if resume_from is not None and ranks.is_main:
         ckpt_mod.truncate_logs(run_dir, state.step)
     ref = reference_model(cfg, model)
     engine = rollout_engine(cfg, model, tokenizer, run_dir=run_dir)
@@ -87,9 +92,11 @@ def train(
             logger.log(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool), 0)
         while state.step < t.steps:
             t_step = time.perf_counter()
+            dist.at_step(state.step + 1)
             model.eval()
             staleness = 0 if pending is None else 1  # optimizer steps between sampler and now
-            groups, metrics = rollouts(state.step) if pending is None else pending.result()
+            mine, metrics = rollouts(state.step) if pending is None else pending.result()
+            groups, metrics, first_row = whole_step(mine, metrics, ranks.rank)
             consumed = (state.epoch, state.cursor)  # prompts this step and earlier ones used
             if cfg.rollout.off_policy_steps and state.step + 1 < t.steps:
                 pending = background.submit(rollouts, state.step + 1)  # on the server
@@ -106,14 +113,15 @@ def train(
                 )
             model.train()
             t_train = time.perf_counter()
+            my_advantages = advantages[first_row : first_row + sum(len(g.rewards) for g in mine)]
             metrics.update(
                 train_step(
                     cfg,
                     model,
                     ref,
                     optimizer,
-                    groups,
-                    advantages,
+                    mine,
+                    my_advantages,
                     pad_id,
                     rollout_logprobs=staleness > 0 or frozen_server,
                     loss_fn=compute_loss,
@@ -137,7 +145,7 @@ def train(
             state.step += 1
             state.samples += len(rewards)
             every_r = cfg.log.rollouts_every
-            if every_r and (state.step % every_r == 0 or state.step == t.steps):
+            if every_r and (state.step % every_r == 0 or state.step == t.steps) and ranks.is_main:
                 append_jsonl(
                     run_dir / "rollouts.jsonl",
                     rollout_records(groups, advantages, task, state.step, 0),
@@ -152,17 +160,19 @@ def train(
 
             def save(used: tuple[int, int] = consumed) -> Path:
                 # Saved at the prompts this step used: a resume samples the pending step's
-                # prompts again (same seeds, from the checkpoint's weights).
+                # prompts again (same seeds, from the checkpoint's weights). Rank 0 writes.
                 with rewound(state, used):
-                    return save_checkpoint(
-                        cfg,
-                        run_dir,
-                        model,
-                        tokenizer,
-                        optimizer,
-                        scheduler,
-                        state,
-                        task.fingerprint,
+                    return dist.on_main(
+                        lambda: save_checkpoint(
+                            cfg,
+                            run_dir,
+                            model,
+                            tokenizer,
+                            optimizer,
+                            scheduler,
+                            state,
+                            task.fingerprint,
+                        )
                     )
 
             every = cfg.checkpoint.every
@@ -170,6 +180,44 @@ def train(
             saved = save() if due else None
             stopping.check(state.step, save if cfg.checkpoint.on_signal else None, saved)
     return state
+
+
+def check_parallel(cfg: Config, world: int) -> None:
+    """What data-parallel RL does not do (yet), refused before the first step."""
+    if world == 1:
+        return
+    t = cfg.train
+    if t.prompts_per_step % world:
+        raise MathrlError(
+            f"train.prompts_per_step ({t.prompts_per_step}) must be a multiple of the number "
+            f"of ranks ({world}): a group never splits across ranks"
+        )
+    if t.drop_zero_std or t.min_positive or t.max_total_rollouts:
+        raise MathrlError(
+            "train.drop_zero_std, train.min_positive and train.max_total_rollouts resample "
+            "per rank and are not supported with several ranks yet: run them on one"
+        )
+    if cfg.rollout.engine in SERVER_ENGINES:
+        raise MathrlError(
+            f"rollout.engine = {cfg.rollout.engine!r} runs on one rank: with several, every "
+            "rank would publish weights to the server"
+        )
+
+
+def whole_step(
+    mine: list[Group], metrics: dict[str, float], rank: int
+) -> tuple[list[Group], dict[str, float], int]:
+    """Every rank's groups of the step (rank order), the step's rollout metrics (counts
+    summed, times and rounds the slowest rank's) and the first row of this rank's share."""
+    parts = dist.gather((mine, metrics))
+    groups = [g for part, _ in parts for g in part]
+    merged: dict[str, float] = {}
+    for _, m in parts:
+        for k, v in m.items():
+            summed = k in ("rollout/sampled", "rollout/dropped_groups")
+            merged[k] = merged.get(k, 0.0) + v if summed else max(merged.get(k, v), v)
+    first_row = sum(len(g.rewards) for part, _ in parts[:rank] for g in part)
+    return groups, merged, first_row
 
 
 @contextmanager

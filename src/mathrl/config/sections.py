@@ -248,6 +248,12 @@ class TrainConfig:
     """Reward worker processes (they bound the time of each call)."""
     nonfinite: str = "skip"
     """On a non-finite loss or gradient: skip the step, or stop the run."""
+    parallel: str = "ddp"
+    """With several ranks (torchrun): ddp, every rank holds the whole model and gradients
+    are summed over ranks once per optimizer step."""
+    collective_timeout_s: float = 600.0
+    """With several ranks: a collective waiting longer than this (a dead or stuck rank)
+    stops the run with an error naming the rank and step."""
 
 
 @dataclass

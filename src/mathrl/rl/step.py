@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mathrl import dist
 from mathrl.algorithms import PolicyLossConfig, agg_share, compute_advantages, compute_loss
 from mathrl.config import Config
 from mathrl.errors import MathrlError
@@ -78,18 +79,20 @@ def train_step(
     pad_id: int,
     rollout_logprobs: bool = False,
     loss_fn: Callable[..., Any] = compute_loss,
-    all_reduce_grads: Callable[[Any], None] | None = None,
 ) -> dict[str, float]:
     """mu passes of micro-batched loss + backward, one optimizer step each.
 
+    With several ranks, `groups` and `advantages` are this rank's share: losses are
+    normalised by the counts of the whole batch and gradients summed over ranks (dist),
+    so the update is the one a single process computes on the whole batch.
     rollout_logprobs: use the sampler's log-probs as old log-probs (off-policy buffers).
     loss_fn: compute_loss's signature (tests inject faults through it).
-    all_reduce_grads: called on the model between backward and clipping (data parallel).
     """
     t = cfg.train
     device = next(model.parameters()).device
     comps = [c for g in groups for c in g.completions]
-    total_tokens = sum(len(c.token_ids) for c in comps)
+    local = [sum(len(c.token_ids) for c in comps), len(comps)]
+    total_tokens, total_seqs = (int(x) for x in dist.all_sum(local))
     keep = keep_rows(cfg, advantages)
     loss_cfg = PolicyLossConfig(
         clip_eps=t.clip_eps,
@@ -122,7 +125,7 @@ def train_step(
                 t.kl_coef,
                 t.kl_estimator,
             )
-            weight = agg_share(t.loss_agg, cmask, total_tokens, len(comps))
+            weight = agg_share(t.loss_agg, cmask, total_tokens, total_seqs)
             (out.loss * weight).backward()
             n_tok = cmask.sum().item()
             for k, v in out.metrics.items():
@@ -131,8 +134,7 @@ def train_step(
                 sums[k] = sums.get(k, 0.0) + v * w
             sums["entropy"] = sums.get("entropy", 0.0) + (entropy * cmask).sum().item()
             sums["_tokens"] = sums.get("_tokens", 0.0) + n_tok
-        if all_reduce_grads is not None:
-            all_reduce_grads(model)
+        dist.all_reduce_grads(model)  # sums over ranks (nothing to do with one)
         grad_norm = clip_gradients(model, t.grad_clip)
         if not torch.isfinite(grad_norm):
             if t.nonfinite == "stop":
@@ -141,7 +143,18 @@ def train_step(
             skipped += 1
             continue
         optimizer.step()
-    return _step_metrics(sums, grad_norm, skipped, trained=len(keep), had_micro=bool(micro))
+    sums = merge_sums(dist.gather(sums))
+    trained, had_micro = (int(x) for x in dist.all_sum([len(keep), float(bool(micro))]))
+    return _step_metrics(sums, grad_norm, skipped, trained=trained, had_micro=had_micro > 0)
+
+
+def merge_sums(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Every rank's metric sums added key by key (a rank may lack keys: no micro-batch)."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def clip_gradients(model: Any, max_norm: float) -> torch.Tensor:

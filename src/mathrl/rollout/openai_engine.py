@@ -69,7 +69,8 @@ class ServerClient:
 
         if not base_url.startswith(("http://", "https://")):
             raise MathrlError(
-                f"rollout.server_url must start with http:// or https://: {base_url!r}"
+                "rollout.server_url must be the server's address, http://HOST:PORT or "
+                f"https://HOST:PORT (got {base_url!r})"
             )
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.retries = max(0, retries)

@@ -1,0 +1,228 @@
+"""Data parallelism on torch.distributed: which rank this is, and the few collectives the
+loops need. torchrun (or `mathrl train --nproc N`, which calls torchrun's launcher) starts
+the processes and sets RANK / WORLD_SIZE / MASTER_ADDR; `init()` joins the group.
+
+What each rank does (the loops call the functions below, and one process is world 1):
+- samples its share of every step's prompts (a group never splits across ranks; seeds come
+  from the prompt's global index, so a prompt samples the same on any number of ranks);
+- sees every rank's groups (`gather`): rewards, advantages and logged metrics are those of
+  the whole batch, exactly as one process computes them;
+- sums gradients over ranks (`all_reduce_grads`) after normalising its losses by the global
+  token count (`all_sum`): token-mean over all ranks' tokens, not a mean of means;
+- agrees on stopping (`agree_stop`), so a signal stops every rank at the same step;
+- leaves writing (checkpoints, logs, rollouts, report) to rank 0 (`on_main`).
+
+Every rank holds the full model and optimizer state (DDP's layout; gradients are all-reduced
+once per optimizer step, after accumulation, which is what DDP with no_sync computes).
+Collectives time out after `timeout_s` (train.collective_timeout_s), not torch's 30 minutes:
+a dead rank makes the others fail within that bound, and torchrun stops them sooner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mathrl.errors import MathrlError
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place: rank in [0, world)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_current = Dist()
+
+
+def current() -> Dist:
+    """This process's place (world 1 unless init() joined a group)."""
+    return _current
+
+
+def launched() -> bool:
+    """True when torchrun (or another launcher) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(timeout_s: float, device: str = "cpu") -> Dist:
+    """Join the process group torchrun described (gloo on CPU, nccl on CUDA); world 1 when
+    not launched. Idempotent."""
+    import torch
+    import torch.distributed as tdist
+
+    global _current
+    if not launched():
+        return _current
+    if not tdist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        try:
+            tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as e:
+            raise MathrlError(f"could not join the process group ({backend}): {e}") from None
+    _current = Dist(
+        tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
+    return _current
+
+
+def rank_device(device: str) -> str:
+    """A rank's device: "cuda" means this rank's GPU (LOCAL_RANK) when there are several."""
+    if _current.world > 1 and device == "cuda":
+        return f"cuda:{_current.local_rank}"
+    return device
+
+
+def close() -> None:
+    """Leave the process group (at the end of a command)."""
+    import torch.distributed as tdist
+
+    global _current
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+    _current = Dist()
+
+
+@contextlib.contextmanager
+def joined() -> Iterator[None]:
+    """Leave the process group (if init() joined one) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        close()
+
+
+def share(items: list[T]) -> tuple[int, list[T]]:
+    """This rank's contiguous share of `items` and the global index of its first item."""
+    d = _current
+    if len(items) % d.world:
+        raise MathrlError(f"{len(items)} items do not split evenly over {d.world} ranks")
+    k = len(items) // d.world
+    return d.rank * k, items[d.rank * k : (d.rank + 1) * k]
+
+
+def gather(obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order, on every rank (picklable objects)."""
+    import torch.distributed as tdist
+
+    if _current.world == 1:
+        return [obj]
+    out: list[Any] = [None] * _current.world
+    _collective(lambda: tdist.all_gather_object(out, obj), "gathering results")
+    return out
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sums over ranks (float64)."""
+    import torch
+    import torch.distributed as tdist
+
+    if _current.world == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    _collective(lambda: tdist.all_reduce(t), "summing counts")
+    return t.tolist()
+
+
+def all_reduce_grads(model: Any) -> None:
+    """Sum the trainable parameters' gradients over ranks, in one flat buffer per dtype."""
+    import torch
+    import torch.distributed as tdist
+
+    if _current.world == 1:
+        return
+    for p in model.parameters():  # a rank whose micro-batches missed a parameter: zeros
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for same in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in same])
+        _collective(lambda f=flat: tdist.all_reduce(f), "summing gradients")
+        offset = 0
+        for g in same:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def agree_stop(signum: int | None) -> int | None:
+    """The signal any rank received (the largest number), so all stop at the same step."""
+    import torch
+    import torch.distributed as tdist
+
+    if _current.world == 1:
+        return signum
+    t = torch.tensor([float(signum or 0)], dtype=torch.float64, device=_device())
+    _collective(lambda: tdist.all_reduce(t, op=tdist.ReduceOp.MAX), "agreeing to stop")
+    return int(t.item()) or None
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """fn() on rank 0 (the writer); every rank gets its result, or raises its error, after
+    it returns."""
+    if _current.world == 1:
+        return fn()
+    import torch.distributed as tdist
+
+    box: list[Any] = [None]
+    if _current.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as e:  # every rank fails the same way, not just rank 0
+            box[0] = ("error", e)
+    _collective(lambda: tdist.broadcast_object_list(box, src=0), "waiting for rank 0")
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _device() -> torch.device:
+    import torch
+    import torch.distributed as tdist
+
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+_step: list[int | None] = [None]
+
+
+def at_step(step: int | None) -> None:
+    """The step the loop is in (named when a collective fails)."""
+    _step[0] = step
+
+
+def _collective(fn: Callable[[], Any], what: str) -> None:
+    """A collective; a peer that died or timed out becomes one line naming this rank."""
+    try:
+        fn()
+    except RuntimeError as e:  # DistBackendError and gloo's errors are RuntimeErrors
+        where = f" in step {_step[0]}" if _step[0] is not None else ""
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MathrlError(
+            f"rank {_current.rank} of {_current.world}{where}: {what} failed: another rank "
+            f"died or timed out ({first})"
+        ) from None
