@@ -19,9 +19,20 @@ from mathrl.errors import MathrlError
 from mathrl.stopping import Stopped, graceful_stop
 
 
-def load_run_config(config: Any, sets: list[str] | None, quiet: bool = False) -> Any:
+def load_run_config(
+    config: Any, sets: list[str] | None, quiet: bool = False, ranks: bool = False
+) -> Any:
     """The run's Config from a file or preset name (CLI), or a Config object (Python API;
-    MATHRL_CONFIG does not apply to it), with `sets` on top."""
+    MATHRL_CONFIG does not apply to it), with `sets` on top. Under torchrun only commands
+    that run data-parallel (ranks=True: train, sft) may start: the others would run once
+    per rank into the same directory."""
+    from mathrl import dist
+
+    if dist.launched() and not ranks:
+        raise MathrlError(
+            "this command runs in one process: launch it without torchrun (data-parallel "
+            "runs: mathrl train and mathrl sft)"
+        )
     from mathrl.config import Config, load_config
 
     if isinstance(config, Config):
@@ -128,7 +139,7 @@ def start_training_run(
     from mathrl.runtime import resume_point
     from mathrl.sampling import check_rollout_server
 
-    cfg = load_run_config(config, sets, quiet)
+    cfg = load_run_config(config, sets, quiet, ranks=True)
     dist.init(cfg.train.collective_timeout_s, cfg.model.device)  # torchrun: join the ranks
     check_rollout_server(cfg)
     task, run_dir = open_run(cfg, out, resume, fresh=True)

@@ -206,13 +206,14 @@ def collect_groups(
 ) -> tuple[list[Group], dict[str, float]]:
     """Rollouts for one step; resamples zero-variance groups / too few positives when asked."""
     t = cfg.train
-    want = t.prompts_per_step
+    world = dist.current().world
+    want = t.prompts_per_step // world  # this rank's groups (resampling needs world 1)
     budget = t.max_total_rollouts or 4 * want * t.group_size
     groups: list[Group] = []
     sampled, rounds, dropped, positives = 0, 0, 0, 0
     timing = {"rollout_s": 0.0, "reward_s": 0.0}
     while True:
-        examples = stream.take(want if rounds == 0 else max(1, want - len(groups)))
+        examples = stream.take(want * world if rounds == 0 else max(1, want - len(groups)))
         # With several ranks each samples its share; a prompt's seed comes from its index
         # in the whole step, so it samples the same on any number of ranks.
         first, examples = dist.share(examples)

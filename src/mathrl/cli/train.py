@@ -47,9 +47,12 @@ def expert_iter_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Expert iteration: rounds of sampling, keeping correct completions, SFT on them, eval ([expert_iter])."""
+    from mathrl import dist
     from mathrl.expert_iter import run_expert_iter
     from mathrl.runtime import load_policy
 
+    if dist.launched():
+        raise MathrlError("expert-iter runs in one process: launch it without torchrun")
     started = time.perf_counter()
     cfg, task, run_dir, resume_from, start = start_training_run(
         config, sets, out, resume, allow_config_change, quiet
@@ -85,15 +88,25 @@ def sft_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Supervised fine-tuning (response-only loss); same checkpoint format as RL."""
-    from mathrl.runtime import load_policy, resume_point
-    from mathrl.sft import file_pair_sampler, read_pairs, task_pair_sampler, train_sft
+    from mathrl import dist
 
-    cfg = load_run_config(config, sets, quiet)
+    cfg = load_run_config(config, sets, quiet, ranks=True)
     n = steps if steps is not None else cfg.sft.steps
     if n <= 0:
         raise MathrlError("Nothing to do: set --steps N or sft.steps > 0")
+    dist.init(cfg.train.collective_timeout_s, cfg.model.device)  # torchrun: join the ranks
+    with dist.joined():
+        _sft(cfg, out, data, n, resume, allow_config_change)
+
+
+def _sft(
+    cfg: Any, out: Path | None, data: Path | None, n: int, resume: bool, allow_change: bool
+) -> None:
+    from mathrl.runtime import load_policy, resume_point
+    from mathrl.sft import file_pair_sampler, read_pairs, task_pair_sampler, train_sft
+
     task, run_dir = open_run(cfg, out, resume, fresh=True)
-    prev = resume_point(run_dir, cfg, task.fingerprint, allow_config_change) if resume else None
+    prev = resume_point(run_dir, cfg, task.fingerprint, allow_change) if resume else None
     model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
     source = data or (Path(cfg.sft.data) if cfg.sft.data else None)
     if source is not None and source.is_dir():
