@@ -39,10 +39,19 @@ def torchrun(nproc: int, *args: object, timeout: float = 300) -> subprocess.Comp
         "mathrl",
         *map(str, args),
     ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=rank_env())
+
+
+def mathrl(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m mathrl ARGS` in a child process, as torchrun() runs it."""
+    cmd = [sys.executable, "-m", "mathrl", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=rank_env())
+
+
+def rank_env() -> dict[str, str]:
     tests = str(Path(__file__).parent)  # reward_fixtures, imported by path
     path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
@@ -72,7 +81,8 @@ def test_two_ranks_equal_one_process_rl(tmp_path, tiny_config, run_train):
     one = run_train(tmp_path / "one", *sets)
     assert one.code == 0, one.err
     flags = [a for s in [*sets, "model.threads=1"] for a in ("--set", s)]
-    two = torchrun(2, "train", "-c", tiny_config, "--out", tmp_path / "two", *flags)
+    # `mathrl train --nproc 2`: the same as torchrun --standalone --nproc-per-node 2
+    two = mathrl("train", "--nproc", "2", "-c", tiny_config, "--out", tmp_path / "two", *flags)
     assert two.returncode == 0, two.stderr[-3000:]
     ra, rb = (
         read_jsonl(tmp_path / "one" / "rollouts.jsonl"),
@@ -111,3 +121,78 @@ def test_two_ranks_equal_one_process_sft(tmp_path, tiny_config, run_cli):
 def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path, tiny_config):
     r = torchrun(2, "eval", "-c", tiny_config, "--model", "scratch", "--out", tmp_path / "e")
     assert r.returncode != 0 and "launch it without torchrun" in r.stderr
+
+
+def rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of `rank` among the launcher's children (torchrun's workers carry RANK)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == launcher and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_rank_stops_the_run_and_resume_continues_it(tmp_path, tiny_config, same_run):
+    """SIGKILL of rank 1 after checkpoint 2: the job exits non-zero within the collective
+    timeout, no half-written checkpoint is taken as the latest, and --resume on 2 ranks
+    ends exactly where an uninterrupted 2-rank run ends; the same checkpoint resumes on 1."""
+    import signal
+    import time
+
+    from mathrl.checkpoint import latest_checkpoint
+
+    sets = [
+        "train.steps=8",
+        "train.prompts_per_step=4",
+        "log.rollouts_every=1",
+        "model.threads=1",
+        "train.collective_timeout_s=20",
+        'task.rewards=[{fn = "reward_fixtures:brevity", completions = "text"}]',
+    ]
+    flags = [a for s in sets for a in ("--set", s)]
+    whole = mathrl("train", "--nproc", "2", "-c", tiny_config, "--out", tmp_path / "whole", *flags)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mathrl", "train", "--nproc", "2", "-c", str(tiny_config)]
+    launcher = subprocess.Popen(
+        [*cmd, "--out", str(run), *flags], env=rank_env(), stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "step_00000002" / "manifest.json").is_file():
+        assert time.monotonic() < deadline and launcher.poll() is None, "no checkpoint 2"
+        time.sleep(0.02)
+    victim = rank_pid(launcher.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode != 0
+    assert time.monotonic() - killed_at < 20 + 10  # the collective timeout bounds it
+    latest = latest_checkpoint(run)
+    assert latest is not None and 2 <= int(latest.name.split("_")[1]) < 8
+    assert rank_pid(launcher.pid, 0) is None  # no rank left behind
+
+    resumed = mathrl("train", "--nproc", "2", "-c", tiny_config, "--out", run, *flags, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_run(tmp_path / "whole", run, 8)
+
+    # the 2-rank checkpoint continues on one process: same global batch, same rollouts
+    one = tmp_path / "one"
+    import shutil
+
+    shutil.copytree(run, one)
+    shutil.rmtree(one / "checkpoints" / "step_00000008")
+    shutil.rmtree(one / "checkpoints" / "step_00000007")
+    single = mathrl("train", "-c", tiny_config, "--out", one, *flags, "--resume")
+    assert single.returncode == 0, single.stderr[-3000:]
+    rows = lambda d: [(r["step"], r["completion"]) for r in read_jsonl(d / "rollouts.jsonl")]  # noqa: E731
+    assert rows(one) == rows(run)
+    assert_close_weights(run, one, 8)

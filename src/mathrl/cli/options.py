@@ -53,6 +53,45 @@ QuietOpt = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress bars or per-step console lines (tables stay)."),
 ]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Data-parallel ranks on this machine: relaunches the command through torchrun's "
+        "launcher (the same as torchrun --standalone --nproc-per-node N -m mathrl ...). "
+        "Several machines: run torchrun yourself (README: Many GPUs, many nodes).",
+    ),
+]
+
+
+def relaunch(nproc: int) -> bool:
+    """Run this command again as `nproc` ranks under torch.distributed.run, unless it is one
+    of them already (or nproc is 1); True when it ran (the ranks did the work)."""
+    import sys
+
+    from mathrl import dist
+
+    if nproc <= 1 or dist.launched():
+        return False
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    argv = sys.argv[1:]
+    keep = [
+        a
+        for i, a in enumerate(argv)
+        if not (a == "--nproc" or a.startswith("--nproc=") or (i and argv[i - 1] == "--nproc"))
+    ]
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "mathrl", *keep])
+    try:
+        run(args)
+    except ChildFailedError as e:  # each rank printed its own error line already
+        codes = [f.exitcode for f in e.failures.values()]
+        raise SystemExit(next((c for c in codes if c and c > 0), 1)) from None
+    return True
+
+
 EPILOG = (
     "Every config key can be set with --set; list them with `mathrl config keys`. "
     "Add --debug anywhere for a traceback on errors."

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from mathrl.cli.app import app
-from mathrl.cli.options import EPILOG, AllowOpt, ConfigOpt, OutOpt, QuietOpt, ResumeOpt, SetOpt
+from mathrl.cli.options import (
+    EPILOG,
+    AllowOpt,
+    ConfigOpt,
+    NprocOpt,
+    OutOpt,
+    QuietOpt,
+    ResumeOpt,
+    SetOpt,
+    relaunch,
+)
 from mathrl.errors import MathrlError
 from mathrl.runs import (
     finish_run,
@@ -32,9 +42,11 @@ def train_cmd(
     resume: ResumeOpt = False,
     allow_config_change: AllowOpt = False,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Online RL with GRPO, Dr GRPO, RLOO or REINFORCE; an SFT warm-up first per [warmup]."""
-    run_training(config, sets, out, resume, allow_config_change, quiet)
+    if not relaunch(nproc):
+        run_training(config, sets, out, resume, allow_config_change, quiet)
 
 
 @app.command("expert-iter", epilog=EPILOG)
@@ -86,10 +98,13 @@ def sft_cmd(
     resume: ResumeOpt = False,
     allow_config_change: AllowOpt = False,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Supervised fine-tuning (response-only loss); same checkpoint format as RL."""
     from mathrl import dist
 
+    if relaunch(nproc):
+        return
     cfg = load_run_config(config, sets, quiet, ranks=True)
     n = steps if steps is not None else cfg.sft.steps
     if n <= 0:
