@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -215,8 +216,17 @@ def at_step(step: int | None) -> None:
     _step[0] = step
 
 
+_comm_s = [0.0]
+
+
+def comm_seconds() -> float:
+    """Seconds spent in collectives so far (waiting for peers included)."""
+    return _comm_s[0]
+
+
 def _collective(fn: Callable[[], Any], what: str) -> None:
     """A collective; a peer that died or timed out becomes one line naming this rank."""
+    t0 = time.perf_counter()
     try:
         fn()
     except RuntimeError as e:  # DistBackendError and gloo's errors are RuntimeErrors
@@ -226,3 +236,5 @@ def _collective(fn: Callable[[], Any], what: str) -> None:
             f"rank {_current.rank} of {_current.world}{where}: {what} failed: another rank "
             f"died or timed out ({first})"
         ) from None
+    finally:
+        _comm_s[0] += time.perf_counter() - t0

@@ -4,7 +4,8 @@ Schedulers, torchrun and Ctrl-C all send signals. The first one asks the loop to
 after the step in progress (the loops call `check()` at each step boundary, after their
 regular checkpoint); the loop writes a checkpoint (checkpoint.on_signal) and `check()`
 raises `Stopped`. A second signal stops at once: `Stopped` is raised wherever the main
-thread is, and the `with` blocks on the way out close the reward pool. The CLI turns
+thread is (one arriving within ECHO_S of the first counts as the same), and the `with`
+blocks on the way out close the reward pool. The CLI turns
 `Stopped` into one line (the step, the last complete checkpoint, the resume command) and
 exit status 128 + signal (130 for SIGINT, 143 for SIGTERM).
 """
@@ -15,6 +16,7 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,12 @@ class Stopped(BaseException):
 @dataclass
 class _Request:
     signum: int | None = None
+    at: float = 0.0  # time.monotonic() of the first signal
+
+
+ECHO_S = 0.2
+"""A signal this soon after the first is the same request: Ctrl-C under torchrun reaches a
+rank twice (the terminal's process group, then the launcher forwarding it)."""
 
 
 _request = _Request()
@@ -51,7 +59,7 @@ def requested() -> int | None:
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _request.signum is None:
-        _request.signum = signum
+        _request.signum, _request.at = signum, time.monotonic()
         name = signal.Signals(signum).name
         print(
             f"\n{name} received: stopping after the current step and writing a checkpoint "
@@ -59,6 +67,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
             file=sys.stderr,
             flush=True,
         )
+        return
+    if time.monotonic() - _request.at < ECHO_S:
         return
     raise Stopped(signum, None, None, now=True)
 

@@ -91,7 +91,7 @@ def train(
         if cfg.eval.every and state.step == 0:
             logger.log(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool), 0)
         while state.step < t.steps:
-            t_step = time.perf_counter()
+            t_step, comm_before = time.perf_counter(), dist.comm_seconds()
             dist.at_step(state.step + 1)
             model.eval()
             staleness = 0 if pending is None else 1  # optimizer steps between sampler and now
@@ -138,6 +138,7 @@ def train(
                 {
                     "time/train_s": now - t_train,
                     "time/step_s": now - t_step,
+                    "time/comm_s": dist.comm_seconds() - comm_before,
                     "optim/lr": scheduler.get_last_lr()[0],
                     "perf/rollout_tokens_per_s": n_tokens / max(1e-9, metrics["time/rollout_s"]),
                 }

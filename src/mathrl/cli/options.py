@@ -68,12 +68,16 @@ NprocOpt = Annotated[
 def relaunch(nproc: int) -> bool:
     """Run this command again as `nproc` ranks under torch.distributed.run, unless it is one
     of them already (or nproc is 1); True when it ran (the ranks did the work)."""
+    import shlex
     import sys
 
     from mathrl import dist
 
     if nproc <= 1 or dist.launched():
         return False
+    import os
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -83,12 +87,18 @@ def relaunch(nproc: int) -> bool:
         for i, a in enumerate(argv)
         if not (a == "--nproc" or a.startswith("--nproc=") or (i and argv[i - 1] == "--nproc"))
     ]
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "mathrl", *keep])
+    # A signal reaches the ranks (forwarded by the launcher); they stop at the step boundary
+    # and write a checkpoint, which may take a step's time: not the launcher's 30 s default.
+    grace = ["--shutdown-timeout", os.environ.get("MATHRL_SHUTDOWN_TIMEOUT", "3600")]
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", *grace, "-m", "mathrl", *keep])
+    os.environ["MATHRL_COMMAND"] = shlex.join(["mathrl", *argv])  # for the resume line
     try:
         run(args)
     except ChildFailedError as e:  # each rank printed its own error line already
         codes = [f.exitcode for f in e.failures.values()]
         raise SystemExit(next((c for c in codes if c and c > 0), 1)) from None
+    except SignalException as e:  # the ranks said where they stopped
+        raise SystemExit(128 + int(e.sigval)) from None
     return True
 
 
