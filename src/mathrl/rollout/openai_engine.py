@@ -26,7 +26,6 @@ Responses are bounded (size, count, types, ranges) and a bad one is a one-line e
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -39,13 +38,14 @@ from mathrl.errors import MathrlError
 from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.hf_engine import default_stop_ids
+from mathrl.rollout.http import HttpClient, HttpError, http_url, public_url
 from mathrl.rollout.sampler import resolve_seeds
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 WEIGHT_SYNCS = ("load_weights", "vllm_lora", "none")
 MAX_RESPONSE_BYTES = 64 << 20
+"""Largest reply read (n completions of a long rollout with their log-probs)."""
 PROBE = "Natalia sold 48/2 = 24 clips in May; 3 + 4 * (5 - 2) = 15. <|im_end|> \u00e9\u4e2d"
-RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 class ServerError(MathrlError):
@@ -53,8 +53,8 @@ class ServerError(MathrlError):
 
 
 class ServerClient:
-    """JSON over HTTP to one server: retries timeouts, dropped connections, 429 and 5xx with
-    exponential backoff (and Retry-After), bounded reply size; other errors are one line."""
+    """JSON over HTTP to one rollout server: rollout.http's transport (retries with backoff
+    and Retry-After, deadline, bounded replies) with failures as one-line ServerErrors."""
 
     def __init__(
         self,
@@ -63,49 +63,28 @@ class ServerClient:
         timeout_s: float = 600.0,
         retries: int = 4,
         backoff_s: float = 0.5,
-        client: Any = None,
     ) -> None:
-        import httpx  # the serve / dev extras; only when a server engine is used
-
-        if not base_url.startswith(("http://", "https://")):
+        if http_url(base_url) is None:
             raise MathrlError(
                 "rollout.server_url must be the server's address, http://HOST:PORT or "
                 f"https://HOST:PORT (got {base_url!r})"
             )
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")
-        self.retries = max(0, retries)
-        self.backoff_s = backoff_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)), headers=headers
+        self.base_url = base_url.strip().rstrip("/").removesuffix("/v1")
+        self.http = HttpClient(
+            self.base_url,
+            api_key,
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+            max_body_bytes=MAX_RESPONSE_BYTES,
         )
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """The JSON reply of one call."""
-        import httpx
-
-        url = self.base_url + path
-        for attempt in range(self.retries + 1):
-            wait = self.backoff_s * 2**attempt
-            try:
-                r = self.client.request(method, url, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                problem = f"{type(e).__name__}: {str(e)[:200]}"
-            else:
-                if len(r.content) > MAX_RESPONSE_BYTES:
-                    raise ServerError(f"{url}: the reply is over {MAX_RESPONSE_BYTES >> 20} MiB")
-                if r.status_code < 400:
-                    try:
-                        return json.loads(r.content)
-                    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                        raise ServerError(f"{url}: the reply is not JSON") from None
-                problem = f"HTTP {r.status_code}: {_error_text(r)}"
-                if r.status_code not in RETRYABLE:
-                    raise ServerError(f"{url}: {problem}")
-                wait = max(wait, _retry_after(r.headers.get("retry-after")))
-            if attempt < self.retries:
-                time.sleep(min(wait, 60.0))
-        raise ServerError(f"{url}: {problem} (after {self.retries + 1} tries)")
+        try:
+            return self.http.request_json(method, path, body)
+        except HttpError as e:
+            raise ServerError(str(e)) from None
 
     def first_model(self) -> str:
         """The first model /v1/models lists (also a cheap check that the server answers)."""
@@ -113,7 +92,7 @@ class ServerClient:
         try:
             return str(data["data"][0]["id"])
         except (KeyError, IndexError, TypeError):
-            raise ServerError(f"{self.base_url}/v1/models lists no model") from None
+            raise ServerError(f"{public_url(self.base_url)}/v1/models lists no model") from None
 
 
 class OpenAIEngine(RolloutEngine):
@@ -333,25 +312,6 @@ def parse_choices(
         finish = "eos" if reason == "stop" and ids[-1] in stop_ids else "length"
         out[index] = (list(ids), [min(0.0, float(x)) for x in lps], finish)
     return [c for c in out if c is not None]
-
-
-def _error_text(r: Any) -> str:
-    """The message of an OpenAI error body, else the start of the body (bounded)."""
-    try:
-        body = json.loads(r.content[:65536])
-        message = body["error"]["message"] if isinstance(body["error"], dict) else body["error"]
-        return str(message)[:300]
-    except Exception:  # any shape: fall back to raw text
-        return r.content[:200].decode("utf-8", "replace")
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds a Retry-After header asks for (numbers only), capped at 60; 0 if none."""
-    try:
-        seconds = float(value) if value is not None else 0.0
-    except ValueError:
-        return 0.0
-    return min(max(seconds, 0.0), 60.0) if math.isfinite(seconds) else 0.0
 
 
 def _save_whole(model: Any, tokenizer: Any, target: Path) -> None:
