@@ -24,17 +24,16 @@ import pytest
 
 from mathrl.data import make_task
 from mathrl.distill import (
-    BadResponse,
     DistillOptions,
     chat_url,
     parse_reply,
     problems,
-    retry_after,
     run_distill,
     trace_seed,
 )
 from mathrl.errors import MathrlError
 from mathrl.io import read_jsonl
+from mathrl.rollout.http import BadResponse
 from mathrl.runs import load_run_config
 from mathrl.sft import read_pairs
 
@@ -272,23 +271,6 @@ def test_parse_reply_table(body, expected):
     )
 
 
-@pytest.mark.parametrize(
-    "headers,seconds",
-    [
-        ({"retry-after": "2"}, 2.0),
-        ({"retry-after": "0.5"}, 0.5),
-        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past
-        ({"retry-after": "soon"}, None),
-        ({"retry-after": "-3"}, None),
-        ({"retry-after": "inf"}, None),
-        ({}, None),
-    ],
-)
-def test_retry_after(headers, seconds):
-    assert retry_after(headers) == seconds
-
-
 LOCAL = "http://127.0.0.1:8000/v1"
 
 
@@ -449,7 +431,7 @@ def test_resume_refuses_a_file_of_another_run(distill, answers, tmp_path, change
 
 
 def test_a_second_writer_and_a_foreign_file_are_refused(distill, tmp_path, monkeypatch):
-    monkeypatch.setattr("mathrl.distill.LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr("mathrl.distill.traces.LOCK_WAIT_S", 0.2)
     out = tmp_path / "t.jsonl"
     with out.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
