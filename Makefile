@@ -34,7 +34,8 @@ quickstart: setup
 
 # mypy on the pure layers (tensors in/out, text in/reward out); extend as layers get typed.
 MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/mathrl/registry.py \
-	src/mathrl/errors.py src/mathrl/eval/metrics.py
+	src/mathrl/errors.py src/mathrl/eval/metrics.py src/mathrl/rollout/http.py src/mathrl/distill \
+	src/mathrl/cli/app.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench
