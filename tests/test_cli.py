@@ -41,6 +41,17 @@ def test_env_and_config_commands(run_cli, tiny_config):
     assert res.code == 0 and tomllib.loads(res.out)["train"]["lr"] == 5e-7
 
 
+def test_ctrl_c_in_a_command_without_graceful_stop_exits_130(run_cli, monkeypatch):
+    """typer turns a KeyboardInterrupt into exit code 130, returned (not raised) to main()."""
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mathrl.config.iter_keys", interrupted)
+    res = run_cli("config", "keys")
+    assert res.code == 130 and res.err.strip().splitlines()[-1] == "interrupted"
+
+
 def test_train_writes_every_artifact(run_cli, tiny_config, tmp_path):
     out = tmp_path / "run"
     res = run_cli("train", "-c", tiny_config, "--out", out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -26,7 +27,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
 
-def _out_of_memory(exc: BaseException, debug: bool) -> None:
+def _out_of_memory(exc: BaseException, debug: bool) -> NoReturn:
     """An OOM mid-step: nothing of that step was written; say how to go on, exit 3."""
     if debug:
         raise exc
@@ -44,7 +45,9 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:] or os.environ.get("MATHRL_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns what would have been the exit code: typer
+        # turns a KeyboardInterrupt into Exit(130), which comes back here as 130.
+        code = app(standalone_mode=False)
     except Stopped as stop:
         typer.echo(message(stop, ["mathrl", *sys.argv[1:]]), err=True)
         raise SystemExit(stop.exit_code) from None
@@ -77,3 +80,7 @@ def main() -> None:
             f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True
         )
         raise SystemExit(1) from None
+    if code == 130:
+        typer.echo("interrupted", err=True)
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        raise SystemExit(code)
