@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mathrl-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast quickstart lint format bench clean
+.PHONY: setup test test-fast quickstart lint format bench bench-dist clean
 
 setup: $(STAMP)
 
@@ -32,10 +32,11 @@ quickstart: setup
 	rm -rf runs/quickstart
 	HF_HUB_OFFLINE=1 $(BIN)/mathrl quickstart --out runs/quickstart
 
-# mypy on the pure layers (tensors in/out, text in/reward out); extend as layers get typed.
+# mypy on the typed modules (the pure layers and newer ones); extend as modules get typed.
 MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/mathrl/registry.py \
 	src/mathrl/errors.py src/mathrl/eval/metrics.py src/mathrl/rollout/http.py src/mathrl/distill \
-	src/mathrl/cli/app.py
+	src/mathrl/cli/app.py src/mathrl/rollout/openai_engine.py src/mathrl/rollout/sampler.py \
+	src/mathrl/models/identity.py src/mathrl/dist.py src/mathrl/stopping.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench
@@ -50,6 +51,9 @@ format: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_rollout.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_grpo.py
+
+bench-dist: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_dist.py --runs 3
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

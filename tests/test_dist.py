@@ -139,10 +139,14 @@ def rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
-def test_a_killed_rank_stops_the_run_and_resume_continues_it(tmp_path, tiny_config, same_run):
+def test_a_killed_rank_or_a_signal_stops_the_run_and_resume_continues_it(
+    tmp_path, tiny_config, same_run
+):
     """SIGKILL of rank 1 after checkpoint 2: the job exits non-zero within the collective
     timeout, no half-written checkpoint is taken as the latest, and --resume on 2 ranks
-    ends exactly where an uninterrupted 2-rank run ends; the same checkpoint resumes on 1."""
+    ends exactly where an uninterrupted 2-rank run ends. SIGTERM to the launcher: both ranks
+    stop at one step with a checkpoint, exit 143, and resume exactly. A 2-rank checkpoint
+    also resumes on 1 process."""
     import signal
     import time
 
@@ -183,6 +187,31 @@ def test_a_killed_rank_stops_the_run_and_resume_continues_it(tmp_path, tiny_conf
     resumed = mathrl("train", "--nproc", "2", "-c", tiny_config, "--out", run, *flags, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     same_run(tmp_path / "whole", run, 8)
+
+    # SIGTERM (what schedulers send) to the launcher: every rank stops after the same step,
+    # rank 0 writes its checkpoint, one line says how to continue, exit 143
+    termed = tmp_path / "termed"
+    launcher = subprocess.Popen(
+        [*cmd, "--out", str(termed), *flags], env=rank_env(), stderr=subprocess.PIPE, text=True
+    )
+    while not (termed / "checkpoints" / "step_00000002" / "manifest.json").is_file():
+        assert time.monotonic() < deadline + 120 and launcher.poll() is None, "no checkpoint 2"
+        time.sleep(0.02)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, err[-3000:]
+    lines = [x for x in err.splitlines() if x.startswith("stopped by SIGTERM after step")]
+    assert len(lines) == 1, err[-3000:]
+    step = int(lines[0].split("after step ")[1].split(";")[0])
+    assert f"checkpoints/step_{step:08d}" in lines[0] and "--nproc 2" in lines[0]
+    assert lines[0].endswith("--resume")
+    assert latest_checkpoint(termed).name == f"step_{step:08d}"
+    assert rank_pid(launcher.pid, 0) is None and rank_pid(launcher.pid, 1) is None
+    resumed = mathrl(
+        "train", "--nproc", "2", "-c", tiny_config, "--out", termed, *flags, "--resume"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_run(tmp_path / "whole", termed, 8)
 
     # the 2-rank checkpoint continues on one process: same global batch, same rollouts
     one = tmp_path / "one"

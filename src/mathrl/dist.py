@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mathrl.errors import MathrlError
@@ -160,7 +161,7 @@ def all_reduce_grads(model: Any) -> None:
         by_dtype.setdefault(g.dtype, []).append(g)
     for same in by_dtype.values():
         flat = torch.cat([g.reshape(-1) for g in same])
-        _collective(lambda f=flat: tdist.all_reduce(f), "summing gradients")
+        _collective(partial(tdist.all_reduce, flat), "summing gradients")
         offset = 0
         for g in same:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -195,8 +196,9 @@ def on_main(fn: Callable[[], T]) -> T:
     _collective(lambda: tdist.broadcast_object_list(box, src=0), "waiting for rank 0")
     kind, value = box[0]
     if kind == "error":
+        value.shared = True  # the same error on every rank: only rank 0 prints it
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _device() -> torch.device:

@@ -40,6 +40,23 @@ def _out_of_memory(exc: BaseException, debug: bool) -> NoReturn:
     raise SystemExit(3) from None
 
 
+def _speaks() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that prints shared outcomes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _command() -> list[str]:
+    """The command line that started this run, for the resume line: `mathrl --nproc N ...`
+    passes it to its ranks; a rank of a user's own torchrun names torchrun's options."""
+    import shlex
+
+    if os.environ.get("MATHRL_COMMAND"):
+        return shlex.split(os.environ["MATHRL_COMMAND"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return ["torchrun", "[the same options]", "-m", "mathrl", *sys.argv[1:]]
+    return ["mathrl", *sys.argv[1:]]
+
+
 def main() -> None:
     """Entry point: MathrlError becomes one line on stderr and exit code 2 (unless --debug)."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("MATHRL_DEBUG") == "1"
@@ -49,12 +66,14 @@ def main() -> None:
         # turns a KeyboardInterrupt into Exit(130), which comes back here as 130.
         code = app(standalone_mode=False)
     except Stopped as stop:
-        typer.echo(message(stop, ["mathrl", *sys.argv[1:]]), err=True)
+        if _speaks():  # every rank stopped at the same step; rank 0 says so
+            typer.echo(message(stop, _command()), err=True)
         raise SystemExit(stop.exit_code) from None
     except MathrlError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        if _speaks() or not getattr(exc, "shared", False):  # rank 0's error, on every rank
+            typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -40,7 +40,13 @@ from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.hf_engine import default_stop_ids
 from mathrl.rollout.http import HttpClient, HttpError, http_url, public_url
 from mathrl.rollout.sampler import resolve_seeds
-from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
+from mathrl.rollout.types import (
+    Completion,
+    FinishReason,
+    GenerationResult,
+    RolloutEngine,
+    SamplingParams,
+)
 
 WEIGHT_SYNCS = ("load_weights", "vllm_lora", "none")
 MAX_RESPONSE_BYTES = 64 << 20
@@ -129,7 +135,7 @@ class OpenAIEngine(RolloutEngine):
                 "LoRA training (model.lora.r > 0); use load_weights or none for full weights"
             )
         self.server = ServerClient(base_url, api_key, timeout_s, retries, backoff_s)
-        self.base_url = self.server.base_url
+        self.base_url = public_url(self.server.base_url)  # for messages: no credentials
         self.model = model
         self.tokenizer = tokenizer
         self.weight_sync = weight_sync
@@ -231,7 +237,7 @@ class OpenAIEngine(RolloutEngine):
             )
         ]
 
-    def _text(self, ids: list[int], finish: str) -> str:
+    def _text(self, ids: list[int], finish: FinishReason) -> str:
         text_ids = ids[:-1] if finish == "eos" else ids
         return str(self.tokenizer.decode(text_ids, skip_special_tokens=True))
 
@@ -273,14 +279,14 @@ class OpenAIEngine(RolloutEngine):
 
 def parse_choices(
     reply: Any, n: int, max_tokens: int, vocab: int, stop_ids: set[int]
-) -> list[tuple[list[int], list[float], str]]:
+) -> list[tuple[list[int], list[float], FinishReason]]:
     """(token ids, log-probs, finish) of each of the n choices of a /v1/completions reply,
     ordered by index; anything RL cannot use is a ServerError naming it."""
     choices = reply.get("choices") if isinstance(reply, dict) else None
     if not isinstance(choices, list) or len(choices) != n:
         got = len(choices) if isinstance(choices, list) else "no"
         raise ServerError(f"the server returned {got} choices for n = {n}")
-    out: list[tuple[list[int], list[float], str] | None] = [None] * n
+    out: list[tuple[list[int], list[float], FinishReason] | None] = [None] * n
     for k, ch in enumerate(choices):
         if not isinstance(ch, dict):
             raise ServerError(f"choice {k} is not an object")
@@ -309,7 +315,7 @@ def parse_choices(
             raise ServerError(f"choice {k}: finish_reason {str(reason)[:40]!r} is not stop/length")
         # "stop" at a stop token is the engine's "eos"; a server that stopped elsewhere
         # (a stop string it was not sent) is treated as cut at length.
-        finish = "eos" if reason == "stop" and ids[-1] in stop_ids else "length"
+        finish: FinishReason = "eos" if reason == "stop" and ids[-1] in stop_ids else "length"
         out[index] = (list(ids), [min(0.0, float(x)) for x in lps], finish)
     return [c for c in out if c is not None]
 
