@@ -68,3 +68,17 @@ def slow_zero(completions, **kwargs):
     """0.0 after 20 ms a completion: makes a tiny run's steps long enough to signal mid-run."""
     time.sleep(0.02 * len(completions))
     return [0.0] * len(completions)
+
+
+def hang_once_on_rank1(completions, **kwargs):
+    """brevity, except that the first scoring call on rank 1 (not the start-up check, which
+    sends an empty completion) hangs for a minute: the reward pool's time bound must hold
+    per rank. The flag file ($MATHRL_TEST_HANG_FLAG) makes it hang once."""
+    import os
+    from pathlib import Path
+
+    flag = Path(os.environ.get("MATHRL_TEST_HANG_FLAG", "/nonexistent/flag"))
+    if os.environ.get("RANK") == "1" and "" not in completions and not flag.exists():
+        flag.touch()
+        time.sleep(60)
+    return brevity(completions)

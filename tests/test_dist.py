@@ -225,3 +225,37 @@ def test_a_killed_rank_or_a_signal_stops_the_run_and_resume_continues_it(
     rows = lambda d: [(r["step"], r["completion"]) for r in read_jsonl(d / "rollouts.jsonl")]  # noqa: E731
     assert rows(one) == rows(run)
     assert_close_weights(run, one, 8)
+
+
+def test_a_hanging_reward_on_one_rank_does_not_hang_the_job(tmp_path, tiny_config):
+    """Rank 1's first reward call hangs for 60 s: its pool gives that sample reward 0 after
+    train.reward_timeout_s, and both ranks finish the run in seconds."""
+    import time
+
+    flag = tmp_path / "hung"
+    sets = [
+        "train.steps=2",
+        "train.prompts_per_step=4",
+        "warmup.steps=0",
+        "warmup.min_positive=0",
+        "train.reward_timeout_s=1",
+        "model.threads=1",
+        "log.rollouts_every=1",
+        'task.rewards=[{fn = "reward_fixtures:hang_once_on_rank1", completions = "text"}]',
+    ]
+    flags = [a for s in sets for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "mathrl", "train", "--nproc", "2", "-c", str(tiny_config)]
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "run"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**rank_env(), "MATHRL_TEST_HANG_FLAG": str(flag)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert flag.exists() and time.monotonic() - t0 < 50  # far from the 60 s hang
+    rows = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    timed_out = [r for r in rows if "timeout" in str(r["reason"])]
+    assert len(rows) == 2 * 4 * 4 and len(timed_out) >= 1
+    assert all(r["reward"] == 0.0 for r in timed_out)
