@@ -77,6 +77,11 @@ def test_two_ranks_equal_one_process_rl(tmp_path, tiny_config, run_train):
         "log.rollouts_every=1",
         # a reward that varies within groups, so every step moves the weights
         'task.rewards=[{fn = "reward_fixtures:brevity", completions = "text"}]',
+        # held-out eval split over the ranks (7 problems: 4 + 3), 2 samples each
+        "eval.every=3",
+        "eval.limit=7",
+        "eval.n=2",
+        "eval.k=[1, 2]",
     ]
     one = run_train(tmp_path / "one", *sets)
     assert one.code == 0, one.err
@@ -99,6 +104,13 @@ def test_two_ranks_equal_one_process_rl(tmp_path, tiny_config, run_train):
     assert [m["rollout/sampled"] for m in mb] == [32.0] * 3  # both ranks' samples counted
     assert [m["loss/policy"] for m in ma] == pytest.approx([m["loss/policy"] for m in mb], abs=1e-5)
     assert_close_weights(tmp_path / "one", tmp_path / "two", 3)
+    ea = [m for m in read_jsonl(tmp_path / "one" / "metrics.jsonl") if "eval/mean_reward" in m]
+    eb = [m for m in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "eval/mean_reward" in m]
+    assert len(ea) == 2 and ea[0].keys() == eb[0].keys()  # before RL and after step 3
+    for x, y in zip(ea, eb, strict=True):
+        for k in x:
+            if k.startswith("eval/") and "time" not in k and "per_s" not in k:
+                assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
     assert (tmp_path / "two" / "summary.json").is_file()
     assert two.stderr.count("trained 3 steps") == 1  # one rank speaks
 
@@ -118,8 +130,31 @@ def test_two_ranks_equal_one_process_sft(tmp_path, tiny_config, run_cli):
     assert la == pytest.approx(lb, abs=1e-5) and len(la) == 4
 
 
-def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path, tiny_config):
-    r = torchrun(2, "eval", "-c", tiny_config, "--model", "scratch", "--out", tmp_path / "e")
+def test_eval_splits_problems_over_ranks_and_one_process_commands_refuse(tmp_path, tiny_config):
+    """`mathrl eval` on 2 ranks: the summary of 1 process (13 problems: 7 + 6, 3 samples
+    each), written once; `probe` runs in one process and says so."""
+    import json
+
+    args = ["-c", tiny_config, "--model", "scratch", "--limit", "13"]
+    sets = ["--set", "eval.n=3", "--set", "eval.k=[1, 3]", "--set", "model.threads=1"]
+    one = mathrl("eval", *args, *sets, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(2, "eval", *args, *sets, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    sa = json.loads((tmp_path / "one" / "eval_summary.json").read_text())
+    sb = json.loads((tmp_path / "two" / "eval_summary.json").read_text())
+    assert sa["n_problems"] == sb["n_problems"] == 13
+    for k, v in sa.items():
+        if isinstance(v, float) and "time" not in k and "per_s" not in k:
+            assert v == pytest.approx(sb[k], rel=1e-5, abs=1e-7), k
+    ra = read_jsonl(tmp_path / "one" / "eval_examples.jsonl")
+    rb = read_jsonl(tmp_path / "two" / "eval_examples.jsonl")
+    assert [r["prompt_id"] for r in ra] == [r["prompt_id"] for r in rb]
+    assert [[s["completion"] for s in r["samples"]] for r in ra] == [
+        [s["completion"] for s in r["samples"]] for r in rb
+    ]
+    assert (two.stdout + two.stderr).count("n_problems") == 1  # one table
+    r = torchrun(2, "probe", "-c", tiny_config, "--model", "scratch", "--out", tmp_path / "p")
     assert r.returncode != 0 and "launch it without torchrun" in r.stderr
 
 

@@ -58,6 +58,12 @@ def current() -> Dist:
     return _current
 
 
+def speaks() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that prints shared outcomes
+    (read from the environment, so it holds before init() and after close())."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def launched() -> bool:
     """True when torchrun (or another launcher) started this process as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

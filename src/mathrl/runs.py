@@ -390,22 +390,33 @@ def load_model_arg(cfg: Any, task: Any, path: str, out_dir: Path) -> tuple[Any, 
 
 
 def open_eval_run(
-    config: Any, sets: list[str] | None, out: Path | None, models: list[str] | None
+    config: Any,
+    sets: list[str] | None,
+    out: Path | None,
+    models: list[str] | None,
+    ranks: bool = False,
 ) -> tuple[Any, Any, list[str], Path]:
-    """Config, task, model paths (checked) and the output dir, with the resolved config in it."""
+    """Config, task, model paths (checked) and the output dir, with the resolved config in it
+    (ranks=True: under torchrun every rank joins and rank 0 writes)."""
+    from mathrl import dist
     from mathrl.checkpoint import default_run_dir
     from mathrl.config import dumps_toml
     from mathrl.io import atomic_write_text
 
-    cfg = load_run_config(config, sets)
+    cfg = load_run_config(config, sets, ranks=ranks)
+    dist.init(cfg.train.collective_timeout_s, cfg.model.device)  # torchrun: join the ranks
     paths = models or [cfg.model.path]
     for path in paths:
         resolve_model(path)  # fail on a bad path before writing anything
     task = start_process(cfg)
-    out_dir = out or default_run_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
-    return cfg, task, paths, out_dir
+
+    def prepare() -> Path:
+        out_dir = out or default_run_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
+        return out_dir
+
+    return cfg, task, paths, dist.on_main(prepare)  # rank 0 writes
 
 
 def model_labels(paths: list[str]) -> list[str]:
@@ -435,28 +446,31 @@ def run_eval(
     model when several); (task, [{label, model, dir, summary}], out dir)."""
     import json
 
+    from mathrl import dist
     from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
     from mathrl.io import atomic_write_text
     from mathrl.sampling import rollout_engine
 
-    cfg, task, paths, out_dir = open_eval_run(config, sets, out, models)
-    kwargs = eval_kwargs(cfg)
-    if limit is not None:
-        kwargs["limit"] = limit
-    rows = []
-    for path, label in zip(paths, model_labels(paths), strict=True):
-        m, tok = load_model_arg(cfg, task, path, out_dir)
-        engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"])
-        result = evaluate(m, tok, task, split, progress=not quiet, engine=engine, **kwargs)
-        del engine
-        del m
-        result.summary["model"] = path
-        sub = out_dir / label if len(paths) > 1 else out_dir
-        write_eval(result, sub)
-        rows.append({"label": label, "model": path, "dir": str(sub), "summary": result.summary})
-    if len(paths) > 1:
-        table = json.dumps({"models": rows}, indent=2, allow_nan=False) + "\n"
-        atomic_write_text(out_dir / "eval_table.json", table)
+    with dist.joined():  # under torchrun the ranks split the problems; rank 0 writes
+        cfg, task, paths, out_dir = open_eval_run(config, sets, out, models, ranks=True)
+        kwargs = eval_kwargs(cfg)
+        if limit is not None:
+            kwargs["limit"] = limit
+        rows = []
+        for path, label in zip(paths, model_labels(paths), strict=True):
+            m, tok = load_model_arg(cfg, task, path, out_dir)
+            engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"])
+            result = evaluate(m, tok, task, split, progress=not quiet, engine=engine, **kwargs)
+            del engine
+            del m
+            result.summary["model"] = path
+            sub = out_dir / label if len(paths) > 1 else out_dir
+            dist.on_main(lambda r=result, d=sub: write_eval(r, d))
+            summary = result.summary
+            rows.append({"label": label, "model": path, "dir": str(sub), "summary": summary})
+        if len(paths) > 1:
+            table = json.dumps({"models": rows}, indent=2, allow_nan=False) + "\n"
+            dist.on_main(lambda: atomic_write_text(out_dir / "eval_table.json", table))
     return task, rows, out_dir
 
 

@@ -156,9 +156,11 @@ def sample_scored(
     examples: list[Example],
     prompts: list[list[int]],
     sampling: SamplingParams,
+    seeds: list[int] | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """Generate `sampling.n` completions per prompt and score them: one list per example."""
-    result = engine.generate(prompts, sampling)
+    """Generate `sampling.n` completions per prompt and score them: one list per example.
+    seeds: each prompt's seed (default: prompt_seed(sampling.seed, i))."""
+    result = engine.generate(prompts, sampling, seeds=seeds)
     scores = score_completions(pool, task, examples, result.completions)
     out: list[list[dict[str, Any]]] = [[] for _ in examples]
     for c, s in zip(result.completions, scores, strict=True):

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import typer
 
+from mathrl import dist
 from mathrl.errors import MathrlError
 from mathrl.stopping import Stopped, message
 
@@ -40,11 +41,6 @@ def _out_of_memory(exc: BaseException, debug: bool) -> NoReturn:
     raise SystemExit(3) from None
 
 
-def _speaks() -> bool:
-    """Rank 0 of a torchrun job, or a plain process: the one that prints shared outcomes."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _command() -> list[str]:
     """The command line that started this run, for the resume line: `mathrl --nproc N ...`
     passes it to its ranks; a rank of a user's own torchrun names torchrun's options."""
@@ -66,13 +62,13 @@ def main() -> None:
         # turns a KeyboardInterrupt into Exit(130), which comes back here as 130.
         code = app(standalone_mode=False)
     except Stopped as stop:
-        if _speaks():  # every rank stopped at the same step; rank 0 says so
+        if dist.speaks():  # every rank stopped at the same step; rank 0 says so
             typer.echo(message(stop, _command()), err=True)
         raise SystemExit(stop.exit_code) from None
     except MathrlError as exc:
         if debug:
             raise
-        if _speaks() or not getattr(exc, "shared", False):  # rank 0's error, on every rank
+        if dist.speaks() or not getattr(exc, "shared", False):  # rank 0's error, on every rank
             typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mathrl import dist
 from mathrl.cli.app import app
 from mathrl.cli.options import EPILOG, ConfigOpt, OutOpt, QuietOpt, SetOpt
 from mathrl.runs import MODEL_HELP, load_model_arg, open_eval_run, run_eval, run_suite, say
@@ -75,6 +76,8 @@ def eval_cmd(
         say(f"wrote suite.json, suite.md and suite.png to {where}")
         return
     task, rows, out_dir = run_eval(config, sets, out, model, split, limit, quiet)
+    if not dist.speaks():  # under torchrun: rank 0 prints the table
+        return
     print_table(f"{task.name} {split}", {r["label"]: r["summary"] for r in rows})
     where = "eval_table.json and one subdir per model" if len(rows) > 1 else "eval_summary.json"
     say(f"wrote {where} (+ eval_examples.jsonl) to {out_dir}")

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathrl import dist
 from mathrl.config import Config
 from mathrl.errors import ConfigError, DataError
 from mathrl.eval.metrics import eval_metrics, select_examples, summarize
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
+from mathrl.rollout.sampler import prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
 from mathrl.runtime import derive_seed
 from mathrl.sampling import rollout_engine, sample_scored
@@ -85,31 +87,38 @@ def evaluate(
     # An explicit seed even for greedy: seed=None would draw from (and so shift) torch's
     # global RNG, and a periodic eval must not change the training run's random stream.
     greedy = SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True, seed=seed)
+    # Sampled completions: problem j's seed comes from its index, whatever the batching.
+    sampled = SamplingParams(
+        n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=derive_seed(seed, 1)
+    )
+    ranks = dist.current()
+    mine = list(range(len(examples)))[ranks.rank :: ranks.world]  # ranks split the problems
     t0 = time.perf_counter()
-    records: list[dict[str, Any]] = []
+    records: list[tuple[int, dict[str, Any]]] = []
     with contextlib.ExitStack() as stack:
         if pool is None:
             pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
-        advance = stack.enter_context(progress_bar(progress, len(examples), f"eval {split}"))
-        for i, idx in enumerate(chunks(len(examples), max(1, batch_size // n))):
-            exs, ps = [examples[j] for j in idx], [prompts[j] for j in idx]
+        shown = progress and ranks.is_main
+        advance = stack.enter_context(progress_bar(shown, len(mine), f"eval {split}"))
+        for idx in chunks(len(mine), max(1, batch_size // n)):
+            js = [mine[i] for i in idx]
+            exs, ps = [examples[j] for j in js], [prompts[j] for j in js]
             g = sample_scored(engine, pool, task, exs, ps, greedy)
             s: list[list[dict[str, Any]]] = [[] for _ in exs]
             if n > 1:
-                params = SamplingParams(
-                    n=n,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    seed=derive_seed(seed, i),
-                )
-                s = sample_scored(engine, pool, task, exs, ps, params)
-            records += [_record(ex, gi[0], si) for ex, gi, si in zip(exs, g, s, strict=True)]
+                seeds = [prompt_seed(sampled.seed or 0, j) for j in js]
+                s = sample_scored(engine, pool, task, exs, ps, sampled, seeds)
+            records += [
+                (j, _record(ex, gi[0], si)) for j, ex, gi, si in zip(js, exs, g, s, strict=True)
+            ]
             advance(len(exs))
+    in_order = sorted((r for part in dist.gather(records) for r in part), key=lambda r: r[0])
+    records_all = [r for _, r in in_order]
     elapsed = time.perf_counter() - t0
-    summary: dict[str, Any] = {"split": split, **summarize(records, ks)}
+    summary: dict[str, Any] = {"split": split, **summarize(records_all, ks)}
     summary.update(n=n, ks=sorted(set(ks)), temperature=temperature, seed=seed)
-    summary.update(time_s=elapsed, problems_per_s=len(records) / max(elapsed, 1e-9))
-    return EvalResult(summary, records)
+    summary.update(time_s=elapsed, problems_per_s=len(records_all) / max(elapsed, 1e-9))
+    return EvalResult(summary, records_all)
 
 
 def _record(ex: Example, greedy: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
