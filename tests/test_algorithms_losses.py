@@ -379,3 +379,21 @@ def test_entropy() -> None:
     assert entropy.item() == pytest.approx(LOG2) and torch.isfinite(logits.grad).all()
     # a one-hot distribution: 0
     assert token_entropy_from_logits(torch.tensor([[[0.0, -1e4, -1e4]]])).item() == 0.0
+
+
+def test_truncated_is_weights_and_per_token_advantages_hand_computed():
+    from mathrl.algorithms import ppo_clip, truncated_is_weights
+
+    trainer = torch.tensor([[-1.0, -2.0, -0.5]])
+    sampler = torch.tensor([[-1.2, -1.0, float("-inf")]])  # padding may hold anything
+    mask = torch.tensor([[1, 1, 0]])
+    w, capped = truncated_is_weights(trainer, sampler, mask, cap=2.0)
+    assert w[0].tolist() == pytest.approx([math.exp(0.2), math.exp(-1.0), 0.0])
+    assert capped.tolist() == [[False, False, False]]
+    w, capped = truncated_is_weights(trainer, sampler, mask, cap=1.1)
+    assert w[0].tolist() == pytest.approx([1.1, math.exp(-1.0), 0.0])
+    assert capped.tolist() == [[True, False, False]]
+    # ppo_clip with (B, T) advantages A * w, on-policy (ratio 1): token-mean of -A * w
+    cfg = PolicyLossConfig()
+    out = ppo_clip(trainer, trainer, 2.0 * w, mask, cfg)
+    assert out.loss.item() == pytest.approx(-(2.0 * 1.1 + 2.0 * math.exp(-1.0)) / 2)

@@ -4,6 +4,7 @@ sampler's log-probs are the old ones of a buffer; agg_share against hand-compute
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -154,3 +155,48 @@ def test_agg_share_weights_split_a_batch_exactly(agg):
         for s in (slice(0, 2), slice(2, 3), slice(3, 6))
     )
     torch.testing.assert_close(parts, whole)
+
+
+def with_true_logprobs(groups: list[Group], model: torch.nn.Module, offset: float) -> None:
+    """Set each completion's sampler log-probs to the model's own plus `offset`."""
+    from mathrl.models.logprobs import completion_batch, completion_logprobs
+
+    comps = [c for g in groups for c in g.completions]
+    prompts = [g.prompt_ids for g in groups]
+    rows = [gi for gi, g in enumerate(groups) for _ in g.completions]
+    batch = completion_batch(prompts, rows, [c.token_ids for c in comps], 0, torch.device("cpu"))
+    with torch.no_grad():
+        lps = completion_logprobs(model, batch)  # (B, T)
+    for i, c in enumerate(comps):
+        c.logprobs = (lps[i, : len(c.token_ids)] + offset).tolist()
+
+
+@pytest.mark.parametrize(
+    ("offset", "cap", "scale", "capped"),
+    [
+        (0.0, 0.0, 1.0, None),  # sampler == trainer: nothing to correct, diff 0
+        (0.25, 0.0, 1.0, None),  # a sampler 0.25 nats more confident, no correction
+        (0.25, 2.0, math.exp(-0.25), 0.0),  # TIS: every token weighted pi_t / pi_s
+        (-1.0, 2.0, 2.0, 1.0),  # weight e^1 = 2.72, cut at the cap on every token
+    ],
+)
+def test_truncated_importance_sampling_scales_the_gradient(offset, cap, scale, capped):
+    """On-policy (ratio 1, no clip active) the policy gradient is linear in the advantages,
+    so TIS weights that are one constant w on every token scale it by exactly w."""
+    cfg_over = ["train.group_size=4", "train.grad_clip=0", "rollout.max_new_tokens=8"]
+    grads, metrics = [], []
+    for tis in (0.0, cap):
+        cfg = load_config(overrides=[*cfg_over, f"train.tis_cap={tis}"], env=False)
+        model = tiny_model()
+        groups = make_groups()
+        with_true_logprobs(groups, model, offset)
+        opt = RecordingOptimizer(model)
+        advantages = torch.tensor([1.0, -1.0, 0.0, 0.5] * 3)
+        metrics.append(train_step(cfg, model, None, opt, groups, advantages, pad_id=0))
+        grads.append(opt.steps[0])
+    assert metrics[1]["rollout/logprob_diff"] == pytest.approx(abs(offset), abs=1e-5)
+    assert metrics[1].get("rollout/tis_capped") == (
+        None if capped is None else pytest.approx(capped)
+    )
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g * scale, rtol=1e-4, atol=1e-7, msg=name)

@@ -30,6 +30,7 @@ from mathrl.algorithms.losses import (
     register_policy_loss,
     selective_logprobs,
     token_entropy_from_logits,
+    truncated_is_weights,
     vanilla,
 )
 from mathrl.registry import Registry
@@ -58,6 +59,7 @@ __all__ = [
     "register_policy_loss",
     "reinforce",
     "rloo",
+    "truncated_is_weights",
     "selective_logprobs",
     "token_entropy_from_logits",
     "unregister_advantage",

@@ -11,6 +11,7 @@ the `loss/` prefix when logging.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -150,11 +151,30 @@ def _diagnostics(
         }
 
 
+def _token_advantages(advantages: Tensor, dtype: torch.dtype) -> Tensor:
+    """Detached advantages as (B, 1) from one per sequence (B,), or as given per token (B, T)
+    (e.g. scaled by truncated importance weights)."""
+    adv = advantages.detach().to(dtype)
+    return adv[:, None] if adv.dim() == 1 else adv
+
+
+def truncated_is_weights(
+    trainer_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, Tensor]:
+    """Truncated importance sampling (TIS): per-token weights min(pi_trainer / pi_sampler, cap)
+    (B, T), detached, for samples drawn by a sampler that is not the trainer (another
+    precision, another engine), and where the cap bit (B, T). Padding gets weight 0."""
+    log_w = _select(trainer_logprobs.detach() - sampler_logprobs.detach(), mask)  # (B, T)
+    weights = torch.exp(log_w.clamp(max=math.log(cap)))
+    capped = (log_w > math.log(cap)) & mask.bool()
+    return weights * _fmask(mask, weights), capped
+
+
 def _clipped_objective(
     ratio: Tensor, advantages: Tensor, mask: Tensor, cfg: PolicyLossConfig
 ) -> tuple[Tensor, Tensor]:
     """PPO's pessimistic max(pg_loss1, pg_loss2) per token, and where the clip is active."""
-    adv = advantages.detach().to(ratio.dtype)[:, None]  # (B, 1)
+    adv = _token_advantages(advantages, ratio.dtype)  # (B, 1) or (B, T)
     pg_loss1 = -adv * ratio  # (B, T)
     clipped_ratio = ratio.clamp(1.0 - cfg.clip_eps, 1.0 + cfg.upper_eps)  # (B, T)
     pg_loss2 = -adv * clipped_ratio  # (B, T)
@@ -178,7 +198,7 @@ def vanilla(
     diagnostics: this loss is for on-policy updates (one step per rollout batch).
     """
     log_self = _select(logprobs - logprobs.detach(), mask)  # (B, T), value 0
-    pg_loss = -advantages.detach().to(logprobs.dtype)[:, None] * torch.exp(log_self)  # (B, T)
+    pg_loss = -_token_advantages(advantages, logprobs.dtype) * torch.exp(log_self)  # (B, T)
     log_ratio = _log_ratio(logprobs, old_logprobs, mask)
     never = torch.zeros_like(mask, dtype=torch.bool)
     metrics = _diagnostics(log_ratio, torch.exp(log_ratio), never, mask)

@@ -248,6 +248,11 @@ class TrainConfig:
     """Reward worker processes (they bound the time of each call)."""
     nonfinite: str = "skip"
     """On a non-finite loss or gradient: skip the step, or stop the run."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling: weight each token's policy loss by min(pi_trainer /
+    pi_sampler, tis_cap) (>= 1; 0 = off), for a sampler whose log-probs differ from the
+    trainer's (a server engine in another precision). rollout/logprob_diff is logged
+    either way."""
     parallel: str = "ddp"
     """With several ranks (torchrun): ddp, every rank holds the whole model and gradients
     are summed over ranks once per optimizer step."""

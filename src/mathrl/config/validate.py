@@ -114,6 +114,10 @@ def check_train(t: s.TrainConfig, r: s.RolloutConfig, sft: s.SFTConfig) -> None:
     _check(t.reward_timeout_s > 0, f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s}")
     _check(t.reward_workers >= 0, f"train.reward_workers must be >= 0, got {t.reward_workers}")
     _check(
+        t.tis_cap == 0 or (math.isfinite(t.tis_cap) and t.tis_cap >= 1),
+        f"train.tis_cap must be 0 (off) or >= 1, got {t.tis_cap}",
+    )
+    _check(
         t.collective_timeout_s > 0,
         f"train.collective_timeout_s must be > 0, got {t.collective_timeout_s}",
     )

@@ -19,7 +19,13 @@ from typing import Any
 import torch
 
 from mathrl import dist
-from mathrl.algorithms import PolicyLossConfig, agg_share, compute_advantages, compute_loss
+from mathrl.algorithms import (
+    PolicyLossConfig,
+    agg_share,
+    compute_advantages,
+    compute_loss,
+    truncated_is_weights,
+)
 from mathrl.config import Config
 from mathrl.errors import MathrlError
 from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
@@ -114,11 +120,21 @@ def train_step(
                 model, batches[j], return_entropy=True, share_prompts=t.share_prompts
             )
             old = old_lp[j] if old_lp[j] is not None else logprobs.detach()
+            adv = advantages[mb].to(device)  # (b,)
+            if not rollout_logprobs:  # the sampler's log-probs against the trainer's
+                sampled = sampler_logprobs([comps[i] for i in mb], batches[j]).to(device)
+                if t.tis_cap > 0:
+                    tis, capped = truncated_is_weights(old, sampled, cmask, t.tis_cap)
+                    adv = adv[:, None] * tis  # (b, T): each token's policy loss reweighted
+                    sums["_tis_capped"] = sums.get("_tis_capped", 0.0) + capped.sum().item()
+                if _epoch == 0:
+                    gap = ((old - sampled).abs() * cmask).sum().item()
+                    sums["_lp_diff"] = sums.get("_lp_diff", 0.0) + gap
             out = loss_fn(
                 logprobs,
                 old,
                 ref_lp[j],
-                advantages[mb].to(device),
+                adv,
                 cmask,
                 loss_cfg,
                 t.policy_loss,
@@ -145,7 +161,7 @@ def train_step(
         optimizer.step()
     sums = merge_sums(dist.gather(sums))
     trained, had_micro = (int(x) for x in dist.all_sum([len(keep), float(bool(micro))]))
-    return _step_metrics(sums, grad_norm, skipped, trained=trained, had_micro=had_micro > 0)
+    return _step_metrics(sums, grad_norm, skipped, trained, had_micro > 0, passes=t.mu)
 
 
 def merge_sums(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -209,11 +225,17 @@ def keep_rows(cfg: Config, advantages: torch.Tensor) -> list[int]:
 
 
 def _step_metrics(
-    sums: dict[str, float], grad_norm: torch.Tensor, skipped: int, trained: int, had_micro: bool
+    sums: dict[str, float],
+    grad_norm: torch.Tensor,
+    skipped: int,
+    trained: int,
+    had_micro: bool,
+    passes: int = 1,
 ) -> dict[str, float]:
     """loss/* (the batch's loss, and token means of the diagnostics over the step),
     rollout/entropy and optim/* metrics."""
-    n = max(1.0, sums.pop("_tokens", 0.0))
+    n = max(1.0, sums.pop("_tokens", 0.0))  # trained tokens x update passes (train.mu)
+    lp_diff, tis_capped = sums.pop("_lp_diff", None), sums.pop("_tis_capped", None)
     rename = {"policy_loss": "policy", "loss": "total"}
     metrics = {
         f"loss/{rename.get(k, k)}": v if k in LOSS_KEYS else v / n
@@ -224,6 +246,10 @@ def _step_metrics(
         metrics.setdefault(f"loss/{k}", 0.0)
     if had_micro:  # entropy of the trained sequences; absent when none carried a gradient
         metrics["rollout/entropy"] = sums.get("entropy", 0.0) / n
+    if lp_diff is not None:  # mean |trainer - sampler| log-prob per trained token (pass 1)
+        metrics["rollout/logprob_diff"] = lp_diff * passes / n
+    if tis_capped is not None:  # fraction of token weights the cap cut
+        metrics["rollout/tis_capped"] = tis_capped / n
     metrics["optim/grad_norm"] = float(grad_norm)
     metrics["optim/skipped"] = skipped
     metrics["train/trained_seqs"] = trained
