@@ -73,10 +73,20 @@ def warm_model(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # the module's SFT warm-up runs in the first test's set-up
-@pytest.mark.parametrize("algorithm", ["grpo", "reinforce"])
-def test_rl_raises_mean_reward(warm_model, run_cli, algorithm):
+@pytest.mark.parametrize(
+    ("algorithm", "sets"),
+    [
+        ("grpo", ()),
+        ("reinforce", ()),
+        # rollouts in bf16 from the fp32 trainer, corrected by truncated importance sampling
+        ("grpo", ("rollout.autocast=bfloat16", "train.tis_cap=2")),
+    ],
+    ids=["grpo", "reinforce", "grpo-bf16-rollouts-tis"],
+)
+def test_rl_raises_mean_reward(warm_model, run_cli, algorithm, sets):
     root, model = warm_model
-    out = root / algorithm
+    out = root / f"{algorithm}{len(sets)}"
+    extra = [a for s in sets for a in ("--set", s)]
     res = run_cli(
         "train",
         "-c",
@@ -87,9 +97,16 @@ def test_rl_raises_mean_reward(warm_model, run_cli, algorithm):
         f"model.path={model}",
         "--set",
         f"train.algorithm={algorithm}",
+        *extra,
     )
     assert res.code == 0, res.err
-    rewards = [m["reward/mean"] for m in read_jsonl(out / "metrics.jsonl")]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    gaps = [m["rollout/logprob_diff"] for m in metrics if "rollout/logprob_diff" in m]
+    if sets:  # the bf16 sampler's log-probs are visibly off the trainer's
+        assert min(gaps) > 1e-3, gaps[:5]
+    else:  # the fp32 sampler's equal the trainer's up to float rounding
+        assert max(gaps) < 1e-4, max(gaps)
+    rewards = [m["reward/mean"] for m in metrics if "reward/mean" in m]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-10:]) / 10
     # measured here: 0.18 -> 0.30 (GRPO) and 0.18 -> 0.31 (REINFORCE); 640 samples per
     # window put one standard error near 0.02, so a 0.06 margin is far from noise.

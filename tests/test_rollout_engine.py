@@ -412,3 +412,28 @@ def test_no_deprecated_cache_kwarg(model, tokenizer, prompts):
         batch = completion_batch(prompts, [i // 2 for i in range(6)], comps, 0, torch.device("cpu"))
         completion_logprobs(model, batch)
     assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def test_rollouts_in_another_precision_than_the_model(model, tokenizer, prompts):
+    """rollout.autocast = bfloat16 on an fp32 model: the same samples as the model set to
+    autocast bf16 (one code path), log-probs off the fp32 forward's by bf16 rounding (what
+    rollout/logprob_diff shows and train.tis_cap corrects), and the model itself untouched."""
+    import copy
+
+    from mathrl.models.precision import autocast_dtype, set_autocast
+
+    sampling = SamplingParams(n=4, max_new_tokens=12, seed=3)
+    low = HFEngine(model, tokenizer, batch_size=8, autocast="bfloat16").generate(prompts, sampling)
+    assert autocast_dtype(model) is None  # training still runs in fp32
+    as_model = copy.deepcopy(model)
+    set_autocast(as_model, "bfloat16")
+    same = HFEngine(as_model, tokenizer, batch_size=8).generate(prompts, sampling)
+    assert as_ids(low) == as_ids(same)
+    assert [c.logprobs for c in low.completions] == [c.logprobs for c in same.completions]
+    fp32 = recomputed_logprobs(model, low.completions)
+    gap = torch.cat(
+        [torch.tensor(c.logprobs) - e for c, e in zip(low.completions, fp32, strict=True)]
+    )
+    assert 1e-4 < float(gap.abs().mean()) < 0.2, float(gap.abs().mean())
+    with pytest.raises(MathrlError, match="rollout.autocast must be one of"):
+        HFEngine(model, tokenizer, autocast="int4")

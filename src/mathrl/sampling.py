@@ -110,6 +110,7 @@ def rollout_engine(
     options: dict[str, Any] = {
         "batch_size": batch_size or r.batch_size,
         "lean_decode": r.lean_decode,
+        "autocast": r.autocast,
     }
     if name in SERVER_ENGINES:
         if run_dir is None:

@@ -165,6 +165,11 @@ class RolloutConfig:
     """Llama/Qwen2 models decode with mathrl's lean step: the same samples and log-probs as
     transformers' forward, less overhead, each prompt's K/V shared by its group. Other
     architectures always use transformers' forward."""
+    autocast: str = "model"
+    """Precision of in-process rollouts: model (as model.autocast), or none / bfloat16 /
+    float16 whatever the trainer uses. Sampling in bf16 from an fp32 trainer is faster on
+    GPUs and AMX CPUs; its log-probs then differ (rollout/logprob_diff): pair it with
+    train.tis_cap."""
     server_url: str = ""
     """engine = "openai": the server's base URL (mathrl serve, vLLM, SGLang), e.g.
     http://127.0.0.1:8000."""

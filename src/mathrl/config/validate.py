@@ -30,6 +30,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "train.nonfinite": ("skip", "stop"),
     "eval.split": ("auto", "val", "test"),
     "rollout.weight_sync": ("load_weights", "vllm_lora", "none"),
+    "rollout.autocast": ("model", "none", "bfloat16", "float16"),
     "train.parallel": ("ddp",),
 }
 

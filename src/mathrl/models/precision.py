@@ -40,10 +40,15 @@ def autocast_dtype(model: nn.Module) -> torch.dtype | None:
     return getattr(model, _ATTR, None)
 
 
-@contextlib.contextmanager
-def forward_autocast(model: nn.Module) -> Iterator[None]:
+def forward_autocast(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """torch.autocast on the model's device in its dtype; nothing when it has none."""
-    dtype = autocast_dtype(model)
+    return autocast_to(model, autocast_dtype(model))
+
+
+@contextlib.contextmanager
+def autocast_to(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """torch.autocast on the model's device in `dtype` (None: nothing), whatever the model's
+    own setting: a sampler in another precision than the trainer (rollout.autocast)."""
     if dtype is None:
         yield
         return
@@ -72,9 +77,10 @@ def low_precision_weights_warning(params: list[torch.Tensor], lr: float) -> str 
 CPU_AUTOCAST_PAD_MULTIPLE = 32
 
 
-def pad_multiple(model: nn.Module) -> int:
-    """Round padded sequence widths up to this for `model`'s forwards (1: no rounding)."""
-    if autocast_dtype(model) is None:
+def pad_multiple(model: nn.Module, dtype: torch.dtype | None | str = "model") -> int:
+    """Round padded sequence widths up to this for `model`'s forwards under autocast to
+    `dtype` (default: the model's own) (1: no rounding)."""
+    if (autocast_dtype(model) if dtype == "model" else dtype) is None:
         return 1
     if next(model.parameters()).device.type != "cpu":
         return 1

@@ -31,7 +31,7 @@ from mathrl.models.logprobs import (
     output_cache,
     position_ids_from_mask,
 )
-from mathrl.models.precision import forward_autocast, pad_multiple
+from mathrl.models.precision import AUTOCAST_DTYPES, autocast_to, forward_autocast, pad_multiple
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.sampler import resolve_seeds, row_keys, sample_next, uniforms
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
@@ -71,9 +71,18 @@ class HFEngine(RolloutEngine):
         stop_token_ids: list[int] | None = None,
         reserve_kv: bool = True,
         lean_decode: bool = True,
+        autocast: str = "model",
     ) -> None:
         if batch_size < 1:
             raise MathrlError(f"batch_size must be >= 1, got {batch_size}")
+        if autocast != "model" and autocast not in AUTOCAST_DTYPES:
+            choices = ", ".join(["model", *AUTOCAST_DTYPES])
+            raise MathrlError(f"rollout.autocast must be one of {choices}, got {autocast!r}")
+        # "model": sample in the model's own precision (model.autocast); else in this one,
+        # whatever the trainer uses (the sampler's log-probs then differ: train.tis_cap)
+        self.autocast: torch.dtype | None | str = (
+            "model" if autocast == "model" else AUTOCAST_DTYPES[autocast]
+        )
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -83,6 +92,12 @@ class HFEngine(RolloutEngine):
         self.stop_token_ids = stop_token_ids or default_stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
+
+    def _precision(self) -> Any:
+        """The autocast context rollouts run under (see `autocast`)."""
+        if self.autocast == "model":
+            return forward_autocast(self.model)
+        return autocast_to(self.model, self.autocast)  # type: ignore[arg-type]
 
     def update_weights(self, model: nn.Module) -> None:
         """Sample from `model` from now on (weights are shared in-process: no copy)."""
@@ -110,7 +125,7 @@ class HFEngine(RolloutEngine):
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), forward_autocast(self.model):
+            with torch.inference_mode(), self._precision():
                 # Packed once per call (inside autocast: it casts its GEMM weights), reused
                 # by every chunk; the weights only change between calls.
                 lean = None
@@ -144,7 +159,7 @@ class HFEngine(RolloutEngine):
         if not sampling.is_greedy:
             u = uniforms(row_keys(seeds, n, device), sampling.max_new_tokens)
         t0 = time.perf_counter()
-        multiple = pad_multiple(self.model)  # bounded shapes under CPU autocast
+        multiple = pad_multiple(self.model, self.autocast)  # bounded shapes under autocast
         input_ids, attention_mask = left_pad(prompts, self.pad_id, device, multiple)  # (P, Lp)
         position_ids = position_ids_from_mask(attention_mask)  # (P, Lp)
         out = self.model(

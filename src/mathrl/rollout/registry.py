@@ -25,7 +25,9 @@ def _hf_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
     """In-process, KV-cached decoding on a transformers model (HFEngine)."""
     from mathrl.rollout.hf_engine import HFEngine  # torch + transformers: only when used
 
-    return HFEngine(model, tokenizer, **_pick(kwargs, "batch_size", "lean_decode", "reserve_kv"))
+    return HFEngine(
+        model, tokenizer, **_pick(kwargs, "batch_size", "lean_decode", "reserve_kv", "autocast")
+    )
 
 
 @ENGINES.register("openai")
