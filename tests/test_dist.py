@@ -130,9 +130,11 @@ def test_two_ranks_equal_one_process_sft(tmp_path, tiny_config, run_cli):
     assert la == pytest.approx(lb, abs=1e-5) and len(la) == 4
 
 
-def test_eval_splits_problems_over_ranks_and_one_process_commands_refuse(tmp_path, tiny_config):
+def test_eval_and_probe_split_problems_over_ranks_one_process_commands_refuse(
+    tmp_path, tiny_config
+):
     """`mathrl eval` on 2 ranks: the summary of 1 process (13 problems: 7 + 6, 3 samples
-    each), written once; `probe` runs in one process and says so."""
+    each), written once; `probe` likewise; `expert-iter` runs in one process and says so."""
     import json
 
     args = ["-c", tiny_config, "--model", "scratch", "--limit", "13"]
@@ -154,7 +156,17 @@ def test_eval_splits_problems_over_ranks_and_one_process_commands_refuse(tmp_pat
         [s["completion"] for s in r["samples"]] for r in rb
     ]
     assert (two.stdout + two.stderr).count("n_problems") == 1  # one table
-    r = torchrun(2, "probe", "-c", tiny_config, "--model", "scratch", "--out", tmp_path / "p")
+    # probe: the ranks split the prompts, the pass rates and verdict are one process's
+    # (no --n: torchrun's own parser takes `--n` for an abbreviation of one of its options)
+    probe = ["probe", "-c", tiny_config, "--model", "scratch", "--limit", "7"]
+    p1 = mathrl(*probe, "--set", "model.threads=1", "--out", tmp_path / "p1")
+    p2 = torchrun(2, *probe, "--set", "model.threads=1", "--out", tmp_path / "p2")
+    assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr + p2.stderr)[-3000:]
+    assert read_jsonl(tmp_path / "p1" / "pass_rates.jsonl") == read_jsonl(
+        tmp_path / "p2" / "pass_rates.jsonl"
+    )
+    assert (p2.stdout + p2.stderr).count("verdict:") == 1
+    r = torchrun(2, "expert-iter", "-c", tiny_config, "--out", tmp_path / "x")
     assert r.returncode != 0 and "launch it without torchrun" in r.stderr
 
 

@@ -128,6 +128,18 @@ def share(items: list[T]) -> tuple[int, list[T]]:
     return d.rank * k, items[d.rank * k : (d.rank + 1) * k]
 
 
+def my_indices(count: int) -> list[int]:
+    """This rank's indices of `count` items, strided (rank, rank + world, ...): shares
+    differ by at most one item, so any count splits."""
+    return list(range(count))[_current.rank :: _current.world]
+
+
+def gather_in_order(items: list[tuple[int, T]]) -> list[T]:
+    """Every rank's (index, item) pairs, on every rank, as one list ordered by index."""
+    pairs = [pair for part in gather(items) for pair in part]
+    return [item for _, item in sorted(pairs, key=lambda pair: pair[0])]
+
+
 def gather(obj: T) -> list[T]:
     """Every rank's `obj`, in rank order, on every rank (picklable objects)."""
     import torch.distributed as tdist

@@ -109,26 +109,31 @@ def probe_cmd(
     from mathrl.loggers import console
     from mathrl.sampling import rollout_engine
 
-    cfg, task, paths, out_dir = open_eval_run(config, sets, out, [model] if model else None)
-    m, tok = load_model_arg(cfg, task, paths[0], out_dir)
-    result = probe(
-        m,
-        tok,
-        task,
-        split=split,
-        limit=limit,
-        n=n,
-        group_size=group_size or cfg.train.group_size,
-        temperature=temperature if temperature is not None else cfg.rollout.temperature,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        batch_size=cfg.rollout.batch_size,
-        seed=cfg.seed,
-        reward_timeout_s=cfg.train.reward_timeout_s,
-        thresholds=ProbeThresholds(min_acc, max_acc, min_var),
-        out_dir=out_dir,
-        progress=not quiet,
-        engine=rollout_engine(cfg, m, tok),
-    )
+    with dist.joined():  # under torchrun the ranks split the prompts; rank 0 writes
+        cfg, task, paths, out_dir = open_eval_run(
+            config, sets, out, [model] if model else None, ranks=True
+        )
+        m, tok = load_model_arg(cfg, task, paths[0], out_dir)
+        result = probe(
+            m,
+            tok,
+            task,
+            split=split,
+            limit=limit,
+            n=n,
+            group_size=group_size or cfg.train.group_size,
+            temperature=temperature if temperature is not None else cfg.rollout.temperature,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            batch_size=cfg.rollout.batch_size,
+            seed=cfg.seed,
+            reward_timeout_s=cfg.train.reward_timeout_s,
+            thresholds=ProbeThresholds(min_acc, max_acc, min_var),
+            out_dir=out_dir,
+            progress=not quiet,
+            engine=rollout_engine(cfg, m, tok),
+        )
+    if not dist.speaks():  # rank 0 prints the table and the verdict
+        return
     shown = {k: v for k, v in result.stats.items() if k not in ("verdict", "verdict_reason")}
     print_table(f"probe {task.name} {split}", {"value": shown})
     console.print(

@@ -90,7 +90,10 @@ def relaunch(nproc: int) -> bool:
     # A signal reaches the ranks (forwarded by the launcher); they stop at the step boundary
     # and write a checkpoint, which may take a step's time: not the launcher's 30 s default.
     grace = ["--shutdown-timeout", os.environ.get("MATHRL_SHUTDOWN_TIMEOUT", "3600")]
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", *grace, "-m", "mathrl", *keep])
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", *grace, "-m", "mathrl"])
+    # set after parsing: torchrun's parser would read e.g. `--n 4` as an abbreviation of
+    # one of its own options
+    args.training_script_args = keep
     os.environ["MATHRL_COMMAND"] = shlex.join(["mathrl", *argv])  # for the resume line
     try:
         run(args)

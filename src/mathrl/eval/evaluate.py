@@ -92,7 +92,7 @@ def evaluate(
         n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=derive_seed(seed, 1)
     )
     ranks = dist.current()
-    mine = list(range(len(examples)))[ranks.rank :: ranks.world]  # ranks split the problems
+    mine = dist.my_indices(len(examples))  # ranks split the problems
     t0 = time.perf_counter()
     records: list[tuple[int, dict[str, Any]]] = []
     with contextlib.ExitStack() as stack:
@@ -112,8 +112,7 @@ def evaluate(
                 (j, _record(ex, gi[0], si)) for j, ex, gi, si in zip(js, exs, g, s, strict=True)
             ]
             advance(len(exs))
-    in_order = sorted((r for part in dist.gather(records) for r in part), key=lambda r: r[0])
-    records_all = [r for _, r in in_order]
+    records_all = dist.gather_in_order(records)
     elapsed = time.perf_counter() - t0
     summary: dict[str, Any] = {"split": split, **summarize(records_all, ks)}
     summary.update(n=n, ks=sorted(set(ks)), temperature=temperature, seed=seed)

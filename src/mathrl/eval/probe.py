@@ -25,12 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathrl import dist
 from mathrl.errors import ConfigError, DataError
 from mathrl.eval.evaluate import chunks, progress_bar
 from mathrl.eval.metrics import select_examples, token_entropy
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
+from mathrl.rollout.sampler import prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
 from mathrl.runtime import derive_seed
 from mathrl.sampling import sample_scored
@@ -159,21 +161,26 @@ def probe(
     prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
     if engine is None:
         engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
+    # A prompt's samples are seeded by its index: the same on any number of ranks, which
+    # split the prompts (torchrun) and then all hold every prompt's samples.
+    params = SamplingParams(
+        n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=derive_seed(seed, 0)
+    )
+    mine = dist.my_indices(len(examples))
     t0 = time.perf_counter()
-    samples: list[list[dict[str, Any]]] = []
+    scored: list[tuple[int, list[dict[str, Any]]]] = []
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
-        advance = stack.enter_context(progress_bar(progress, len(examples), f"probe {split}"))
-        for i, idx in enumerate(chunks(len(examples), batch_size // n)):
-            params = SamplingParams(
-                n=n,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                seed=derive_seed(seed, i),
-            )
-            exs, ps = [examples[j] for j in idx], [prompts[j] for j in idx]
-            samples += sample_scored(engine, pool, task, exs, ps, params)
+        shown = progress and dist.current().is_main
+        advance = stack.enter_context(progress_bar(shown, len(mine), f"probe {split}"))
+        for idx in chunks(len(mine), max(1, batch_size // n)):
+            js = [mine[i] for i in idx]
+            exs, ps = [examples[j] for j in js], [prompts[j] for j in js]
+            seeds = [prompt_seed(params.seed or 0, j) for j in js]
+            rows = sample_scored(engine, pool, task, exs, ps, params, seeds)
+            scored += zip(js, rows, strict=True)
             advance(len(exs))
+    samples = dist.gather_in_order(scored)
     elapsed = time.perf_counter() - t0
     stats = probe_stats(
         [[s["reward"] for s in row] for row in samples],
@@ -190,7 +197,7 @@ def probe(
     ]
     result = ProbeResult(stats, rates)
     if out_dir is not None:
-        write_probe(result, out_dir)
+        dist.on_main(lambda: write_probe(result, out_dir))  # rank 0 writes
     return result
 
 
