@@ -157,8 +157,8 @@ def test_eval_and_probe_split_problems_over_ranks_one_process_commands_refuse(
     ]
     assert (two.stdout + two.stderr).count("n_problems") == 1  # one table
     # probe: the ranks split the prompts, the pass rates and verdict are one process's
-    # (no --n: torchrun's own parser takes `--n` for an abbreviation of one of its options)
-    probe = ["probe", "-c", tiny_config, "--model", "scratch", "--limit", "7"]
+    # --samples, not --n: torchrun's own parser takes `--n` for one of its options
+    probe = ["probe", "-c", tiny_config, "--model", "scratch", "--limit", "9", "--samples", "4"]
     p1 = mathrl(*probe, "--set", "model.threads=1", "--out", tmp_path / "p1")
     p2 = torchrun(2, *probe, "--set", "model.threads=1", "--out", tmp_path / "p2")
     assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr + p2.stderr)[-3000:]

@@ -90,7 +90,15 @@ def probe_cmd(
     sets: SetOpt = None,
     split: Annotated[str, typer.Option(help="Split to probe (train for filtering).")] = "train",
     limit: Annotated[int, typer.Option(help="Prompts (seeded sample); 0 = all.")] = 256,
-    n: Annotated[int, typer.Option(help="Samples per prompt (>= 2).")] = 16,
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            "--samples",
+            help="Samples per prompt (>= 2); under torchrun write --samples (its parser "
+            "takes --n for one of its own options).",
+        ),
+    ] = 16,
     group_size: Annotated[
         int | None,
         typer.Option(help="G of the informative-group estimate (default train.group_size)."),
