@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import serve_in_thread
 from mathrl.data import make_task
 from mathrl.distill import (
     DistillOptions,
@@ -650,26 +651,9 @@ def test_ctrl_c_does_not_wait_for_hanging_requests(tiny_config, answers, tmp_pat
 
 @contextmanager
 def live(state):
-    """uvicorn on 127.0.0.1 and a free port, in a thread; yields the base URL (…/v1)."""
-    import uvicorn
-
-    from mathrl.serve.app import create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    """The server in a thread (conftest.serve_in_thread); yields the base URL (…/v1)."""
+    with serve_in_thread(state) as url:
+        yield url + "/v1"
 
 
 def test_distill_from_mathrl_serve_then_sft(run_cli, tiny_config, task_of, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import socket
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from conftest import serve_in_thread  # noqa: E402
 from mathrl.errors import MathrlError  # noqa: E402
 from mathrl.io import read_jsonl  # noqa: E402
 from mathrl.rollout.openai_engine import ServerError, parse_choices  # noqa: E402
@@ -26,28 +26,12 @@ from mathrl.rollout.openai_engine import ServerError, parse_choices  # noqa: E40
 @contextmanager
 def serving(model_dir: Path, weights_root: Path, **kw):
     """mathrl serve on a free 127.0.0.1 port in a thread; yields (state, base URL)."""
-    import uvicorn
-
-    from mathrl.serve.app import create_app
     from mathrl.serve.launch import build_state
 
     sets = ["model.threads=2", "rollout.batch_size=16"]
     state = build_state(str(model_dir), None, sets, name="tiny", weights_root=weights_root, **kw)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield state, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_in_thread(state) as url:
+        yield state, url
 
 
 def test_grpo_through_mathrl_serve_equals_in_process(tmp_path, run_train, same_run):

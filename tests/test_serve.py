@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,6 +20,7 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
 import mathrl.cli.serve  # noqa: E402,F401  registers `mathrl serve` on the CLI app
+from conftest import serve_in_thread  # noqa: E402
 from mathrl.models.loading import load_model  # noqa: E402
 from mathrl.models.scratch import build_scratch_model  # noqa: E402
 from mathrl.rollout.sampler import prompt_seed  # noqa: E402
@@ -63,27 +60,9 @@ def make_state(models, **kw):
     return build_state(str(models["a"]), None, sets, name="tiny", **kw)
 
 
-@contextmanager
 def live(state):
-    """uvicorn on 127.0.0.1 and a free port, in a thread; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(state), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    """The server in a thread (conftest.serve_in_thread); yields the base URL."""
+    return serve_in_thread(state)
 
 
 @pytest.fixture(scope="module")
