@@ -27,8 +27,10 @@ def load_run_config(
     that run data-parallel (ranks=True: train, sft) may start: the others would run once
     per rank into the same directory."""
     from mathrl import dist
+    from mathrl.config import Config
 
-    if dist.launched() and not ranks:
+    # a Config object comes from a run already started (the end-of-run suite on rank 0)
+    if dist.launched() and not ranks and not isinstance(config, Config):
         raise MathrlError(
             "this command runs in one process: launch it without torchrun (data-parallel "
             "runs: mathrl train and mathrl sft)"

@@ -214,7 +214,9 @@ class OpenAIEngine(RolloutEngine):
             "max_tokens": sampling.max_new_tokens,
             "temperature": 0.0 if sampling.is_greedy else sampling.temperature,
             "top_p": sampling.top_p,
-            "seed": seed % 2**64,
+            # as a signed int64 (vLLM refuses seeds >= 2^63); the same stream (row_keys
+            # reduces seeds mod 2^64)
+            "seed": (seed % 2**64) - (2**64 if seed % 2**64 >= 2**63 else 0),
             "logprobs": 0,
             "return_token_ids": True,
         }
