@@ -170,10 +170,16 @@ def all_reduce_grads(model: Any) -> None:
 
     if _current.world == 1:
         return
-    for p in model.parameters():  # a rank whose micro-batches missed a parameter: zeros
-        if p.requires_grad and p.grad is None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # A parameter no rank gave a gradient stays without one, as in one process (AdamW then
+    # skips it: no weight decay, no momentum step); one some rank missed gets zeros there.
+    has = torch.tensor([float(p.grad is not None) for p in params], device=_device())
+    _collective(partial(tdist.all_reduce, has), "summing gradients")
+    params = [p for p, n in zip(params, has.tolist(), strict=True) if n > 0]
+    for p in params:
+        if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for g in grads:
         by_dtype.setdefault(g.dtype, []).append(g)
