@@ -28,6 +28,7 @@ from mathrl.data import PromptStream, training_examples
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardPool, RewardResult
+from mathrl.rl.backend import ops
 from mathrl.rollout.types import Completion
 from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Example, Task
@@ -150,7 +151,8 @@ def train_on_buffer(
 ) -> int:
     """Train from a buffer file: consecutive chunks of prompts_per_step groups, one step each."""
     t = cfg.train
-    optimizer, scheduler, state, _ = rl.optimizer_state(cfg, model, resume_from)
+    b = ops(cfg)
+    optimizer, scheduler, state, _ = b.optimizer_state(cfg, model, resume_from)
     groups = load_buffer(path, t.group_size)
     chunks = [groups[i : i + t.prompts_per_step] for i in range(0, len(groups), t.prompts_per_step)]
     if n_steps is not None:
@@ -158,15 +160,15 @@ def train_on_buffer(
     if not chunks:
         raise DataError(f"Rollout buffer {path} is empty")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ref = rl.reference_model(cfg, model)
+    ref = b.reference_model(cfg, model)
     for chunk in chunks:
         t0 = time.perf_counter()
         rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)
-        advantages = rl.advantages_for(cfg, state, rewards)
+        advantages = b.advantages_for(cfg, state, rewards)
         model.train()
         metrics = reward_metrics(chunk)
         metrics.update(
-            rl.train_step(
+            b.train_step(
                 cfg, model, ref, optimizer, chunk, advantages, pad_id, rollout_logprobs=True
             )
         )
@@ -178,7 +180,7 @@ def train_on_buffer(
         )
         logger.log(metrics, state.step)
     model.eval()
-    rl.save_checkpoint(
+    b.save_checkpoint(
         cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint
     )
     return state.step

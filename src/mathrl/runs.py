@@ -386,6 +386,10 @@ def load_model_arg(cfg: Any, task: Any, path: str, out_dir: Path) -> tuple[Any, 
         scratch_cfg = copy.deepcopy(cfg)
         scratch_cfg.model.path = "scratch"
         return load_policy(scratch_cfg, task, out_dir)
+    if cfg.backend == "mlx":
+        from mathrl.models.mlx_model import load_mlx_model
+
+        return load_mlx_model(source, dtype=cfg.model.dtype)
     return load_model(
         source, dtype=cfg.model.dtype, device=cfg.model.device, autocast=cfg.model.autocast
     )

@@ -144,6 +144,10 @@ def load_policy(
                 )
             )
         source = str(scratch_dir)
+    if cfg.backend == "mlx":
+        from mathrl.models.mlx_model import load_mlx_model
+
+        return load_mlx_model(source, dtype=cfg.model.dtype)
     use_lora = cfg.model.lora.r > 0
     model, tokenizer = load_model(
         source,

@@ -106,7 +106,7 @@ def rollout_engine(
     model in hand, with "hf".
     """
     r = cfg.rollout
-    name = r.engine
+    name = "mlx" if cfg.backend == "mlx" else r.engine  # MLX samples in-process, always
     options: dict[str, Any] = {
         "batch_size": batch_size or r.batch_size,
         "lean_decode": r.lean_decode,

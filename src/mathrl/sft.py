@@ -9,6 +9,7 @@ run sees the same batches. Batches are sorted by length so padding stays small.
 from __future__ import annotations
 
 import functools
+import math
 import random
 import time
 from collections.abc import Callable
@@ -117,21 +118,12 @@ def train_sft(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
     """Run SFT for `steps` (default sft.steps); returns the final step."""
-    from mathrl.models.logprobs import pad_batch
-
     s = cfg.sft
     steps = s.steps if steps is None else steps
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, s.lr, s.weight_decay)
-    step = 0
-    if resume_from is not None:
-        saved = ckpt_mod.load_trainer_state(resume_from)
-        optimizer.load_state_dict(saved["optimizer"])
-        step = int(saved["step"])
+    learner = sft_learner(cfg, model, resume_from)  # the backend's optimizer and update
+    step = learner.step
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = max(1, cfg.train.micro_batch_size)
-    multiple = pad_multiple(model)
     model.train()
     ranks = dist.current()
     while step < steps:
@@ -140,26 +132,18 @@ def train_sft(
         encoded = sft_batch(cfg, tokenizer, sampler, step)  # the whole batch, on every rank
         n_tokens = sum(len(ids) - p for ids, p in encoded)  # what the loss is divided by
         mine = encoded[ranks.rank :: ranks.world]  # this rank's share, lengths balanced
-        optimizer.zero_grad(set_to_none=True)
+        learner.zero_grad()
         total = 0.0
         for i in range(0, len(mine), micro):
-            chunk = mine[i : i + micro]
-            ids, attn, mask = pad_batch(
-                [c[0] for c in chunk], [c[1] for c in chunk], pad_id, device, multiple
-            )
-            loss_sum, _ = sft_loss(model, ids, attn, mask)
-            (loss_sum / n_tokens).backward()
-            total += loss_sum.item()
-        dist.all_reduce_grads(model)  # sums over ranks (nothing to do with one)
+            total += learner.accumulate(mine[i : i + micro], n_tokens, pad_id)
         (total,) = dist.all_sum([total])
-        grad_norm = clip_gradients(model, cfg.train.grad_clip)
-        if not torch.isfinite(grad_norm):
+        grad_norm = learner.update(cfg.train.grad_clip)  # gradients summed over ranks
+        if not math.isfinite(grad_norm):
             raise MathrlError(f"SFT step {step}: non-finite gradient; lower sft.lr")
-        optimizer.step()
         step += 1
         metrics = {
             "sft/loss": total / n_tokens,
-            "sft/grad_norm": float(grad_norm),
+            "sft/grad_norm": grad_norm,
             "sft/tokens": n_tokens,
             "time/step_s": time.perf_counter() - t0,
         }
@@ -167,9 +151,7 @@ def train_sft(
         if on_step is not None:
             on_step(step, metrics)
 
-        write = functools.partial(
-            save_sft_checkpoint, cfg, run_dir, model, tokenizer, optimizer, step, fingerprint
-        )
+        write = functools.partial(learner.save, cfg, run_dir, model, tokenizer, step, fingerprint)
 
         def save(write: Callable[[], Path] = write) -> Path:
             return dist.on_main(write)  # rank 0 writes
@@ -179,6 +161,58 @@ def train_sft(
         stopping.check(step, save if cfg.checkpoint.on_signal else None, saved)
     model.eval()
     return step
+
+
+def sft_learner(cfg: Config, model: Any, resume_from: Path | None) -> Any:
+    """The backend's SFT optimizer and update: TorchSFT here, rl/mlx_step.py's MlxSFT."""
+    if cfg.backend == "mlx":
+        from mathrl.rl.mlx_step import MlxSFT
+
+        return MlxSFT(cfg, model, resume_from)
+    return TorchSFT(cfg, model, resume_from)
+
+
+class TorchSFT:
+    """AdamW on the trainable parameters; response-token cross-entropy, micro-batched."""
+
+    def __init__(self, cfg: Config, model: Any, resume_from: Path | None) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.multiple = pad_multiple(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(params, cfg.sft.lr, cfg.sft.weight_decay)
+        self.step = 0
+        if resume_from is not None:
+            saved = ckpt_mod.load_trainer_state(resume_from)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.step = int(saved["step"])
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def accumulate(self, chunk: list[Encoded], n_tokens: int, pad_id: int) -> float:
+        """Backward of the chunk's summed loss / n_tokens; returns the summed loss."""
+        from mathrl.models.logprobs import pad_batch
+
+        ids, attn, mask = pad_batch(
+            [c[0] for c in chunk], [c[1] for c in chunk], pad_id, self.device, self.multiple
+        )
+        loss_sum, _ = sft_loss(self.model, ids, attn, mask)
+        (loss_sum / n_tokens).backward()
+        return float(loss_sum.item())
+
+    def update(self, grad_clip: float) -> float:
+        """Sum gradients over ranks, clip, step (not on a non-finite norm); the norm."""
+        dist.all_reduce_grads(self.model)  # nothing to do with one rank
+        grad_norm = float(clip_gradients(self.model, grad_clip))
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        return grad_norm
+
+    def save(
+        self, cfg: Config, run_dir: Path, model: Any, tokenizer: Any, step: int, fp: str
+    ) -> Path:
+        return save_sft_checkpoint(cfg, run_dir, model, tokenizer, self.optimizer, step, fp)
 
 
 def sft_batch(

@@ -38,15 +38,8 @@ from mathrl.eval.evaluate import heldout_metrics
 from mathrl.io import append_jsonl
 from mathrl.loggers import warn
 from mathrl.rewards import RewardPool
-from mathrl.rl import (
-    TrainState,
-    advantages_for,
-    optimizer_state,
-    reference_model,
-    save_checkpoint,
-    step_scheduler,
-    train_step,
-)
+from mathrl.rl import TrainState, step_scheduler
+from mathrl.rl.backend import ops
 from mathrl.rollout.registry import SERVER_ENGINES
 from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Task
@@ -66,10 +59,11 @@ def train(
     t = cfg.train
     ranks = dist.current()
     check_parallel(cfg, ranks.world)
-    optimizer, scheduler, state, saved = optimizer_state(cfg, model, resume_from)
+    b = ops(cfg)  # the backend's optimizer, reference, advantages, step and checkpoint
+    optimizer, scheduler, state, saved = b.optimizer_state(cfg, model, resume_from)
     if resume_from is not None and ranks.is_main:
         ckpt_mod.truncate_logs(run_dir, state.step)
-    ref = reference_model(cfg, model)
+    ref = b.reference_model(cfg, model)
     engine = rollout_engine(cfg, model, tokenizer, run_dir=run_dir)
     stream = PromptStream(training_examples(cfg, task), cfg.seed, state)
     eval_split = heldout_split(cfg, task)
@@ -104,7 +98,7 @@ def train(
                 pending = None
             metrics["rollout/staleness"] = float(staleness)
             rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
-            advantages = advantages_for(cfg, state, rewards)  # (B,)
+            advantages = b.advantages_for(cfg, state, rewards)  # (B,)
             metrics.update(reward_metrics(groups))
             if groups and bool(zero_std_mask(rewards, t.group_size).all()):
                 warn(
@@ -115,7 +109,7 @@ def train(
             t_train = time.perf_counter()
             my_advantages = advantages[first_row : first_row + sum(len(g.rewards) for g in mine)]
             metrics.update(
-                train_step(
+                b.train_step(
                     cfg,
                     model,
                     ref,
@@ -164,7 +158,7 @@ def train(
                 # prompts again (same seeds, from the checkpoint's weights). Rank 0 writes.
                 with rewound(state, used):
                     return dist.on_main(
-                        lambda: save_checkpoint(
+                        lambda: b.save_checkpoint(
                             cfg,
                             run_dir,
                             model,

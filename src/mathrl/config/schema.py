@@ -25,6 +25,7 @@ from mathrl.config.sections import (
     WarmupConfig,
 )
 from mathrl.config.validate import (
+    check_backend,
     check_choices,
     check_model_and_data,
     check_sampling,
@@ -40,6 +41,10 @@ class Config:
 
     seed: int = 0
     """Seed of python, numpy and torch RNGs and of sampling."""
+    backend: str = "torch"
+    """Where the model runs and trains: torch (CPU, CUDA, MPS; torchrun) or mlx (Apple
+    silicon through mlx-lm; mlx[cpu] on Linux; pip install 'mathrl[mlx]'). Same configs,
+    commands and outputs; a key MLX does not support stops the run naming it."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -56,6 +61,7 @@ class Config:
     def __post_init__(self) -> None:
         """Range and cross-field checks; the first failure raises a ConfigError naming its key."""
         check_choices(self)
+        check_backend(self)
         check_train(self.train, self.rollout, self.sft)
         check_sampling(self.rollout, self.eval)
         check_task(self.task, self.data)

@@ -15,6 +15,7 @@ from typing import Any
 import mathrl.config.sections as s
 from mathrl.algorithms import ADVANTAGES, AGG_MODES, KL_ESTIMATORS, NEEDS_GROUPS, POLICY_LOSSES
 from mathrl.errors import ConfigError
+from mathrl.models.backends import BACKENDS
 from mathrl.registry import Registry
 from mathrl.rewards import GRADERS, PROMPT_STYLES, REWARD_SCHEMES
 from mathrl.rewards.functions import check_specs
@@ -35,6 +36,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 REGISTRY_CHOICES: dict[str, Registry[Any]] = {
+    "backend": BACKENDS,
     "task.prompt_style": PROMPT_STYLES,
     "task.reward_scheme": REWARD_SCHEMES,
     "task.grader": GRADERS,
@@ -74,6 +76,38 @@ def check_choices(cfg: Any) -> None:
             hint = difflib.get_close_matches(str(value), allowed, n=1)
             tip = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(f"Invalid {key} '{value}'{tip}; choose one of: {', '.join(allowed)}")
+
+
+MLX_UNSUPPORTED: dict[str, Any] = {
+    # key -> the only value(s) the MLX backend runs with (a tuple: any of them)
+    "model.autocast": ("auto", "none"),
+    "rollout.autocast": ("model", "none"),
+    "model.device": ("auto", "cpu"),
+    "model.lora.r": (0,),
+}
+
+
+def check_backend(cfg: Any) -> None:
+    """Keys the MLX backend does not support, refused by name (it is one process: torchrun
+    is refused when the ranks start)."""
+    if cfg.backend != "mlx":
+        _check(
+            cfg.rollout.engine != "mlx",
+            "rollout.engine = 'mlx' needs backend = 'mlx' (the MLX model samples itself)",
+        )
+        return
+    for key, ok in MLX_UNSUPPORTED.items():
+        value = get_value(cfg, key)
+        _check(
+            value in ok,
+            f"{key} = {value!r} is not supported with backend = 'mlx' "
+            f"(use {' or '.join(repr(v) for v in ok)}, or backend = 'torch')",
+        )
+    _check(
+        cfg.rollout.engine in ("hf", "mlx"),
+        f"rollout.engine = {cfg.rollout.engine!r} is not supported with backend = 'mlx' "
+        "(it samples in-process with MLX: 'hf', the default, means 'mlx' there)",
+    )
 
 
 def check_train(t: s.TrainConfig, r: s.RolloutConfig, sft: s.SFTConfig) -> None:

@@ -146,3 +146,46 @@ def save_mlx_model(model: Any, tokenizer: Any, out: Path) -> None:
             (source / "generation_config.json").read_bytes()
         )
     tokenizer.save_pretrained(out)
+
+
+def completion_arrays(
+    prompts: list[list[int]], completions: list[list[int]], pad_id: int
+) -> tuple[Any, Any, Any]:
+    """Rows `prompt + completion`, right-padded: (ids (B, L), pos (B, T), mask (B, T)).
+
+    Right padding keeps every real token at its unpadded position (a causal mask never
+    lets it see the padding after it), so no attention mask is needed. pos[i, j] is where
+    the logits predicting completion token j of row i sit; mask marks real tokens.
+    """
+    import mlx.core as mx
+    import numpy as np
+
+    rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+    width = max(len(r) for r in rows)
+    t = max(1, max(len(c) for c in completions))
+    ids = np.full((len(rows), width), pad_id, dtype=np.int32)
+    pos = np.zeros((len(rows), t), dtype=np.int32)
+    mask = np.zeros((len(rows), t), dtype=np.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids[i, : len(p) + len(c)] = p + c
+        pos[i, : len(c)] = np.arange(len(p) - 1, len(p) - 1 + len(c))
+        mask[i, : len(c)] = 1.0
+    return mx.array(ids), mx.array(pos), mx.array(mask)
+
+
+def completion_logprobs_mlx(
+    model: Any, ids: Any, pos: Any, return_entropy: bool = False
+) -> tuple[Any, Any]:
+    """(B, T) log-probs of the completion tokens (float32) and, if asked, their entropies
+    (None otherwise), from one forward over the right-padded rows of completion_arrays."""
+    import mlx.core as mx
+
+    from mathrl.algorithms.mlx_forms import selective_logprobs_mlx, token_entropy_mlx
+
+    logits = model(ids[:, :-1]).astype(mx.float32)  # position k predicts token k + 1
+    # gather the completion positions first: (B, T, V) instead of (B, L, V) afterwards
+    picked = mx.take_along_axis(logits, pos[:, :, None], axis=1)
+    targets = mx.take_along_axis(ids, pos + 1, axis=1)
+    logprobs = selective_logprobs_mlx(picked, targets)
+    entropy = token_entropy_mlx(picked) if return_entropy else None
+    return logprobs, entropy

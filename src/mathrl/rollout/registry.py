@@ -30,6 +30,14 @@ def _hf_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
     )
 
 
+@ENGINES.register("mlx")
+def _mlx_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
+    """In-process, KV-cached decoding on an mlx-lm model (backend = "mlx"): MLXEngine."""
+    from mathrl.rollout.mlx_engine import MLXEngine
+
+    return MLXEngine(model, tokenizer, **_pick(kwargs, "batch_size"))
+
+
 @ENGINES.register("openai")
 def _openai_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
     """Rollouts from an OpenAI-compatible server (mathrl serve, vLLM): OpenAIEngine."""

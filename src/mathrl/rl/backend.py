@@ -1,0 +1,64 @@
+"""The RL step's backend-specific functions, picked by the config's `backend`.
+
+The loop (trainer.py) calls these five through `ops(cfg)`; each backend's versions have
+the same signatures and results (rl/step.py + rl/state.py for torch, rl/mlx_step.py for
+MLX). Everything else in the loop is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mathrl.config import Config
+
+
+@dataclass(frozen=True)
+class Ops:
+    optimizer_state: Callable[..., Any]
+    reference_model: Callable[..., Any]
+    advantages_for: Callable[..., Any]
+    train_step: Callable[..., Any]
+    save_checkpoint: Callable[..., Any]
+
+
+def ops(cfg: Config) -> Ops:
+    """The configured backend's step functions (MLX's module is imported only when used)."""
+    if cfg.backend == "mlx":
+        from mathrl.rl import mlx_step as m
+
+        check_mlx_forms(cfg)
+    else:
+        from mathrl.rl import state, step
+
+        return Ops(
+            state.optimizer_state,
+            step.reference_model,
+            step.advantages_for,
+            step.train_step,
+            state.save_checkpoint,
+        )
+    return Ops(
+        m.optimizer_state, m.reference_model, m.advantages_for, m.train_step, m.save_checkpoint
+    )
+
+
+def check_mlx_forms(cfg: Config) -> None:
+    """A variant registered in torch form only (a user's own loss) stops an MLX run,
+    naming the key, before any work."""
+    from mathrl.algorithms import mlx_forms as f
+    from mathrl.errors import ConfigError
+
+    t = cfg.train
+    for key, name, registry, label in (
+        ("train.algorithm", t.algorithm, f.MLX_ADVANTAGES, "MLX_ADVANTAGES"),
+        ("train.policy_loss", t.policy_loss, f.MLX_POLICY_LOSSES, "MLX_POLICY_LOSSES"),
+        ("train.loss_agg", t.loss_agg, f.MLX_AGG_MODES, "MLX_AGG_MODES"),
+        ("train.kl_estimator", t.kl_estimator, f.MLX_KL_ESTIMATORS, "MLX_KL_ESTIMATORS"),
+    ):
+        if name not in registry:
+            raise ConfigError(
+                f"{key} = {name!r} has no MLX form: register one in "
+                f"mathrl.algorithms.mlx_forms.{label}, or use backend = 'torch'"
+            )
