@@ -10,6 +10,7 @@ is in mathrl.runs and the layers below; heavy imports happen inside the commands
     report.py     report, compare
     quickstart.py quickstart, config presets
     export.py     export (a checkpoint as a plain HF dir, LoRA merged)
+    convert.py    convert (a model as an mlx-lm dir, float or quantised, and back to HF)
     serve.py      serve (an OpenAI-compatible HTTP server on the rollout engine)
     distill.py    distill (teacher traces from an OpenAI-compatible endpoint, as SFT pairs)
 """
@@ -26,6 +27,7 @@ COMMAND_MODULES = (
     "eval",
     "report",
     "export",
+    "convert",
     "serve",
     "distill",
     "basic",
