@@ -122,6 +122,22 @@ def open_run(
     return task, dist.on_main(prepare)  # rank 0 writes; every rank gets the same dir
 
 
+def join_ranks(cfg: Any) -> None:
+    """Check the backend can run here, then (torchrun) join the ranks; the MLX backend
+    runs in one process, so several ranks are refused before any work."""
+    import os
+
+    from mathrl import dist
+    from mathrl.models.backends import require_backend
+
+    require_backend(cfg.backend)
+    if cfg.backend != "torch" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MathrlError(
+            f"backend = {cfg.backend!r} runs in one process: run it without torchrun / --nproc"
+        )
+    dist.init(cfg.train.collective_timeout_s, cfg.model.device)
+
+
 def start_training_run(
     config: Any,
     sets: list[str] | None,
@@ -137,12 +153,11 @@ def start_training_run(
     model to start from is None for the configured model.
     """
     from mathrl import checkpoint as ckpt_mod
-    from mathrl import dist
     from mathrl.runtime import resume_point
     from mathrl.sampling import check_rollout_server
 
     cfg = load_run_config(config, sets, quiet, ranks=True)
-    dist.init(cfg.train.collective_timeout_s, cfg.model.device)  # torchrun: join the ranks
+    join_ranks(cfg)  # torchrun: join the ranks
     check_rollout_server(cfg)
     task, run_dir = open_run(cfg, out, resume, fresh=True)
     resume_from = (
@@ -410,7 +425,7 @@ def open_eval_run(
     from mathrl.io import atomic_write_text
 
     cfg = load_run_config(config, sets, ranks=ranks)
-    dist.init(cfg.train.collective_timeout_s, cfg.model.device)  # torchrun: join the ranks
+    join_ranks(cfg)  # torchrun: join the ranks
     paths = models or [cfg.model.path]
     for path in paths:
         resolve_model(path)  # fail on a bad path before writing anything

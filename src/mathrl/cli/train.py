@@ -23,6 +23,7 @@ from mathrl.cli.options import (
 from mathrl.errors import MathrlError
 from mathrl.runs import (
     finish_run,
+    join_ranks,
     load_run_config,
     make_logger,
     open_run,
@@ -109,7 +110,7 @@ def sft_cmd(
     n = steps if steps is not None else cfg.sft.steps
     if n <= 0:
         raise MathrlError("Nothing to do: set --steps N or sft.steps > 0")
-    dist.init(cfg.train.collective_timeout_s, cfg.model.device)  # torchrun: join the ranks
+    join_ranks(cfg)  # torchrun: join the ranks
     with dist.joined():
         _sft(cfg, out, data, n, resume, allow_config_change)
 

@@ -39,7 +39,9 @@ def require_mlx() -> None:
     """Raise one line naming the extra when mlx or mlx-lm is missing."""
     missing = [m for m in ("mlx", "mlx_lm") if importlib.util.find_spec(m) is None]
     if missing:
-        raise MathrlError(f"backend = 'mlx' needs {' and '.join(missing)}: {MLX_EXTRA}")
+        raise MathrlError(
+            f"MLX (backend = 'mlx', convert) needs {' and '.join(missing)}: {MLX_EXTRA}"
+        )
 
 
 def config_overrides(model_dir: Path) -> dict[str, Any]:
