@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mathrl-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast quickstart lint format bench bench-dist clean
+.PHONY: setup test test-fast quickstart lint format bench bench-dist bench-mlx clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,9 @@ quickstart: setup
 MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/mathrl/registry.py \
 	src/mathrl/errors.py src/mathrl/eval/metrics.py src/mathrl/rollout/http.py src/mathrl/distill \
 	src/mathrl/cli/app.py src/mathrl/rollout/openai_engine.py src/mathrl/rollout/sampler.py \
-	src/mathrl/models/identity.py src/mathrl/dist.py src/mathrl/stopping.py
+	src/mathrl/models/identity.py src/mathrl/dist.py src/mathrl/stopping.py \
+	src/mathrl/rollout/mlx_engine.py src/mathrl/models/mlx_convert.py src/mathrl/models/backends.py \
+	src/mathrl/rl/backend.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench
@@ -54,6 +56,9 @@ bench: setup
 
 bench-dist: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_dist.py --runs 3
+
+bench-mlx: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_mlx.py --steps 5
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
