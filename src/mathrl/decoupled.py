@@ -180,9 +180,7 @@ def train_on_buffer(
         )
         logger.log(metrics, state.step)
     model.eval()
-    b.save_checkpoint(
-        cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint
-    )
+    b.save_checkpoint(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
     return state.step
 
 
