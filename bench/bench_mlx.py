@@ -100,6 +100,26 @@ class Side:
         }
 
 
+def gemm_gflops(n: int, reps: int = 5) -> dict[str, float]:
+    """fp32 n x n GEMM GFLOP/s of mlx and torch on these cores (after one warm-up product)."""
+    import mlx.core as mx
+    import torch
+
+    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    mx.eval(a @ b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        mx.eval(a @ b)
+    mlx_s = (time.perf_counter() - t0) / reps
+    ta, tb = torch.randn(n, n), torch.randn(n, n)
+    ta @ tb
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        ta @ tb
+    torch_s = (time.perf_counter() - t0) / reps
+    return {"mlx": 2 * n**3 / mlx_s / 1e9, "torch": 2 * n**3 / torch_s / 1e9}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="measured steps per backend")
@@ -109,6 +129,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
+    gemm = {n: gemm_gflops(n) for n in (256, 1024)}
+    for n, g in gemm.items():
+        print(f"fp32 GEMM {n}^3: mlx {g['mlx']:.1f} GFLOP/s, torch {g['torch']:.1f} GFLOP/s")
     data = gsm8k_dir()
     from mathrl.config import load_config
     from mathrl.data import make_task
