@@ -145,9 +145,7 @@ def load_policy(
             )
         source = str(scratch_dir)
     if cfg.backend == "mlx":
-        from mathrl.models.mlx_model import load_mlx_model
-
-        return load_mlx_model(source, dtype=cfg.model.dtype)
+        return load_mlx_policy(cfg, source)
     use_lora = cfg.model.lora.r > 0
     model, tokenizer = load_model(
         source,
@@ -163,6 +161,27 @@ def load_policy(
             check_adapters(model, cfg, source)
         else:
             model = apply_lora(model, cfg, base=source)
+    return model, tokenizer
+
+
+def load_mlx_policy(cfg: Config, source: str) -> tuple[Any, Any]:
+    """load_policy on MLX: the model, with trainable LoRA adapters under model.lora (its
+    own when `source` holds matching ones, else new ones)."""
+    from mathrl.models.mlx_model import add_lora, load_mlx_model, lora_settings
+
+    lc = cfg.model.lora
+    model, tokenizer = load_mlx_model(source, dtype=cfg.model.dtype, train_adapters=lc.r > 0)
+    if lc.r > 0:
+        found = lora_settings(model)
+        if found is None:
+            add_lora(model, lc.r, lc.alpha, lc.dropout, list(lc.targets), cfg.seed)
+        elif found != (lc.r, lc.alpha, set(lc.targets)):
+            r, alpha, targets = found
+            raise MathrlError(
+                f"{source} holds LoRA adapters with r={r}, alpha={alpha:g}, "
+                f"targets={sorted(targets)}, but model.lora says r={lc.r}, alpha={lc.alpha:g}, "
+                f"targets={sorted(lc.targets)}: set model.lora to match to train them on"
+            )
     return model, tokenizer
 
 

@@ -33,7 +33,8 @@ class ScratchConfig:
 
 @dataclass
 class LoraConfig:
-    """Optional LoRA adapters (needs the peft extra); r = 0 trains all weights."""
+    """Optional LoRA adapters (torch: the peft extra; MLX: mlx-lm's LoRA layers); r = 0 trains
+    all weights."""
 
     r: int = 0
     """LoRA rank; 0 disables LoRA."""

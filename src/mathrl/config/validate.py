@@ -83,7 +83,6 @@ MLX_UNSUPPORTED: dict[str, Any] = {
     "model.autocast": ("auto", "none"),
     "rollout.autocast": ("model", "none"),
     "model.device": ("auto", "cpu"),
-    "model.lora.r": (0,),
 }
 
 

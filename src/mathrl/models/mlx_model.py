@@ -16,8 +16,11 @@ back *silently* to their own default (1e6 for Qwen2), which changes every logit.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +75,13 @@ def local_model_dir(path: str, cache_dir: str | Path | None = None) -> Path:
             raise MathrlError(f"cannot load model from {path}: no such file")
         return convert_gguf(local, cache_dir)
     if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise MathrlError(f"cannot load model from {path}: the directory has no config.json")
-        if (local / "adapter_config.json").is_file():
+        if (local / "adapter_config.json").is_file() and not is_mlx_adapter_dir(local):
             raise MathrlError(
                 f"{path} holds torch (peft) LoRA adapters, which the MLX backend does not "
                 "load: merge them first with `mathrl export --merge`"
             )
+        if not (local / "config.json").is_file():
+            raise MathrlError(f"cannot load model from {path}: the directory has no config.json")
         return local
     if path.startswith(("/", "./", "../", "~")):
         raise MathrlError(f"cannot load model from {path}: no such file or directory")
@@ -93,12 +96,16 @@ def local_model_dir(path: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def load_mlx_model(
-    path: str, dtype: str = "auto", cache_dir: str | Path | None = None
+    path: str,
+    dtype: str = "auto",
+    cache_dir: str | Path | None = None,
+    train_adapters: bool = False,
 ) -> tuple[Any, Any]:
     """(mlx-lm model in eval mode, transformers tokenizer ready for chat generation).
 
     dtype: float32 (auto) / bfloat16 / float16 for the float weights; quantised layers of
-    an MLX dir stay quantised.
+    an MLX dir stay quantised. A dir with mlx-lm adapters loads them merged into the
+    weights, or (train_adapters) as trainable LoRA layers on the frozen base.
     """
     require_mlx()
     import mlx.core as mx
@@ -116,10 +123,36 @@ def load_mlx_model(
         raise MathrlError(f"mlx-lm cannot load {path}: {e}") from None
     target = getattr(mx, DTYPE_NAMES[dtype])
     model.set_dtype(target)  # floating-point parameters only; quantised ones are uint32
+    if is_mlx_adapter_dir(model_dir):
+        _load_adapters(model, model_dir, merge=not train_adapters)
     model.eval()
     model.name_or_path = str(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     return model, prepare_tokenizer(tokenizer)
+
+
+def _load_adapters(model: Any, model_dir: Path, merge: bool) -> None:
+    """Apply the adapters saved in model_dir: merged (plain weights again) or trainable."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    config = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    model.freeze()
+    linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"])
+    weights = mx.load(str(model_dir / ADAPTERS_FILE))
+    expected = adapter_weights(model)
+    if weights.keys() != expected.keys():
+        raise MathrlError(
+            f"{model_dir / ADAPTERS_FILE} does not fit the adapters of {ADAPTER_CONFIG}"
+        )
+    model.update(tree_unflatten(list(weights.items())))
+    if merge:
+        fused = [(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "lora_a")]
+        model.update_modules(tree_unflatten(fused))
+        model.unfreeze()
+    else:
+        model.lora_config = config
 
 
 def model_config(model: Any) -> dict[str, Any]:
@@ -136,7 +169,14 @@ def save_mlx_model(model: Any, tokenizer: Any, out: Path) -> None:
     from mlx_lm.utils import save_config, save_model
 
     out.mkdir(parents=True, exist_ok=True)
-    save_model(out, model)
+    lora = getattr(model, "lora_config", None)
+    if lora is not None:
+        import mlx.core as mx
+
+        mx.save_safetensors(str(out / ADAPTERS_FILE), adapter_weights(model))
+        (out / ADAPTER_CONFIG).write_text(json.dumps(lora, indent=2), encoding="utf-8")
+    with adapters_removed(model):
+        save_model(out, model)
     config = model_config(model)
     quant = getattr(model, "quantization", None)
     if quant:
@@ -191,3 +231,97 @@ def completion_logprobs_mlx(
     logprobs = selective_logprobs_mlx(picked, targets)
     entropy = token_entropy_mlx(picked) if return_entropy else None
     return logprobs, entropy
+
+
+# ---- LoRA (mlx-lm's LoRALinear layers) ----------------------------------------------------
+#
+# A LoRA checkpoint's model/ dir holds the base weights (model.safetensors, as any MLX
+# model) and the adapters in mlx-lm's layout beside them (adapters.safetensors +
+# adapter_config.json), so `mlx_lm.load(dir, adapter_path=dir)` reads it, and mathrl
+# loads it merged (eval, serve-like uses) or with trainable adapters (training, resume).
+
+ADAPTERS_FILE = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_mlx_adapter_dir(path: Path) -> bool:
+    """True for a dir holding mlx-lm adapters (peft's adapter_config.json has no
+    lora_parameters)."""
+    try:
+        config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and "lora_parameters" in config
+
+
+def add_lora(
+    model: Any, r: int, alpha: float, dropout: float, targets: list[str], seed: int
+) -> Any:
+    """Freeze the model and give every target linear layer (by module name, as
+    model.lora.targets) trainable LoRA adapters, scale alpha / r, A drawn with `seed`."""
+    import mlx.core as mx
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    keys = sorted(
+        {
+            name
+            for layer in model.layers
+            for name, _ in layer.named_modules()
+            if name.split(".")[-1] in targets
+        }
+    )
+    if not keys:
+        raise MathrlError(f"model.lora.targets {targets} name no linear layer of this model")
+    model.freeze()
+    mx.random.seed(seed)
+    config = {"rank": r, "scale": alpha / r, "dropout": dropout, "keys": keys}
+    linear_to_lora_layers(model, len(model.layers), config)
+    model.lora_config = {
+        "fine_tune_type": "lora",
+        "num_layers": len(model.layers),
+        "lora_parameters": config,
+        "mathrl": {"r": r, "alpha": alpha, "targets": sorted(targets)},
+    }
+    return model
+
+
+def lora_settings(model: Any) -> tuple[int, float, set[str]] | None:
+    """(r, alpha, targets) of a model's adapters, or None without adapters."""
+    config = getattr(model, "lora_config", None)
+    if config is None:
+        return None
+    m = config["mathrl"]
+    return int(m["r"]), float(m["alpha"]), set(m["targets"])
+
+
+@contextmanager
+def adapters_removed(model: Any) -> Iterator[Any]:
+    """The model with its LoRA layers swapped for their base layers, for the duration
+    (saving the base weights under the plain model's names); restored afterwards."""
+    from mlx.utils import tree_unflatten
+
+    lora = [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_a")]
+    model.update_modules(tree_unflatten([(n, m.linear) for n, m in lora]))
+    try:
+        yield model
+    finally:
+        model.update_modules(tree_unflatten(lora))
+
+
+def adapter_weights(model: Any) -> dict[str, Any]:
+    """The LoRA A and B matrices by parameter name (mlx-lm's adapters.safetensors keys)."""
+    from mlx.utils import tree_flatten
+
+    return {
+        n: v
+        for n, v in tree_flatten(model.parameters())
+        if n.rsplit(".", 1)[-1] in ("lora_a", "lora_b")
+    }
+
+
+def base_model(model: Any) -> Any:
+    """A frozen copy of a LoRA model's base weights (adapters off): the KL reference."""
+    with adapters_removed(model):
+        ref = copy.deepcopy(model)
+    ref.freeze()
+    return ref

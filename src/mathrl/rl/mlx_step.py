@@ -26,7 +26,12 @@ from mathrl import checkpoint as ckpt_mod
 from mathrl.algorithms import PolicyLossConfig, agg_share
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
-from mathrl.models.mlx_model import completion_arrays, completion_logprobs_mlx, save_mlx_model
+from mathrl.models.mlx_model import (
+    base_model,
+    completion_arrays,
+    completion_logprobs_mlx,
+    save_mlx_model,
+)
 from mathrl.rl.state import TrainState
 from mathrl.rl.step import LOSS_KEYS, _step_metrics
 from mathrl.runtime import checkpoint_meta
@@ -102,13 +107,10 @@ def optimizer_state(
 
 
 def reference_model(cfg: Config, model: Any) -> Any | None:
-    """The frozen KL reference: a second model holding the start weights (None at kl 0)."""
+    """The frozen KL reference: a copy of the start weights (None at kl 0)."""
     if cfg.train.kl_coef <= 0:
         return None
-    ref = type(model)(model.args)
-    ref.update(model.parameters())  # MLX arrays are immutable: updates never reach ref
-    ref.freeze()
-    return ref
+    return base_model(model)  # under LoRA, the weights without the adapters
 
 
 def advantages_for(cfg: Config, state: TrainState, rewards: torch.Tensor) -> torch.Tensor:
