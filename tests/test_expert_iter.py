@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mathrl.expert_iter import round_prompts, select_correct
 from mathrl.io import read_jsonl
 from mathrl.rewards.scoring import RewardResult
@@ -48,10 +50,18 @@ def sometimes_correct(completion: str, *args) -> RewardResult:
     return RewardResult(reward=float(ok), correct=ok, format_ok=True, reason="ok")
 
 
-def test_expert_iter_command_rounds_and_resume(run_cli, tiny_config, tmp_path, use_reward):
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_expert_iter_command_rounds_and_resume(run_cli, tiny_config, tmp_path, use_reward, backend):
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
     use_reward(sometimes_correct)
     out = tmp_path / "ei"
-    sets = ["expert_iter.prompts=4", "expert_iter.samples=4", "expert_iter.sft_steps=2"]
+    sets = [
+        "expert_iter.prompts=4",
+        "expert_iter.samples=4",
+        "expert_iter.sft_steps=2",
+        f"backend={backend}",
+    ]
     args = ["expert-iter", "-c", tiny_config, "--out", out]
     for s in sets:
         args += ["--set", s]

@@ -272,9 +272,12 @@ def save_training_checkpoint(
     import torch
 
     from mathrl.models.lora import is_peft_model, save_adapters
+    from mathrl.models.mlx_model import is_mlx_model, save_mlx_model
 
     def payload(tmp: Path) -> None:
-        if is_peft_model(model):
+        if is_mlx_model(model):  # backend = "mlx": mlx-lm's format (LoRA: base + adapters)
+            save_mlx_model(model, tokenizer, tmp / "model")
+        elif is_peft_model(model):
             save_adapters(model, tmp / "model")
         else:
             model.save_pretrained(tmp / "model", safe_serialization=True)

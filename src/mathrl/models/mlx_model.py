@@ -47,6 +47,11 @@ def require_mlx() -> None:
         )
 
 
+def is_mlx_model(model: Any) -> bool:
+    """True for an mlx-lm model (an mlx.nn.Module), without importing mlx."""
+    return any(c.__module__.startswith("mlx.") for c in type(model).__mro__)
+
+
 def config_overrides(model_dir: Path) -> dict[str, Any]:
     """Config keys mlx-lm would otherwise misread (see the module docstring)."""
     try:
