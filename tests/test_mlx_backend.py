@@ -422,3 +422,28 @@ def test_lora_trains_adapters_only_and_resumes(run_train, tmp_path):
     assert float(mx.abs(model(ids) - merged(ids)).max()) < 1e-5
     plain, _ = load_mlx_model(str(straight / "scratch_model"))
     assert float(mx.abs(plain(ids) - merged(ids)).max()) > 1e-6  # the adapters count
+
+
+def test_qlora_on_a_quantised_mlx_model(run_train, tmp_path):
+    """LoRA on an 8-bit MLX model: the base stays quantised through training and in the
+    checkpoint, which mlx_lm.load reads with its adapters."""
+    from mlx_lm import load
+
+    from mathrl.models.mlx_convert import to_mlx
+    from mathrl.models.scratch import build_scratch_model
+
+    base = build_scratch_model(
+        tmp_path / "base", TEXTS, hidden=64, layers=1, heads=2, vocab_size=300
+    )
+    to_mlx(str(base), tmp_path / "q8", bits=8)
+    res = run_train(
+        tmp_path / "run", "backend=mlx", f"model.path={tmp_path / 'q8'}", "model.lora.r=4",
+        "train.kl_coef=0.1", "warmup.steps=0", "train.steps=1",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000001" / "model"
+    assert json.loads((ckpt / "config.json").read_text())["quantization"]["bits"] == 8
+    model, _ = load(str(ckpt), adapter_path=str(ckpt))
+    q_proj = model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "LoRALinear"
+    assert type(q_proj.linear).__name__ == "QuantizedLinear"
