@@ -170,3 +170,16 @@ def test_check_and_message():
         "stopped by SIGINT after step 7; last complete checkpoint: "
         "r/checkpoints/step_00000007; continue with: mathrl train -c 'my config.toml' --resume"
     )
+
+
+def test_resume_line_names_a_default_run_dir():
+    """Without --out the run went to runs/<stamp>: the resume line must name it, or the
+    resumed command would start a new run."""
+    stop = stopping.Stopped(signal.SIGTERM, 2, Path("runs/20261201/checkpoints/x"), now=False)
+    stop.run_dir = Path("runs/20261201")
+    assert stopping.message(stop, ["mathrl", "train", "-c", "c.toml"]).endswith(
+        "continue with: mathrl train -c c.toml --resume --out runs/20261201"
+    )
+    assert stopping.message(stop, ["mathrl", "train", "--out", "r"]).endswith(
+        "continue with: mathrl train --out r --resume"
+    )

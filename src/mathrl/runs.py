@@ -153,11 +153,14 @@ def start_training_run(
     model to start from is None for the configured model.
     """
     from mathrl import checkpoint as ckpt_mod
+    from mathrl import dist
     from mathrl.runtime import resume_point
     from mathrl.sampling import check_rollout_server
+    from mathrl.trainer import check_parallel
 
     cfg = load_run_config(config, sets, quiet, ranks=True)
     join_ranks(cfg)  # torchrun: join the ranks
+    check_parallel(cfg, dist.current().world)  # what several ranks cannot do, before any work
     check_rollout_server(cfg)
     task, run_dir = open_run(cfg, out, resume, fresh=True)
     resume_from = (
@@ -214,6 +217,7 @@ def stopped_in(run_dir: Callable[[], Path | None]) -> Iterator[None]:
         yield
     except Stopped as stop:
         where = run_dir()
+        stop.run_dir = where
         if stop.checkpoint is None and where is not None:
             from mathrl.checkpoint import latest_checkpoint
 
@@ -238,7 +242,8 @@ def maybe_warmup(
         if cfg.warmup.steps == 0 and cfg.warmup.min_positive > 0:
             say("warm-up probe: sampling RL's first round from the starting model")
             model, tokenizer = load_policy(cfg, task, run_dir)
-            rate = warmup.first_round_correct(cfg, task, model, tokenizer)
+            # rank 0 samples and every rank takes its rate: one decision for the job
+            rate = dist.on_main(lambda: warmup.first_round_correct(cfg, task, model, tokenizer))
             del model, tokenizer
         decision = warmup.decide(cfg, rate)
         if decision.warmup or rate is not None:

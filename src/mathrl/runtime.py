@@ -129,9 +129,10 @@ def load_policy(
     if path is None and cfg.model.path == "scratch":
         s = cfg.model.scratch
         scratch_dir = run_dir / "scratch_model"
-        if not (scratch_dir / "config.json").is_file():  # rank 0 builds, the others wait
-            dist.on_main(
-                lambda: build_scratch_model(
+
+        def build() -> None:
+            if not (scratch_dir / "config.json").is_file():
+                build_scratch_model(
                     scratch_dir,
                     task.corpus(),
                     arch=s.arch,
@@ -142,7 +143,10 @@ def load_policy(
                     max_position=s.max_position,
                     seed=cfg.seed,
                 )
-            )
+
+        # rank 0 checks and builds, the others wait: a rank that checked on its own could
+        # see rank 0's half-written dir and skip the wait
+        dist.on_main(build)
         source = str(scratch_dir)
     if cfg.backend == "mlx":
         return load_mlx_policy(cfg, source)

@@ -32,6 +32,8 @@ class Stopped(BaseException):
     def __init__(self, signum: int, step: int | None, checkpoint: Path | None, now: bool) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum, self.step, self.checkpoint, self.now = signum, step, checkpoint, now
+        self.run_dir: Path | None = None
+        """The run's directory, when known: the resume line names it if --out did not."""
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +114,9 @@ def message(stop: Stopped, argv: list[str]) -> str:
     name = signal.Signals(stop.signum).name
     where = f"after step {stop.step}" if stop.step is not None else "at once"
     resume = [*argv] if "--resume" in argv else [*argv, "--resume"]
+    given_out = any(a in ("--out", "-o") or a.startswith("--out=") for a in argv)
+    if stop.run_dir is not None and not given_out:  # a default runs/<stamp> dir
+        resume += ["--out", str(stop.run_dir)]
     tail = (
         f"last complete checkpoint: {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet"
     )

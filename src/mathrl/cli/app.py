@@ -57,6 +57,8 @@ def main() -> None:
     """Entry point: MathrlError becomes one line on stderr and exit code 2 (unless --debug)."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("MATHRL_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
+    if debug:  # the ranks `--nproc` starts inherit it (their argv lacks --debug)
+        os.environ["MATHRL_DEBUG"] = "1"
     try:
         # Without standalone mode click returns what would have been the exit code: typer
         # turns a KeyboardInterrupt into Exit(130), which comes back here as 130.
