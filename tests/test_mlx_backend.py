@@ -258,16 +258,39 @@ def test_missing_mlx_names_the_extra(monkeypatch):
 # ---- end to end ----------------------------------------------------------------------
 
 
-def test_train_resume_and_outputs(run_train, tmp_path):
-    """4 steps straight == 2 steps, then --resume to 4 (bitwise on MLX CPU); the
-    checkpoint is an mlx-lm model that mlx_lm.load reads and generates from."""
+def test_train_resume_and_outputs(run_train, tmp_path, monkeypatch):
+    """4 steps straight == a run that dies in step 3, then --resume to 4 (bitwise on MLX
+    CPU); the checkpoint is an mlx-lm model that mlx_lm.load reads and generates from."""
     from mlx_lm import generate, load
 
+    import mathrl.rl.mlx_step as mlx_step_mod
+
     straight, parts = tmp_path / "straight", tmp_path / "parts"
-    sets = ("backend=mlx", "train.steps=4", "train.kl_coef=0.05")
-    assert run_train(straight, *sets).code == 0
-    assert run_train(parts, "backend=mlx", "train.steps=2", "train.kl_coef=0.05").code == 0
-    res = run_train(parts, *sets, extra=("--resume", "--allow-config-change"))
+    common = (
+        "backend=mlx",
+        "train.kl_coef=0.05",  # its reference must be the start weights after the resume too
+        "train.schedule=cosine",  # restored mid-way
+        "train.warmup_steps=1",
+        "rollout.max_new_tokens=16",  # lengths vary, so the brevity reward does
+        'task.rewards=[{fn = "reward_fixtures:brevity", completions = "text"}]',
+    )
+    assert run_train(straight, *common, "train.steps=4").code == 0
+    real, calls = mlx_step_mod.train_step, {"n": 0}
+
+    def dies_in_step_3(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("out of memory in step 3")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mlx_step_mod, "train_step", dies_in_step_3)
+    assert run_train(parts, *common, "train.steps=4").code == 3
+    monkeypatch.setattr(mlx_step_mod, "train_step", real)
+    # keep_last 1: the checkpoint the resume loads is rotated away before the next save
+    res = run_train(
+        parts, *common, "train.steps=4", "checkpoint.keep_last=1",
+        extra=("--resume", "--allow-config-change"),
+    )  # fmt: skip
     assert res.code == 0, res.err
     ckpt = "checkpoints/step_00000004"
     for name in ("model/model.safetensors", "optimizer.safetensors"):
@@ -285,6 +308,8 @@ def test_train_resume_and_outputs(run_train, tmp_path):
     assert read_jsonl(straight / "rollouts.jsonl") == read_jsonl(parts / "rollouts.jsonl")
     rows = read_jsonl(straight / "metrics.jsonl")
     assert all(r["rollout/logprob_diff"] < 1e-4 for r in rows if "rollout/logprob_diff" in r)
+    assert all(r["optim/grad_norm"] > 0 for r in rows if "optim/grad_norm" in r)  # it trained
+    assert any(r.get("loss/kl", 0) > 0 for r in rows if r["step"] > 2)
     manifest = json.loads((straight / ckpt / "manifest.json").read_text())
     assert manifest["backend"] == "mlx"
     summary = json.loads((straight / "summary.json").read_text())
@@ -422,6 +447,20 @@ def test_lora_trains_adapters_only_and_resumes(run_train, tmp_path):
     assert float(mx.abs(model(ids) - merged(ids)).max()) < 1e-5
     plain, _ = load_mlx_model(str(straight / "scratch_model"))
     assert float(mx.abs(plain(ids) - merged(ids)).max()) > 1e-6  # the adapters count
+    # convert --to hf merges the adapters: transformers' logits are the trained model's
+    from mathrl.models.loading import load_model
+    from mathrl.models.mlx_convert import to_hf
+
+    to_hf(str(ckpt), tmp_path / "hf")
+    hf, _ = load_model(str(tmp_path / "hf"), device="cpu")
+    with torch.no_grad():
+        hf_logits = hf(torch.tensor([[5, 6, 7, 8, 9]])).logits.numpy()
+    assert np.abs(hf_logits - np.array(merged(ids))).max() < 1e-4
+    # a torch resume of this MLX checkpoint says so in one line
+    res = run_train(
+        straight, *lora[1:], "train.steps=4", extra=("--resume", "--allow-config-change")
+    )
+    assert res.code == 2 and "was written by backend = 'mlx': resume it there (this run" in res.err
 
 
 def test_qlora_on_a_quantised_mlx_model(run_train, tmp_path):
@@ -447,3 +486,12 @@ def test_qlora_on_a_quantised_mlx_model(run_train, tmp_path):
     q_proj = model.layers[0].self_attn.q_proj
     assert type(q_proj).__name__ == "LoRALinear"
     assert type(q_proj.linear).__name__ == "QuantizedLinear"
+    # mathrl's merged load (eval, probe) dequantises where it merges: the same model
+    from mathrl.models.mlx_model import load_mlx_model
+
+    merged, _ = load_mlx_model(str(ckpt))
+    ids = mx.array([[5, 6, 7, 8, 9, 10]])
+    assert float(mx.abs(model(ids) - merged(ids)).max()) < 1e-4
+    # full fine-tuning of a quantised model cannot train its weights: refused
+    res = run_train(tmp_path / "full", "backend=mlx", f"model.path={tmp_path / 'q8'}")
+    assert res.code == 2 and "is a quantised MLX model, whose weights cannot train" in res.err

@@ -28,7 +28,7 @@ from mathrl.data import PromptStream, training_examples
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardPool, RewardResult
-from mathrl.rl.backend import ops
+from mathrl.rl.backend import ops, reference_for
 from mathrl.rollout.types import Completion
 from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Example, Task
@@ -160,7 +160,7 @@ def train_on_buffer(
     if not chunks:
         raise DataError(f"Rollout buffer {path} is empty")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ref = b.reference_model(cfg, model)
+    ref = reference_for(cfg, b, model, state, run_dir, resumed=resume_from is not None)
     for chunk in chunks:
         t0 = time.perf_counter()
         rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)

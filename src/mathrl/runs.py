@@ -92,6 +92,7 @@ def start_process(cfg: Any) -> Any:
     from mathrl.data import make_task
     from mathrl.runtime import quiet_libraries, set_deterministic, set_seed, set_threads
 
+    prepare_backend(cfg)
     quiet_libraries()
     set_threads(cfg.model.threads)
     set_deterministic(cfg.run.deterministic)
@@ -128,14 +129,29 @@ def join_ranks(cfg: Any) -> None:
     import os
 
     from mathrl import dist
-    from mathrl.models.backends import require_backend
 
-    require_backend(cfg.backend)
+    prepare_backend(cfg)
     if cfg.backend != "torch" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MathrlError(
             f"backend = {cfg.backend!r} runs in one process: run it without torchrun / --nproc"
         )
     dist.init(cfg.train.collective_timeout_s, cfg.model.device)
+
+
+def prepare_backend(cfg: Any) -> None:
+    """The backend can run here and runs this config (MLX: every algorithm has its MLX
+    form); MLX on the CPU when model.device says so. Before any work; idempotent."""
+    from mathrl.models.backends import require_backend
+
+    require_backend(cfg.backend)
+    if cfg.backend == "mlx":
+        from mathrl.rl.backend import check_mlx_forms
+
+        check_mlx_forms(cfg)
+        if cfg.model.device == "cpu":  # else MLX's default: the GPU (Metal) where there is one
+            import mlx.core as mx
+
+            mx.set_default_device(mx.cpu)
 
 
 def start_training_run(

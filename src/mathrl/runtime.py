@@ -100,6 +100,12 @@ def resume_point(run_dir: Path, cfg: Config, fingerprint: str, allow_change: boo
     if latest is None:
         raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
     manifest = ckpt_mod.read_manifest(latest)
+    written = manifest.get("backend", "torch")  # checkpoints before backends were torch's
+    if written != cfg.backend:  # the formats differ: no --allow-config-change crosses this
+        raise MathrlError(
+            f"{latest} was written by backend = {written!r}: resume it there (this run has "
+            f"backend = {cfg.backend!r})"
+        )
     if not allow_change:
         if manifest.get("dataset_fingerprint") != fingerprint:
             raise MathrlError(
@@ -171,10 +177,15 @@ def load_policy(
 def load_mlx_policy(cfg: Config, source: str) -> tuple[Any, Any]:
     """load_policy on MLX: the model, with trainable LoRA adapters under model.lora (its
     own when `source` holds matching ones, else new ones)."""
-    from mathrl.models.mlx_model import add_lora, load_mlx_model, lora_settings
+    from mathrl.models.mlx_model import add_lora, is_quantized, load_mlx_model, lora_settings
 
     lc = cfg.model.lora
     model, tokenizer = load_mlx_model(source, dtype=cfg.model.dtype, train_adapters=lc.r > 0)
+    if lc.r == 0 and is_quantized(model):  # mlx freezes quantised layers: only norms would train
+        raise MathrlError(
+            f"{source} is a quantised MLX model, whose weights cannot train: set model.lora.r "
+            "> 0 (QLoRA) or train a float model (`mathrl convert --to hf`)"
+        )
     if lc.r > 0:
         found = lora_settings(model)
         if found is None:
@@ -223,4 +234,9 @@ def check_adapters(model: Any, cfg: Config, source: str) -> None:
 def checkpoint_meta(
     cfg: Config, fingerprint: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    return {"config_hash": config_hash(cfg), "dataset_fingerprint": fingerprint, **(extra or {})}
+    return {
+        "config_hash": config_hash(cfg),
+        "dataset_fingerprint": fingerprint,
+        "backend": cfg.backend,
+        **(extra or {}),
+    }

@@ -39,7 +39,7 @@ from mathrl.io import append_jsonl
 from mathrl.loggers import warn
 from mathrl.rewards import RewardPool
 from mathrl.rl import TrainState, step_scheduler
-from mathrl.rl.backend import ops
+from mathrl.rl.backend import ops, reference_for
 from mathrl.rollout.registry import SERVER_ENGINES
 from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Task
@@ -63,7 +63,7 @@ def train(
     optimizer, scheduler, state, saved = b.optimizer_state(cfg, model, resume_from)
     if resume_from is not None and ranks.is_main:
         ckpt_mod.truncate_logs(run_dir, state.step)
-    ref = b.reference_model(cfg, model)
+    ref = reference_for(cfg, b, model, state, run_dir, resumed=resume_from is not None)
     engine = rollout_engine(cfg, model, tokenizer, run_dir=run_dir)
     stream = PromptStream(training_examples(cfg, task), cfg.seed, state)
     eval_split = heldout_split(cfg, task)

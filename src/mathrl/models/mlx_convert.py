@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
-from mathrl.models.mlx_model import DTYPE_NAMES, config_overrides, local_model_dir, require_mlx
+from mathrl.models.mlx_model import (
+    DTYPE_NAMES,
+    config_overrides,
+    is_mlx_adapter_dir,
+    load_adapters,
+    local_model_dir,
+    require_mlx,
+)
 
 QUANT_BITS = (2, 3, 4, 5, 6, 8)  # mlx's affine quantisation
 GROUP_SIZES = (32, 64, 128)
@@ -151,6 +158,8 @@ def _load_float(model_dir: Path, dtype: str) -> tuple[Any, dict[str, Any]]:
         model, _ = load_model(model_dir, model_config=overrides)
     except (ValueError, FileNotFoundError) as e:
         raise MathrlError(f"mlx-lm cannot load {model_dir}: {e}") from None
+    if is_mlx_adapter_dir(model_dir):  # a LoRA checkpoint: the adapters merged in
+        load_adapters(model, model_dir, merge=True)  # fused into dequantised weights
     model = dequantize_model(model)  # a no-op for a float model
     model.set_dtype(getattr(mx, dtype))  # floating-point parameters only
     # The raw file, not mlx-lm's load_config (which adds generation_config's eos ids).
@@ -201,7 +210,7 @@ def is_mlx_dir(path: Path) -> bool:
         return False
     if any(key in config for key in QUANT_KEYS):
         return True
-    files = sorted(path.glob("*.safetensors"))
+    files = sorted(path.glob("model*.safetensors"))  # not a LoRA dir's adapters.safetensors
     return bool(files) and safetensors_metadata(files[0]).get("format") == "mlx"
 
 

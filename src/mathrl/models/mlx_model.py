@@ -52,6 +52,11 @@ def is_mlx_model(model: Any) -> bool:
     return any(c.__module__.startswith("mlx.") for c in type(model).__mro__)
 
 
+def is_quantized(model: Any) -> bool:
+    """True when any layer of an MLX model is quantised (its weights cannot train)."""
+    return any(type(m).__name__.startswith("Quantized") for _, m in model.named_modules())
+
+
 def config_overrides(model_dir: Path) -> dict[str, Any]:
     """Config keys mlx-lm would otherwise misread (see the module docstring)."""
     try:
@@ -129,14 +134,20 @@ def load_mlx_model(
     target = getattr(mx, DTYPE_NAMES[dtype])
     model.set_dtype(target)  # floating-point parameters only; quantised ones are uint32
     if is_mlx_adapter_dir(model_dir):
-        _load_adapters(model, model_dir, merge=not train_adapters)
+        load_adapters(model, model_dir, merge=not train_adapters)
     model.eval()
     model.name_or_path = str(model_dir)
+    # read now: the dir may be a checkpoint that rotation deletes before the next save
+    config = json.loads((model_dir / "config.json").read_text("utf-8"))
+    # kept as text: an mlx Module files dict attributes among its children
+    model.mathrl_config = json.dumps({**config, **config_overrides(model_dir)})
+    gen = model_dir / "generation_config.json"
+    model.mathrl_generation_config = gen.read_text("utf-8") if gen.is_file() else None
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     return model, prepare_tokenizer(tokenizer)
 
 
-def _load_adapters(model: Any, model_dir: Path, merge: bool) -> None:
+def load_adapters(model: Any, model_dir: Path, merge: bool) -> None:
     """Apply the adapters saved in model_dir: merged (plain weights again) or trainable."""
     import mlx.core as mx
     from mlx.utils import tree_unflatten
@@ -152,19 +163,20 @@ def _load_adapters(model: Any, model_dir: Path, merge: bool) -> None:
             f"{model_dir / ADAPTERS_FILE} does not fit the adapters of {ADAPTER_CONFIG}"
         )
     model.update(tree_unflatten(list(weights.items())))
-    if merge:
-        fused = [(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "lora_a")]
+    if merge:  # a quantised base is dequantised where merged: re-quantising base + delta
+        # would cost more than the adapters changed
+        fused = [
+            (n, m.fuse(dequantize=True)) for n, m in model.named_modules() if hasattr(m, "lora_a")
+        ]
         model.update_modules(tree_unflatten(fused))
         model.unfreeze()
     else:
-        model.lora_config = config
+        model.lora_config = json.dumps(config)  # text: see load_mlx_model
 
 
 def model_config(model: Any) -> dict[str, Any]:
-    """The config.json of the directory the model came from, as mlx-lm saves it."""
-    source = Path(getattr(model, "name_or_path", ""))
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    config.update(config_overrides(source))
+    """The config.json of the directory the model came from (read when it loaded)."""
+    config: dict[str, Any] = json.loads(model.mathrl_config)
     return config
 
 
@@ -179,7 +191,7 @@ def save_mlx_model(model: Any, tokenizer: Any, out: Path) -> None:
         import mlx.core as mx
 
         mx.save_safetensors(str(out / ADAPTERS_FILE), adapter_weights(model))
-        (out / ADAPTER_CONFIG).write_text(json.dumps(lora, indent=2), encoding="utf-8")
+        (out / ADAPTER_CONFIG).write_text(lora, encoding="utf-8")
     with adapters_removed(model):
         save_model(out, model)
     config = model_config(model)
@@ -187,11 +199,8 @@ def save_mlx_model(model: Any, tokenizer: Any, out: Path) -> None:
     if quant:
         config["quantization"] = quant
     save_config(config, out / "config.json")
-    source = Path(getattr(model, "name_or_path", ""))
-    if (source / "generation_config.json").is_file():
-        (out / "generation_config.json").write_bytes(
-            (source / "generation_config.json").read_bytes()
-        )
+    if model.mathrl_generation_config is not None:
+        (out / "generation_config.json").write_text(model.mathrl_generation_config, "utf-8")
     tokenizer.save_pretrained(out)
 
 
@@ -220,6 +229,23 @@ def completion_arrays(
     return mx.array(ids), mx.array(pos), mx.array(mask)
 
 
+PLAIN_HEAD_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+"""mlx-lm model types whose logits are exactly head(model.model(ids)) (no soft-capping or
+scaling after the head, as Gemma has): their log-probs skip the prompt positions' logits."""
+
+
+def output_head(model: Any) -> Any:
+    """The vocabulary projection of an mlx-lm Llama/Qwen2-style model (hidden -> logits:
+    lm_head, or the tied embedding), or None when the model is not laid out that way."""
+    inner = getattr(model, "model", None)
+    args = getattr(model, "args", None)
+    if getattr(args, "model_type", None) not in PLAIN_HEAD_TYPES or inner is None:
+        return None
+    if getattr(args, "tie_word_embeddings", False):
+        return inner.embed_tokens.as_linear
+    return getattr(model, "lm_head", None)
+
+
 def completion_logprobs_mlx(
     model: Any, ids: Any, pos: Any, return_entropy: bool = False
 ) -> tuple[Any, Any]:
@@ -229,9 +255,14 @@ def completion_logprobs_mlx(
 
     from mathrl.algorithms.mlx_forms import selective_logprobs_mlx, token_entropy_mlx
 
-    logits = model(ids[:, :-1]).astype(mx.float32)  # position k predicts token k + 1
-    # gather the completion positions first: (B, T, V) instead of (B, L, V) afterwards
-    picked = mx.take_along_axis(logits, pos[:, :, None], axis=1)
+    inputs = ids[:, :-1]  # position k predicts token k + 1
+    head = output_head(model)
+    if head is None:  # an architecture without the usual layout: every position's logits
+        picked = mx.take_along_axis(model(inputs), pos[:, :, None], axis=1)
+    else:  # the head on the completion positions only: (B, T, V), not (B, L, V)
+        hidden = mx.take_along_axis(model.model(inputs), pos[:, :, None], axis=1)
+        picked = head(hidden)
+    picked = picked.astype(mx.float32)
     targets = mx.take_along_axis(ids, pos + 1, axis=1)
     logprobs = selective_logprobs_mlx(picked, targets)
     entropy = token_entropy_mlx(picked) if return_entropy else None
@@ -281,21 +312,22 @@ def add_lora(
     mx.random.seed(seed)
     config = {"rank": r, "scale": alpha / r, "dropout": dropout, "keys": keys}
     linear_to_lora_layers(model, len(model.layers), config)
-    model.lora_config = {
+    adapter_config = {
         "fine_tune_type": "lora",
         "num_layers": len(model.layers),
         "lora_parameters": config,
         "mathrl": {"r": r, "alpha": alpha, "targets": sorted(targets)},
     }
+    model.lora_config = json.dumps(adapter_config, indent=2)  # text: see load_mlx_model
     return model
 
 
 def lora_settings(model: Any) -> tuple[int, float, set[str]] | None:
     """(r, alpha, targets) of a model's adapters, or None without adapters."""
-    config = getattr(model, "lora_config", None)
-    if config is None:
+    text = getattr(model, "lora_config", None)
+    if text is None:
         return None
-    m = config["mathrl"]
+    m = json.loads(text)["mathrl"]
     return int(m["r"]), float(m["alpha"]), set(m["targets"])
 
 

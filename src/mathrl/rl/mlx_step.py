@@ -106,11 +106,18 @@ def optimizer_state(
     return optimizer, scheduler, TrainState(**saved["train_state"]), saved
 
 
-def reference_model(cfg: Config, model: Any) -> Any | None:
-    """The frozen KL reference: a copy of the start weights (None at kl 0)."""
+def reference_model(cfg: Config, model: Any, source: str | None = None) -> Any | None:
+    """rl/step.py's reference_model on MLX: None at kl 0; under LoRA the base weights (never
+    trained); else the run's start weights (`source` loaded when resuming, or a copy)."""
     if cfg.train.kl_coef <= 0:
         return None
-    return base_model(model)  # under LoRA, the weights without the adapters
+    if source is not None and getattr(model, "lora_config", None) is None:
+        from mathrl.models.mlx_model import load_mlx_model
+
+        ref, _ = load_mlx_model(source, dtype=cfg.model.dtype)
+        ref.freeze()
+        return ref
+    return base_model(model)
 
 
 def advantages_for(cfg: Config, state: TrainState, rewards: torch.Tensor) -> torch.Tensor:
@@ -202,6 +209,7 @@ def train_step(
         return out.loss * w, old_j, entropy, out.stats, capped
 
     grad_fn = nn.value_and_grad(model, objective)
+    seed_updates(cfg, optimizer)
     sums: dict[str, float] = {}
     grad_norm = 0.0
     skipped = 0
@@ -215,6 +223,9 @@ def train_step(
                 model, ids, pos, mask, old_lp[j], ref_lp[j], adv, sampled[j], weight
             )
             grads = g if grads is None else tree_map(lambda a, b: a + b, grads, g)
+            # evaluate now: a lazy sum would keep every micro-batch's activations alive
+            # until the clip, so micro_batch_size would no longer bound memory
+            mx.eval(grads, old_j, entropy, stats, capped)
             if tis_cap > 0:
                 sums["_tis_capped"] = sums.get("_tis_capped", 0.0) + float(capped)
             n_tok = float(mask.sum())
@@ -239,12 +250,24 @@ def train_step(
     return _step_metrics(sums, torch.tensor(grad_norm), skipped, len(keep), bool(micro), t.mu)
 
 
+def seed_updates(cfg: Config, optimizer: Any) -> None:
+    """Seed MLX's generator (LoRA dropout) from the run seed and the optimizer's update
+    count, which checkpoints restore: a resumed run draws what the straight one drew."""
+    import mlx.core as mx
+
+    from mathrl.runtime import derive_seed
+
+    step = int(optimizer.state["step"].item()) if "step" in optimizer.state else 0
+    mx.random.seed(derive_seed(cfg.seed, step) % 2**32)
+
+
 def clip_gradients(grads: Any, max_norm: float) -> tuple[Any, float]:
     """torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when the norm exceeds it."""
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_map
 
-    norm = math.sqrt(sum(float(mx.sum(g.astype(mx.float32) ** 2)) for _, g in tree_flatten(grads)))
+    squares = [mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)]
+    norm = math.sqrt(float(mx.sum(mx.stack(squares)))) if squares else 0.0  # one sync
     if max_norm > 0 and math.isfinite(norm):
         scale = min(1.0, max_norm / (norm + 1e-6))
         if scale < 1.0:
@@ -297,7 +320,7 @@ def save_checkpoint(
         torch.save(payload, tmp / ckpt_mod.STATE_FILE)
         (tmp / "config.toml").write_text(dumps_toml(cfg), encoding="utf-8")
 
-    meta = checkpoint_meta(cfg, fingerprint, {"kind": "rl", "backend": "mlx"})
+    meta = checkpoint_meta(cfg, fingerprint, {"kind": "rl"})
     return ckpt_mod.save_checkpoint(
         run_dir,
         state.step,
@@ -316,7 +339,7 @@ class MlxSFT:
         import mlx.nn as nn
         from mlx.utils import tree_unflatten
 
-        self.model = model
+        self.model, self.cfg = model, cfg
         self.optimizer = make_optimizer(cfg, cfg.sft.weight_decay, cfg.sft.lr)
         self.step = 0
         self.grads: Any = None
@@ -337,6 +360,7 @@ class MlxSFT:
 
     def zero_grad(self) -> None:
         self.grads = None
+        seed_updates(self.cfg, self.optimizer)
 
     def accumulate(self, chunk: list[tuple[list[int], int]], n_tokens: int, pad_id: int) -> float:
         import mlx.core as mx
@@ -378,7 +402,7 @@ class MlxSFT:
             torch.save(payload, tmp / ckpt_mod.STATE_FILE)
             (tmp / "config.toml").write_text(dumps_toml(cfg), encoding="utf-8")
 
-        meta = checkpoint_meta(cfg, fp, {"kind": "sft", "backend": "mlx"})
+        meta = checkpoint_meta(cfg, fp, {"kind": "sft"})
         return ckpt_mod.save_checkpoint(
             run_dir,
             step,

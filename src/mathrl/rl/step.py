@@ -52,12 +52,19 @@ class Reference:
         return completion_logprobs(self.model, batch, share_prompts=share)
 
 
-def reference_model(cfg: Config, model: Any) -> Reference | None:
-    """The KL reference: None at kl_coef 0; the adapter-free base under LoRA."""
+def reference_model(cfg: Config, model: Any, source: str | None = None) -> Reference | None:
+    """The KL reference: None at kl_coef 0; the adapter-free base under LoRA; else the
+    run's start weights: `source` loaded (a resumed run), or a copy of `model` (a fresh one)."""
     if cfg.train.kl_coef <= 0:
         return None
     if cfg.model.lora.r > 0:
         return Reference(None)
+    if source is not None:
+        from mathrl.models.loading import load_model
+
+        device = str(next(model.parameters()).device)
+        ref, _ = load_model(source, cfg.model.dtype, device, autocast=cfg.model.autocast)
+        return Reference(ref.eval().requires_grad_(False))
     return Reference(copy.deepcopy(model).eval().requires_grad_(False))
 
 

@@ -28,6 +28,7 @@ token is drawn from, as in mlx-lm's own generate.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from types import SimpleNamespace
@@ -244,6 +245,9 @@ def _generation_config(model: Any) -> Any:
 
     from transformers import GenerationConfig
 
+    text = getattr(model, "mathrl_generation_config", None)  # read when the model loaded
+    if text is not None:
+        return GenerationConfig.from_dict(json.loads(text))
     source = Path(getattr(model, "name_or_path", "") or "")
     if not (source / "generation_config.json").is_file():
         return None
