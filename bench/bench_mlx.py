@@ -5,7 +5,7 @@ Usage: .venv/bin/python bench/bench_mlx.py [--steps 5] [--warmup 1] [--model tin
 Workload: BENCHMARKS.md's tiny one (bench/configs/grpo.toml): 8 GSM8K prompts x 8
 completions x 128 tokens (EOS ignored, so fixed length), fp32, lr 1e-5, one optimizer step
 per rollout batch, the from-scratch Qwen2-style model (hidden 256, 4 layers, vocab 2048)
-that bench_grpo.py builds. GSM8K comes from MATHRL_GSM8K (else ../shared/data/gsm8k);
+that bench_grpo.py builds. GSM8K comes from MATHRL_GSM8K;
 the reward is bench/grpo_common.text_reward (a random-init model never answers correctly).
 
 Both backends live in this process, loaded from the same HF dir, and run in lock step:
@@ -36,9 +36,9 @@ from grpo_common import text_reward  # noqa: E402
 
 
 def gsm8k_dir() -> str:
-    found = os.environ.get("MATHRL_GSM8K") or str(BENCH.parent.parent / "shared/data/gsm8k")
+    found = os.environ.get("MATHRL_GSM8K", "")
     if not Path(found, "train.jsonl").is_file():
-        sys.exit(f"GSM8K not found at {found}: set MATHRL_GSM8K")
+        sys.exit("GSM8K not found: set MATHRL_GSM8K to a dir with train.jsonl and test.jsonl")
     return found
 
 
