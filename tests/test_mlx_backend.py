@@ -22,10 +22,7 @@ mx = pytest.importorskip("mlx.core")
 from mathrl.config import load_config  # noqa: E402
 from mathrl.errors import ConfigError  # noqa: E402
 from mathrl.io import read_jsonl  # noqa: E402
-from mathrl.rewards import RewardResult  # noqa: E402
-from mathrl.rollout.types import Completion  # noqa: E402
-from mathrl.sampling import Group  # noqa: E402
-from mathrl.tasks import Example  # noqa: E402
+from test_rl_step import make_groups  # noqa: E402
 
 TEXTS = ["12 + 7 = 19, 3 * 4 = 12. Final: 19 (so 8 - 2 = 6)"] * 40
 
@@ -46,23 +43,6 @@ def both_models(path: Path):
     tm, tok = load_model(str(path), device="cpu")
     mm, _ = load_mlx_model(str(path))
     return tm, mm, tok
-
-
-def make_groups(vocab: int, n_groups: int = 3, group_size: int = 4) -> list[Group]:
-    """Groups of different prompt and completion lengths (so padding is exercised)."""
-    g = torch.Generator().manual_seed(1)
-    groups = []
-    for gi in range(n_groups):
-        prompt = torch.randint(3, vocab, (3 + gi,), generator=g).tolist()
-        comps, results = [], []
-        for j in range(group_size):
-            n = 2 + (gi + 3 * j) % 5
-            ids = torch.randint(3, vocab, (n,), generator=g).tolist()
-            lps = (-torch.rand(n, generator=g) * 3).tolist()
-            comps.append(Completion(gi, j, prompt, ids, "", "eos", lps))
-            results.append(RewardResult(reward=float((gi + j) % 2)))
-        groups.append(Group(Example(f"p{gi}", "", "0"), prompt, comps, results))
-    return groups
 
 
 class TorchRecorder:
@@ -131,7 +111,7 @@ def test_rl_step_equals_torch(scratch_dir, case):
         env=False,
     )
     tm, mm, tok = both_models(scratch_dir)
-    groups = make_groups(len(tok))
+    groups = make_groups(vocab=len(tok), low=3)  # not the special tokens
     advantages = torch.tensor([1.0, -1.0, 0.0, 0.5] * 3)
     t_ref = m_ref = None
     if cfg.train.kl_coef > 0:  # a reference that differs, so the KL term has a gradient

@@ -35,16 +35,19 @@ def tiny_model() -> torch.nn.Module:
     return Qwen2ForCausalLM(cfg).float()
 
 
-def make_groups(n_groups: int = 3, group_size: int = 4) -> list[Group]:
-    """Groups of different prompt and completion lengths (so padding is exercised)."""
+def make_groups(
+    n_groups: int = 3, group_size: int = 4, vocab: int = VOCAB, low: int = 1
+) -> list[Group]:
+    """Groups of different prompt and completion lengths (so padding is exercised); token
+    ids in [low, vocab)."""
     g = torch.Generator().manual_seed(1)
     groups = []
     for gi in range(n_groups):
-        prompt = torch.randint(1, VOCAB, (3 + gi,), generator=g).tolist()
+        prompt = torch.randint(low, vocab, (3 + gi,), generator=g).tolist()
         comps, results = [], []
         for j in range(group_size):
             n = 2 + (gi + 3 * j) % 5
-            ids = torch.randint(1, VOCAB, (n,), generator=g).tolist()
+            ids = torch.randint(low, vocab, (n,), generator=g).tolist()
             lps = (-torch.rand(n, generator=g) * 3).tolist()
             comps.append(Completion(gi, j, prompt, ids, "", "eos", lps))
             results.append(RewardResult(reward=float((gi + j) % 2)))

@@ -33,7 +33,7 @@ from mathrl.models.logprobs import (
 )
 from mathrl.models.precision import AUTOCAST_DTYPES, autocast_to, forward_autocast, pad_multiple
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
-from mathrl.rollout.sampler import resolve_seeds, row_keys, sample_next, uniforms
+from mathrl.rollout.sampler import checked_seeds, row_keys, sample_next, uniforms
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 
@@ -113,10 +113,7 @@ class HFEngine(RolloutEngine):
 
         seeds[i] is prompt i's seed; by default prompt_seed(sampling.seed, i).
         """
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise MathrlError(f"prompt {i} is empty: every prompt needs at least one token")
-        seeds = resolve_seeds(sampling, len(prompts), seeds)
+        seeds = checked_seeds(prompts, sampling, seeds)
         # Whole groups per chunk: a group's samples share one prefill.
         per_chunk = max(1, self.batch_size // sampling.n)
         completions: list[Completion] = []

@@ -40,7 +40,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from mathrl.errors import MathrlError
 from mathrl.rollout.hf_engine import default_stop_ids
-from mathrl.rollout.sampler import resolve_seeds, row_keys, uniforms
+from mathrl.rollout.sampler import checked_seeds, row_keys, uniforms
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 TICK_BITS = 24  # first fixed-point level: probs in units of 2^-24 (a float32 mantissa)
@@ -90,10 +90,7 @@ class MLXEngine(RolloutEngine):
 
         seeds[i] is prompt i's seed; by default prompt_seed(sampling.seed, i).
         """
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise MathrlError(f"prompt {i} is empty: every prompt needs at least one token")
-        seeds = resolve_seeds(sampling, len(prompts), seeds)
+        seeds = checked_seeds(prompts, sampling, seeds)
         per_chunk = max(1, self.batch_size // sampling.n)  # whole groups: one prefill each
         completions: list[Completion] = []
         timing = {"prefill_s": 0.0, "decode_s": 0.0, "total_s": 0.0}

@@ -39,7 +39,7 @@ from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.hf_engine import default_stop_ids
 from mathrl.rollout.http import HttpClient, HttpError, http_url, public_url
-from mathrl.rollout.sampler import resolve_seeds
+from mathrl.rollout.sampler import checked_seeds
 from mathrl.rollout.types import (
     Completion,
     FinishReason,
@@ -188,10 +188,7 @@ class OpenAIEngine(RolloutEngine):
         seeds: list[int] | None = None,
     ) -> GenerationResult:
         """`sampling.n` completions per prompt from the server, prompt-major."""
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise MathrlError(f"prompt {i} is empty: every prompt needs at least one token")
-        seeds = resolve_seeds(sampling, len(prompts), seeds)
+        seeds = checked_seeds(prompts, sampling, seeds)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(prompts)))) as pool:
             replies = list(pool.map(self._complete, prompts, seeds, [sampling] * len(prompts)))

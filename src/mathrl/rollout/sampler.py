@@ -41,6 +41,17 @@ def resolve_seeds(sampling: SamplingParams, count: int, seeds: list[int] | None)
     return [prompt_seed(seed, i) for i in range(count)]
 
 
+def checked_seeds(
+    prompts: list[list[int]], sampling: SamplingParams, seeds: list[int] | None
+) -> list[int]:
+    """What every engine's generate() does first: refuse an empty prompt, then each
+    prompt's seed (resolve_seeds)."""
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise MathrlError(f"prompt {i} is empty: every prompt needs at least one token")
+    return resolve_seeds(sampling, len(prompts), seeds)
+
+
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     """(x * c) mod 2^32 for int64 x in [0, 2^32), without int64 overflow (16-bit halves)."""
     lo, hi = c & 0xFFFF, c >> 16
