@@ -263,11 +263,14 @@ def save_training_checkpoint(
     config_toml: str,
     meta: dict[str, Any],
     keep_last: int,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Model in HF format (loadable by from_pretrained and vLLM) plus the trainer state.
 
     A LoRA policy saves its adapters and a reference to their base instead of the whole
-    model (models/lora.py); mathrl's loader and transformers + peft read either.
+    model (models/lora.py); mathrl's loader and transformers + peft read either. An MLX
+    model is saved in mlx-lm's format (models/mlx_model.py). write_extra(tmp) adds files
+    of the backend's own (the MLX optimizer state).
     """
     import torch
 
@@ -276,14 +279,17 @@ def save_training_checkpoint(
 
     def payload(tmp: Path) -> None:
         if is_mlx_model(model):  # backend = "mlx": mlx-lm's format (LoRA: base + adapters)
-            save_mlx_model(model, tokenizer, tmp / "model")
-        elif is_peft_model(model):
-            save_adapters(model, tmp / "model")
+            save_mlx_model(model, tokenizer, tmp / "model")  # tokenizer included
         else:
-            model.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
+            if is_peft_model(model):
+                save_adapters(model, tmp / "model")
+            else:
+                model.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
+        if write_extra is not None:
+            write_extra(tmp)
 
     return save_checkpoint(run_dir, step, payload, {**meta, "versions": versions()}, keep_last)
 

@@ -184,10 +184,6 @@ class TorchSFT:
         self.step = 0
         if resume_from is not None:
             saved = ckpt_mod.load_trainer_state(resume_from)
-            if "optimizer" not in saved:
-                raise MathrlError(
-                    f"Checkpoint {resume_from} was written by backend = 'mlx': resume it there"
-                )
             self.optimizer.load_state_dict(saved["optimizer"])
             self.step = int(saved["step"])
 

@@ -426,17 +426,20 @@ def token_entropy_mlx(logits: mx.array) -> mx.array:
 # ================================================================ parity with torch
 
 
+MLX_TWINS: list[tuple[Registry[Any], Registry[Any]]] = [
+    (ADVANTAGES, MLX_ADVANTAGES),
+    (AGG_MODES, MLX_AGG_MODES),
+    (POLICY_LOSSES, MLX_POLICY_LOSSES),
+    (KL_ESTIMATORS, MLX_KL_ESTIMATORS),
+]
+"""Each torch registry and its MLX twin (the trainer checks a config's names with it)."""
+
+
 def missing_mlx_forms() -> list[str]:
     """Torch registry entries with no MLX twin, e.g. "policy loss 'foo'" (a user's variant)."""
-    pairs: list[tuple[Registry[Any], Registry[Any]]] = [
-        (ADVANTAGES, MLX_ADVANTAGES),
-        (AGG_MODES, MLX_AGG_MODES),
-        (POLICY_LOSSES, MLX_POLICY_LOSSES),
-        (KL_ESTIMATORS, MLX_KL_ESTIMATORS),
-    ]
     return [
         f"{torch_form.kind} '{name}'"
-        for torch_form, mlx_form in pairs
+        for torch_form, mlx_form in MLX_TWINS
         for name in torch_form.names()
         if name not in mlx_form
     ]

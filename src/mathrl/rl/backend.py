@@ -73,18 +73,17 @@ def reference_for(cfg: Config, b: Ops, model: Any, state: Any, run_dir: Path, re
 def check_mlx_forms(cfg: Config) -> None:
     """A variant registered in torch form only (a user's own loss) stops an MLX run,
     naming the key, before any work."""
-    from mathrl.algorithms import mlx_forms as f
+    from mathrl.algorithms.mlx_forms import MLX_TWINS
+    from mathrl.config import REGISTRY_CHOICES
+    from mathrl.config.validate import get_value
     from mathrl.errors import ConfigError
 
-    t = cfg.train
-    for key, name, registry, label in (
-        ("train.algorithm", t.algorithm, f.MLX_ADVANTAGES, "MLX_ADVANTAGES"),
-        ("train.policy_loss", t.policy_loss, f.MLX_POLICY_LOSSES, "MLX_POLICY_LOSSES"),
-        ("train.loss_agg", t.loss_agg, f.MLX_AGG_MODES, "MLX_AGG_MODES"),
-        ("train.kl_estimator", t.kl_estimator, f.MLX_KL_ESTIMATORS, "MLX_KL_ESTIMATORS"),
-    ):
-        if name not in registry:
+    twins = {id(torch_form): mlx_form for torch_form, mlx_form in MLX_TWINS}
+    for key, registry in REGISTRY_CHOICES.items():
+        mlx_form = twins.get(id(registry))
+        name = get_value(cfg, key)
+        if mlx_form is not None and name not in mlx_form:
             raise ConfigError(
-                f"{key} = {name!r} has no MLX form: register one in "
-                f"mathrl.algorithms.mlx_forms.{label}, or use backend = 'torch'"
+                f"{key} = {name!r} has no MLX form: register one in its {mlx_form.kind} "
+                "registry (mathrl.algorithms.mlx_forms), or use backend = 'torch'"
             )

@@ -23,14 +23,12 @@ import numpy as np
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl.algorithms import PolicyLossConfig, agg_share
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.models.mlx_model import (
     base_model,
     completion_arrays,
     completion_logprobs_mlx,
-    save_mlx_model,
 )
 from mathrl.rl.state import TrainState
 from mathrl.rl.step import LOSS_KEYS, _step_metrics
@@ -89,8 +87,6 @@ def optimizer_state(
     cfg: Config, model: Any, resume_from: Path | None
 ) -> tuple[Any, Any, TrainState, dict[str, Any] | None]:
     """AdamW + schedule + TrainState (restored from a checkpoint when resuming)."""
-    import mlx.core as mx
-    from mlx.utils import tree_unflatten
 
     t = cfg.train
     optimizer = make_optimizer(cfg, t.weight_decay, t.lr)
@@ -98,10 +94,7 @@ def optimizer_state(
     if resume_from is None:
         return optimizer, scheduler, TrainState(), None
     saved = ckpt_mod.load_trainer_state(resume_from)
-    path = resume_from / OPTIMIZER_FILE
-    if not path.is_file():
-        raise MathrlError(f"Checkpoint {resume_from} has no {OPTIMIZER_FILE}: not an MLX run's")
-    optimizer.state = tree_unflatten(list(mx.load(str(path)).items()))
+    load_optimizer(optimizer, resume_from)
     scheduler.load_state_dict(saved["scheduler"])
     return optimizer, scheduler, TrainState(**saved["train_state"]), saved
 
@@ -155,20 +148,16 @@ def train_step(
     import mlx.nn as nn
     from mlx.utils import tree_map
 
+    from mathrl.algorithms.mlx_forms import agg_share as agg_share_mlx
     from mathrl.algorithms.mlx_forms import compute_loss_mlx, truncated_is_weights_mlx
-    from mathrl.rl.step import keep_rows
+    from mathrl.rl.step import keep_rows, loss_config
 
     t = cfg.train
     comps = [c for g in groups for c in g.completions]
     prompt_of = [list(g.prompt_ids) for g in groups for _ in g.completions]
     total_tokens, total_seqs = sum(len(c.token_ids) for c in comps), len(comps)
     keep = keep_rows(cfg, advantages)
-    loss_cfg = PolicyLossConfig(
-        clip_eps=t.clip_eps,
-        clip_eps_high=t.clip_eps_high,
-        agg_mode=t.loss_agg,
-        max_len=cfg.rollout.max_new_tokens,
-    )
+    loss_cfg = loss_config(cfg)
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
     batches = [
         completion_arrays([prompt_of[i] for i in mb], [comps[i].token_ids for i in mb], pad_id)
@@ -217,7 +206,7 @@ def train_step(
         grads = None
         for j, mb in enumerate(micro):
             ids, pos, mask = batches[j]
-            weight = agg_share(t.loss_agg, _torch_mask(mask), total_tokens, total_seqs)
+            weight = agg_share_mlx(t.loss_agg, mask, total_tokens, total_seqs)
             adv = adv_all[mx.array(mb)]
             (_, old_j, entropy, stats, capped), g = grad_fn(
                 model, ids, pos, mask, old_lp[j], ref_lp[j], adv, sampled[j], weight
@@ -285,10 +274,6 @@ def _padded(rows: list[list[float]], shape: tuple[int, ...]) -> Any:
     return mx.array(out)
 
 
-def _torch_mask(mask: Any) -> torch.Tensor:
-    return torch.from_numpy(np.array(mask))
-
-
 def save_checkpoint(
     cfg: Config,
     run_dir: Path,
@@ -313,21 +298,49 @@ def save_checkpoint(
         "train_state": state.__dict__.copy(),
         "rng": ckpt_mod.rng_state(),
     }
+    return save(cfg, run_dir, state.step, model, tokenizer, optimizer, payload, "rl", fingerprint)
 
-    def write(tmp: Path) -> None:
-        save_mlx_model(model, tokenizer, tmp / "model")
+
+def save(
+    cfg: Config,
+    run_dir: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    payload: dict[str, Any],
+    kind: str,
+    fingerprint: str,
+) -> Path:
+    """checkpoint.save_training_checkpoint plus the MLX optimizer state beside it."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    def optimizer_file(tmp: Path) -> None:
         mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
-        torch.save(payload, tmp / ckpt_mod.STATE_FILE)
-        (tmp / "config.toml").write_text(dumps_toml(cfg), encoding="utf-8")
 
-    meta = checkpoint_meta(cfg, fingerprint, {"kind": "rl"})
-    return ckpt_mod.save_checkpoint(
+    return ckpt_mod.save_training_checkpoint(
         run_dir,
-        state.step,
-        write,
-        {**meta, "versions": ckpt_mod.versions()},
+        step,
+        model,
+        tokenizer,
+        payload,
+        dumps_toml(cfg),
+        checkpoint_meta(cfg, fingerprint, {"kind": kind}),
         cfg.checkpoint.keep_last,
+        write_extra=optimizer_file,
     )
+
+
+def load_optimizer(optimizer: Any, ckpt: Path) -> None:
+    """Restore an MLX optimizer's state (moments and update count) from a checkpoint."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    path = ckpt / OPTIMIZER_FILE
+    if not path.is_file():
+        raise MathrlError(f"Checkpoint {ckpt} has no {OPTIMIZER_FILE}: not an MLX run's")
+    optimizer.state = tree_unflatten(list(mx.load(str(path)).items()))
 
 
 class MlxSFT:
@@ -337,7 +350,6 @@ class MlxSFT:
     def __init__(self, cfg: Config, model: Any, resume_from: Path | None) -> None:
         import mlx.core as mx
         import mlx.nn as nn
-        from mlx.utils import tree_unflatten
 
         self.model, self.cfg = model, cfg
         self.optimizer = make_optimizer(cfg, cfg.sft.weight_decay, cfg.sft.lr)
@@ -345,10 +357,7 @@ class MlxSFT:
         self.grads: Any = None
         if resume_from is not None:
             saved = ckpt_mod.load_trainer_state(resume_from)
-            path = resume_from / OPTIMIZER_FILE
-            if not path.is_file():
-                raise MathrlError(f"Checkpoint {resume_from} has no {OPTIMIZER_FILE}")
-            self.optimizer.state = tree_unflatten(list(mx.load(str(path)).items()))
+            load_optimizer(self.optimizer, resume_from)
             self.step = int(saved["step"])
 
         def loss(mdl: Any, ids: Any, mask: Any, n_tokens: int) -> Any:
@@ -391,22 +400,6 @@ class MlxSFT:
     def save(
         self, cfg: Config, run_dir: Path, model: Any, tokenizer: Any, step: int, fp: str
     ) -> Path:
-        import mlx.core as mx
-        from mlx.utils import tree_flatten
 
         payload = {"step": step, "rng": ckpt_mod.rng_state()}
-
-        def write(tmp: Path) -> None:
-            save_mlx_model(model, tokenizer, tmp / "model")
-            mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(self.optimizer.state)))
-            torch.save(payload, tmp / ckpt_mod.STATE_FILE)
-            (tmp / "config.toml").write_text(dumps_toml(cfg), encoding="utf-8")
-
-        meta = checkpoint_meta(cfg, fp, {"kind": "sft"})
-        return ckpt_mod.save_checkpoint(
-            run_dir,
-            step,
-            write,
-            {**meta, "versions": ckpt_mod.versions()},
-            cfg.checkpoint.keep_last,
-        )
+        return save(cfg, run_dir, step, model, tokenizer, self.optimizer, payload, "sft", fp)

@@ -78,10 +78,6 @@ def optimizer_state(
     if resume_from is None:
         return optimizer, scheduler, TrainState(), None
     saved = ckpt_mod.load_trainer_state(resume_from)
-    if "optimizer" not in saved:
-        raise MathrlError(
-            f"Checkpoint {resume_from} was written by backend = 'mlx': resume it there"
-        )
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return optimizer, scheduler, TrainState(**saved["train_state"]), saved

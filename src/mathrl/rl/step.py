@@ -107,12 +107,7 @@ def train_step(
     local = [sum(len(c.token_ids) for c in comps), len(comps)]
     total_tokens, total_seqs = (int(x) for x in dist.all_sum(local))
     keep = keep_rows(cfg, advantages)
-    loss_cfg = PolicyLossConfig(
-        clip_eps=t.clip_eps,
-        clip_eps_high=t.clip_eps_high,
-        agg_mode=t.loss_agg,
-        max_len=cfg.rollout.max_new_tokens,
-    )
+    loss_cfg = loss_config(cfg)
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
     batches = micro_batches(groups, micro, pad_id, device, pad_multiple(model))
     old_lp, ref_lp = fixed_logprobs(cfg, model, ref, comps, micro, batches, rollout_logprobs)
@@ -221,6 +216,17 @@ def fixed_logprobs(
             if ref is not None:
                 ref_lp[j] = ref.logprobs(model, batch, share)
     return old_lp, ref_lp
+
+
+def loss_config(cfg: Config) -> PolicyLossConfig:
+    """The policy losses' options from train.* (both backends' steps)."""
+    t = cfg.train
+    return PolicyLossConfig(
+        clip_eps=t.clip_eps,
+        clip_eps_high=t.clip_eps_high,
+        agg_mode=t.loss_agg,
+        max_len=cfg.rollout.max_new_tokens,
+    )
 
 
 def keep_rows(cfg: Config, advantages: torch.Tensor) -> list[int]:
