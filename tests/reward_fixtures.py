@@ -30,6 +30,15 @@ def brevity(completions, **kwargs):
     return [max(0.0, 1.0 - len(c) / 100) for c in completions]
 
 
+def brevity_odd_prompts(completions, prompts, **kwargs):
+    """brevity for prompts of odd length, 0.5 for the others: their groups have zero
+    advantage, so ranks train on different numbers of rows."""
+    return [
+        max(0.0, 1.0 - len(c) / 100) if len(str(p)) % 2 else 0.5
+        for c, p in zip(completions, prompts, strict=True)
+    ]
+
+
 def seen_columns(completions, prompts, **columns):
     """1.0 when the columns and prompts arrived as one list per sample."""
     ok = all(isinstance(v, list) and len(v) == len(completions) for v in columns.values())

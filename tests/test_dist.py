@@ -13,6 +13,7 @@ weights by ~1e-4 or more.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +168,7 @@ def test_eval_and_probe_split_problems_over_ranks_one_process_commands_refuse(
     )
     assert (p2.stdout + p2.stderr).count("verdict:") == 1
     r = torchrun(2, "expert-iter", "-c", tiny_config, "--out", tmp_path / "x")
-    assert r.returncode != 0 and "launch it without torchrun" in r.stderr
+    assert r.returncode != 0 and r.stderr.count("launch it without torchrun") == 1  # rank 0
 
 
 def rank_pid(launcher: int, rank: int) -> int | None:
@@ -249,6 +250,7 @@ def test_a_killed_rank_or_a_signal_stops_the_run_and_resume_continues_it(
     assert launcher.returncode == 143, err[-3000:]
     lines = [x for x in err.splitlines() if x.startswith("stopped by SIGTERM after step")]
     assert len(lines) == 1, err[-3000:]
+    assert err.count("SIGTERM received") == 1, err[-3000:]  # rank 0 says it, once
     step = int(lines[0].split("after step ")[1].split(";")[0])
     assert f"checkpoints/step_{step:08d}" in lines[0] and "--nproc 2" in lines[0]
     assert lines[0].endswith("--resume")
@@ -306,3 +308,133 @@ def test_a_hanging_reward_on_one_rank_does_not_hang_the_job(tmp_path, tiny_confi
     timed_out = [r for r in rows if "timeout" in str(r["reason"])]
     assert len(rows) == 2 * 4 * 4 and len(timed_out) >= 1
     assert all(r["reward"] == 0.0 for r in timed_out)
+
+
+def test_fsdp_equals_one_process_and_resumes(tmp_path, tiny_config, run_train):
+    """train.parallel = "fsdp" on 2 ranks (parameters, gradients and AdamW state sharded)
+    = one process: the SFT warm-up with 3 + 2 rows per rank in micro-batches of 2, then GRPO
+    where some groups have zero advantage, so ranks train on different numbers of rows and
+    the one with fewer runs zero-weight passes; weights within ATOL. Its checkpoints are
+    one-process ones: plain transformers loads the model, a 2-rank FSDP resume ends bitwise
+    where the straight run ends, and one process resumes it within ATOL."""
+    from transformers import AutoConfig
+
+    sets = [
+        "train.steps=3",
+        "train.prompts_per_step=8",
+        "train.micro_batch_size=2",
+        "sft.batch_size=5",
+        "rollout.batch_size=32",
+        "log.rollouts_every=1",
+        'task.rewards=[{fn = "reward_fixtures:brevity_odd_prompts", completions = "text"}]',
+    ]
+    one = run_train(tmp_path / "one", *sets)
+    assert one.code == 0, one.err
+    flags = [a for s in [*sets, "model.threads=1", "train.parallel=fsdp"] for a in ("--set", s)]
+    two = mathrl("train", "--nproc", "2", "-c", tiny_config, "--out", tmp_path / "two", *flags)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ra, rb = (read_jsonl(tmp_path / r / "rollouts.jsonl") for r in ("one", "two"))
+    keys = ("step", "prompt_id", "completion_tokens", "reward")
+    assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
+    # the zero-weight passes ran: some step gave the ranks different numbers of micro-batches
+    trained = [
+        [
+            sum(
+                r["advantage"] != 0
+                for r in rb
+                if r["step"] == s and (int(r["group_id"].split(":")[1]) < 4) == first
+            )
+            for first in (True, False)
+        ]
+        for s in (1, 2, 3)
+    ]
+    assert any((a + 1) // 2 != (b + 1) // 2 for a, b in trained), trained
+    assert_close_weights(tmp_path / "one", tmp_path / "two", 3)
+    warm = "warmup_sft/checkpoints/step_00000003/model/model.safetensors"
+    wa, wb = load_file(tmp_path / "one" / warm), load_file(tmp_path / "two" / warm)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= ATOL
+    model_dir = tmp_path / "two" / "checkpoints" / "step_00000003" / "model"
+    assert AutoConfig.from_pretrained(model_dir).architectures == ["Qwen2ForCausalLM"]
+
+    # resume the 2-rank run from step 2: FSDP on 2 ranks bitwise, one process within ATOL
+    for name, extra in (("again", ["--nproc", "2"]), ("single", [])):
+        run = tmp_path / name
+        shutil.copytree(tmp_path / "two", run)
+        shutil.rmtree(run / "checkpoints" / "step_00000003")
+        r = mathrl("train", *extra, "-c", tiny_config, "--out", run, *flags, "--resume")
+        assert r.returncode == 0, r.stderr[-3000:]
+        if name == "again":
+            wa, wb = weights(tmp_path / "two", 3), weights(run, 3)
+            assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        else:
+            assert_close_weights(tmp_path / "two", run, 3)
+
+
+def test_fsdp_shards_the_kl_reference_too(tmp_path, tiny_config, run_train):
+    """With train.kl_coef > 0 the reference model is sharded like the policy and the KL
+    term matches one process's."""
+    sets = [
+        "train.steps=2",
+        "train.prompts_per_step=8",
+        "train.kl_coef=0.5",
+        "warmup.steps=0",
+        "rollout.batch_size=32",
+        'task.rewards=[{fn = "reward_fixtures:brevity", completions = "text"}]',
+    ]
+    one = run_train(tmp_path / "one", *sets)
+    assert one.code == 0, one.err
+    flags = [a for s in [*sets, "model.threads=1", "train.parallel=fsdp"] for a in ("--set", s)]
+    two = mathrl("train", "--nproc", "2", "-c", tiny_config, "--out", tmp_path / "two", *flags)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ka = [m["loss/kl"] for m in read_jsonl(tmp_path / "one" / "metrics.jsonl") if "loss/kl" in m]
+    kb = [m["loss/kl"] for m in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "loss/kl" in m]
+    assert len(ka) == 2 and ka[1] > 0 and ka == pytest.approx(kb, rel=1e-4, abs=1e-7)
+    assert_close_weights(tmp_path / "one", tmp_path / "two", 2)
+
+
+RANK_SCRIPT = """
+import sys, time
+from mathrl import dist
+from mathrl.errors import MathrlError
+dist.init(timeout_s=1.0)
+me = dist.current()
+# rank 0 works for 3 s inside on_main (a checkpoint write): the others wait it out
+got = dist.on_main(lambda: time.sleep(3) or 42)
+print("on_main", got, flush=True)
+# a plain collective keeps the 1 s timeout: rank 1 gives up on a rank 0 that is 3 s late
+if me.rank == 0:
+    time.sleep(3)
+try:
+    dist.all_sum([1.0])
+    print("all_sum ok", flush=True)
+except MathrlError as e:
+    print("all_sum failed:", e, flush=True)
+"""
+
+
+def test_rank_0_writing_longer_than_the_collective_timeout_does_not_time_the_others_out(
+    tmp_path,
+):
+    """on_main waits for rank 0 on its own group (an hour), while train.collective_timeout_s
+    still bounds every other collective (here 1 s)."""
+    import socket
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**rank_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    out = [p.communicate(timeout=60)[0] for p in procs]
+    assert all("on_main 42" in o for o in out), out
+    assert "all_sum failed: rank 1 of 2" in out[1], out

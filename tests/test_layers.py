@@ -17,7 +17,16 @@ LAYERS: list[set[str]] = [
     {"algorithms", "rewards", "tasks"},  # pure: tensors in/out; text in, reward out
     {"models", "rollout"},  # load models, log-probs; sampling engines
     {"config"},  # the typed config; its choices come from the registries below
-    {"loggers", "loggers_extra", "checkpoint", "runtime", "shards", "stopping", "dist"},  # plumbing
+    {
+        "loggers",
+        "loggers_extra",
+        "checkpoint",
+        "runtime",
+        "shards",
+        "stopping",
+        "dist",
+        "fsdp",
+    },  # plumbing
     {"data", "sampling"},  # prompts, splits; groups scored through the reward pool
     {"rl", "eval", "report"},  # one train step; metrics, evaluate, probe; plots, summary
     {"trainer", "sft", "warmup", "expert_iter", "decoupled", "distill"},  # the loops

@@ -264,13 +264,15 @@ def save_training_checkpoint(
     meta: dict[str, Any],
     keep_last: int,
     write_extra: Callable[[Path], None] | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> Path:
     """Model in HF format (loadable by from_pretrained and vLLM) plus the trainer state.
 
     A LoRA policy saves its adapters and a reference to their base instead of the whole
     model (models/lora.py); mathrl's loader and transformers + peft read either. An MLX
     model is saved in mlx-lm's format (models/mlx_model.py). write_extra(tmp) adds files
-    of the backend's own (the MLX optimizer state).
+    of the backend's own (the MLX optimizer state). weights: the model's gathered state
+    dict when the module holds shards of it (train.parallel = "fsdp", mathrl.fsdp).
     """
     import torch
 
@@ -283,6 +285,11 @@ def save_training_checkpoint(
         else:
             if is_peft_model(model):
                 save_adapters(model, tmp / "model")
+            elif weights is not None:
+                from mathrl.fsdp import plain_class
+
+                with plain_class(model):
+                    model.save_pretrained(tmp / "model", state_dict=weights)
             else:
                 model.save_pretrained(tmp / "model", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")

@@ -12,8 +12,9 @@ What each rank does (the loops call the functions below, and one process is worl
 - agrees on stopping (`agree_stop`), so a signal stops every rank at the same step;
 - leaves writing (checkpoints, logs, rollouts, report) to rank 0 (`on_main`).
 
-Every rank holds the full model and optimizer state (DDP's layout; gradients are all-reduced
-once per optimizer step, after accumulation, which is what DDP with no_sync computes).
+With train.parallel = "ddp" every rank holds the full model and optimizer state (gradients
+are all-reduced once per optimizer step, after accumulation, which is what DDP with no_sync
+computes); with "fsdp" they are sharded (mathrl.fsdp).
 Collectives time out after `timeout_s` (train.collective_timeout_s), not torch's 30 minutes:
 a dead rank makes the others fail within that bound, and torchrun stops them sooner.
 """
@@ -52,6 +53,10 @@ class Dist:
 
 _current = Dist()
 
+WRITE_TIMEOUT_S = 3600.0
+"""How long ranks wait for rank 0's work in on_main (writing a checkpoint, a report)."""
+_writer: list[Any] = [None]  # the process group on_main waits on (gloo, WRITE_TIMEOUT_S)
+
 
 def current() -> Dist:
     """This process's place (world 1 unless init() joined a group)."""
@@ -85,6 +90,11 @@ def init(timeout_s: float, device: str = "cpu") -> Dist:
             torch.cuda.set_device(local)
         try:
             tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            # rank 0's writes (a checkpoint of a large model) may outlast the collective
+            # timeout: the others wait for them on a CPU group with a longer one (a rank 0
+            # that dies still ends the wait at once: gloo sees its connection go)
+            wait = datetime.timedelta(seconds=max(timeout_s, WRITE_TIMEOUT_S))
+            _writer[0] = tdist.new_group(backend="gloo", timeout=wait)
         except (RuntimeError, ValueError) as e:
             raise MathrlError(f"could not join the process group ({backend}): {e}") from None
     _current = Dist(
@@ -107,6 +117,7 @@ def close() -> None:
     global _current
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+    _writer[0] = None
     _current = Dist()
 
 
@@ -171,6 +182,8 @@ def all_reduce_grads(model: Any) -> None:
     if _current.world == 1:
         return
     params = [p for p in model.parameters() if p.requires_grad]
+    if any(type(p).__name__ == "DTensor" for p in params):
+        return  # FSDP (mathrl.fsdp) reduce-scattered them during the backward pass
     # A parameter no rank gave a gradient stays without one, as in one process (AdamW then
     # skips it: no weight decay, no momentum step); one some rank missed gets zeros there.
     has = torch.tensor([float(p.grad is not None) for p in params], device=_device())
@@ -217,7 +230,9 @@ def on_main(fn: Callable[[], T]) -> T:
             box[0] = ("ok", fn())
         except Exception as e:  # every rank fails the same way, not just rank 0
             box[0] = ("error", e)
-    _collective(lambda: tdist.broadcast_object_list(box, src=0), "waiting for rank 0")
+    _collective(
+        lambda: tdist.broadcast_object_list(box, src=0, group=_writer[0]), "waiting for rank 0"
+    )
     kind, value = box[0]
     if kind == "error":
         value.shared = True  # the same error on every rank: only rank 0 prints it

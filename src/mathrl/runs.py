@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mathrl.errors import MathrlError
+from mathrl.errors import ConfigError, MathrlError
 from mathrl.stopping import Stopped, graceful_stop
 
 
@@ -31,7 +31,7 @@ def load_run_config(
 
     # a Config object comes from a run already started (the end-of-run suite on rank 0)
     if dist.launched() and not ranks and not isinstance(config, Config):
-        raise MathrlError(
+        raise ConfigError(
             "this command runs in one process: launch it without torchrun (data-parallel "
             "runs: mathrl train and mathrl sft)"
         )
@@ -248,7 +248,7 @@ def maybe_warmup(
 
     Returns the warmed-up model dir, or None to start RL from the configured model.
     """
-    from mathrl import dist, warmup
+    from mathrl import dist, fsdp, warmup
     from mathrl.runtime import load_policy
 
     wdir = run_dir / "warmup_sft"
@@ -259,7 +259,8 @@ def maybe_warmup(
             say("warm-up probe: sampling RL's first round from the starting model")
             model, tokenizer = load_policy(cfg, task, run_dir)
             # rank 0 samples and every rank takes its rate: one decision for the job
-            rate = dist.on_main(lambda: warmup.first_round_correct(cfg, task, model, tokenizer))
+            with fsdp.full_weights(model):
+                rate = dist.on_main(lambda: warmup.first_round_correct(cfg, task, model, tokenizer))
             del model, tokenizer
         decision = warmup.decide(cfg, rate)
         if decision.warmup or rate is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl import dist
+from mathrl import dist, fsdp
 from mathrl.config import Config, config_hash, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.io import atomic_write_text
@@ -156,6 +156,7 @@ def load_policy(
         source = str(scratch_dir)
     if cfg.backend == "mlx":
         return load_mlx_policy(cfg, source)
+    fsdp.check(cfg)
     use_lora = cfg.model.lora.r > 0
     model, tokenizer = load_model(
         source,
@@ -171,6 +172,8 @@ def load_policy(
             check_adapters(model, cfg, source)
         else:
             model = apply_lora(model, cfg, base=source)
+    if fsdp.wanted(cfg):  # train.parallel = "fsdp": each rank keeps its shard
+        model = fsdp.shard(model)
     return model, tokenizer
 
 

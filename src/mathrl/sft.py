@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl import dist, stopping
+from mathrl import dist, fsdp, stopping
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import DataError, MathrlError
 from mathrl.io import read_jsonl
@@ -134,8 +134,12 @@ def train_sft(
         mine = encoded[ranks.rank :: ranks.world]  # this rank's share, lengths balanced
         learner.zero_grad()
         total = 0.0
-        for i in range(0, len(mine), micro):
-            total += learner.accumulate(mine[i : i + micro], n_tokens, pad_id)
+        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+        for i in range(fsdp.padded_count(len(chunks), model)):  # FSDP: equal passes per rank
+            if i < len(chunks):
+                total += learner.accumulate(chunks[i], n_tokens, pad_id)
+            else:  # this rank's share ran out: a pass the others' collectives need
+                learner.accumulate(encoded[:1], n_tokens, pad_id, weight=0.0)
         (total,) = dist.all_sum([total])
         grad_norm = learner.update(cfg.train.grad_clip)  # gradients summed over ranks
         if not math.isfinite(grad_norm):
@@ -154,7 +158,7 @@ def train_sft(
         write = functools.partial(learner.save, cfg, run_dir, model, tokenizer, step, fingerprint)
 
         def save(write: Callable[[], Path] = write) -> Path:
-            return dist.on_main(write)  # rank 0 writes
+            return write()  # every rank calls it; rank 0 writes
 
         every = cfg.checkpoint.every
         saved = save() if (every and step % every == 0) or step == steps else None
@@ -184,21 +188,23 @@ class TorchSFT:
         self.step = 0
         if resume_from is not None:
             saved = ckpt_mod.load_trainer_state(resume_from)
-            self.optimizer.load_state_dict(saved["optimizer"])
+            fsdp.load_optimizer(model, self.optimizer, saved["optimizer"])
             self.step = int(saved["step"])
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def accumulate(self, chunk: list[Encoded], n_tokens: int, pad_id: int) -> float:
-        """Backward of the chunk's summed loss / n_tokens; returns the summed loss."""
+    def accumulate(
+        self, chunk: list[Encoded], n_tokens: int, pad_id: int, weight: float = 1.0
+    ) -> float:
+        """Backward of weight x the chunk's summed loss / n_tokens; returns the summed loss."""
         from mathrl.models.logprobs import pad_batch
 
         ids, attn, mask = pad_batch(
             [c[0] for c in chunk], [c[1] for c in chunk], pad_id, self.device, self.multiple
         )
         loss_sum, _ = sft_loss(self.model, ids, attn, mask)
-        (loss_sum / n_tokens).backward()
+        (loss_sum * (weight / n_tokens)).backward()
         return float(loss_sum.item())
 
     def update(self, grad_clip: float) -> float:
@@ -236,8 +242,25 @@ def sft_batch(
 def save_sft_checkpoint(
     cfg: Config, run_dir: Path, model: Any, tokenizer: Any, optimizer: Any, step: int, fp: str
 ) -> Path:
-    """Commit an SFT checkpoint (same layout as RL's; trainer_state holds optimizer and step)."""
-    payload = {"optimizer": optimizer.state_dict(), "step": step, "rng": ckpt_mod.rng_state()}
+    """Commit an SFT checkpoint (same layout as RL's; trainer_state holds optimizer and step).
+    Every rank calls it; rank 0 writes (under FSDP the ranks first gather the shards)."""
+    weights, optim = fsdp.full_state(model, optimizer)
+    return dist.on_main(
+        lambda: _write_sft_checkpoint(cfg, run_dir, model, tokenizer, weights, optim, step, fp)
+    )
+
+
+def _write_sft_checkpoint(
+    cfg: Config,
+    run_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    weights: dict[str, Any] | None,
+    optim: dict[str, Any],
+    step: int,
+    fp: str,
+) -> Path:
+    payload = {"optimizer": optim, "step": step, "rng": ckpt_mod.rng_state()}
     return ckpt_mod.save_training_checkpoint(
         run_dir,
         step,
@@ -247,4 +270,5 @@ def save_sft_checkpoint(
         dumps_toml(cfg),
         checkpoint_meta(cfg, fp, {"kind": "sft"}),
         cfg.checkpoint.keep_last,
+        weights=weights,
     )

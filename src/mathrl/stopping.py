@@ -13,6 +13,7 @@ exit status 128 + signal (130 for SIGINT, 143 for SIGTERM).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -63,6 +64,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if _request.signum is None:
         _request.signum, _request.at = signum, time.monotonic()
         name = signal.Signals(signum).name
+        if os.environ.get("RANK", "0") != "0":
+            return  # every rank of a torchrun job gets the signal: rank 0 says it once
         print(
             f"\n{name} received: stopping after the current step and writing a checkpoint "
             f"(send it again to stop at once)",

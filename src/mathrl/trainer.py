@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl import dist, stopping
+from mathrl import dist, fsdp, stopping
 from mathrl.algorithms import compute_loss, zero_std_mask
 from mathrl.config import Config
 from mathrl.data import PromptStream, heldout_split, training_examples
@@ -80,10 +80,17 @@ def train(
     ):
 
         def rollouts(step: int) -> tuple[list[Any], dict[str, float]]:
-            return collect_groups(cfg, stream, engine, pool, task, prompt_cache, tokenizer, step)
+            with fsdp.full_weights(model):  # FSDP: decode on the gathered model
+                return collect_groups(
+                    cfg, stream, engine, pool, task, prompt_cache, tokenizer, step
+                )
+
+        def heldout() -> dict[str, float]:
+            with fsdp.full_weights(model):
+                return heldout_metrics(cfg, model, tokenizer, task, eval_split, pool)
 
         if cfg.eval.every and state.step == 0:
-            logger.log(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool), 0)
+            logger.log(heldout(), 0)
         while state.step < t.steps:
             t_step, comm_before = time.perf_counter(), dist.comm_seconds()
             dist.at_step(state.step + 1)
@@ -147,9 +154,7 @@ def train(
                 )
             logger.log(metrics, state.step)
             if cfg.eval.every and (state.step % cfg.eval.every == 0 or state.step == t.steps):
-                logger.log(
-                    heldout_metrics(cfg, model, tokenizer, task, eval_split, pool), state.step
-                )
+                logger.log(heldout(), state.step)
             if on_step is not None:
                 on_step(state.step, metrics)
 
@@ -157,17 +162,15 @@ def train(
                 # Saved at the prompts this step used: a resume samples the pending step's
                 # prompts again (same seeds, from the checkpoint's weights). Rank 0 writes.
                 with rewound(state, used):
-                    return dist.on_main(
-                        lambda: b.save_checkpoint(
-                            cfg,
-                            run_dir,
-                            model,
-                            tokenizer,
-                            optimizer,
-                            scheduler,
-                            state,
-                            task.fingerprint,
-                        )
+                    return b.save_checkpoint(
+                        cfg,
+                        run_dir,
+                        model,
+                        tokenizer,
+                        optimizer,
+                        scheduler,
+                        state,
+                        task.fingerprint,
                     )
 
             every = cfg.checkpoint.every
@@ -181,6 +184,7 @@ def check_parallel(cfg: Config, world: int) -> None:
     """What data-parallel RL does not do (yet), refused before the first step."""
     if world == 1:
         return
+    fsdp.check(cfg)
     t = cfg.train
     if t.prompts_per_step % world:
         raise MathrlError(

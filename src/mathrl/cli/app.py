@@ -9,7 +9,7 @@ from typing import NoReturn
 import typer
 
 from mathrl import dist
-from mathrl.errors import MathrlError
+from mathrl.errors import ConfigError, MathrlError
 from mathrl.stopping import Stopped, message
 
 app = typer.Typer(
@@ -70,7 +70,9 @@ def main() -> None:
     except MathrlError as exc:
         if debug:
             raise
-        if dist.speaks() or not getattr(exc, "shared", False):  # rank 0's error, on every rank
+        # rank 0's error on every rank (on_main), or a config error every rank found in
+        # the same config: rank 0 prints it; a rank's own error (a dead peer) prints there
+        if dist.speaks() or not (getattr(exc, "shared", False) or isinstance(exc, ConfigError)):
             typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -261,7 +261,9 @@ class TrainConfig:
     either way."""
     parallel: str = "ddp"
     """With several ranks (torchrun): ddp, every rank holds the whole model and gradients
-    are summed over ranks once per optimizer step."""
+    are summed over ranks once per optimizer step; fsdp, parameters, gradients and AdamW
+    state are sharded over the ranks (FSDP2, one unit per decoder layer), for models that do
+    not fit one device; rollouts gather the whole model for the decode. Not with LoRA."""
     collective_timeout_s: float = 600.0
     """With several ranks: a collective waiting longer than this (a dead or stuck rank)
     stops the run with an error naming the rank and step."""

@@ -32,7 +32,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "eval.split": ("auto", "val", "test"),
     "rollout.weight_sync": ("load_weights", "vllm_lora", "none"),
     "rollout.autocast": ("model", "none", "bfloat16", "float16"),
-    "train.parallel": ("ddp",),
+    "train.parallel": ("ddp", "fsdp"),
 }
 
 REGISTRY_CHOICES: dict[str, Registry[Any]] = {

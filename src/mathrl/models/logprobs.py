@@ -266,6 +266,10 @@ def _head_is_separable(model: nn.Module) -> bool:
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "get_decoder"):
         return False
+    if type(model).__name__.startswith("FSDP"):
+        # FSDP2 gathers the head's weights in the whole model's forward only: under
+        # train.parallel = "fsdp" logits come from model(...)
+        return False
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return False
     head = model.get_output_embeddings()

@@ -15,6 +15,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from mathrl import checkpoint as ckpt_mod
+from mathrl import dist, fsdp
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.loggers import warn
@@ -78,7 +79,7 @@ def optimizer_state(
     if resume_from is None:
         return optimizer, scheduler, TrainState(), None
     saved = ckpt_mod.load_trainer_state(resume_from)
-    optimizer.load_state_dict(saved["optimizer"])
+    fsdp.load_optimizer(model, optimizer, saved["optimizer"])  # FSDP: this rank's shard
     scheduler.load_state_dict(saved["scheduler"])
     return optimizer, scheduler, TrainState(**saved["train_state"]), saved
 
@@ -93,25 +94,32 @@ def save_checkpoint(
     state: TrainState,
     fingerprint: str,
 ) -> Path:
-    """Commit an RL checkpoint (model, optimizer, schedule, TrainState, RNG states)."""
-    for p in model.parameters():
-        if not torch.isfinite(p).all():
-            raise MathrlError(
-                f"Refusing to checkpoint step {state.step}: model weights are not finite"
-            )
-    payload = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "train_state": state.__dict__.copy(),
-        "rng": ckpt_mod.rng_state(),
-    }
-    return ckpt_mod.save_training_checkpoint(
-        run_dir,
-        state.step,
-        model,
-        tokenizer,
-        payload,
-        dumps_toml(cfg),
-        checkpoint_meta(cfg, fingerprint, {"kind": "rl"}),
-        cfg.checkpoint.keep_last,
-    )
+    """Commit an RL checkpoint (model, optimizer, schedule, TrainState, RNG states); every
+    rank calls it, rank 0 writes (under FSDP the ranks first gather the shards)."""
+    weights, optim = fsdp.full_state(model, optimizer)
+
+    def write() -> Path:
+        for p in model.parameters() if weights is None else weights.values():
+            if not torch.isfinite(p).all():
+                raise MathrlError(
+                    f"Refusing to checkpoint step {state.step}: model weights are not finite"
+                )
+        payload = {
+            "optimizer": optim,
+            "scheduler": scheduler.state_dict(),
+            "train_state": state.__dict__.copy(),
+            "rng": ckpt_mod.rng_state(),
+        }
+        return ckpt_mod.save_training_checkpoint(
+            run_dir,
+            state.step,
+            model,
+            tokenizer,
+            payload,
+            dumps_toml(cfg),
+            checkpoint_meta(cfg, fingerprint, {"kind": "rl"}),
+            cfg.checkpoint.keep_last,
+            weights=weights,
+        )
+
+    return dist.on_main(write)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mathrl import dist
+from mathrl import dist, fsdp
 from mathrl.algorithms import (
     PolicyLossConfig,
     agg_share,
@@ -59,12 +59,15 @@ def reference_model(cfg: Config, model: Any, source: str | None = None) -> Refer
         return None
     if cfg.model.lora.r > 0:
         return Reference(None)
+    if source is None and fsdp.is_sharded(model):
+        source = model.name_or_path  # FSDP modules cannot be copied: load the start again
     if source is not None:
         from mathrl.models.loading import load_model
 
         device = str(next(model.parameters()).device)
         ref, _ = load_model(source, cfg.model.dtype, device, autocast=cfg.model.autocast)
-        return Reference(ref.eval().requires_grad_(False))
+        ref = ref.eval().requires_grad_(False)
+        return Reference(fsdp.shard(ref) if fsdp.is_sharded(model) else ref)
     return Reference(copy.deepcopy(model).eval().requires_grad_(False))
 
 
@@ -109,6 +112,8 @@ def train_step(
     keep = keep_rows(cfg, advantages)
     loss_cfg = loss_config(cfg)
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
+    real = len(micro)  # FSDP: ranks with fewer micro-batches run zero-weight passes on row 0
+    micro += [[0]] * (fsdp.padded_count(real, model) - real)
     batches = micro_batches(groups, micro, pad_id, device, pad_multiple(model))
     old_lp, ref_lp = fixed_logprobs(cfg, model, ref, comps, micro, batches, rollout_logprobs)
     sums: dict[str, float] = {}
@@ -121,6 +126,9 @@ def train_step(
             logprobs, entropy = completion_logprobs(
                 model, batches[j], return_entropy=True, share_prompts=t.share_prompts
             )
+            if j >= real:  # the other ranks' passes need this one; it adds nothing
+                (logprobs.sum() * 0.0).backward()
+                continue
             old = old_lp[j] if old_lp[j] is not None else logprobs.detach()
             adv = advantages[mb].to(device)  # (b,)
             if not rollout_logprobs:  # the sampler's log-probs against the trainer's
@@ -162,7 +170,7 @@ def train_step(
             continue
         optimizer.step()
     sums = merge_sums(dist.gather(sums))
-    trained, had_micro = (int(x) for x in dist.all_sum([len(keep), float(bool(micro))]))
+    trained, had_micro = (int(x) for x in dist.all_sum([len(keep), float(bool(real))]))
     return _step_metrics(sums, grad_norm, skipped, trained, had_micro > 0, passes=t.mu)
 
 
@@ -178,7 +186,8 @@ def merge_sums(parts: list[dict[str, float]]) -> dict[str, float]:
 def clip_gradients(model: Any, max_norm: float) -> torch.Tensor:
     """Clip the trainable parameters' global gradient norm (0: no clipping); returns the norm."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
 
 
 def micro_batches(
