@@ -126,7 +126,7 @@ def full_state(model: Any, optimizer: Any) -> tuple[dict[str, Any] | None, dict[
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
-    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=options))
     if not dist.current().is_main:
         return {}, {}
     # a tied weight (the LM head = the embeddings) is saved once, as save_pretrained does
@@ -154,7 +154,7 @@ def load_optimizer(model: Any, optimizer: Any, saved: dict[str, Any]) -> None:
     )
 
     names = _trainable_names(model)
-    by_name = {
+    by_name: Any = {
         "state": {names[i]: v for i, v in saved["state"].items()},
         "param_groups": [
             {**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]
