@@ -91,3 +91,11 @@ def hang_once_on_rank1(completions, **kwargs):
         flag.touch()
         time.sleep(60)
     return brevity(completions)
+
+
+def even_length_correct(completion, *args):
+    """A stand-in expert for Countdown: a completion of even length is correct."""
+    from mathrl.rewards.scoring import RewardResult
+
+    ok = len(completion) % 2 == 0
+    return RewardResult(reward=float(ok), correct=ok, format_ok=True, reason="ok")

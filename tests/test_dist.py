@@ -167,8 +167,68 @@ def test_eval_and_probe_split_problems_over_ranks_one_process_commands_refuse(
         tmp_path / "p2" / "pass_rates.jsonl"
     )
     assert (p2.stdout + p2.stderr).count("verdict:") == 1
-    r = torchrun(2, "expert-iter", "-c", tiny_config, "--out", tmp_path / "x")
+    r = torchrun(
+        2,
+        "train-buffer",
+        "--buffer",
+        tmp_path / "b.jsonl",
+        "-c",
+        tiny_config,
+        "--out",
+        tmp_path / "x",
+    )
     assert r.returncode != 0 and r.stderr.count("launch it without torchrun") == 1  # rank 0
+
+
+# Countdown scored by reward_fixtures.even_length_correct in every process of a command
+# (its ranks and reward workers): what conftest's use_reward does in-process.
+EXPERT = """
+import reward_fixtures
+from mathrl.tasks.countdown import CountdownTask
+_real = CountdownTask.reward_call
+CountdownTask.reward_call = lambda self, ex: (reward_fixtures.even_length_correct, _real(self, ex)[1])
+"""
+
+
+def test_expert_iter_on_two_ranks_equals_one_process(tmp_path, tiny_config):
+    """expert-iter --nproc 2: the ranks split each round's sampling (the same samples, so
+    the same kept completions), its SFT and its eval; weights within ATOL of one process."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(EXPERT)
+    env = rank_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    sets = [
+        "expert_iter.rounds=2",
+        "expert_iter.prompts=6",
+        "expert_iter.samples=4",
+        "expert_iter.sft_steps=2",
+        "sft.batch_size=5",
+        "eval.every=1",
+        "eval.limit=5",
+        "model.threads=1",
+    ]
+    flags = [a for s in sets for a in ("--set", s)]
+    base = [sys.executable, "-m", "mathrl", "expert-iter", "-c", str(tiny_config), *flags]
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        runs[name] = tmp_path / name
+        done = subprocess.run(
+            [*base, *extra, "--out", str(runs[name])], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    for r in (1, 2):
+        data = f"expert_iter/round_{r:03d}/data.jsonl"
+        kept = read_jsonl(runs["one"] / data)
+        assert kept and kept == read_jsonl(runs["two"] / data)
+    assert done.stderr.count("expert iteration: 2 rounds") == 1  # rank 0 speaks
+    ma, mb = (read_jsonl(runs[n] / "metrics.jsonl") for n in ("one", "two"))
+    assert [m["step"] for m in mb] == [0, 1, 2]
+    for x, y in zip(ma, mb, strict=True):
+        for k in x:
+            if k.startswith(("ei/", "eval/")) and "time" not in k and "per_s" not in k:
+                assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
+    assert_close_weights(runs["one"], runs["two"], 2)
 
 
 def rank_pid(launcher: int, rank: int) -> int | None:

@@ -14,6 +14,7 @@ checkpoints, so no sampling is redone.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl import checkpoint as ckpt_mod
+from mathrl import dist, fsdp
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
@@ -72,14 +74,20 @@ def run_expert_iter(
     ei = cfg.expert_iter
     latest = ckpt_mod.latest_checkpoint(run_dir)
     done = ckpt_mod.read_manifest(latest)["step"] if latest else 0
-    ckpt_mod.truncate_logs(run_dir, done)
+    if dist.current().is_main:
+        ckpt_mod.truncate_logs(run_dir, done)
     train_examples = training_examples(cfg, task)
     by_id = {ex.id: ex for ex in train_examples}
     eval_split = heldout_split(cfg, task)
+
+    def heldout(model: Any, tokenizer: Any) -> dict[str, float]:
+        with fsdp.full_weights(model):  # the ranks split the problems
+            return heldout_metrics(cfg, model, tokenizer, task, eval_split, pool)
+
     with RewardPool(timeout_s=cfg.train.reward_timeout_s, workers=cfg.train.reward_workers) as pool:
         model, tokenizer = load(latest / "model" if latest else None)
         if done == 0 and cfg.eval.every:
-            logger.log(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool), 0)
+            logger.log(heldout(model, tokenizer), 0)
         for round_no in range(done + 1, ei.rounds + 1):
             rdir = run_dir / "expert_iter" / f"round_{round_no:03d}"
             data_path = rdir / "data.jsonl"
@@ -109,20 +117,41 @@ def run_expert_iter(
                     resume_from=prev,
                 )
             if cfg.eval.every:
-                metrics.update(heldout_metrics(cfg, model, tokenizer, task, eval_split, pool))
+                metrics.update(heldout(model, tokenizer))
             logger.log(metrics, round_no)  # step = round; a resume truncates a repeated row
-            ckpt_mod.save_training_checkpoint(
-                run_dir,
-                round_no,
-                model,
-                tokenizer,
-                {"round": round_no},
-                dumps_toml(cfg),
-                checkpoint_meta(cfg, task.fingerprint, {"kind": "expert_iter"}),
-                cfg.checkpoint.keep_last,
+            weights, _ = fsdp.full_state(model)  # FSDP: the ranks gather the shards
+
+            dist.on_main(  # rank 0 writes
+                functools.partial(
+                    commit_round, cfg, task, run_dir, rdir, round_no, model, tokenizer, weights
+                )
             )
-            shutil.rmtree(rdir / ckpt_mod.CKPT_DIR, ignore_errors=True)  # the round is committed
     return ei.rounds
+
+
+def commit_round(
+    cfg: Config,
+    task: Task,
+    run_dir: Path,
+    rdir: Path,
+    round_no: int,
+    model: Any,
+    tokenizer: Any,
+    weights: dict[str, Any] | None,
+) -> None:
+    """Checkpoint step = round_no, then drop the round's own SFT checkpoints."""
+    ckpt_mod.save_training_checkpoint(
+        run_dir,
+        round_no,
+        model,
+        tokenizer,
+        {"round": round_no},
+        dumps_toml(cfg),
+        checkpoint_meta(cfg, task.fingerprint, {"kind": "expert_iter"}),
+        cfg.checkpoint.keep_last,
+        weights=weights,
+    )
+    shutil.rmtree(rdir / ckpt_mod.CKPT_DIR, ignore_errors=True)  # the round is committed
 
 
 def sample_round(
@@ -137,27 +166,35 @@ def sample_round(
 ) -> dict[str, float]:
     """Sample a round, keep the correct completions into rdir/data.jsonl; its ei/* metrics.
 
-    Both files are written whole before SFT starts, so a resumed round reuses them.
+    Both files are written whole before SFT starts, so a resumed round reuses them. Under
+    torchrun the ranks sample their share of the prompts and rank 0 writes the files.
     """
     from mathrl.sampling import rollout_sampling, sample_examples
 
     ei = cfg.expert_iter
     sampling = rollout_sampling(cfg, ei.samples, round_seed(cfg.seed, round_no))
-    scored = sample_examples(cfg, model, tokenizer, task, examples, sampling, pool)
+    with fsdp.full_weights(model):
+        scored = sample_examples(cfg, model, tokenizer, task, examples, sampling, pool, split=True)
     kept = select_correct(examples, scored, ei.max_per_prompt)
     flat = [s["correct"] for group in scored for s in group]
     if not kept:
-        raise MathrlError(
+        err = MathrlError(
             f"expert-iter round {round_no}: no correct completion among "
             f"{len(flat)} samples; warm up with SFT first (warmup.steps) or use easier data"
         )
+        err.shared = True  # type: ignore[attr-defined]  # every rank finds it: rank 0 says it
+        raise err
     metrics = {
         "ei/sample_accuracy": sum(flat) / max(1, len(flat)),
         "ei/prompts_solved": sum(any(s["correct"] for s in g) for g in scored)
         / max(1, len(scored)),
         "ei/kept": len(kept),
     }
-    rdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(rdir / "sampling.json", json.dumps(metrics) + "\n")
-    write_jsonl(rdir / "data.jsonl", kept)
+
+    def write() -> None:
+        rdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rdir / "sampling.json", json.dumps(metrics) + "\n")
+        write_jsonl(rdir / "data.jsonl", kept)
+
+    dist.on_main(write)
     return metrics

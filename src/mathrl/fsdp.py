@@ -111,13 +111,15 @@ def padded_count(count: int, model: Any) -> int:
     return max(dist.gather(count))
 
 
-def full_state(model: Any, optimizer: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def full_state(
+    model: Any, optimizer: Any | None = None
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(model weights or None, optimizer state) to checkpoint, as one process saves them.
     Under FSDP a collective: rank 0 gets the gathered tensors on the CPU (the weights for
     save_pretrained, the optimizer keyed by parameter index); other ranks get empty ones.
     Unsharded: (None, optimizer.state_dict()), the model saves itself."""
     if not is_sharded(model):
-        return None, optimizer.state_dict()
+        return None, optimizer.state_dict() if optimizer is not None else {}
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -126,7 +128,11 @@ def full_state(model: Any, optimizer: Any) -> tuple[dict[str, Any] | None, dict[
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
-    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=options))
+    by_name: dict[str, Any] = (
+        dict(get_optimizer_state_dict(model, optimizer, options=options))
+        if optimizer is not None
+        else {"state": {}, "param_groups": []}
+    )
     if not dist.current().is_main:
         return {}, {}
     # a tied weight (the LM head = the embeddings) is saved once, as save_pretrained does

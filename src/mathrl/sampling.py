@@ -190,11 +190,20 @@ def sample_examples(
     examples: list[Example],
     sampling: SamplingParams,
     pool: RewardPool,
+    split: bool = False,
 ) -> list[list[dict[str, Any]]]:
-    """Scored completions (sampling.n per example) from `model` outside the training loop."""
+    """Scored completions (sampling.n per example) from `model` outside the training loop.
+    split: under torchrun the ranks sample their share of the examples (each seeded by its
+    index, so the samples are one process's) and all get every example's."""
     engine = rollout_engine(cfg, model, tokenizer)
-    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
-    return sample_scored(engine, pool, task, examples, prompts, sampling)
+    mine = dist.my_indices(len(examples)) if split else list(range(len(examples)))
+    exs = [examples[j] for j in mine]
+    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in exs]
+    seeds = [prompt_seed(sampling.seed, j) for j in mine] if sampling.seed is not None else None
+    if seeds is None and split and dist.current().world > 1:
+        raise MathrlError("sampling split over ranks needs a seed (each example's comes from it)")
+    scored = sample_scored(engine, pool, task, exs, prompts, sampling, seeds)
+    return dist.gather_in_order(list(zip(mine, scored, strict=True))) if split else scored
 
 
 def collect_groups(

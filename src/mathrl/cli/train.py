@@ -58,30 +58,34 @@ def expert_iter_cmd(
     resume: ResumeOpt = False,
     allow_config_change: AllowOpt = False,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Expert iteration: rounds of sampling, keeping correct completions, SFT on them, eval ([expert_iter])."""
     from mathrl import dist
     from mathrl.expert_iter import run_expert_iter
     from mathrl.runtime import load_policy
 
-    if dist.launched():
-        raise MathrlError("expert-iter runs in one process: launch it without torchrun")
+    if relaunch(nproc):
+        return
     started = time.perf_counter()
-    cfg, task, run_dir, resume_from, start = start_training_run(
-        config, sets, out, resume, allow_config_change, quiet
-    )
-    with make_logger(cfg, run_dir, cfg.expert_iter.rounds) as logger:
-        rounds = run_expert_iter(
-            cfg,
-            task,
-            run_dir,
-            lambda path: load_policy(cfg, task, run_dir, path or start),
-            logger,
-            lambda rdir, steps: make_logger(cfg, rdir, steps),
-            say,
+    with dist.joined():  # torchrun: the ranks split sampling, SFT and eval; rank 0 writes
+        cfg, task, run_dir, resume_from, start = start_training_run(
+            config, sets, out, resume, allow_config_change, quiet
         )
-    say(f"expert iteration: {rounds} rounds; checkpoints in {run_dir / 'checkpoints'}")
-    finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
+        with make_logger(cfg, run_dir, cfg.expert_iter.rounds) as logger:
+            rounds = run_expert_iter(
+                cfg,
+                task,
+                run_dir,
+                lambda path: load_policy(cfg, task, run_dir, path or start),
+                logger,
+                lambda rdir, steps: make_logger(cfg, rdir, steps),
+                say,
+            )
+        main = dist.current().is_main
+    if main:
+        say(f"expert iteration: {rounds} rounds; checkpoints in {run_dir / 'checkpoints'}")
+        finish_run(cfg, task, run_dir, started, resumed=resume_from is not None)
 
 
 @app.command("sft", epilog=EPILOG)
