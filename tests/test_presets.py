@@ -29,7 +29,7 @@ def flat(table: dict, prefix: str = "") -> dict:
 def test_list_presets_names_every_shipped_file():
     assert list_presets() == NAMES
     expected = {f"{t}/{s}" for t in ("countdown", "gsm8k") for s in ("smoke", "medium", "prod")}
-    assert set(NAMES) == expected | {"quickstart"}
+    assert set(NAMES) == expected | {"quickstart", "gsm8k/cpu"}
     # the checkout's configs/ is the same directory (a symlink), so old paths keep working
     assert (REPO / "configs").resolve() == SHIPPED.resolve()
 
@@ -54,6 +54,13 @@ def test_preset_values_are_the_files():
     quick = load_config(resolve_config("quickstart"), env=False)
     assert (quick.train.steps, quick.warmup.steps, quick.eval.limit) == (1000, 250, 500)
     assert load_config(resolve_config("gsm8k/prod"), env=False).train.group_size == 16
+    cpu = load_config(resolve_config("gsm8k/cpu"), env=False)  # README's GSM8K CPU recipe
+    assert (cpu.model.path, cpu.task.prompt_style, cpu.warmup.steps, cpu.train.steps) == (
+        "smollm2-135m-instruct",
+        "hash",
+        40,
+        10,
+    )
 
 
 def test_an_existing_file_wins_over_a_preset_name(tmp_path, monkeypatch):
