@@ -5,7 +5,9 @@
 #      on GSM8K's worked solutions (other batches: seed 1) for as long as GRPO ran
 #      (SFT_STEPS x ~15 s/step on 2 cores; the default matches the measured GRPO time);
 #   3. greedy evals of the base model, the warm-up checkpoint, the RL result and the
-#      control on the same seeded LIMIT test problems, then one table + plot.
+#      control on the same seeded LIMIT test problems, then one table + plot
+#      (bench/gsm8k_cpu_table.py: OUT/table.md, OUT/gsm8k_cpu.png).
+# Needs GSM8K: MATHRL_GSM8K=dir with train/test.jsonl, or `mathrl data prepare gsm8k`.
 # Every phase is skipped when its output exists, so a rerun after a crash resumes.
 set -euo pipefail
 OUT=${OUT:-runs/gsm8k_cpu}
@@ -35,4 +37,5 @@ timed eval_base "$MATHRL" eval --model smollm2-135m-instruct "${EVAL_ARGS[@]}" -
 timed sft_control "$MATHRL" sft -c gsm8k/cpu --set model.path="$warm/model" --set seed=1 \
   --steps "$SFT_STEPS" --out "$OUT/sft_control"
 timed eval_sft "$MATHRL" eval --model "$OUT/sft_control" "${EVAL_ARGS[@]}" --out "$OUT/eval_sft"
-log "all phases done; timings in $OUT/timings.txt"
+"${PYTHON:-python}" bench/gsm8k_cpu_table.py "$OUT" --plot "$OUT/gsm8k_cpu.png" | tee "$OUT/table.md"
+log "all phases done; timings in $OUT/timings.txt, table in $OUT/table.md"
