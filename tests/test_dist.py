@@ -167,16 +167,8 @@ def test_eval_and_probe_split_problems_over_ranks_one_process_commands_refuse(
         tmp_path / "p2" / "pass_rates.jsonl"
     )
     assert (p2.stdout + p2.stderr).count("verdict:") == 1
-    r = torchrun(
-        2,
-        "train-buffer",
-        "--buffer",
-        tmp_path / "b.jsonl",
-        "-c",
-        tiny_config,
-        "--out",
-        tmp_path / "x",
-    )
+    suite = ["eval", "--suite", "synthetic", "-c", tiny_config, "--model", "scratch"]
+    r = torchrun(2, *suite, "--out", tmp_path / "x")
     assert r.returncode != 0 and r.stderr.count("launch it without torchrun") == 1  # rank 0
 
 
@@ -498,3 +490,30 @@ def test_rank_0_writing_longer_than_the_collective_timeout_does_not_time_the_oth
     out = [p.communicate(timeout=60)[0] for p in procs]
     assert all("on_main 42" in o for o in out), out
     assert "all_sum failed: rank 1 of 2" in out[1], out
+
+
+def test_the_decoupled_loop_on_two_ranks_equals_one_process(tmp_path, tiny_config):
+    """`mathrl loop --nproc 2` (rollout into buffer files, train from them, twice): the
+    buffers hold one process's samples in its order, and the weights end within ATOL."""
+    sets = [
+        "train.prompts_per_step=4",
+        "model.threads=1",
+        'task.rewards=[{fn = "reward_fixtures:brevity", completions = "text"}]',
+    ]
+    flags = [a for s in sets for a in ("--set", s)]
+    args = ["loop", "-c", tiny_config, "--iters", "2", "--max-steps", "4", *flags]
+    one = mathrl(*args, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = mathrl(*args, "--nproc", "2", "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    keys = ("step", "prompt_id", "completion_ids", "reward")
+    for it in (0, 1):
+        ra, rb = (
+            read_jsonl(tmp_path / r / "buffer" / f"iter_{it:03d}.jsonl") for r in ("one", "two")
+        )
+        assert len(ra) == 2 * 4 * 4
+        assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
+        for x, y in zip(ra, rb, strict=True):
+            assert x["logprobs"] == pytest.approx(y["logprobs"], abs=1e-4)
+    assert_close_weights(tmp_path / "one", tmp_path / "two", 4)
+    assert two.stderr.count("loop finished at step 4") == 1

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl import rl
+from mathrl import dist, fsdp, rl
 from mathrl.config import Config
 from mathrl.data import PromptStream, training_examples
 from mathrl.errors import DataError, MathrlError
@@ -57,7 +57,9 @@ def rollout_iteration(
     """Sample n_steps * prompts_per_step groups with the current policy into the buffer file.
 
     steps_per_iter (default n_steps) places the iteration: its first global step is
-    it * steps_per_iter (the last iteration of a loop may run fewer steps).
+    it * steps_per_iter (the last iteration of a loop may run fewer steps). Under torchrun
+    each rank samples its share of every step's prompts and rank 0 writes the whole file,
+    in the order one process writes it.
     """
     t = cfg.train
     first_step = it * (steps_per_iter or n_steps)
@@ -65,14 +67,24 @@ def rollout_iteration(
     stream = PromptStream.at_position(examples, cfg.seed, first_step * t.prompts_per_step)
     engine = rollout_engine(cfg, model, tokenizer, run_dir=run_dir)
     path = buffer_path(run_dir, it)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.unlink(missing_ok=True)
+
+    def start() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+
+    dist.on_main(start)
     cache: dict[str, list[int]] = {}
     model.eval()
-    with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
+    with (
+        RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool,
+        fsdp.full_weights(model),  # FSDP: sample from the gathered model
+    ):
         for step in range(first_step, first_step + n_steps):
-            groups, _ = collect_groups(cfg, stream, engine, pool, task, cache, tokenizer, step)
+            mine, _ = collect_groups(cfg, stream, engine, pool, task, cache, tokenizer, step)
+            groups = [g for part in dist.gather(mine) for g in part]  # rank order
+            if not dist.current().is_main:
+                continue
             adv = torch.zeros(sum(len(g.completions) for g in groups))
             records = rollout_records(groups, adv, task, step + 1, it)
             comps = [c for g in groups for c in g.completions]
@@ -86,7 +98,7 @@ def rollout_iteration(
                 )
                 del rec["advantage"]
             append_jsonl(tmp, records)
-    tmp.replace(path)  # a buffer file exists only once it is complete
+    dist.on_main(lambda: tmp.replace(path))  # a buffer file exists only once it is complete
     return path
 
 
@@ -149,7 +161,9 @@ def train_on_buffer(
     resume_from: Path | None,
     n_steps: int | None = None,
 ) -> int:
-    """Train from a buffer file: consecutive chunks of prompts_per_step groups, one step each."""
+    """Train from a buffer file: consecutive chunks of prompts_per_step groups, one step each.
+    Under torchrun every rank reads the file and trains on its share of each chunk
+    (gradients summed over ranks: one process's update)."""
     t = cfg.train
     b = ops(cfg)
     optimizer, scheduler, state, _ = b.optimizer_state(cfg, model, resume_from)
@@ -163,14 +177,16 @@ def train_on_buffer(
     ref = reference_for(cfg, b, model, state, run_dir, resumed=resume_from is not None)
     for chunk in chunks:
         t0 = time.perf_counter()
+        dist.at_step(state.step + 1)
         rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)
-        advantages = b.advantages_for(cfg, state, rewards)
+        advantages = b.advantages_for(cfg, state, rewards)  # of the whole chunk
+        first, mine = dist.share(chunk)  # this rank's groups
+        first_row = sum(len(g.rewards) for g in chunk[:first])
+        my_adv = advantages[first_row : first_row + sum(len(g.rewards) for g in mine)]
         model.train()
         metrics = reward_metrics(chunk)
         metrics.update(
-            b.train_step(
-                cfg, model, ref, optimizer, chunk, advantages, pad_id, rollout_logprobs=True
-            )
+            b.train_step(cfg, model, ref, optimizer, mine, my_adv, pad_id, rollout_logprobs=True)
         )
         rl.step_scheduler(scheduler)
         state.step += 1

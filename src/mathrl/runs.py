@@ -24,16 +24,16 @@ def load_run_config(
 ) -> Any:
     """The run's Config from a file or preset name (CLI), or a Config object (Python API;
     MATHRL_CONFIG does not apply to it), with `sets` on top. Under torchrun only commands
-    that run data-parallel (ranks=True: train, sft) may start: the others would run once
-    per rank into the same directory."""
+    that run data-parallel (ranks=True: train, sft, expert-iter, the decoupled commands)
+    may start: the others would run once per rank into the same directory."""
     from mathrl import dist
     from mathrl.config import Config
 
     # a Config object comes from a run already started (the end-of-run suite on rank 0)
     if dist.launched() and not ranks and not isinstance(config, Config):
         raise ConfigError(
-            "this command runs in one process: launch it without torchrun (data-parallel "
-            "runs: mathrl train and mathrl sft)"
+            "this command runs in one process: launch it without torchrun (data-parallel: "
+            "train, sft, expert-iter, rollout, train-buffer, loop, eval, probe)"
         )
     from mathrl.config import Config, load_config
 
@@ -83,7 +83,7 @@ def say(msg: str) -> None:
     """One line of progress or outcome on stderr (stdout keeps tables and JSON); rank 0's."""
     from mathrl import dist
 
-    if dist.current().is_main:
+    if dist.current().is_main and dist.speaks():  # speaks(): also after the ranks left
         print(msg, file=sys.stderr, flush=True)
 
 
@@ -363,15 +363,27 @@ def final_report(run_dir: Path) -> Path | None:
         return None
 
 
+def join_decoupled(config: Path | None, sets: list[str] | None, quiet: bool) -> Any:
+    """The config of a decoupled command (rollout, train-buffer, loop), its ranks joined
+    and what several ranks cannot do refused, before any work."""
+    from mathrl import dist
+    from mathrl.trainer import check_parallel
+
+    cfg = load_run_config(config, sets, quiet, ranks=True)
+    join_ranks(cfg)
+    check_parallel(cfg, dist.current().world)
+    return cfg
+
+
 def open_at_latest(
     config: Path | None, sets: list[str] | None, out: Path | None, quiet: bool
 ) -> tuple[Any, Any, Path, Path | None, Any, Any]:
     """(cfg, task, run_dir, newest checkpoint or None, model, tokenizer) for the decoupled
-    commands, which continue whatever --out holds."""
+    commands, which continue whatever --out holds (under torchrun: after joining the ranks)."""
     from mathrl import checkpoint as ckpt_mod
     from mathrl.runtime import load_policy
 
-    cfg = load_run_config(config, sets, quiet)
+    cfg = join_decoupled(config, sets, quiet)
     task, run_dir = open_run(cfg, out, resume=False)
     latest = ckpt_mod.latest_checkpoint(run_dir)
     model, tokenizer = load_policy(cfg, task, run_dir, latest / "model" if latest else None)

@@ -9,7 +9,7 @@ from typing import NoReturn
 import typer
 
 from mathrl import dist
-from mathrl.errors import ConfigError, MathrlError
+from mathrl.errors import ConfigError, DataError, MathrlError
 from mathrl.stopping import Stopped, message
 
 app = typer.Typer(
@@ -70,9 +70,11 @@ def main() -> None:
     except MathrlError as exc:
         if debug:
             raise
-        # rank 0's error on every rank (on_main), or a config error every rank found in
-        # the same config: rank 0 prints it; a rank's own error (a dead peer) prints there
-        if dist.speaks() or not (getattr(exc, "shared", False) or isinstance(exc, ConfigError)):
+        # rank 0's error on every rank (on_main), or a config or data error every rank
+        # found in the same inputs: rank 0 prints it; a rank's own error (a dead peer)
+        # prints there
+        same = isinstance(exc, ConfigError | DataError)
+        if dist.speaks() or not (getattr(exc, "shared", False) or same):
             typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

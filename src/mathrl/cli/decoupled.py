@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from mathrl.cli.app import app
-from mathrl.cli.options import EPILOG, ConfigOpt, OutOpt, QuietOpt, SetOpt
+from mathrl.cli.options import EPILOG, ConfigOpt, NprocOpt, OutOpt, QuietOpt, SetOpt, relaunch
 from mathrl.runs import (
-    load_run_config,
+    join_decoupled,
     make_logger,
     maybe_warmup,
     open_at_latest,
@@ -31,12 +31,17 @@ def rollout_cmd(
         int, typer.Option(help="Training steps the buffer should feed (x prompts_per_step groups).")
     ] = 1,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Sample completions with the newest checkpoint in --out (or model.path) into a buffer file."""
+    from mathrl import dist
     from mathrl.decoupled import rollout_iteration
 
-    cfg, task, run_dir, latest, model, tokenizer = open_at_latest(config, sets, out, quiet)
-    path = rollout_iteration(cfg, task, model, tokenizer, run_dir, iter, steps)
+    if relaunch(nproc):
+        return
+    with dist.joined():  # torchrun: the ranks split each step's prompts, rank 0 writes
+        cfg, task, run_dir, latest, model, tokenizer = open_at_latest(config, sets, out, quiet)
+        path = rollout_iteration(cfg, task, model, tokenizer, run_dir, iter, steps)
     say(f"wrote {path}")
 
 
@@ -47,13 +52,18 @@ def train_buffer_cmd(
     sets: SetOpt = None,
     out: OutOpt = None,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Train from a rollout buffer (continuing the newest checkpoint in --out), then checkpoint."""
+    from mathrl import dist
     from mathrl.decoupled import train_on_buffer
 
-    cfg, task, run_dir, latest, model, tokenizer = open_at_latest(config, sets, out, quiet)
-    with make_logger(cfg, run_dir) as logger:
-        step = train_on_buffer(cfg, task, model, tokenizer, run_dir, buffer, logger, latest)
+    if relaunch(nproc):
+        return
+    with dist.joined():  # torchrun: the ranks split each step's groups
+        cfg, task, run_dir, latest, model, tokenizer = open_at_latest(config, sets, out, quiet)
+        with make_logger(cfg, run_dir) as logger:
+            step = train_on_buffer(cfg, task, model, tokenizer, run_dir, buffer, logger, latest)
     say(f"trained to step {step}; checkpoints in {run_dir / 'checkpoints'}")
 
 
@@ -68,29 +78,34 @@ def loop_cmd(
     ] = 1000,
     reset: Annotated[bool, typer.Option(help="Delete --out and start over.")] = False,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Alternate `rollout` and `train-buffer` (steps_per_iter = ceil(max_steps / iters)), after an SFT warm-up per [warmup]; resumes by itself."""
     from mathrl import checkpoint as ckpt_mod
+    from mathrl import dist
     from mathrl.decoupled import loop
     from mathrl.runtime import load_policy
 
-    cfg = load_run_config(config, sets, quiet)
-    task, run_dir = open_run(cfg, out, resume=False, reset=reset)
-    # The warm-up (per [warmup]) only matters before the first RL checkpoint; it resumes too.
-    base = (
-        None
-        if ckpt_mod.latest_checkpoint(run_dir)
-        else maybe_warmup(cfg, task, run_dir, resume=True, allow_change=False)
-    )
-    with make_logger(cfg, run_dir, max_steps) as logger:
-        step = loop(
-            cfg,
-            task,
-            run_dir,
-            iters,
-            max_steps,
-            lambda path: load_policy(cfg, task, run_dir, path or base),
-            logger,
-            say,
+    if relaunch(nproc):
+        return
+    with dist.joined():  # torchrun: each iteration's rollout and training split over ranks
+        cfg = join_decoupled(config, sets, quiet)
+        task, run_dir = open_run(cfg, out, resume=False, reset=reset)
+        # The warm-up (per [warmup]) only matters before the first RL checkpoint; it resumes.
+        base = (
+            None
+            if ckpt_mod.latest_checkpoint(run_dir)
+            else maybe_warmup(cfg, task, run_dir, resume=True, allow_change=False)
         )
+        with make_logger(cfg, run_dir, max_steps) as logger:
+            step = loop(
+                cfg,
+                task,
+                run_dir,
+                iters,
+                max_steps,
+                lambda path: load_policy(cfg, task, run_dir, path or base),
+                logger,
+                say,
+            )
     say(f"loop finished at step {step}; checkpoints in {run_dir / 'checkpoints'}")
