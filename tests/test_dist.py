@@ -12,6 +12,7 @@ weights by ~1e-4 or more.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,6 +58,12 @@ def rank_env() -> dict[str, str]:
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(run / "checkpoints" / f"step_{step:08d}" / "model" / "model.safetensors")
+
+
+def layout(run: Path, step: int) -> tuple[int, str]:
+    """(world_size, parallel) of the run that wrote checkpoint `step`."""
+    manifest = json.loads((run / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
+    return manifest["world_size"], manifest["parallel"]
 
 
 def assert_close_weights(a: Path, b: Path, step: int) -> float:
@@ -142,7 +149,9 @@ def test_eval_and_probe_split_problems_over_ranks_one_process_commands_refuse(
     sets = ["--set", "eval.n=3", "--set", "eval.k=[1, 3]", "--set", "model.threads=1"]
     one = mathrl("eval", *args, *sets, "--out", tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun(2, "eval", *args, *sets, "--out", tmp_path / "two")
+    # a config made for FSDP training: eval still loads whole models (no sharded decode)
+    fsdp = ["--set", "train.parallel=fsdp"]
+    two = torchrun(2, "eval", *args, *sets, *fsdp, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     sa = json.loads((tmp_path / "one" / "eval_summary.json").read_text())
     sb = json.loads((tmp_path / "two" / "eval_summary.json").read_text())
@@ -221,6 +230,7 @@ def test_expert_iter_on_two_ranks_equals_one_process(tmp_path, tiny_config):
             if k.startswith(("ei/", "eval/")) and "time" not in k and "per_s" not in k:
                 assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
     assert_close_weights(runs["one"], runs["two"], 2)
+    assert layout(runs["two"], 2)[0] == 2 and layout(runs["one"], 2)[0] == 1
 
 
 def rank_pid(launcher: int, rank: int) -> int | None:
@@ -402,6 +412,17 @@ def test_fsdp_equals_one_process_and_resumes(tmp_path, tiny_config, run_train):
     ]
     assert any((a + 1) // 2 != (b + 1) // 2 for a, b in trained), trained
     assert_close_weights(tmp_path / "one", tmp_path / "two", 3)
+    assert layout(tmp_path / "two", 3) == (2, "fsdp") and layout(tmp_path / "one", 3) == (1, "none")
+    # gradients are summed over ranks, as one process sums them (a mean would halve them)
+    for log in ("metrics.jsonl", "warmup_sft/metrics.jsonl"):
+        ga, gb = (
+            [
+                m.get("optim/grad_norm", m.get("sft/grad_norm"))
+                for m in read_jsonl(tmp_path / r / log)
+            ]
+            for r in ("one", "two")
+        )
+        assert len(ga) == 3 and None not in ga and ga == pytest.approx(gb, rel=1e-4), log
     warm = "warmup_sft/checkpoints/step_00000003/model/model.safetensors"
     wa, wb = load_file(tmp_path / "one" / warm), load_file(tmp_path / "two" / warm)
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= ATOL
@@ -442,6 +463,7 @@ def test_fsdp_shards_the_kl_reference_too(tmp_path, tiny_config, run_train):
     kb = [m["loss/kl"] for m in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "loss/kl" in m]
     assert len(ka) == 2 and ka[1] > 0 and ka == pytest.approx(kb, rel=1e-4, abs=1e-7)
     assert_close_weights(tmp_path / "one", tmp_path / "two", 2)
+    assert layout(tmp_path / "two", 2) == (2, "fsdp")
 
 
 RANK_SCRIPT = """
@@ -516,4 +538,5 @@ def test_the_decoupled_loop_on_two_ranks_equals_one_process(tmp_path, tiny_confi
         for x, y in zip(ra, rb, strict=True):
             assert x["logprobs"] == pytest.approx(y["logprobs"], abs=1e-4)
     assert_close_weights(tmp_path / "one", tmp_path / "two", 4)
+    assert layout(tmp_path / "two", 4) == (2, "ddp")
     assert two.stderr.count("loop finished at step 4") == 1

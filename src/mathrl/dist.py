@@ -90,13 +90,14 @@ def init(timeout_s: float, device: str = "cpu") -> Dist:
             torch.cuda.set_device(local)
         try:
             tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-            # rank 0's writes (a checkpoint of a large model) may outlast the collective
-            # timeout: the others wait for them on a CPU group with a longer one (a rank 0
-            # that dies still ends the wait at once: gloo sees its connection go)
-            wait = datetime.timedelta(seconds=max(timeout_s, WRITE_TIMEOUT_S))
-            _writer[0] = tdist.new_group(backend="gloo", timeout=wait)
         except (RuntimeError, ValueError) as e:
             raise MathrlError(f"could not join the process group ({backend}): {e}") from None
+    if _writer[0] is None:
+        # rank 0's writes (a checkpoint of a large model) may outlast the collective
+        # timeout: the others wait for them on a CPU group with a longer one (a rank 0
+        # that dies still ends the wait at once: gloo sees its connection go)
+        wait = datetime.timedelta(seconds=max(timeout_s, WRITE_TIMEOUT_S))
+        _writer[0] = tdist.new_group(backend="gloo", timeout=wait)
     _current = Dist(
         tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
     )

@@ -45,9 +45,10 @@ def check(cfg: Any) -> None:
         )
 
 
-def shard(model: Any) -> Any:
-    """fully_shard each decoder layer, then the root; gradients sum over ranks. Returns
-    the same module (its class becomes FSDP's subclass of it)."""
+def shard(model: Any, device: str | None = None) -> Any:
+    """fully_shard each decoder layer, then the root; gradients sum over ranks. The shards
+    go to `device` (default: where the model is), so a model read on the CPU never sits
+    whole on the accelerator. Returns the same module (its class becomes FSDP's subclass)."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -59,8 +60,10 @@ def shard(model: Any) -> Any:
             f"train.parallel = 'fsdp' shards decoder layers (model.model.layers); "
             f"{type(model).__name__} has none: use train.parallel = 'ddp'"
         )
-    device = next(model.parameters()).device
-    mesh = init_device_mesh(device.type, (dist.current().world,))
+    where = torch.device(device) if device else next(model.parameters()).device
+    if where.type == "cuda" and where.index is not None:
+        torch.cuda.set_device(where)
+    mesh = init_device_mesh(where.type, (dist.current().world,))
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -111,9 +114,7 @@ def padded_count(count: int, model: Any) -> int:
     return max(dist.gather(count))
 
 
-def full_state(
-    model: Any, optimizer: Any | None = None
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def full_state(model: Any, optimizer: Any = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(model weights or None, optimizer state) to checkpoint, as one process saves them.
     Under FSDP a collective: rank 0 gets the gathered tensors on the CPU (the weights for
     save_pretrained, the optimizer keyed by parameter index); other ranks get empty ones.
@@ -128,10 +129,12 @@ def full_state(
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
+    # Before the first step there is no state to gather (every rank agrees: they step
+    # together), and torch's gather would initialise it with a zero step, so that the next
+    # real step would differ from one process's: the plain state_dict is already indexed.
+    gather = optimizer is not None and bool(optimizer.state)
     by_name: dict[str, Any] = (
-        dict(get_optimizer_state_dict(model, optimizer, options=options))
-        if optimizer is not None
-        else {"state": {}, "param_groups": []}
+        dict(get_optimizer_state_dict(model, optimizer, options=options)) if gather else {}
     )
     if not dist.current().is_main:
         return {}, {}
@@ -139,6 +142,8 @@ def full_state(
     every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     tied = every - {name for name, _ in model.named_parameters()}
     weights = {k: v for k, v in weights.items() if k not in tied}
+    if not gather:
+        return weights, optimizer.state_dict() if optimizer is not None else {}
     index = {name: i for i, name in enumerate(_trainable_names(model))}
     return weights, {
         "state": {index[name]: v for name, v in by_name["state"].items()},

@@ -161,8 +161,10 @@ def start_training_run(
     resume: bool,
     allow_change: bool,
     quiet: bool,
+    rl: bool = True,
 ) -> tuple[Any, Any, Path, Path | None, Path | None]:
     """Set up a training command: (cfg, task, run_dir, checkpoint to resume, model to start).
+    rl=False (expert-iter): train.* settings of online RL are not checked against the ranks.
 
     Resuming takes the newest complete checkpoint (refusing changed inputs); a fresh start
     (or a resume still inside the warm-up) goes through the SFT warm-up per [warmup]. The
@@ -176,8 +178,13 @@ def start_training_run(
 
     cfg = load_run_config(config, sets, quiet, ranks=True)
     join_ranks(cfg)  # torchrun: join the ranks
-    check_parallel(cfg, dist.current().world)  # what several ranks cannot do, before any work
-    check_rollout_server(cfg)
+    if rl:  # what several ranks cannot do, before any work
+        check_parallel(cfg, dist.current().world)
+        check_rollout_server(cfg)
+    else:
+        from mathrl import fsdp
+
+        fsdp.check(cfg)
     task, run_dir = open_run(cfg, out, resume, fresh=True)
     resume_from = (
         resume_point(run_dir, cfg, task.fingerprint, allow_change)
@@ -434,7 +441,7 @@ def load_model_arg(cfg: Any, task: Any, path: str, out_dir: Path) -> tuple[Any, 
     if source == "scratch":
         scratch_cfg = copy.deepcopy(cfg)
         scratch_cfg.model.path = "scratch"
-        return load_policy(scratch_cfg, task, out_dir)
+        return load_policy(scratch_cfg, task, out_dir, shard=False)  # eval: whole models
     if cfg.backend == "mlx":
         from mathrl.models.mlx_model import load_mlx_model
 

@@ -120,15 +120,17 @@ def resume_point(run_dir: Path, cfg: Config, fingerprint: str, allow_change: boo
 
 
 def load_policy(
-    cfg: Config, task: Task, run_dir: Path, path: str | Path | None = None
+    cfg: Config, task: Task, run_dir: Path, path: str | Path | None = None, shard: bool = True
 ) -> tuple[Any, Any]:
     """Model and tokenizer: from `path` (a checkpoint's model dir) or as configured.
 
     With model.lora.r > 0 only LoRA adapters train: new ones on the loaded model, or, when
     the source is a LoRA checkpoint (a resume, the warm-up's result), its own adapters,
     trained on. A LoRA source without model.lora loads merged, and all weights train.
+    With train.parallel = "fsdp" under torchrun (and shard) the model is read on the CPU
+    and each rank moves only its shards to its device (mathrl.fsdp).
     """
-    from mathrl.models.loading import load_model
+    from mathrl.models.loading import load_model, resolve_autocast, resolve_device
     from mathrl.models.scratch import build_scratch_model
 
     source = str(path) if path is not None else cfg.model.path
@@ -157,12 +159,15 @@ def load_policy(
     if cfg.backend == "mlx":
         return load_mlx_policy(cfg, source)
     fsdp.check(cfg)
+    sharded = shard and fsdp.wanted(cfg)
+    device = dist.rank_device(cfg.model.device)
     use_lora = cfg.model.lora.r > 0
     model, tokenizer = load_model(
         source,
         dtype=cfg.model.dtype,
-        device=dist.rank_device(cfg.model.device),
-        autocast=cfg.model.autocast,
+        device="cpu" if sharded else device,
+        # autocast "auto" is decided by the device the model runs on, not the CPU it is read on
+        autocast=resolve_autocast(cfg.model.autocast, resolve_device(device)),
         train_adapters=use_lora,
     )
     if use_lora:
@@ -172,8 +177,8 @@ def load_policy(
             check_adapters(model, cfg, source)
         else:
             model = apply_lora(model, cfg, base=source)
-    if fsdp.wanted(cfg):  # train.parallel = "fsdp": each rank keeps its shard
-        model = fsdp.shard(model)
+    if sharded:  # train.parallel = "fsdp": each rank keeps its shards, on its device
+        model = fsdp.shard(model, str(resolve_device(device)))
     return model, tokenizer
 
 
@@ -241,5 +246,8 @@ def checkpoint_meta(
         "config_hash": config_hash(cfg),
         "dataset_fingerprint": fingerprint,
         "backend": cfg.backend,
+        # the layout that wrote it (a checkpoint resumes under any: see mathrl.fsdp)
+        "world_size": dist.current().world,
+        "parallel": cfg.train.parallel if dist.current().world > 1 else "none",
         **(extra or {}),
     }

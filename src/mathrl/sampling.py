@@ -201,7 +201,9 @@ def sample_examples(
     prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in exs]
     seeds = [prompt_seed(sampling.seed, j) for j in mine] if sampling.seed is not None else None
     if seeds is None and split and dist.current().world > 1:
-        raise MathrlError("sampling split over ranks needs a seed (each example's comes from it)")
+        err = MathrlError("sampling split over ranks needs a seed (each example's comes from it)")
+        err.shared = True  # type: ignore[attr-defined]  # every rank finds it: rank 0 says it
+        raise err
     scored = sample_scored(engine, pool, task, exs, prompts, sampling, seeds)
     return dist.gather_in_order(list(zip(mine, scored, strict=True))) if split else scored
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import NoReturn
 
 import typer
@@ -53,6 +54,11 @@ def _command() -> list[str]:
     return ["mathrl", *sys.argv[1:]]
 
 
+SILENT_RANK_EXIT_DELAY_S = 3.0
+"""How long a rank that leaves an error to rank 0 waits before exiting (torchrun stops
+the other ranks as soon as one exits non-zero)."""
+
+
 def main() -> None:
     """Entry point: MathrlError becomes one line on stderr and exit code 2 (unless --debug)."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("MATHRL_DEBUG") == "1"
@@ -73,9 +79,12 @@ def main() -> None:
         # rank 0's error on every rank (on_main), or a config or data error every rank
         # found in the same inputs: rank 0 prints it; a rank's own error (a dead peer)
         # prints there
-        same = isinstance(exc, ConfigError | DataError)
-        if dist.speaks() or not (getattr(exc, "shared", False) or same):
+        same = getattr(exc, "shared", False) or isinstance(exc, ConfigError | DataError)
+        if dist.speaks() or not same:
             typer.echo(f"error: {exc}", err=True)
+        elif dist.launched():
+            # rank 0 prints it: exiting first would make torchrun stop rank 0 before it does
+            time.sleep(SILENT_RANK_EXIT_DELAY_S)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

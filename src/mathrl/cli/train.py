@@ -70,7 +70,7 @@ def expert_iter_cmd(
     started = time.perf_counter()
     with dist.joined():  # torchrun: the ranks split sampling, SFT and eval; rank 0 writes
         cfg, task, run_dir, resume_from, start = start_training_run(
-            config, sets, out, resume, allow_config_change, quiet
+            config, sets, out, resume, allow_config_change, quiet, rl=False
         )
         with make_logger(cfg, run_dir, cfg.expert_iter.rounds) as logger:
             rounds = run_expert_iter(

@@ -262,8 +262,9 @@ class TrainConfig:
     parallel: str = "ddp"
     """With several ranks (torchrun): ddp, every rank holds the whole model and gradients
     are summed over ranks once per optimizer step; fsdp, parameters, gradients and AdamW
-    state are sharded over the ranks (FSDP2, one unit per decoder layer), for models that do
-    not fit one device; rollouts gather the whole model for the decode. Not with LoRA."""
+    state are sharded over the ranks (FSDP2, one unit per decoder layer), for models whose
+    training state does not fit one device (rollouts gather the whole model, so the weights
+    alone must). Not with LoRA."""
     collective_timeout_s: float = 600.0
     """With several ranks: a collective waiting longer than this (a dead or stuck rank)
     stops the run with an error naming the rank and step."""

@@ -49,7 +49,12 @@ class Reference:
         if self.model is None:
             with policy.disable_adapter():
                 return completion_logprobs(policy, batch, share_prompts=share)
-        return completion_logprobs(self.model, batch, share_prompts=share)
+        out = completion_logprobs(self.model, batch, share_prompts=share)
+        if fsdp.is_sharded(self.model):
+            # FSDP keeps a root unit gathered until its backward, and the reference has
+            # none: shard its embeddings and head again after every forward
+            self.model.reshard()
+        return out
 
 
 def reference_model(cfg: Config, model: Any, source: str | None = None) -> Reference | None:
@@ -60,7 +65,12 @@ def reference_model(cfg: Config, model: Any, source: str | None = None) -> Refer
     if cfg.model.lora.r > 0:
         return Reference(None)
     if source is None and fsdp.is_sharded(model):
-        source = model.name_or_path  # FSDP modules cannot be copied: load the start again
+        source = getattr(model, "name_or_path", "")  # FSDP modules cannot be copied: reload
+        if not source:
+            raise MathrlError(
+                "train.parallel = 'fsdp' with train.kl_coef > 0 reloads the start model as "
+                "the KL reference, and this model does not say where it came from"
+            )
     if source is not None:
         from mathrl.models.loading import load_model
 
