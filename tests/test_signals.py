@@ -148,6 +148,7 @@ def _zombie(pid: int) -> bool:
 def test_check_and_message():
     """The first signal asks; check() saves (or reuses the step's checkpoint) and raises;
     a second signal raises at once; the message has the resume command."""
+    before = signal.getsignal(signal.SIGINT)  # default, or SIG_IGN when run in background
     with stopping.graceful_stop():
         stopping.check(3, save=lambda: Path("never"))  # nothing asked yet: no-op
         stopping._handler(signal.SIGTERM, None)
@@ -164,7 +165,7 @@ def test_check_and_message():
             stopping._handler(signal.SIGINT, None)
         assert now.value.now and now.value.exit_code == 130
     assert stopping.requested() is None  # cleared on the way out, old handlers back
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     stop = stopping.Stopped(signal.SIGINT, 7, Path("r/checkpoints/step_00000007"), now=False)
     assert stopping.message(stop, ["mathrl", "train", "-c", "my config.toml"]) == (
         "stopped by SIGINT after step 7; last complete checkpoint: "
