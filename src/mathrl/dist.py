@@ -183,7 +183,9 @@ def all_reduce_grads(model: Any) -> None:
     if _current.world == 1:
         return
     params = [p for p in model.parameters() if p.requires_grad]
-    if any(type(p).__name__ == "DTensor" for p in params):
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in params):
         return  # FSDP (mathrl.fsdp) reduce-scattered them during the backward pass
     # A parameter no rank gave a gradient stays without one, as in one process (AdamW then
     # skips it: no weight decay, no momentum step); one some rank missed gets zeros there.

@@ -28,8 +28,6 @@ from typing import Any
 from mathrl import dist
 from mathrl.errors import ConfigError
 
-PARALLEL_MODES = ("ddp", "fsdp")
-
 
 def wanted(cfg: Any) -> bool:
     """This run shards its model: train.parallel = "fsdp" with several ranks."""

@@ -155,10 +155,8 @@ def train_sft(
         if on_step is not None:
             on_step(step, metrics)
 
-        write = functools.partial(learner.save, cfg, run_dir, model, tokenizer, step, fingerprint)
-
-        def save(write: Callable[[], Path] = write) -> Path:
-            return write()  # every rank calls it; rank 0 writes
+        # every rank calls it; rank 0 writes (under FSDP after the ranks gather the shards)
+        save = functools.partial(learner.save, cfg, run_dir, model, tokenizer, step, fingerprint)
 
         every = cfg.checkpoint.every
         saved = save() if (every and step % every == 0) or step == steps else None

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from mathrl.models.precision import forward_autocast, pad_multiple
 
@@ -266,7 +267,7 @@ def _head_is_separable(model: nn.Module) -> bool:
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "get_decoder"):
         return False
-    if type(model).__name__.startswith("FSDP"):
+    if isinstance(model, FSDPModule):
         # FSDP2 gathers the head's weights in the whole model's forward only: under
         # train.parallel = "fsdp" logits come from model(...)
         return False
