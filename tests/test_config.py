@@ -106,6 +106,24 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         (["eval.k=[1,4]"], "eval.k entries must be in [1, eval.n=1], got 4"),
         (["train.lr"], "--set expects key=value, got 'train.lr'"),
         (["data.countdown_numbers=[5]"], "data.countdown_numbers entries must be 3 or 4, got 5"),
+        (["rollout.weights=int4"], "Invalid rollout.weights 'int4' (did you mean 'int8'?)"),
+        (
+            ["rollout.weights=int8", "rollout.engine=openai"],
+            "rollout.weights = 'int8' is for in-process rollouts (rollout.engine = 'hf'), "
+            "not 'openai'",
+        ),
+        (
+            ["rollout.weights=fp16", "rollout.lean_decode=false"],
+            "rollout.weights = 'fp16' needs rollout.lean_decode = true",
+        ),
+        (
+            ["rollout.weights=fp16", "model.device=cuda"],
+            "rollout.weights = 'fp16' runs on CPUs (fbgemm kernels)",
+        ),
+        (
+            ["rollout.weights=int8", "backend=mlx"],
+            "rollout.weights = 'int8' is not supported with backend = 'mlx'",
+        ),
     ],
 )
 def test_config_errors_name_the_problem(overrides, message):

@@ -437,3 +437,54 @@ def test_rollouts_in_another_precision_than_the_model(model, tokenizer, prompts)
     assert 1e-4 < float(gap.abs().mean()) < 0.2, float(gap.abs().mean())
     with pytest.raises(MathrlError, match="rollout.autocast must be one of"):
         HFEngine(model, tokenizer, autocast="int4")
+
+
+@pytest.mark.parametrize(("weights", "lo", "hi"), [("fp16", 1e-6, 1e-2), ("int8", 1e-3, 0.5)])
+def test_rollouts_from_fp16_and_int8_weight_copies(
+    weights, lo, hi, model, tokenizer, prompts, monkeypatch
+):
+    """rollout.weights = fp16 / int8: log-probs off the fp32 forward's by the copy's
+    rounding; one copy serves calls while the weights stay, and an optimizer step (in
+    place) makes the next call re-make it: never a stale copy."""
+    import copy
+
+    from mathrl.rollout import hf_engine
+
+    built = []
+    real = hf_engine.LeanDecoder
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("weights", "model"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_engine, "LeanDecoder", counting)
+    net = copy.deepcopy(model)
+    engine = HFEngine(net, tokenizer, batch_size=8, weights=weights)
+    sampling = SamplingParams(n=4, max_new_tokens=12, seed=3)
+    a, b = engine.generate(prompts, sampling), engine.generate(prompts, sampling)
+    assert built == [weights]
+    assert as_ids(a) == as_ids(b)
+    assert [c.logprobs for c in a.completions] == [c.logprobs for c in b.completions]
+    fp32 = recomputed_logprobs(net, a.completions)
+    gap = torch.cat(
+        [torch.tensor(c.logprobs) - e for c, e in zip(a.completions, fp32, strict=True)]
+    )
+    assert lo < float(gap.abs().mean()) < hi, float(gap.abs().mean())
+
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    sum(p.square().sum() for p in net.parameters()).backward()
+    optimizer.step()
+    after = engine.generate(prompts, sampling)
+    assert built == [weights, weights]
+    fresh = HFEngine(net, tokenizer, batch_size=8, weights=weights).generate(prompts, sampling)
+    assert as_ids(after) == as_ids(fresh)
+    assert [c.logprobs for c in after.completions] == [c.logprobs for c in fresh.completions]
+    assert as_ids(after) != as_ids(a)  # the step did change what is sampled
+
+
+def test_weight_copies_refused_in_one_line(model, tokenizer):
+    with pytest.raises(MathrlError, match="rollout.weights must be one of model, fp16, int8"):
+        HFEngine(model, tokenizer, weights="int4")
+    with pytest.raises(MathrlError, match="needs rollout.lean_decode = true"):
+        HFEngine(model, tokenizer, weights="int8", lean_decode=False)

@@ -111,6 +111,7 @@ def rollout_engine(
         "batch_size": batch_size or r.batch_size,
         "lean_decode": r.lean_decode,
         "autocast": r.autocast,
+        "weights": r.weights,
     }
     if name in SERVER_ENGINES:
         if run_dir is None:

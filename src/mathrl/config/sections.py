@@ -171,6 +171,12 @@ class RolloutConfig:
     float16 whatever the trainer uses. Sampling in bf16 from an fp32 trainer is faster on
     GPUs and AMX CPUs; its log-probs then differ (rollout/logprob_diff): pair it with
     train.tis_cap."""
+    weights: str = "model"
+    """Weights in-process rollouts and eval decode from: model (the trainer's own), or a
+    copy of the linear layers in fp16 or int8 (CPU only, fbgemm kernels, re-made after each
+    optimizer step; Llama/Qwen2 lean decode). Faster on real-size models (BENCHMARKS.md);
+    their log-probs differ from the trainer's (rollout/logprob_diff; fp16 slightly, int8
+    by ~0.4 nat/token on SmolLM2): pair them with train.tis_cap."""
     server_url: str = ""
     """engine = "openai": the server's base URL (mathrl serve, vLLM, SGLang), e.g.
     http://127.0.0.1:8000."""

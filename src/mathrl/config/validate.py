@@ -32,6 +32,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "eval.split": ("auto", "val", "test"),
     "rollout.weight_sync": ("load_weights", "vllm_lora", "none"),
     "rollout.autocast": ("model", "none", "bfloat16", "float16"),
+    "rollout.weights": ("model", "fp16", "int8"),
     "train.parallel": ("ddp", "fsdp"),
 }
 
@@ -82,6 +83,7 @@ MLX_UNSUPPORTED: dict[str, Any] = {
     # key -> the only value(s) the MLX backend runs with (a tuple: any of them)
     "model.autocast": ("auto", "none"),
     "rollout.autocast": ("model", "none"),
+    "rollout.weights": ("model",),
     "model.device": ("auto", "cpu"),
 }
 
@@ -89,6 +91,11 @@ MLX_UNSUPPORTED: dict[str, Any] = {
 def check_backend(cfg: Any) -> None:
     """Keys the MLX backend does not support, refused by name (it is one process: torchrun
     is refused when the ranks start)."""
+    _check(
+        cfg.rollout.weights == "model" or not str(cfg.model.device).startswith("cuda"),
+        f"rollout.weights = {cfg.rollout.weights!r} runs on CPUs (fbgemm kernels); on a GPU "
+        "use rollout.autocast = 'bfloat16'",
+    )
     if cfg.backend != "mlx":
         _check(
             cfg.rollout.engine != "mlx",
@@ -178,6 +185,14 @@ def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
         "rollout.off_policy_steps = 1 samples while the trainer trains, so it needs a rollout "
         "server (rollout.engine = 'openai'); in-process rollouts share the trainer's weights",
     )
+
+    if r.weights != "model":
+        _check(
+            r.engine == "hf",
+            f"rollout.weights = {r.weights!r} is for in-process rollouts (rollout.engine = "
+            f"'hf'), not {r.engine!r}: a server samples in its own precision",
+        )
+        _check(r.lean_decode, f"rollout.weights = {r.weights!r} needs rollout.lean_decode = true")
 
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     _check(e.batch_size >= 0, f"eval.batch_size must be >= 0, got {e.batch_size}")

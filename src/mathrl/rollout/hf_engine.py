@@ -32,6 +32,8 @@ from mathrl.models.logprobs import (
     position_ids_from_mask,
 )
 from mathrl.models.precision import AUTOCAST_DTYPES, autocast_to, forward_autocast, pad_multiple
+from mathrl.rollout import cpu_gemm
+from mathrl.rollout.cpu_gemm import WEIGHT_MODES
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.sampler import checked_seeds, row_keys, sample_next, uniforms
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
@@ -72,6 +74,7 @@ class HFEngine(RolloutEngine):
         reserve_kv: bool = True,
         lean_decode: bool = True,
         autocast: str = "model",
+        weights: str = "model",
     ) -> None:
         if batch_size < 1:
             raise MathrlError(f"batch_size must be >= 1, got {batch_size}")
@@ -89,6 +92,24 @@ class HFEngine(RolloutEngine):
         self.reserve_kv = reserve_kv  # write decode K/V in place (see _RoomyLayer)
         # Llama/Qwen2 decode through LeanDecoder (same values, a fraction of the overhead).
         self.lean_decode = lean_decode
+        # "fp16" / "int8": decode from copies of the GEMM weights in that precision
+        # (rollout/cpu_gemm.py), kept between calls until a parameter changes (_lean_for).
+        if weights not in WEIGHT_MODES:
+            raise MathrlError(
+                f"rollout.weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}"
+            )
+        if weights != "model":
+            why = cpu_gemm.unavailable(weights, next(model.parameters()).device)
+            if why is None and not lean_decode:
+                why = f"rollout.weights = {weights!r} needs rollout.lean_decode = true"
+            if why is None and (arch := unsupported_reason(model)) is not None:
+                why = (
+                    f"rollout.weights = {weights!r} needs a Llama/Qwen2 model (lean decode): {arch}"
+                )
+            if why is not None:
+                raise MathrlError(why)
+        self.weights = weights
+        self._cached: tuple[Any, LeanDecoder] | None = None
         self.stop_token_ids = stop_token_ids or default_stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
@@ -102,6 +123,25 @@ class HFEngine(RolloutEngine):
     def update_weights(self, model: nn.Module) -> None:
         """Sample from `model` from now on (weights are shared in-process: no copy)."""
         self.model = model
+        self._cached = None
+
+    def _lean_for(self, rows: int) -> LeanDecoder | None:
+        """The lean decoder of the current weights (None: transformers' forward).
+
+        The model's own weights are packed per call (a fast copy, and holding it would
+        double the weights' memory between steps); an fp16/int8 copy is kept while every
+        parameter keeps its identity and version counter (an optimizer step or a load
+        bumps them): eval's chunks pack once, a training step once.
+        """
+        if not self.lean_decode or unsupported_reason(self.model) is not None:
+            return None
+        if self.weights == "model":
+            return LeanDecoder(self.model, rows=rows)
+        key = _weights_key(self.model)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = None  # free the old copy before building the new one
+            self._cached = (key, LeanDecoder(self.model, weights=self.weights))
+        return self._cached[1]
 
     def generate(
         self,
@@ -125,9 +165,7 @@ class HFEngine(RolloutEngine):
             with torch.inference_mode(), self._precision():
                 # Packed once per call (inside autocast: it casts its GEMM weights), reused
                 # by every chunk; the weights only change between calls.
-                lean = None
-                if self.lean_decode and unsupported_reason(self.model) is None:
-                    lean = LeanDecoder(self.model)
+                lean = self._lean_for(min(per_chunk, len(prompts)) * sampling.n)
                 for start in range(0, len(prompts), per_chunk):
                     chunk = prompts[start : start + per_chunk]
                     chunk_seeds = seeds[start : start + per_chunk]
@@ -331,6 +369,12 @@ class HFEngine(RolloutEngine):
             finish_reason="eos" if finish == "eos" else "length",
             logprobs=logprobs,
         )
+
+
+def _weights_key(model: nn.Module) -> tuple[tuple[int, int, int], ...]:
+    """Identity, storage address and version counter of every parameter: equal keys, equal
+    weights (in-place updates bump the version; a replaced tensor is another object)."""
+    return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
 
 
 def _mark_last_stops(

@@ -24,19 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mathrl.rollout import cpu_gemm
+from mathrl.rollout.cpu_gemm import WEIGHT_MODES, CpuLinear
+
 SUPPORTED_TYPES = ("llama", "qwen2")
+
+
+# A GEMM weight: a float tensor, or a packed/fp16/int8 copy with its bias inside.
+Weight = torch.Tensor | CpuLinear
 
 
 @dataclass
 class _Layer:
     ln1: nn.Module  # the layer's own input RMSNorm (kept in the model's dtype)
-    qkv_w: torch.Tensor  # (q + 2 kv, H) packed q/k/v projections
+    qkv_w: Weight  # (q + 2 kv, H) packed q/k/v projections
     qkv_b: torch.Tensor | None
-    o_w: torch.Tensor
+    o_w: Weight
     o_b: torch.Tensor | None
     ln2: nn.Module  # post-attention RMSNorm
-    gate_up_w: torch.Tensor  # (2 I, H) packed gate/up projections
-    down_w: torch.Tensor
+    gate_up_w: Weight  # (2 I, H) packed gate/up projections
+    down_w: Weight
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
@@ -72,17 +79,20 @@ def unsupported_reason(model: nn.Module) -> str | None:
 class LeanDecoder:
     """Decode steps for one generate call, on K/V buffers it owns (see module doc)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, weights: str = "model", rows: int = 64) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"lean decode does not support this model: {reason}")
+        if weights not in WEIGHT_MODES:
+            raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
         base = model.get_decoder()
         cfg = model.config
         self.embed = base.embed_tokens.weight
         self.rotary = base.rotary_emb
         self.norm = base.norm
         head = model.get_output_embeddings()
-        self.head_w, self.head_b = head.weight, head.bias
+        self.head_w: Weight = head.weight
+        self.head_b: torch.Tensor | None = head.bias
         attn0 = base.layers[0].self_attn
         self.head_dim = int(attn0.head_dim)
         self.scaling = float(attn0.scaling)
@@ -94,7 +104,18 @@ class LeanDecoder:
         # Under autocast (models/precision.py) the GEMM weights are cast once, here, not
         # at every step; attention, norms and the residual stream stay in fp32.
         self.device_type = self.embed.device.type
-        if torch.is_autocast_enabled(self.device_type):
+        if weights != "model" or (
+            self.device_type == "cpu"
+            and self.embed.dtype == torch.float32
+            and not torch.is_autocast_enabled(self.device_type)
+            and cpu_gemm.packed_linear_available()
+        ):
+            # On a CPU: every GEMM weight packed once here (cpu_gemm.py), biases folded in:
+            # fp32 reordered for oneDNN (for batches of about `rows` rows), or an fp16/int8
+            # copy. The embedding lookup, norms and attention keep the model's precision.
+            self.head_w, self.head_b = cpu_gemm.pack(weights, self.head_w, self.head_b, rows), None
+            self.layers = [_packed_layer(layer, weights, rows) for layer in self.layers]
+        elif torch.is_autocast_enabled(self.device_type):
             low = torch.get_autocast_dtype(self.device_type)
             self.head_w, self.head_b = _cast(self.head_w, low), _cast(self.head_b, low)
             self.layers = [
@@ -251,9 +272,31 @@ class LeanDecoder:
         return x if self.in_order else x[self.flat]
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear in the weight's dtype (low precision under autocast, else as given)."""
+def _linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear in the weight's dtype (low precision under autocast, else as given); an
+    int8 weight carries its bias and returns fp32."""
+    if not isinstance(w, torch.Tensor):
+        return w(x)
     return F.linear(x.to(w.dtype), w, b)
+
+
+def _packed_layer(layer: _Layer, mode: str, rows: int) -> _Layer:
+    """The layer with its four GEMM weights in cpu_gemm's `mode` form (biases folded in)."""
+
+    def pack(w: Weight, b: torch.Tensor | None = None) -> Weight:
+        assert isinstance(w, torch.Tensor)
+        return cpu_gemm.pack(mode, w, b, rows)
+
+    return _Layer(
+        ln1=layer.ln1,
+        qkv_w=pack(layer.qkv_w, layer.qkv_b),
+        qkv_b=None,
+        o_w=pack(layer.o_w, layer.o_b),
+        o_b=None,
+        ln2=layer.ln2,
+        gate_up_w=pack(layer.gate_up_w),
+        down_w=pack(layer.down_w),
+    )
 
 
 def _cast(t: Any, dtype: torch.dtype) -> Any:

@@ -26,7 +26,9 @@ def _hf_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
     from mathrl.rollout.hf_engine import HFEngine  # torch + transformers: only when used
 
     return HFEngine(
-        model, tokenizer, **_pick(kwargs, "batch_size", "lean_decode", "reserve_kv", "autocast")
+        model,
+        tokenizer,
+        **_pick(kwargs, "batch_size", "lean_decode", "reserve_kv", "autocast", "weights"),
     )
 
 
