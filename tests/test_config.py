@@ -121,6 +121,10 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
             "rollout.weights = 'fp16' runs on CPUs (fbgemm kernels)",
         ),
         (
+            ["rollout.weights=int8", "model.lora.r=8"],
+            "rollout.weights = 'int8' is not supported with LoRA",
+        ),
+        (
             ["rollout.weights=int8", "backend=mlx"],
             "rollout.weights = 'int8' is not supported with backend = 'mlx'",
         ),

@@ -463,6 +463,7 @@ def test_rollouts_from_fp16_and_int8_weight_copies(
     sampling = SamplingParams(n=4, max_new_tokens=12, seed=3)
     a, b = engine.generate(prompts, sampling), engine.generate(prompts, sampling)
     assert built == [weights]
+    assert engine._cached is not None and engine._cached[1].sk == []  # no K/V held between calls
     assert as_ids(a) == as_ids(b)
     assert [c.logprobs for c in a.completions] == [c.logprobs for c in b.completions]
     fp32 = recomputed_logprobs(net, a.completions)

