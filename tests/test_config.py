@@ -121,6 +121,14 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
             "rollout.weights = 'fp16' runs on CPUs (fbgemm kernels)",
         ),
         (
+            ["rollout.weights=int8", "model.dtype=bfloat16"],
+            "rollout.weights = 'int8' copies fp32 weights: it needs model.dtype = 'auto' or",
+        ),
+        (
+            ["rollout.weights=fp16", "rollout.autocast=bfloat16"],
+            "rollout.weights = 'fp16' does not combine with autocast",
+        ),
+        (
             ["rollout.weights=int8", "model.lora.r=8"],
             "rollout.weights = 'int8' is not supported with LoRA",
         ),

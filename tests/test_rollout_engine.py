@@ -1,6 +1,7 @@
 """HFEngine on a tiny scratch model: ordering, seeding, greedy == HF generate, exact logprobs."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -485,7 +486,40 @@ def test_rollouts_from_fp16_and_int8_weight_copies(
 
 
 def test_weight_copies_refused_in_one_line(model, tokenizer):
-    with pytest.raises(MathrlError, match="rollout.weights must be one of model, fp16, int8"):
-        HFEngine(model, tokenizer, weights="int4")
-    with pytest.raises(MathrlError, match="needs rollout.lean_decode = true"):
-        HFEngine(model, tokenizer, weights="int8", lean_decode=False)
+    """What fp16/int8 copies cannot serve is refused when the engine is built (or handed
+    new weights), in one line."""
+    import copy
+
+    from mathrl.models.precision import set_autocast
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    autocast = copy.deepcopy(model)
+    set_autocast(autocast, "bfloat16")
+    cases = [
+        (dict(weights="int4"), model, "rollout.weights must be one of model, fp16, int8"),
+        (dict(weights="int8", lean_decode=False), model, "needs rollout.lean_decode = true"),
+        (dict(weights="fp16"), bf16, "copies fp32 weights; this model has torch.bfloat16"),
+        (dict(weights="int8"), autocast, "does not combine with autocast"),
+        (dict(weights="int8", autocast="bfloat16"), model, "does not combine with autocast"),
+    ]
+    for kwargs, net, message in cases:
+        with pytest.raises(MathrlError, match=message) as err:
+            HFEngine(net, tokenizer, **kwargs)
+        assert "\n" not in str(err.value)
+    engine = HFEngine(model, tokenizer, weights="int8")
+    with pytest.raises(MathrlError, match="copies fp32 weights"):
+        engine.update_weights(bf16)
+    assert engine.model is model
+
+
+def test_evaluation_samples_from_the_models_own_weights(model, tokenizer):
+    """rollout.weights reaches training rollouts (kept copy only outside the loop), never
+    evaluation: eval accuracy is the checkpoint's."""
+    from mathrl.config import load_config
+    from mathrl.sampling import rollout_engine
+
+    cfg = load_config(overrides=["rollout.weights=int8"], env=False)
+    assert rollout_engine(cfg, model, tokenizer).weights == "int8"
+    assert rollout_engine(cfg, model, tokenizer).keep_copy
+    assert not rollout_engine(cfg, model, tokenizer, run_dir=Path(".")).keep_copy
+    assert rollout_engine(cfg, model, tokenizer, evaluation=True).weights == "model"

@@ -521,7 +521,7 @@ def run_eval(
         rows = []
         for path, label in zip(paths, model_labels(paths), strict=True):
             m, tok = load_model_arg(cfg, task, path, out_dir)
-            engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"])
+            engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"], evaluation=True)
             result = evaluate(m, tok, task, split, progress=not quiet, engine=engine, **kwargs)
             del engine
             del m
@@ -576,7 +576,9 @@ def run_suite(
             if model is None:
                 model, tok = load_model_arg(base, task, path, out)
             kwargs = {**eval_kwargs(cfg), "n": 1, "ks": (1,)}
-            engine = rollout_engine(cfg, model, tok, batch_size=kwargs["batch_size"])
+            engine = rollout_engine(
+                cfg, model, tok, batch_size=kwargs["batch_size"], evaluation=True
+            )
             result = evaluate(model, tok, task, "test", progress=not quiet, engine=engine, **kwargs)
             row["n"] = result.summary["n_problems"]
             row["cells"][label] = cell(result.summary, None)

@@ -98,12 +98,14 @@ def rollout_engine(
     tokenizer: Any,
     batch_size: int | None = None,
     run_dir: Path | None = None,
+    evaluation: bool = False,
 ) -> RolloutEngine:
     """The engine `cfg.rollout` names, on the trainer's (shared) model.
 
     A server engine (rollout.engine = "openai") samples the training loop's rollouts only
     (run_dir given): evaluation, probes and `mathrl serve` sample in-process, from the
-    model in hand, with "hf".
+    model in hand, with "hf". `evaluation` (eval, probes, held-out metrics) samples from
+    the model's own weights whatever rollout.weights says: accuracy is the checkpoint's.
     """
     r = cfg.rollout
     name = "mlx" if cfg.backend == "mlx" else r.engine  # MLX samples in-process, always
@@ -111,7 +113,9 @@ def rollout_engine(
         "batch_size": batch_size or r.batch_size,
         "lean_decode": r.lean_decode,
         "autocast": r.autocast,
-        "weights": r.weights,
+        # evaluation measures the model's own weights, never a reduced copy
+        "weights": "model" if evaluation else r.weights,
+        "keep_copy": run_dir is None,  # the training loop re-makes it every step anyway
     }
     if name in SERVER_ENGINES:
         if run_dir is None:

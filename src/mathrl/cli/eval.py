@@ -138,7 +138,7 @@ def probe_cmd(
             thresholds=ProbeThresholds(min_acc, max_acc, min_var),
             out_dir=out_dir,
             progress=not quiet,
-            engine=rollout_engine(cfg, m, tok),
+            engine=rollout_engine(cfg, m, tok, evaluation=True),
         )
     if not dist.speaks():  # rank 0 prints the table and the verdict
         return

@@ -172,9 +172,10 @@ class RolloutConfig:
     GPUs and AMX CPUs; its log-probs then differ (rollout/logprob_diff): pair it with
     train.tis_cap."""
     weights: str = "model"
-    """Weights in-process rollouts and eval decode from: model (the trainer's own), or a
-    copy of the linear layers in fp16 or int8 (CPU only, fbgemm kernels, re-made after each
-    optimizer step; Llama/Qwen2 lean decode). Faster on real-size models (BENCHMARKS.md);
+    """Weights in-process training rollouts (and mathrl serve) decode from: model (the
+    trainer's own), or a copy of the linear layers in fp16 or int8 (CPU, fp32 models, no
+    autocast or LoRA; fbgemm kernels; re-made after each optimizer step). Evaluation and
+    probes always use the model's own. Faster on real-size models (BENCHMARKS.md);
     their log-probs differ from the trainer's (rollout/logprob_diff; fp16 slightly, int8
     by ~0.4 nat/token on SmolLM2): pair them with train.tis_cap."""
     server_url: str = ""

@@ -96,6 +96,17 @@ def check_backend(cfg: Any) -> None:
         f"rollout.weights = {cfg.rollout.weights!r} runs on CPUs (fbgemm kernels); on a GPU "
         "use rollout.autocast = 'bfloat16'",
     )
+    if cfg.rollout.weights != "model":
+        name = f"rollout.weights = {cfg.rollout.weights!r}"
+        _check(
+            cfg.model.dtype in ("auto", "float32"),
+            f"{name} copies fp32 weights: it needs model.dtype = 'auto' or 'float32', "
+            f"not {cfg.model.dtype!r}",
+        )
+        _check(
+            cfg.model.autocast in ("auto", "none") and cfg.rollout.autocast in ("model", "none"),
+            f"{name} does not combine with autocast (model.autocast / rollout.autocast)",
+        )
     _check(
         cfg.rollout.weights == "model" or cfg.model.lora.r == 0,
         f"rollout.weights = {cfg.rollout.weights!r} is not supported with LoRA (model.lora.r > "

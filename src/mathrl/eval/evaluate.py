@@ -166,7 +166,7 @@ def heldout_metrics(
     was_training = model.training
     model.eval()
     kwargs = eval_kwargs(cfg)
-    engine = rollout_engine(cfg, model, tokenizer, batch_size=kwargs["batch_size"])
+    engine = rollout_engine(cfg, model, tokenizer, batch_size=kwargs["batch_size"], evaluation=True)
     result = evaluate(
         model, tokenizer, task, split=split, progress=False, pool=pool, engine=engine, **kwargs
     )

@@ -54,9 +54,15 @@ def unavailable(mode: str, device: torch.device) -> str | None:
         "int8": ("linear_prepack", "linear_dynamic"),
     }[mode]
     if not all(hasattr(ops, op) for op in needed):
-        return f"this torch ({torch.__version__}) lacks fbgemm's {' / '.join(needed)}"
+        return (
+            f"rollout.weights = {mode!r} needs fbgemm's {' / '.join(needed)}, which this "
+            f"torch ({torch.__version__}) lacks; use rollout.weights = 'model'"
+        )
     if not ({"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines)):
-        return "this torch build has no x86/fbgemm quantized engine"
+        return (
+            f"rollout.weights = {mode!r} needs torch's x86/fbgemm quantized engine, which "
+            "this build lacks (not an x86 CPU?); use rollout.weights = 'model'"
+        )
     return None
 
 

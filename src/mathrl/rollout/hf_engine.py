@@ -31,7 +31,15 @@ from mathrl.models.logprobs import (
     output_cache,
     position_ids_from_mask,
 )
-from mathrl.models.precision import AUTOCAST_DTYPES, autocast_to, forward_autocast, pad_multiple
+from mathrl.models.precision import (
+    AUTOCAST_DTYPES,
+    autocast_to,
+    forward_autocast,
+    pad_multiple,
+)
+from mathrl.models.precision import (
+    autocast_dtype as forward_autocast_dtype,
+)
 from mathrl.rollout import cpu_gemm
 from mathrl.rollout.cpu_gemm import WEIGHT_MODES
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
@@ -75,6 +83,7 @@ class HFEngine(RolloutEngine):
         lean_decode: bool = True,
         autocast: str = "model",
         weights: str = "model",
+        keep_copy: bool = True,
     ) -> None:
         if batch_size < 1:
             raise MathrlError(f"batch_size must be >= 1, got {batch_size}")
@@ -98,19 +107,14 @@ class HFEngine(RolloutEngine):
             raise MathrlError(
                 f"rollout.weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}"
             )
-        if weights != "model":
-            why = cpu_gemm.unavailable(weights, next(model.parameters()).device)
-            if why is None and not lean_decode:
-                why = f"rollout.weights = {weights!r} needs rollout.lean_decode = true"
-            if why is None and (arch := unsupported_reason(model)) is not None:
-                why = (
-                    f"rollout.weights = {weights!r} needs the lean decode step, which does "
-                    f"not support this model ({arch})"
-                )
-            if why is not None:
-                raise MathrlError(why)
         self.weights = weights
+        # keep_copy: hold the fp16/int8 copy between calls (serving); the training loop
+        # drops it after each call, so backward and the optimizer never carry it.
+        self.keep_copy = keep_copy
         self._cached: tuple[Any, LeanDecoder] | None = None
+        if not lean_decode and weights != "model":
+            raise MathrlError(f"rollout.weights = {weights!r} needs rollout.lean_decode = true")
+        self._check_weights(model)
         self.stop_token_ids = stop_token_ids or default_stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
@@ -121,8 +125,31 @@ class HFEngine(RolloutEngine):
             return forward_autocast(self.model)
         return autocast_to(self.model, self.autocast)  # type: ignore[arg-type]
 
+    def _check_weights(self, model: nn.Module) -> None:
+        """rollout.weights = fp16/int8 can sample from `model`, or one line says why not."""
+        if self.weights == "model":
+            return
+        name = f"rollout.weights = {self.weights!r}"
+        why = cpu_gemm.unavailable(self.weights, next(model.parameters()).device)
+        if why is None and (arch := unsupported_reason(model)) is not None:
+            why = f"{name} needs the lean decode step, which does not support this model ({arch})"
+        low = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+        if why is None and low:
+            why = f"{name} copies fp32 weights; this model has {sorted(map(str, low))[0]} ones"
+        if why is None and self._precision_dtype(model) is not None:
+            why = f"{name} does not combine with autocast (model.autocast / rollout.autocast)"
+        if why is not None:
+            raise MathrlError(why)
+
+    def _precision_dtype(self, model: nn.Module) -> torch.dtype | None:
+        """The autocast dtype rollouts of `model` would run under (None: none)."""
+        if self.autocast == "model":
+            return forward_autocast_dtype(model)
+        return self.autocast  # type: ignore[return-value]
+
     def update_weights(self, model: nn.Module) -> None:
         """Sample from `model` from now on (weights are shared in-process: no copy)."""
+        self._check_weights(model)
         self.model = model
         self._cached = None
 
@@ -177,6 +204,8 @@ class HFEngine(RolloutEngine):
                 finally:
                     if lean is not None:  # a kept fp16/int8 decoder keeps no K/V between calls
                         lean.release()
+                    if not self.keep_copy:
+                        self._cached = None
         finally:
             self.model.train(was_training)
         timing["total_s"] = time.perf_counter() - t0
@@ -378,7 +407,9 @@ class HFEngine(RolloutEngine):
 
 def _weights_key(model: nn.Module) -> tuple[tuple[int, int, int], ...]:
     """Identity, storage address and version counter of every parameter: equal keys, equal
-    weights (in-place updates bump the version; a replaced tensor is another object)."""
+    weights (in-place updates bump the version; a replaced tensor is another object).
+    Writes through `p.data` bypass the version counter: mathrl makes none, and
+    update_weights drops the copy whatever the key."""
     return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
 
 

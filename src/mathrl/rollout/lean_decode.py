@@ -9,8 +9,8 @@ once for all the rows that continue it (a GRPO group), not once per row.
 
 Same values as the model's own forward (tested against it to float tolerance); the prefill
 still runs through transformers, whose cache this step continues. Weights are packed
-(copied) when the decoder is built, so build one per generate call: the trainer changes
-the weights between calls. For anything outside the supported family (other attention
+(copied) when the decoder is built, so a decoder serves the weights of its build time:
+HFEngine builds one per generate call, or keeps an fp16/int8 one while no parameter changes. For anything outside the supported family (other attention
 kinds, sliding windows, other activations, scaled logits) `unsupported_reason` says why,
 and the engine falls back to transformers' forward.
 """
@@ -100,7 +100,6 @@ class LeanDecoder:
         self.n_kv = int(cfg.num_key_value_heads)
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv * self.head_dim
-        self.layers = [self._pack(layer) for layer in base.layers[: cfg.num_hidden_layers]]
         self.device_type = self.embed.device.type
         if weights != "model" or (
             self.device_type == "cpu"
@@ -112,16 +111,22 @@ class LeanDecoder:
             # fp32 reordered for oneDNN (for batches of about `rows` rows), or an fp16/int8
             # copy. The embedding lookup, norms and attention keep the model's precision.
             self.head_w, self.head_b = cpu_gemm.pack(weights, self.head_w, self.head_b, rows), None
-            self.layers = [_packed_layer(layer, weights, rows) for layer in self.layers]
-        elif torch.is_autocast_enabled(self.device_type):
-            # Under autocast (models/precision.py) the GEMM weights are cast once, here, not
-            # at every step; attention, norms and the residual stream stay in fp32.
-            low = torch.get_autocast_dtype(self.device_type)
-            self.head_w, self.head_b = _cast(self.head_w, low), _cast(self.head_b, low)
+            # layer by layer: one layer's concatenated copies alive at a time
             self.layers = [
-                _Layer(**{k: _cast(v, low) for k, v in vars(layer).items()})
-                for layer in self.layers
+                _packed_layer(self._pack(layer), weights, rows)
+                for layer in base.layers[: cfg.num_hidden_layers]
             ]
+        else:
+            self.layers = [self._pack(layer) for layer in base.layers[: cfg.num_hidden_layers]]
+            if torch.is_autocast_enabled(self.device_type):
+                # Under autocast (models/precision.py) the GEMM weights are cast once, here,
+                # not at every step; attention, norms and the residual stream stay in fp32.
+                low = torch.get_autocast_dtype(self.device_type)
+                self.head_w, self.head_b = _cast(self.head_w, low), _cast(self.head_b, low)
+                self.layers = [
+                    _Layer(**{k: _cast(v, low) for k, v in vars(layer).items()})
+                    for layer in self.layers
+                ]
         self.pk: list[torch.Tensor] = []  # per layer: prompt keys, transposed (P, Hkv, D, Lp)
         self.pv: list[torch.Tensor] = []  # prompt values (P, Hkv, Lp, D)
         self.sk: list[torch.Tensor] = []  # generated keys (rows, Hkv, extra, D)

@@ -28,7 +28,9 @@ def _hf_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
     return HFEngine(
         model,
         tokenizer,
-        **_pick(kwargs, "batch_size", "lean_decode", "reserve_kv", "autocast", "weights"),
+        **_pick(
+            kwargs, "batch_size", "lean_decode", "reserve_kv", "autocast", "weights", "keep_copy"
+        ),
     )
 
 
