@@ -1,19 +1,19 @@
 """Decode-shaped GEMMs on CPUs: fp32 weights prepacked for oneDNN, fp16 and int8 copies.
 
 Why: decoding a real-size model on a CPU is bound by its linear layers, and torch's fp32
-GEMM (MKL) at decode shapes (16-64 rows x a wide weight) reached 36-90 GFLOP/s on the
-2-core AMD AVX2 machine of BENCHMARKS.md ("Decode GEMMs"), against a 180 GFLOP/s peak.
+GEMM (MKL) at decode shapes (16-64 rows x a wide weight) reached 33-120 GFLOP/s on the
+2-core AMD AVX2 machine of BENCHMARKS.md ("Decode GEMMs"), against a 185 GFLOP/s peak.
 Three packed forms of a weight, each called as `linear(x)` with its bias inside:
 
 - `PackedLinear` (the lean step's default on CPUs, rollout.weights = "model"): the fp32
   weight reordered once per generate call into oneDNN's blocked layout (the op torch's
-  inductor uses for CPU linears): 1.3-2.6x MKL's speed there, the same fp32 maths up to
+  inductor uses for CPU linears): 1.1-2.7x MKL's speed there, the same fp32 maths up to
   summation order (~1e-6 relative).
 - `Fp16Linear` (rollout.weights = "fp16"): fbgemm's fp16-weight GEMM (fp32 activations
-  and accumulation; the weight is rounded to fp16, ~2e-4 relative): 1.1-1.7x PackedLinear,
-  half the weight bytes.
+  and accumulation; the weight is rounded to fp16, ~2e-4 relative): 0.9-1.8x PackedLinear
+  (most at 16 rows), half the weight bytes.
 - `Int8Linear` (rollout.weights = "int8"): fbgemm's dynamic int8 GEMM (the kernel behind
-  torch.ao's quantize_dynamic): ~1.6x Fp16Linear, a quarter of the bytes, but coarse.
+  torch.ao's quantize_dynamic): 1.3-2.7x Fp16Linear, a quarter of the bytes, but coarse.
   Weights are quantised per output channel (symmetric, max |w| / 127); the kernel
   quantises each call's activations per tensor (8-bit with reduce_range, which avoids the
   int16 saturation of AVX2's u8 x s8 multiply: without it the error is ~10x larger), so
