@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hw_bound import best_time  # noqa: E402
+
 from mathrl.rollout.cpu_gemm import Fp16Linear, Int8Linear, PackedLinear  # noqa: E402
 
 SHAPES = {  # name: (N, K) of y = x @ W.T, W (N, K)
@@ -32,21 +34,6 @@ SHAPES = {  # name: (N, K) of y = x @ W.T, W (N, K)
     "135M down": (576, 1536),
     "135M head": (49152, 576),
 }
-
-
-def best_time(fn, reps: int = 3, min_s: float = 0.3) -> float:
-    fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_s:
-        fn()
-        n += 1
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
 
 
 def main() -> None:
@@ -68,7 +55,7 @@ def main() -> None:
                 "int8": lambda p=Int8Linear(w), x=x: p(x),
                 "bf16": lambda w=w.bfloat16(), x=x.bfloat16(): F.linear(x, w),
             }
-            rates = [2 * rows * n * k / best_time(calls[f]) / 1e9 for f in forms]
+            rates = [2 * rows * n * k / best_time(calls[f], 3) / 1e9 for f in forms]
             print(
                 f"| {rows} | {name} ({n} x {k}) | " + " | ".join(f"{r:.0f}" for r in rates) + " |"
             )

@@ -26,7 +26,7 @@ SQUARE = (256, 512, 1024, 2048)
 SHAPES = ((16384, 256, 1024), (16384, 1024, 256), (16384, 256, 2048))
 
 
-def _best_time(fn, reps: int, min_s: float = 0.3) -> float:
+def best_time(fn, reps: int, min_s: float = 0.3) -> float:
     """Best per-call time of fn over `reps` repeats of a batch lasting >= min_s."""
     fn()
     n, t0 = 0, time.perf_counter()
@@ -45,14 +45,14 @@ def _best_time(fn, reps: int, min_s: float = 0.3) -> float:
 def gemm_gflops(m: int, k: int, n: int, reps: int = 3) -> float:
     a, b = torch.randn(m, k), torch.randn(k, n)
     out = torch.empty(m, n)
-    dt = _best_time(lambda: torch.matmul(a, b, out=out), reps)
+    dt = best_time(lambda: torch.matmul(a, b, out=out), reps)
     return 2 * m * k * n / dt / 1e9
 
 
 def copy_gbps(mib: int = 256, reps: int = 5) -> float:
     src = torch.ones(mib * 2**20 // 4)
     dst = torch.empty_like(src)
-    dt = _best_time(lambda: dst.copy_(src), reps, min_s=0.2)
+    dt = best_time(lambda: dst.copy_(src), reps, min_s=0.2)
     return 2 * src.numel() * 4 / dt / 1e9
 
 
