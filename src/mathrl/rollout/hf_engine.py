@@ -159,7 +159,7 @@ class HFEngine(RolloutEngine):
         The model's own weights are packed per call (a fast copy, and holding it would
         double the weights' memory between steps); an fp16/int8 copy is kept while every
         parameter keeps its identity and version counter (an optimizer step or a load
-        bumps them): eval's chunks pack once, a training step once.
+        bumps them): mathrl serve quantises once per weight load, not per request.
         """
         if not self.lean_decode or unsupported_reason(self.model) is not None:
             return None
