@@ -28,6 +28,7 @@ from mathrl.config.validate import (
     check_backend,
     check_choices,
     check_model_and_data,
+    check_rollout_weights,
     check_sampling,
     check_schedules,
     check_task,
@@ -62,6 +63,7 @@ class Config:
         """Range and cross-field checks; the first failure raises a ConfigError naming its key."""
         check_choices(self)
         check_backend(self)
+        check_rollout_weights(self)
         check_train(self.train, self.rollout, self.sft)
         check_sampling(self.rollout, self.eval)
         check_task(self.task, self.data)

@@ -91,27 +91,6 @@ MLX_UNSUPPORTED: dict[str, Any] = {
 def check_backend(cfg: Any) -> None:
     """Keys the MLX backend does not support, refused by name (it is one process: torchrun
     is refused when the ranks start)."""
-    _check(
-        cfg.rollout.weights == "model" or not str(cfg.model.device).startswith("cuda"),
-        f"rollout.weights = {cfg.rollout.weights!r} runs on CPUs (fbgemm kernels); on a GPU "
-        "use rollout.autocast = 'bfloat16'",
-    )
-    if cfg.rollout.weights != "model":
-        name = f"rollout.weights = {cfg.rollout.weights!r}"
-        _check(
-            cfg.model.dtype in ("auto", "float32"),
-            f"{name} copies fp32 weights: it needs model.dtype = 'auto' or 'float32', "
-            f"not {cfg.model.dtype!r}",
-        )
-        _check(
-            cfg.model.autocast in ("auto", "none") and cfg.rollout.autocast in ("model", "none"),
-            f"{name} does not combine with autocast (model.autocast / rollout.autocast)",
-        )
-    _check(
-        cfg.rollout.weights == "model" or cfg.model.lora.r == 0,
-        f"rollout.weights = {cfg.rollout.weights!r} is not supported with LoRA (model.lora.r > "
-        "0): LoRA policies decode through transformers' forward, not the lean step",
-    )
     if cfg.backend != "mlx":
         _check(
             cfg.rollout.engine != "mlx",
@@ -129,6 +108,39 @@ def check_backend(cfg: Any) -> None:
         cfg.rollout.engine in ("hf", "mlx"),
         f"rollout.engine = {cfg.rollout.engine!r} is not supported with backend = 'mlx' "
         "(it samples in-process with MLX: 'hf', the default, means 'mlx' there)",
+    )
+
+
+def check_rollout_weights(cfg: Any) -> None:
+    """rollout.weights = fp16/int8: an in-process, lean-decoded, fp32, unadapted model on
+    a CPU (the engine checks the model it is handed again: rollout/hf_engine.py)."""
+    r = cfg.rollout
+    if r.weights == "model":
+        return
+    name = f"rollout.weights = {r.weights!r}"
+    _check(
+        r.engine == "hf",
+        f"{name} is for in-process rollouts (rollout.engine = 'hf'), not {r.engine!r}: a "
+        "server samples in its own precision",
+    )
+    _check(r.lean_decode, f"{name} needs rollout.lean_decode = true")
+    _check(
+        not str(cfg.model.device).startswith("cuda"),
+        f"{name} runs on CPUs (fbgemm kernels); on a GPU use rollout.autocast = 'bfloat16'",
+    )
+    _check(
+        cfg.model.dtype in ("auto", "float32"),
+        f"{name} copies fp32 weights: it needs model.dtype = 'auto' or 'float32', "
+        f"not {cfg.model.dtype!r}",
+    )
+    _check(
+        cfg.model.autocast in ("auto", "none") and r.autocast in ("model", "none"),
+        f"{name} does not combine with autocast (model.autocast / rollout.autocast)",
+    )
+    _check(
+        cfg.model.lora.r == 0,
+        f"{name} is not supported with LoRA (model.lora.r > 0): LoRA policies decode through "
+        "transformers' forward, not the lean step",
     )
 
 
@@ -201,14 +213,6 @@ def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
         "rollout.off_policy_steps = 1 samples while the trainer trains, so it needs a rollout "
         "server (rollout.engine = 'openai'); in-process rollouts share the trainer's weights",
     )
-
-    if r.weights != "model":
-        _check(
-            r.engine == "hf",
-            f"rollout.weights = {r.weights!r} is for in-process rollouts (rollout.engine = "
-            f"'hf'), not {r.engine!r}: a server samples in its own precision",
-        )
-        _check(r.lean_decode, f"rollout.weights = {r.weights!r} needs rollout.lean_decode = true")
 
     _check(e.n >= 1, f"eval.n must be >= 1, got {e.n}")
     _check(e.batch_size >= 0, f"eval.batch_size must be >= 0, got {e.batch_size}")

@@ -31,15 +31,7 @@ from mathrl.models.logprobs import (
     output_cache,
     position_ids_from_mask,
 )
-from mathrl.models.precision import (
-    AUTOCAST_DTYPES,
-    autocast_to,
-    forward_autocast,
-    pad_multiple,
-)
-from mathrl.models.precision import (
-    autocast_dtype as forward_autocast_dtype,
-)
+from mathrl.models.precision import AUTOCAST_DTYPES, autocast_dtype, autocast_to, pad_multiple
 from mathrl.rollout import cpu_gemm
 from mathrl.rollout.cpu_gemm import WEIGHT_MODES
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
@@ -121,9 +113,7 @@ class HFEngine(RolloutEngine):
 
     def _precision(self) -> Any:
         """The autocast context rollouts run under (see `autocast`)."""
-        if self.autocast == "model":
-            return forward_autocast(self.model)
-        return autocast_to(self.model, self.autocast)  # type: ignore[arg-type]
+        return autocast_to(self.model, self._precision_dtype(self.model))
 
     def _check_weights(self, model: nn.Module) -> None:
         """rollout.weights = fp16/int8 can sample from `model`, or one line says why not."""
@@ -144,7 +134,7 @@ class HFEngine(RolloutEngine):
     def _precision_dtype(self, model: nn.Module) -> torch.dtype | None:
         """The autocast dtype rollouts of `model` would run under (None: none)."""
         if self.autocast == "model":
-            return forward_autocast_dtype(model)
+            return autocast_dtype(model)
         return self.autocast  # type: ignore[return-value]
 
     def update_weights(self, model: nn.Module) -> None:
