@@ -514,6 +514,36 @@ def test_rank_0_writing_longer_than_the_collective_timeout_does_not_time_the_oth
     assert "all_sum failed: rank 1 of 2" in out[1], out
 
 
+SLOW_RANK_1 = """
+import os, time
+if os.environ.get("RANK") == "1":
+    import mathrl.warmup as w
+    read = w.read_decision
+    def late_read(wdir):
+        time.sleep(3)  # rank 0 decides and writes its decision meanwhile
+        return read(wdir)
+    w.read_decision = late_read
+"""
+
+
+def test_a_rank_that_reads_the_warmup_decision_late_still_joins_rank_0s(tmp_path, tiny_config):
+    """`loop` resumes its warm-up decision from the run dir. A rank reading that file itself
+    found the one rank 0 had just written, skipped the collective of its write, and paired
+    every later collective wrongly: it loaded the scratch model before rank 0 built it
+    (seen once under load). Rank 1 here reads it 3 s late: the decision must come from rank 0."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_RANK_1)
+    env = rank_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    args = ["loop", "-c", tiny_config, "--iters", "1", "--max-steps", "1", "--nproc", "2"]
+    cmd = [sys.executable, "-m", "mathrl", *map(str, args), "--out", str(tmp_path / "two")]
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "warm-up decision: warmup.steps = 3" in two.stderr + two.stdout
+    assert (tmp_path / "two" / "checkpoints" / "step_00000001").is_dir()
+
+
 def test_the_decoupled_loop_on_two_ranks_equals_one_process(tmp_path, tiny_config):
     """`mathrl loop --nproc 2` (rollout into buffer files, train from them, twice): the
     buffers hold one process's samples in its order, and the weights end within ATOL."""

@@ -259,7 +259,9 @@ def maybe_warmup(
     from mathrl.runtime import load_policy
 
     wdir = run_dir / "warmup_sft"
-    decision = warmup.read_decision(wdir) if resume else None
+    # Read on rank 0 and handed to all: a rank reading the file itself could find the one
+    # rank 0 writes below, skip that write's collective, and pair every later one wrongly.
+    decision = dist.on_main(lambda: warmup.read_decision(wdir)) if resume else None
     if decision is None:
         rate = None
         if cfg.warmup.steps == 0 and cfg.warmup.min_positive > 0:
