@@ -43,7 +43,7 @@ MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/math
 	src/mathrl/cli/app.py src/mathrl/rollout/openai_engine.py src/mathrl/rollout/sampler.py \
 	src/mathrl/models/identity.py src/mathrl/dist.py src/mathrl/stopping.py \
 	src/mathrl/rollout/mlx_engine.py src/mathrl/models/mlx_convert.py src/mathrl/models/backends.py \
-	src/mathrl/rl/backend.py src/mathrl/fsdp.py src/mathrl/rollout/cpu_gemm.py
+	src/mathrl/rl/backend.py src/mathrl/fsdp.py src/mathrl/rollout/cpu_gemm.py src/mathrl/mlx_blas.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench

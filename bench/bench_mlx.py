@@ -128,8 +128,14 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from mathrl import mlx_blas  # `import mathrl` first: mlx then binds to a system OpenBLAS
+
     torch.set_num_threads(2)
     gemm = {n: gemm_gflops(n) for n in (256, 1024)}
+    blas = mlx_blas.load()
+    print(
+        f"mlx's BLAS: {blas or 'the wheel own (reference)'} ({mlx_blas.ENV}={os.environ.get(mlx_blas.ENV, '')!r})"
+    )
     for n, g in gemm.items():
         print(f"fp32 GEMM {n}^3: mlx {g['mlx']:.1f} GFLOP/s, torch {g['torch']:.1f} GFLOP/s")
     data = gsm8k_dir()
@@ -165,7 +171,13 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = BENCH / "results" / f"mlx-{stamp}.json"
     out.parent.mkdir(exist_ok=True)
-    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "mlx": mx.__version__}
+    info = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "mlx": mx.__version__,
+        "mlx_blas": blas,
+        "gemm_gflops": gemm,
+    }
     out.write_text(
         json.dumps({"info": info, "medians": med, "ratio": ratio, "rows": rows}, indent=1)
     )

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import mathrl  # noqa: F401  (first: its hook gives mlx, imported by test modules, OpenBLAS)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

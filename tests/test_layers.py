@@ -13,7 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "mathrl"
 
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "io", "registry"},  # no torch; imported by everything
+    {"__init__", "errors", "io", "registry", "mlx_blas"},  # no torch; imported by everything
     {"algorithms", "rewards", "tasks"},  # pure: tensors in/out; text in, reward out
     {"models", "rollout"},  # load models, log-probs; sampling engines
     {"config"},  # the typed config; its choices come from the registries below

@@ -111,8 +111,9 @@ def test_rl_raises_mean_reward(warm_model, run_cli, algorithm, sets):
         assert max(gaps) < 1e-4, max(gaps)
     rewards = [m["reward/mean"] for m in metrics if "reward/mean" in m]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-10:]) / 10
-    # measured here: 0.18 -> 0.30 (GRPO) and 0.18 -> 0.31 (REINFORCE), 0.18 -> 0.28 (GRPO on
-    # MLX, 2026-12-01; ~5 min there: the mlx[cpu] wheel's GEMM is reference BLAS); 640
+    # measured here: 0.18 -> 0.30 (GRPO) and 0.18 -> 0.31 (REINFORCE), 0.16 -> 0.25 (GRPO on
+    # MLX, 52 s on a system OpenBLAS (mathrl/mlx_blas.py); 500 s on the mlx[cpu] wheel's
+    # reference BLAS); 640
     # samples per window put one standard error near 0.02, so a 0.06 margin is far from
     # noise. Shorter MLX runs were tried and did not clear it: 20 steps 0.18 -> 0.23;
     # lr 3e-4, 25 steps: no rise; lr 5e-4: falls.

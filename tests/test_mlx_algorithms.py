@@ -382,6 +382,10 @@ def test_missing_mlx_forms_names_a_torch_only_variant() -> None:
 
 
 def test_importing_algorithms_does_not_import_mlx() -> None:
-    code = "import sys, mathrl.algorithms; print(sorted(m for m in sys.modules if 'mlx' in m))"
+    # nor load the OpenBLAS meant for mlx (mathrl.mlx_blas only installs its import hook)
+    code = (
+        "import sys, mathrl.algorithms, mathrl.mlx_blas as b; "
+        "print(sorted(m for m in sys.modules if 'mlx' in m and m != 'mathrl.mlx_blas'), b._loaded)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[] []"

@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mathrl import mlx_blas
+
+mlx_blas.install()  # MLX's GEMMs on a system OpenBLAS on Linux, if one is found
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "evaluate", "train"]
 
