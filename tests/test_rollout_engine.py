@@ -255,6 +255,48 @@ def test_inverse_cdf_sampling_matches_the_distribution():
         assert inverse_cdf_sample(eye, u).tolist() == [0, 1, 2, 3, 4]
 
 
+def _full_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The oracle: one float64 cumsum over the whole vocabulary (the sampler before it
+    searched block by block)."""
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    tok = torch.searchsorted(cdf, u.to(torch.float64)[:, None] * cdf[:, -1:], right=True)
+    return tok.clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+@pytest.mark.parametrize("vocab", [5, 1023, 1024, 1025, 3000, 49_152, 151_936])
+def test_two_level_inverse_cdf_equals_one_cumsum(vocab):
+    """Block sums then one block's cumsum pick the token a single cumsum picks: peaked,
+    flat and top-k-masked rows, and single-token rows at the blocks' edges."""
+    from mathrl.rollout.sampler import CDF_BLOCK, inverse_cdf_sample
+
+    gen = torch.Generator().manual_seed(vocab)
+    peaked = torch.softmax(3 * torch.randn(8, vocab, generator=gen), dim=-1)
+    flat = torch.softmax(0.1 * torch.randn(8, vocab, generator=gen), dim=-1)
+    scores = torch.randn(8, vocab, generator=gen)
+    kth = torch.topk(scores, min(5, vocab)).values[:, -1:]
+    top5 = torch.softmax(scores.masked_fill(scores < kth, float("-inf")), dim=-1)
+    edges = sorted({0, CDF_BLOCK - 1, CDF_BLOCK, vocab - 1} & set(range(vocab)))
+    one_hot = torch.zeros(len(edges), vocab)
+    one_hot[range(len(edges)), edges] = 1.0
+    probs = torch.cat([peaked, flat, top5, one_hot])
+    for u in (
+        torch.rand(len(probs), generator=gen, dtype=torch.float64),
+        torch.zeros(len(probs), dtype=torch.float64),
+        torch.full((len(probs),), 1.0 - 2.0**-53, dtype=torch.float64),
+    ):
+        got = inverse_cdf_sample(probs, u)
+        assert got.tolist() == _full_cdf_sample(probs, u).tolist()
+        # float64 probs take torch's block sums (the path off the CPU), float32 numpy's
+        assert inverse_cdf_sample(probs.double(), u).tolist() == got.tolist()
+        assert (probs.gather(1, got[:, None]) > 0).all()  # never a zero-probability token
+    assert (
+        inverse_cdf_sample(
+            one_hot, torch.rand(len(edges), generator=gen, dtype=torch.float64)
+        ).tolist()
+        == edges
+    )
+
+
 @pytest.mark.parametrize(
     "x", [0, 1, 2, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFE, 0xFFFFFFFF]
 )
