@@ -111,10 +111,12 @@ def main() -> None:
     checks: list[bool] = []
     original_generate = HFEngine.generate
 
-    def checked_generate(self: Any, prompts: list[list[int]], sampling: Any) -> Any:
+    def checked_generate(
+        self: Any, prompts: list[list[int]], sampling: Any, **kwargs: Any
+    ) -> Any:  # kwargs: the engine's own (seeds, ...), passed through
         k = len(checks)
         checks.append(prompts == expected[k * per_step : (k + 1) * per_step])
-        return original_generate(self, prompts, sampling)
+        return original_generate(self, prompts, sampling, **kwargs)
 
     HFEngine.generate = checked_generate  # type: ignore[method-assign]
 
