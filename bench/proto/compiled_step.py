@@ -39,7 +39,12 @@ def decoder(packed: bool) -> LeanDecoder:
     finally:
         cpu_gemm.packed_linear_available = real
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=True,
+        )
     dec.load_cache(output_cache(out), mask, rows, steps + 8)
     dec.set_rows(list(range(rows)))
     return dec
@@ -76,7 +81,11 @@ for label in ("packed", "mkl", "compiled"):
             out = compiled(tokens, positions, torch.empty(used))
             dec.used = used + 1
             return out
+
     first, times = run(dec, fn)
     med = sorted(times[1:])[len(times[1:]) // 2]
     results[label] = (first, med)
-    print(f"{name} rows {rows}: {label:9s} first call {first:7.2f} s, median step {med * 1e3:7.1f} ms", flush=True)
+    print(
+        f"{name} rows {rows}: {label:9s} first call {first:7.2f} s, median step {med * 1e3:7.1f} ms",
+        flush=True,
+    )
