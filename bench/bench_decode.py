@@ -23,6 +23,13 @@ The decode step is mathrl's decode time / (new - 1); its bound is
 max(GEMM weight bytes / copy bandwidth, 2 x GEMM params x rows / peak GEMM FLOP/s), both
 measured by hw_bound.py in the same process (attention and the KV cache left out, so the
 bound is optimistic). --profile adds torch.profiler tables of 16 decode steps (fp32, int8).
+
+Floors (what no decode step built on these kernels can beat): `gemm_ms` times one decode
+step's GEMMs alone (every layer's q/k/v, o, gate/up and down, then the head, on `batch`
+random rows, the path's own weights, median of 15) and `floor_s` = the path's measured
+prefill + (new - 1) x gemm_ms: a step with free attention, norms, sampler and Python.
+`max_x` = generate's wall / floor_s, the most a path could gain over generate with its
+GEMM kernel; `hw_max_x` = generate's wall / (the fp32 path's prefill + (new - 1) x bound).
 """
 
 from __future__ import annotations
@@ -124,8 +131,10 @@ def run_generate(model, tokenizer, prompts, new: int, seed: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_engine(model, tokenizer, prompts, new: int, seed: int, path: str) -> tuple[float, float]:
-    """(wall s, decode s) of one HFEngine call on `path`."""
+def run_engine(
+    model, tokenizer, prompts, new: int, seed: int, path: str
+) -> tuple[float, float, float]:
+    """(wall s, decode s, prefill s) of one HFEngine call on `path`."""
     weights = path if path in ("fp16", "int8") else "model"
     engine = HFEngine(model, tokenizer, batch_size=len(prompts), weights=weights)
     real = cpu_gemm.packed_linear_available
@@ -139,7 +148,37 @@ def run_engine(model, tokenizer, prompts, new: int, seed: int, path: str) -> tup
     finally:
         cpu_gemm.packed_linear_available = real  # type: ignore[assignment]
     assert result.tokens_generated == len(prompts) * new
-    return wall, result.timing["decode_s"]
+    return wall, result.timing["decode_s"], result.timing["prefill_s"]
+
+
+def gemm_step_ms(model, rows: int, path: str, reps: int = 15) -> float:
+    """One decode step's GEMMs alone on `path`'s weights: median ms of `reps` steps."""
+    from mathrl.rollout.lean_decode import LeanDecoder, _linear
+
+    real = cpu_gemm.packed_linear_available
+    if path == "mkl":
+        cpu_gemm.packed_linear_available = lambda: False  # type: ignore[assignment]
+    try:
+        weights = path if path in ("fp16", "int8") else "model"
+        dec = LeanDecoder(model, weights=weights, rows=rows)
+    finally:
+        cpu_gemm.packed_linear_available = real  # type: ignore[assignment]
+    cfg = model.config
+    h, inner = cfg.hidden_size, cfg.intermediate_size
+    x_h, x_q = torch.randn(rows, h), torch.randn(rows, dec.q_size)
+    x_i = torch.randn(rows, inner)
+    times = []
+    with torch.inference_mode():
+        for _ in range(reps + 2):
+            t0 = time.perf_counter()
+            for layer in dec.layers:
+                _linear(x_h, layer.qkv_w, layer.qkv_b)
+                _linear(x_q, layer.o_w, layer.o_b)
+                _linear(x_h, layer.gate_up_w)
+                _linear(x_i, layer.down_w)
+            _linear(x_h, dec.head_w, dec.head_b)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:]) * 1e3
 
 
 def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
@@ -195,6 +234,7 @@ def main() -> None:
             bound = max(4 * n_gemm / bw, 2 * n_gemm * batch / peak)
             times: dict[str, list[float]] = {p: [] for p in paths}
             decode: dict[str, list[float]] = {p: [] for p in paths}
+            prefill: dict[str, list[float]] = {p: [] for p in paths}
             for path in paths:  # warm-up (allocations, oneDNN kernel generation)
                 if path == "generate":
                     run_generate(model, tokenizer, prompts[:2], 4, 0)
@@ -203,17 +243,19 @@ def main() -> None:
             for run in range(args.runs):
                 for path in paths:
                     if path == "generate":
-                        wall, dec = run_generate(model, tokenizer, prompts, new, run), 0.0
+                        wall, dec, pre = run_generate(model, tokenizer, prompts, new, run), 0, 0
                     else:
-                        wall, dec = run_engine(model, tokenizer, prompts, new, run, path)
+                        wall, dec, pre = run_engine(model, tokenizer, prompts, new, run, path)
                     times[path].append(wall)
                     decode[path].append(dec)
+                    prefill[path].append(pre)
                     print(
                         f"  {name} b{batch} run {run} {path:8s} {wall:7.2f} s "
                         f"({batch * new / wall:6.1f} tok/s)",
                         flush=True,
                     )
             gen = statistics.median(times["generate"]) if "generate" in paths else None
+            gemm = {p: gemm_step_ms(model, batch, p) for p in paths if p != "generate"}
             print(
                 f"{name}, batch {batch}, {new} new tokens, bound per decode step "
                 f"{bound * 1e3:.1f} ms:"
@@ -239,6 +281,16 @@ def main() -> None:
                     row["step_ms"] = step * 1e3
                     row["x_bound"] = step / bound
                     line += f"  step {step * 1e3:6.1f} ms = x{step / bound:.2f} bound"
+                    pre = statistics.median(prefill[path])
+                    floor = pre + (new - 1) * gemm[path] / 1e3
+                    row.update(prefill_s=pre, gemm_ms=gemm[path], floor_s=floor)
+                    line += f", GEMMs {gemm[path]:6.1f} ms, prefill {pre:5.2f} s"
+                    if gen is not None:
+                        row["max_x"] = gen / floor
+                        line += f", at most x{gen / floor:.2f} generate"
+                        if path == "fp32":
+                            row["hw_max_x"] = gen / (pre + (new - 1) * bound)
+                            line += f" (hardware: x{row['hw_max_x']:.2f})"
                 print(line, flush=True)
                 report["results"].append(row)
             if args.profile:

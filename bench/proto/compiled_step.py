@@ -1,7 +1,9 @@
 # ruff: noqa  (throwaway prototypes: evidence for proposed src changes, not project code)
 """Prototype: torch.compile of the lean decode step (issue 18's "compiled decode step").
 
-Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/proto/compiled_step.py [smollm2|qwen2-0.5b] [ROWS] [STEPS]
+Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/proto/compiled_step.py [smollm2|qwen2-0.5b|tiny] [ROWS] [STEPS]
+
+tiny: bench_grpo.py's tiny model (bench/.cache, built by a bench_grpo run or --spec-only).
 
 Times LeanDecoder._step per call after a prefill: eager on oneDNN-packed weights (the
 default), eager on plain weights (MKL), and torch.compile(dynamic=True) of the step on plain
@@ -25,7 +27,16 @@ name = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
 rows = int(sys.argv[2]) if len(sys.argv) > 2 else 16
 steps = int(sys.argv[3]) if len(sys.argv) > 3 else 64
 torch.set_num_threads(2)
-model, tok = build(name)
+if name == "tiny":
+    from pathlib import Path
+
+    from mathrl.models.loading import load_model
+
+    tiny = sorted(Path("bench/.cache").glob("tiny-qwen2-*"))[0]
+    model, tok = load_model(str(tiny), dtype="float32", device="cpu")
+    model.eval()
+else:
+    model, tok = build(name)
 prompts = prompts_for(tok, rows)
 ids, mask = left_pad(prompts, 0, torch.device("cpu"))
 
