@@ -354,6 +354,45 @@ def test_a_prompts_samples_do_not_depend_on_its_batch(model, tokenizer, prompts)
         engine.generate(prompts, sampling, seeds=[1, 2])
 
 
+def test_prompt_chunks_sort_by_length_only_when_there_are_several():
+    from mathrl.rollout.sampler import prompt_chunks
+
+    lengths = [5, 2, 9, 2, 7]
+    assert prompt_chunks(lengths, 2) == [[1, 3], [0, 4], [2]]  # stable: 1 before 3
+    assert prompt_chunks(lengths, 4) == [[1, 3, 0, 4], [2]]
+    assert prompt_chunks(lengths, 5) == [[0, 1, 2, 3, 4]]  # one chunk: as given
+    assert prompt_chunks([], 3) == []
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_chunks_take_prompts_by_length_and_answer_in_the_callers_order(model, tokenizer, lean):
+    """Prompts of 30, 5, 28 and 6 tokens, two per chunk: the chunks prefill (5, 6) and
+    (28, 30) wide, not (30, 5) and (28, 6); completions come back prompt-major and the
+    same as one chunk of all four gives."""
+    ids = tokenizer("She sold 48 clips in April and 7 more in May.").input_ids
+    prompts = [(ids * 3)[:30], ids[:5], (ids * 3)[:28], ids[:6]]
+    sampling = SamplingParams(n=2, max_new_tokens=5, seed=3)
+    widths = []
+
+    def record(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:  # a prefill, not a decode step
+            widths.append(tuple(kwargs["input_ids"].shape))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        split = HFEngine(model, tokenizer, batch_size=4, lean_decode=lean).generate(
+            prompts, sampling
+        )
+    finally:
+        hook.remove()
+    assert widths == [(2, 6), (2, 30)]
+    order = [(c.prompt_index, c.sample_index) for c in split.completions]
+    assert order == [(p, s) for p in range(4) for s in range(2)]
+    assert all(c.prompt_ids == prompts[c.prompt_index] for c in split.completions)
+    whole = HFEngine(model, tokenizer, batch_size=8, lean_decode=lean).generate(prompts, sampling)
+    assert as_ids(split) == as_ids(whole)
+
+
 def test_reserved_kv_cache_gives_identical_samples(model, tokenizer, prompts, monkeypatch):
     """Decode K/V written in place (default) == transformers' concatenating cache, bitwise."""
     from mathrl.rollout import hf_engine

@@ -1,7 +1,9 @@
 """Batched, KV-cached sampling on a transformers model, without `model.generate`.
 
 Why our own loop: we need the log-prob of every sampled token, and `generate` wastes work
-on RL batches. Per chunk of prompts:
+on RL batches. A call with more prompts than one chunk holds takes them in order of
+length, so each chunk's left padding is small (GSM8K's test questions in chunks of 64:
+57 % of the padded prefill tokens are real in file order, 96 % sorted). Per chunk:
 1. prefill each unique prompt once (left-padded, position ids from the mask), then repeat
    its KV cache rows for the n samples of its group;
 2. decode one token per step for the active rows only: a row that emits a stop token (or
@@ -35,7 +37,13 @@ from mathrl.models.precision import AUTOCAST_DTYPES, autocast_dtype, autocast_to
 from mathrl.rollout import cpu_gemm
 from mathrl.rollout.cpu_gemm import WEIGHT_MODES
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
-from mathrl.rollout.sampler import checked_seeds, row_keys, sample_next, uniforms
+from mathrl.rollout.sampler import (
+    checked_seeds,
+    prompt_chunks,
+    row_keys,
+    sample_next,
+    uniforms,
+)
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 
@@ -174,6 +182,7 @@ class HFEngine(RolloutEngine):
         seeds = checked_seeds(prompts, sampling, seeds)
         # Whole groups per chunk: a group's samples share one prefill.
         per_chunk = max(1, self.batch_size // sampling.n)
+        chunks = prompt_chunks([len(p) for p in prompts], per_chunk)
         completions: list[Completion] = []
         timing = {"prefill_s": 0.0, "decode_s": 0.0, "total_s": 0.0}
         t0 = time.perf_counter()
@@ -185,11 +194,14 @@ class HFEngine(RolloutEngine):
                 # by every chunk; the weights only change between calls.
                 lean = self._lean_for(min(per_chunk, len(prompts)) * sampling.n)
                 try:
-                    for start in range(0, len(prompts), per_chunk):
-                        chunk = prompts[start : start + per_chunk]
-                        chunk_seeds = seeds[start : start + per_chunk]
+                    for chunk in chunks:
                         completions += self._generate_chunk(
-                            chunk, start, sampling, chunk_seeds, timing, lean
+                            [prompts[i] for i in chunk],
+                            chunk,
+                            sampling,
+                            [seeds[i] for i in chunk],
+                            timing,
+                            lean,
                         )
                 finally:
                     if lean is not None:  # a kept fp16/int8 decoder keeps no K/V between calls
@@ -199,19 +211,21 @@ class HFEngine(RolloutEngine):
         finally:
             self.model.train(was_training)
         timing["total_s"] = time.perf_counter() - t0
+        completions.sort(key=lambda c: (c.prompt_index, c.sample_index))  # prompt-major
         n_tokens = sum(len(c.token_ids) for c in completions)
         return GenerationResult(completions, timing, n_tokens)
 
     def _generate_chunk(
         self,
         prompts: list[list[int]],
-        first_index: int,
+        indices: list[int],
         sampling: SamplingParams,
         seeds: list[int],
         timing: dict[str, float],
         lean: LeanDecoder | None,
     ) -> list[Completion]:
-        """Prefill the chunk's prompts once, then decode all n samples of each."""
+        """Prefill the chunk's prompts (the call's prompts `indices`) once, then decode all
+        n samples of each."""
         device = next(self.model.parameters()).device
         n = sampling.n
         u = None  # (B, max_new_tokens): row r's uniform at decode step t
@@ -252,7 +266,7 @@ class HFEngine(RolloutEngine):
             )
         timing["decode_s"] += time.perf_counter() - t1
         return [
-            self._completion(first_index + row // n, row % n, prompts[row // n], t, lp, f)
+            self._completion(indices[row // n], row % n, prompts[row // n], t, lp, f)
             for row, (t, lp, f) in enumerate(zip(tokens, logprobs, finish, strict=True))
         ]
 

@@ -40,7 +40,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from mathrl.errors import MathrlError
 from mathrl.rollout.hf_engine import default_stop_ids
-from mathrl.rollout.sampler import checked_seeds, row_keys, uniforms
+from mathrl.rollout.sampler import checked_seeds, prompt_chunks, row_keys, uniforms
 from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 TICK_BITS = 24  # first fixed-point level: probs in units of 2^-24 (a float32 mantissa)
@@ -92,31 +92,34 @@ class MLXEngine(RolloutEngine):
         """
         seeds = checked_seeds(prompts, sampling, seeds)
         per_chunk = max(1, self.batch_size // sampling.n)  # whole groups: one prefill each
+        chunks = prompt_chunks([len(p) for p in prompts], per_chunk)  # as HFEngine's
         completions: list[Completion] = []
         timing = {"prefill_s": 0.0, "decode_s": 0.0, "total_s": 0.0}
         t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()  # no dropout (LoRA layers have some) while sampling
         try:
-            for start in range(0, len(prompts), per_chunk):
-                chunk = prompts[start : start + per_chunk]
-                chunk_seeds = seeds[start : start + per_chunk]
-                completions += self._generate_chunk(chunk, start, sampling, chunk_seeds, timing)
+            for chunk in chunks:
+                completions += self._generate_chunk(
+                    [prompts[i] for i in chunk], chunk, sampling, [seeds[i] for i in chunk], timing
+                )
         finally:
             self.model.train(was_training)
         timing["total_s"] = time.perf_counter() - t0
+        completions.sort(key=lambda c: (c.prompt_index, c.sample_index))  # prompt-major
         n_tokens = sum(len(c.token_ids) for c in completions)
         return GenerationResult(completions, timing, n_tokens)
 
     def _generate_chunk(
         self,
         prompts: list[list[int]],
-        first_index: int,
+        indices: list[int],
         sampling: SamplingParams,
         seeds: list[int],
         timing: dict[str, float],
     ) -> list[Completion]:
-        """Prefill the chunk's prompts once, then decode all n samples of each."""
+        """Prefill the chunk's prompts (the call's prompts `indices`) once, then decode all
+        n samples of each."""
         n = sampling.n
         u = None  # (B, max_new_tokens): row r's uniform at decode step t
         if not sampling.is_greedy:
@@ -134,7 +137,7 @@ class MLXEngine(RolloutEngine):
         tokens, logprobs, finish = self._decode(cache, logits, sampling, u)
         timing["decode_s"] += time.perf_counter() - t1
         return [
-            self._completion(first_index + row // n, row % n, prompts[row // n], t, lp, f)
+            self._completion(indices[row // n], row % n, prompts[row // n], t, lp, f)
             for row, (t, lp, f) in enumerate(zip(tokens, logprobs, finish, strict=True))
         ]
 

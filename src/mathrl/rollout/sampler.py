@@ -54,6 +54,15 @@ def checked_seeds(
     return resolve_seeds(sampling, len(prompts), seeds)
 
 
+def prompt_chunks(lengths: list[int], per_chunk: int) -> list[list[int]]:
+    """Prompt indices per chunk of at most `per_chunk`: all in order when one chunk holds
+    them; otherwise by length (stable), so a chunk's prompts pad to similar widths."""
+    order = list(range(len(lengths)))
+    if len(lengths) > per_chunk:
+        order.sort(key=lambda i: lengths[i])
+    return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
+
+
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     """(x * c) mod 2^32 for int64 x in [0, 2^32), without int64 overflow (16-bit halves)."""
     lo, hi = c & 0xFFFF, c >> 16
