@@ -164,6 +164,31 @@ def test_evaluate_metrics_consistent_with_records(policy, task):
     assert s["pass@1"] == sum(r["greedy"]["correct"] for r in records) / 10
 
 
+def test_evaluate_calls_the_engine_with_prompts_by_length_and_keeps_problem_order(policy, task):
+    """Engine calls take the problems in order of prompt length (less padding per
+    prefill); the records come back in problem order, the same as one call gives."""
+    from mathrl.rollout.hf_engine import HFEngine
+
+    model, tokenizer = policy
+    engine = HFEngine(model, tokenizer, batch_size=3)
+    calls, real = [], engine.generate
+
+    def spy(prompts, sampling, seeds=None):
+        calls.append([len(p) for p in prompts])
+        return real(prompts, sampling, seeds=seeds)
+
+    engine.generate = spy
+    kw = dict(limit=12, max_new_tokens=6, seed=3, progress=False)
+    split = evaluate(model, tokenizer, task, batch_size=3, engine=engine, **kw)
+    flat = [n for call in calls for n in call]
+    assert len(calls) == 4 and flat == sorted(flat) and len(set(flat)) > 1, calls
+    whole = evaluate(model, tokenizer, task, batch_size=64, **kw)
+    assert [r["prompt_id"] for r in split.records] == [r["prompt_id"] for r in whole.records]
+    for a, b in zip(split.records, whole.records, strict=True):  # log-probs: float rounding
+        assert a["greedy"]["logprob_sum"] == pytest.approx(b["greedy"]["logprob_sum"], abs=1e-4)
+        assert {**a["greedy"], "logprob_sum": 0} == {**b["greedy"], "logprob_sum": 0}
+
+
 def run_cli(monkeypatch, args):
     """Run the real `mathrl` entry point in-process."""
     from mathrl import cli

@@ -22,7 +22,7 @@ from mathrl.eval.metrics import eval_metrics, select_examples, summarize
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
-from mathrl.rollout.sampler import prompt_seed
+from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
 from mathrl.runtime import derive_seed
 from mathrl.sampling import rollout_engine, sample_scored
@@ -51,11 +51,6 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
     with Progress(*columns, console=console, transient=True) as bar:
         tid = bar.add_task(label, total=total)
         yield lambda n: bar.advance(tid, n)
-
-
-def chunks(n_items: int, size: int) -> list[range]:
-    """Consecutive index ranges of at most `size` items."""
-    return [range(i, min(i + size, n_items)) for i in range(0, n_items, max(1, size))]
 
 
 def evaluate(
@@ -100,7 +95,8 @@ def evaluate(
             pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
         shown = progress and ranks.is_main
         advance = stack.enter_context(progress_bar(shown, len(mine), f"eval {split}"))
-        for idx in chunks(len(mine), max(1, batch_size // n)):
+        # engine calls of similar prompt lengths (less padding); records keep problem order
+        for idx in prompt_chunks([len(prompts[j]) for j in mine], max(1, batch_size // n)):
             js = [mine[i] for i in idx]
             exs, ps = [examples[j] for j in js], [prompts[j] for j in js]
             g = sample_scored(engine, pool, task, exs, ps, greedy)

@@ -27,12 +27,12 @@ from typing import Any
 
 from mathrl import dist
 from mathrl.errors import ConfigError, DataError
-from mathrl.eval.evaluate import chunks, progress_bar
+from mathrl.eval.evaluate import progress_bar
 from mathrl.eval.metrics import select_examples, token_entropy
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
-from mathrl.rollout.sampler import prompt_seed
+from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
 from mathrl.runtime import derive_seed
 from mathrl.sampling import sample_scored
@@ -173,7 +173,8 @@ def probe(
         pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
         shown = progress and dist.current().is_main
         advance = stack.enter_context(progress_bar(shown, len(mine), f"probe {split}"))
-        for idx in chunks(len(mine), max(1, batch_size // n)):
+        # engine calls of similar prompt lengths (less padding); samples keep problem order
+        for idx in prompt_chunks([len(prompts[j]) for j in mine], max(1, batch_size // n)):
             js = [mine[i] for i in idx]
             exs, ps = [examples[j] for j in js], [prompts[j] for j in js]
             seeds = [prompt_seed(params.seed or 0, j) for j in js]
