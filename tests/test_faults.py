@@ -109,7 +109,10 @@ def test_raising_hanging_and_nan_rewards_inside_a_run(run_train, tmp_path, use_r
     """Each faulty sample gets reward 0 with its reason; the run goes on; advantages stay finite."""
     use_reward(flaky_reward)
     out = tmp_path / "run"
-    res = run_train(out, "train.reward_timeout_s=0.5", "train.group_size=8")
+    # 2 s, not 0.5: on a loaded 2-core CI machine a plain Countdown reward once took more
+    # than 0.5 s of wall time, so an "ok" row read "timeout"; the hanging reward sleeps 30 s
+    # and still times out (this test takes ~40 s instead of ~10)
+    res = run_train(out, "train.reward_timeout_s=2", "train.group_size=8")
     assert res.code == 0, res.err
     rows = read_jsonl(out / "rollouts.jsonl")
     assert len(rows) == 2 * 2 * 8
