@@ -462,7 +462,7 @@ def main() -> None:
         names += list(SCALING)
     if not args.spec_only:
         ensure_trl_env()
-    from mathrl.runtime import quiet_libraries
+    from mathrl.run_setup import quiet_libraries
 
     quiet_libraries()
     hw = hw_bound.measure(2)

@@ -47,8 +47,8 @@ class Side:
 
     def __init__(self, backend: str, path: Path, data: str) -> None:
         from mathrl.config import load_config
+        from mathrl.groups import rollout_engine
         from mathrl.rl.backend import ops
-        from mathrl.sampling import rollout_engine
 
         self.cfg = load_config(
             CONFIG, [f"backend={backend}", f"model.path={path}", f"data.path={data}"], env=False
@@ -70,8 +70,8 @@ class Side:
     def step(self, prompts: list[list[int]], seed: int) -> dict[str, float]:
         import torch
 
+        from mathrl.groups import Group, rollout_sampling
         from mathrl.rewards import RewardResult
-        from mathrl.sampling import Group, rollout_sampling
         from mathrl.tasks import Example
 
         t = self.cfg.train

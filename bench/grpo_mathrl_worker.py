@@ -91,7 +91,7 @@ def main() -> None:
     from mathrl.loggers import JSONLLogger
     from mathrl.models.loading import load_model
     from mathrl.rollout.hf_engine import HFEngine
-    from mathrl.runtime import quiet_libraries, set_seed, set_threads
+    from mathrl.run_setup import quiet_libraries, set_seed, set_threads
     from mathrl.trainer import train
 
     cfg = load_config(spec["config"], spec["sets"], env=False)

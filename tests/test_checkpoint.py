@@ -153,7 +153,7 @@ def test_sigkill_during_checkpoint_write(tmp_path, where, survivor):
 
 def test_resume_refuses_a_changed_dataset_unless_allowed(tmp_path):
     from mathrl.config import Config
-    from mathrl.runtime import checkpoint_meta, resume_point
+    from mathrl.run_setup import checkpoint_meta, resume_point
 
     cfg = Config()
     ck.save_checkpoint(tmp_path, 3, _payload(b"w"), checkpoint_meta(cfg, "a" * 64), keep_last=2)

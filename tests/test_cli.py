@@ -352,7 +352,7 @@ def test_run_deterministic_switches_torch_and_is_recorded(run_train, tmp_path, m
     deterministic, and the manifest says so; the next run without it switches them off."""
     import torch
 
-    from mathrl.runtime import CUBLAS_WORKSPACE
+    from mathrl.run_setup import CUBLAS_WORKSPACE
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:

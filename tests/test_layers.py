@@ -19,17 +19,23 @@ LAYERS: list[set[str]] = [
     {"config"},  # the typed config; its choices come from the registries below
     {
         "loggers",
-        "loggers_extra",
+        "trackers",
         "checkpoint",
-        "runtime",
+        "policy",
+        "run_setup",
         "shards",
         "stopping",
         "dist",
         "fsdp",
     },  # plumbing
-    {"data", "sampling"},  # prompts, splits; groups scored through the reward pool
-    {"rl", "eval", "report"},  # one train step; metrics, evaluate, probe; plots, summary
-    {"trainer", "sft", "warmup", "expert_iter", "decoupled", "distill"},  # the loops
+    {"data", "groups"},  # prompts, splits; groups scored through the reward pool
+    {
+        "rl",
+        "backends",
+        "eval",
+        "report",
+    },  # one train step; metrics, evaluate, probe; plots, summary
+    {"trainer", "sft", "warmup", "expert_iter", "buffer_rl", "distill"},  # the loops
     {"runs"},  # start / resume / finish a run
     {"serve"},  # the OpenAI-compatible HTTP server on the rollout engine
     {"cli", "__main__", "api"},  # thin commands; the same as Python functions

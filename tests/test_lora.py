@@ -267,7 +267,7 @@ def test_loaded_adapters_must_match_model_lora(lora_run, lora_config, tmp_path):
     from mathrl.config import load_config
     from mathrl.data import make_task
     from mathrl.errors import MathrlError
-    from mathrl.runtime import load_policy
+    from mathrl.policy import load_policy
 
     out, _ = lora_run
     model_dir = latest_checkpoint(out) / "model"

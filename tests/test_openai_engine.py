@@ -187,11 +187,11 @@ def test_one_step_off_policy(tmp_path, run_train):
     import torch
 
     from mathrl.checkpoint import latest_checkpoint
+    from mathrl.groups import rollout_sampling, step_seed
     from mathrl.models.loading import load_model
     from mathrl.rollout.chat import prompt_token_ids
     from mathrl.rollout.hf_engine import HFEngine
     from mathrl.runs import load_run_config
-    from mathrl.sampling import rollout_sampling, step_seed
 
     run = tmp_path / "run"
     root = tmp_path / "root"

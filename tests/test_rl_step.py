@@ -12,10 +12,10 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from mathrl.algorithms import agg_loss, agg_share
 from mathrl.config import load_config
+from mathrl.groups import Group
 from mathrl.rewards import RewardResult
 from mathrl.rl import train_step
 from mathrl.rollout.types import Completion
-from mathrl.sampling import Group
 from mathrl.tasks import Example
 
 VOCAB = 40

@@ -597,7 +597,7 @@ def test_evaluation_samples_from_the_models_own_weights(model, tokenizer):
     """rollout.weights reaches training rollouts (kept copy only outside the loop), never
     evaluation: eval accuracy is the checkpoint's."""
     from mathrl.config import load_config
-    from mathrl.sampling import rollout_engine
+    from mathrl.groups import rollout_engine
 
     cfg = load_config(overrides=["rollout.weights=int8"], env=False)
     assert rollout_engine(cfg, model, tokenizer).weights == "int8"

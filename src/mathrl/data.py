@@ -15,7 +15,7 @@ from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.loggers import console
 from mathrl.rewards import RewardFn
 from mathrl.rewards.functions import preflight, score_with_functions
-from mathrl.runtime import derive_seed
+from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
 
 

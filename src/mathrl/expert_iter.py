@@ -27,7 +27,7 @@ from mathrl import dist, fsdp
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
-from mathrl.runtime import checkpoint_meta, derive_seed
+from mathrl.run_setup import checkpoint_meta, derive_seed
 from mathrl.tasks import Example, Task
 
 
@@ -68,7 +68,7 @@ def run_expert_iter(
     """Run the remaining rounds; returns the number of finished rounds."""
     from mathrl.data import heldout_split, training_examples
     from mathrl.eval.evaluate import heldout_metrics
-    from mathrl.rewards.bounded import RewardPool
+    from mathrl.rewards.pool import RewardPool
     from mathrl.sft import file_pair_sampler, train_sft
 
     ei = cfg.expert_iter
@@ -169,7 +169,7 @@ def sample_round(
     Both files are written whole before SFT starts, so a resumed round reuses them. Under
     torchrun the ranks sample their share of the prompts and rank 0 writes the files.
     """
-    from mathrl.sampling import rollout_sampling, sample_examples
+    from mathrl.groups import rollout_sampling, sample_examples
 
     ei = cfg.expert_iter
     sampling = rollout_sampling(cfg, ei.samples, round_seed(cfg.seed, round_no))

@@ -1,7 +1,7 @@
 """What a run tells you: metrics.jsonl, events.jsonl (warnings), a progress bar or plain lines.
 
 Every logger has `log(metrics, step)` and `close()`; `MultiLogger` fans out to several.
-W&B and TensorBoard live in `mathrl.loggers_extra` (optional, imported lazily).
+W&B and TensorBoard live in `mathrl.trackers` (optional, imported lazily).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def make_logger(cfg: Any, run_dir: Path, total: int | None = None) -> Any:
     if cfg.log.wandb or cfg.log.tensorboard:
         import dataclasses
 
-        from mathrl.loggers_extra import TensorBoardLogger, WandbLogger
+        from mathrl.trackers import TensorBoardLogger, WandbLogger
 
         if cfg.log.wandb:
             loggers.append(
@@ -90,7 +90,7 @@ def say(msg: str) -> None:
 def start_process(cfg: Any) -> Any:
     """Quiet libraries, threads and seeds as configured; returns the configured task."""
     from mathrl.data import make_task
-    from mathrl.runtime import quiet_libraries, set_deterministic, set_seed, set_threads
+    from mathrl.run_setup import quiet_libraries, set_deterministic, set_seed, set_threads
 
     prepare_backend(cfg)
     quiet_libraries()
@@ -106,7 +106,7 @@ def open_run(
     """The task and the run directory (resolved config and manifest written into it)."""
     from mathrl import dist
     from mathrl.checkpoint import write_run_manifest
-    from mathrl.runtime import prepare_run_dir
+    from mathrl.run_setup import prepare_run_dir
 
     task = start_process(cfg)
 
@@ -172,8 +172,8 @@ def start_training_run(
     """
     from mathrl import checkpoint as ckpt_mod
     from mathrl import dist
-    from mathrl.runtime import resume_point
-    from mathrl.sampling import check_rollout_server
+    from mathrl.groups import check_rollout_server
+    from mathrl.run_setup import resume_point
     from mathrl.trainer import check_parallel
 
     cfg = load_run_config(config, sets, quiet, ranks=True)
@@ -209,7 +209,7 @@ def run_training(
     """`mathrl train` from start to summary: warm-up, RL, checkpoints, report; the run dir.
     SIGINT/SIGTERM stop it at a step boundary with a checkpoint (mathrl.stopping.Stopped)."""
     from mathrl import dist
-    from mathrl.runtime import load_policy
+    from mathrl.policy import load_policy
     from mathrl.trainer import train
 
     started = time.perf_counter()
@@ -256,7 +256,7 @@ def maybe_warmup(
     Returns the warmed-up model dir, or None to start RL from the configured model.
     """
     from mathrl import dist, fsdp, warmup
-    from mathrl.runtime import load_policy
+    from mathrl.policy import load_policy
 
     wdir = run_dir / "warmup_sft"
     # Read on rank 0 and handed to all: a rank reading the file itself could find the one
@@ -287,7 +287,8 @@ def run_warmup(
     """SFT warm-up on the task's own solutions into run_dir/warmup_sft; returns its model dir."""
     from mathrl import checkpoint as ckpt_mod
     from mathrl import dist
-    from mathrl.runtime import load_policy, resume_point
+    from mathrl.policy import load_policy
+    from mathrl.run_setup import resume_point
     from mathrl.sft import task_pair_sampler, train_sft
     from mathrl.warmup import write_warmup_data
 
@@ -390,7 +391,7 @@ def open_at_latest(
     """(cfg, task, run_dir, newest checkpoint or None, model, tokenizer) for the decoupled
     commands, which continue whatever --out holds (under torchrun: after joining the ranks)."""
     from mathrl import checkpoint as ckpt_mod
-    from mathrl.runtime import load_policy
+    from mathrl.policy import load_policy
 
     cfg = join_decoupled(config, sets, quiet)
     task, run_dir = open_run(cfg, out, resume=False)
@@ -437,7 +438,7 @@ def resolve_model(path: str) -> str:
 def load_model_arg(cfg: Any, task: Any, path: str, out_dir: Path) -> tuple[Any, Any]:
     """Model and tokenizer for a --model argument; 'scratch' builds one into out_dir."""
     from mathrl.models.loading import load_model
-    from mathrl.runtime import load_policy
+    from mathrl.policy import load_policy
 
     source = resolve_model(path)
     if source == "scratch":
@@ -512,8 +513,8 @@ def run_eval(
 
     from mathrl import dist
     from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
+    from mathrl.groups import rollout_engine
     from mathrl.io import atomic_write_text
-    from mathrl.sampling import rollout_engine
 
     with dist.joined():  # under torchrun the ranks split the problems; rank 0 writes
         cfg, task, paths, out_dir = open_eval_run(config, sets, out, models, ranks=True)
@@ -552,7 +553,7 @@ def run_suite(
     from mathrl.errors import DataError
     from mathrl.eval.evaluate import eval_kwargs, evaluate
     from mathrl.eval.suite import SUITES, cell, write_suite
-    from mathrl.sampling import rollout_engine
+    from mathrl.groups import rollout_engine
 
     tasks = SUITES.get(suite)  # an unknown name is a ConfigError naming the closest
     base = load_run_config(config, sets, quiet)

@@ -25,7 +25,7 @@ from mathrl.errors import DataError, MathrlError
 from mathrl.io import read_jsonl
 from mathrl.models.precision import forward_autocast, pad_multiple
 from mathrl.rl import clip_gradients, make_optimizer
-from mathrl.runtime import checkpoint_meta, derive_seed
+from mathrl.run_setup import checkpoint_meta, derive_seed
 from mathrl.shards import Encoded
 from mathrl.tasks import Task
 

@@ -35,13 +35,13 @@ from mathrl.config import Config
 from mathrl.data import PromptStream, heldout_split, training_examples
 from mathrl.errors import MathrlError
 from mathrl.eval.evaluate import heldout_metrics
+from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.io import append_jsonl
 from mathrl.loggers import warn
 from mathrl.rewards import RewardPool
 from mathrl.rl import TrainState, step_scheduler
 from mathrl.rl.backend import ops, reference_for
 from mathrl.rollout.registry import SERVER_ENGINES
-from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Task
 
 

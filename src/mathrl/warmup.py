@@ -76,8 +76,8 @@ def decide(cfg: Config, first_round_correct: float | None) -> Decision:
 def first_round_correct(cfg: Config, task: Task, model: Any, tokenizer: Any) -> float:
     """Fraction of correct samples in RL step 1's round (same prompts and seed), from `model`."""
     from mathrl.data import PromptStream, StreamPosition, training_examples
-    from mathrl.rewards.bounded import RewardPool
-    from mathrl.sampling import rollout_sampling, sample_examples, step_seed
+    from mathrl.groups import rollout_sampling, sample_examples, step_seed
+    from mathrl.rewards.pool import RewardPool
 
     t = cfg.train
     stream = PromptStream(training_examples(cfg, task), cfg.seed, StreamPosition())

@@ -5,7 +5,7 @@ is in mathrl.runs and the layers below; heavy imports happen inside the commands
     options.py    option types shared by every command
     basic.py      env, config keys|show, data prepare, score
     train.py      train, expert-iter, sft, sft-pretokenize
-    decoupled.py  rollout, train-buffer, loop
+    buffer.py     rollout, train-buffer, loop
     eval.py       eval, probe
     report.py     report, compare
     quickstart.py quickstart, config presets
@@ -23,7 +23,7 @@ from mathrl.cli.app import app, main
 COMMAND_MODULES = (
     "quickstart",
     "train",
-    "decoupled",
+    "buffer",
     "eval",
     "report",
     "export",

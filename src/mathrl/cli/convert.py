@@ -74,8 +74,8 @@ def convert_cmd(
 ) -> None:
     """Convert a model to mlx-lm's format (--bits: quantised) or an MLX model back to HF."""
     from mathrl.models import mlx_convert
+    from mathrl.run_setup import quiet_libraries
     from mathrl.runs import resolve_model
-    from mathrl.runtime import quiet_libraries
 
     quiet_libraries()
     if to is Target.hf and bits is not None:

@@ -114,8 +114,8 @@ def probe_cmd(
 ) -> None:
     """Sample n completions per prompt and say whether RL would get a learning signal."""
     from mathrl.eval.probe import ProbeThresholds, probe
+    from mathrl.groups import rollout_engine
     from mathrl.loggers import console
-    from mathrl.sampling import rollout_engine
 
     with dist.joined():  # under torchrun the ranks split the prompts; rank 0 writes
         cfg, task, paths, out_dir = open_eval_run(

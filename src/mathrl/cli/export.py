@@ -37,8 +37,8 @@ def export_cmd(
     """Write CKPT's model as a plain HF dir (safetensors + tokenizer); print its path."""
     from mathrl.models.export import export_model
     from mathrl.models.lora import is_model_dir
+    from mathrl.run_setup import quiet_libraries
     from mathrl.runs import resolve_model
-    from mathrl.runtime import quiet_libraries
 
     quiet_libraries()
     p = Path(ckpt).expanduser()

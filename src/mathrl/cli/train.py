@@ -63,7 +63,7 @@ def expert_iter_cmd(
     """Expert iteration: rounds of sampling, keeping correct completions, SFT on them, eval ([expert_iter])."""
     from mathrl import dist
     from mathrl.expert_iter import run_expert_iter
-    from mathrl.runtime import load_policy
+    from mathrl.policy import load_policy
 
     if relaunch(nproc):
         return
@@ -122,7 +122,8 @@ def sft_cmd(
 def _sft(
     cfg: Any, out: Path | None, data: Path | None, n: int, resume: bool, allow_change: bool
 ) -> None:
-    from mathrl.runtime import load_policy, resume_point
+    from mathrl.policy import load_policy
+    from mathrl.run_setup import resume_point
     from mathrl.sft import file_pair_sampler, read_pairs, task_pair_sampler, train_sft
 
     task, run_dir = open_run(cfg, out, resume, fresh=True)

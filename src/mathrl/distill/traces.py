@@ -15,10 +15,10 @@ from mathrl.data import training_examples
 from mathrl.distill.teacher import Reply
 from mathrl.errors import DataError, MathrlError
 from mathrl.eval.metrics import select_examples
+from mathrl.groups import call_reward
 from mathrl.io import read_jsonl, write_jsonl
 from mathrl.rewards import RewardPool
-from mathrl.runtime import derive_seed
-from mathrl.sampling import call_reward
+from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
 
 LOCK_WAIT_S = 2.0

@@ -1,7 +1,7 @@
 """Held-out evaluation of a model: sample, score, summarise (definitions in eval.metrics).
 
 `evaluate` takes the rollout engine to decode with; callers that hold a config build it
-with `sampling.rollout_engine(cfg, ...)`, so rollout.engine and rollout.lean_decode reach
+with `groups.rollout_engine(cfg, ...)`, so rollout.engine and rollout.lean_decode reach
 eval too.
 """
 
@@ -19,13 +19,13 @@ from mathrl import dist
 from mathrl.config import Config
 from mathrl.errors import ConfigError, DataError
 from mathrl.eval.metrics import eval_metrics, select_examples, summarize
+from mathrl.groups import rollout_engine, sample_scored
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
 from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
-from mathrl.runtime import derive_seed
-from mathrl.sampling import rollout_engine, sample_scored
+from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
 
 

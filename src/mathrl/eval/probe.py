@@ -29,13 +29,13 @@ from mathrl import dist
 from mathrl.errors import ConfigError, DataError
 from mathrl.eval.evaluate import progress_bar
 from mathrl.eval.metrics import select_examples, token_entropy
+from mathrl.groups import sample_scored
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import make_engine
 from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
-from mathrl.runtime import derive_seed
-from mathrl.sampling import sample_scored
+from mathrl.run_setup import derive_seed
 from mathrl.tasks import Task
 
 TRAIN = "train"

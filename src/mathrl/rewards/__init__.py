@@ -1,7 +1,6 @@
 """Rewards: pure-Python answer extraction, number normalisation, safe Countdown
 evaluation, reward schemes, and bounded-time scoring. No torch, no eval."""
 
-from mathrl.rewards.bounded import RewardPool, score_many
 from mathrl.rewards.countdown import (
     CountdownResult,
     check_countdown,
@@ -19,6 +18,7 @@ from mathrl.rewards.extract import (
 from mathrl.rewards.functions import RewardFn
 from mathrl.rewards.graders import GRADERS
 from mathrl.rewards.numbers import format_number, numbers_equal, parse_number
+from mathrl.rewards.pool import RewardPool, score_many
 from mathrl.rewards.scoring import (
     FORMAT_REWARD,
     REWARD_SCHEMES,

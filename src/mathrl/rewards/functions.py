@@ -13,7 +13,7 @@ task.rewards lists `RewardFn`s; the reward is sum(weight * value). `fn` is an im
 `correct` (1/0 strict) or `format` (1/0 format followed). Each value is logged as the
 reward component `name` (default: the function's name), so metrics read `reward/<name>`.
 
-Scoring runs inside the bounded reward pool (mathrl.rewards.bounded), one completion per
+Scoring runs inside the bounded reward pool (mathrl.rewards.pool), one completion per
 call, so a slow or hanging user function costs that sample a timeout, not the run.
 No torch here.
 """

@@ -25,6 +25,7 @@ import torch
 from mathrl import checkpoint as ckpt_mod
 from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
+from mathrl.groups import Group
 from mathrl.models.mlx_model import (
     base_model,
     completion_arrays,
@@ -32,8 +33,7 @@ from mathrl.models.mlx_model import (
 )
 from mathrl.rl.state import TrainState
 from mathrl.rl.step import LOSS_KEYS, _step_metrics
-from mathrl.runtime import checkpoint_meta
-from mathrl.sampling import Group
+from mathrl.run_setup import checkpoint_meta
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 
@@ -244,7 +244,7 @@ def seed_updates(cfg: Config, optimizer: Any) -> None:
     count, which checkpoints restore: a resumed run draws what the straight one drew."""
     import mlx.core as mx
 
-    from mathrl.runtime import derive_seed
+    from mathrl.run_setup import derive_seed
 
     step = int(optimizer.state["step"].item()) if "step" in optimizer.state else 0
     mx.random.seed(derive_seed(cfg.seed, step) % 2**32)

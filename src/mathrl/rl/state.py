@@ -20,7 +20,7 @@ from mathrl.config import Config, dumps_toml
 from mathrl.errors import MathrlError
 from mathrl.loggers import warn
 from mathrl.models.precision import low_precision_weights_warning
-from mathrl.runtime import checkpoint_meta
+from mathrl.run_setup import checkpoint_meta
 
 
 @dataclass

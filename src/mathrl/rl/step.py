@@ -28,11 +28,11 @@ from mathrl.algorithms import (
 )
 from mathrl.config import Config
 from mathrl.errors import MathrlError
+from mathrl.groups import Group
 from mathrl.models.logprobs import CompletionBatch, completion_batch, completion_logprobs
 from mathrl.models.precision import pad_multiple
 from mathrl.rl.state import TrainState
 from mathrl.rollout.types import Completion
-from mathrl.sampling import Group
 
 LOSS_KEYS = ("loss", "policy_loss")
 """compute_loss metrics that are parts of the loss (weighted like it), not token means."""

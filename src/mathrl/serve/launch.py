@@ -24,10 +24,10 @@ def build_state(
     batch_wait_s: float = 0.01,
 ) -> ServeState:
     """Load the model (as `mathrl eval --model` does) and its engine per the config."""
+    from mathrl.groups import rollout_engine
     from mathrl.models.loading import load_model
+    from mathrl.run_setup import quiet_libraries, set_seed, set_threads
     from mathrl.runs import load_run_config, resolve_model
-    from mathrl.runtime import quiet_libraries, set_seed, set_threads
-    from mathrl.sampling import rollout_engine
 
     cfg = load_run_config(config, sets)
     api_key = api_key_from_env(api_key_env)  # before the (slow) load: fail fast

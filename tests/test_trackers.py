@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mathrl.errors import ConfigError
-from mathrl.loggers_extra import TensorBoardLogger, WandbLogger, scalars
+from mathrl.trackers import TensorBoardLogger, WandbLogger, scalars
 
 # Floats exactly representable in float32, so TensorBoard returns them unchanged.
 STEP1 = {"reward/mean": 0.5, "loss/kl": 0.25, "eval/n": 3, "skip": None, "nonfinite": ["x"]}

@@ -7,13 +7,13 @@ import json
 
 import torch
 
-from mathrl import decoupled
+from mathrl import buffer_rl
 from mathrl.config import load_config
 from mathrl.data import PromptStream, make_task, training_examples
+from mathrl.groups import Group
 from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardResult
 from mathrl.rollout.types import Completion
-from mathrl.sampling import Group
 
 SETS = [
     "task.name=countdown",
@@ -42,8 +42,8 @@ def fake_rollout(monkeypatch, calls: list) -> None:
             groups.append(Group(ex, [1, 2], comps, results))
         return groups, {}
 
-    monkeypatch.setattr(decoupled, "collect_groups", collect)
-    monkeypatch.setattr(decoupled, "rollout_engine", lambda *a, **k: None)
+    monkeypatch.setattr(buffer_rl, "collect_groups", collect)
+    monkeypatch.setattr(buffer_rl, "rollout_engine", lambda *a, **k: None)
 
 
 def test_rollout_samples_with_the_global_steps_seeds_and_positions(monkeypatch, tmp_path):
@@ -52,11 +52,11 @@ def test_rollout_samples_with_the_global_steps_seeds_and_positions(monkeypatch, 
     calls: list = []
     fake_rollout(monkeypatch, calls)
     # a loop of 3 steps in iterations of 2: iteration 1 runs the single global step 2
-    decoupled.rollout_iteration(cfg, task, torch.nn.Linear(1, 1), None, tmp_path, 1, 1, 2)
+    buffer_rl.rollout_iteration(cfg, task, torch.nn.Linear(1, 1), None, tmp_path, 1, 1, 2)
     stream = PromptStream.at_position(training_examples(cfg, task), cfg.seed, 0)
     online = [[ex.id for ex in stream.take(3)] for _ in range(3)]  # steps 0, 1, 2 online
     assert calls == [(2, online[2])]  # the step's own seed (was it*1000+s) and prompts
-    rows = read_jsonl(decoupled.buffer_path(tmp_path, 1))
+    rows = read_jsonl(buffer_rl.buffer_path(tmp_path, 1))
     assert {r["step"] for r in rows} == {3}  # 1-based, like rollouts.jsonl of online RL
 
 
@@ -77,7 +77,7 @@ def test_rollout_keeps_only_prompts_in_the_pass_rate_band(monkeypatch, tmp_path)
     )
     calls: list = []
     fake_rollout(monkeypatch, calls)
-    decoupled.rollout_iteration(cfg, make_task(cfg), torch.nn.Linear(1, 1), None, tmp_path, 0, 3)
+    buffer_rl.rollout_iteration(cfg, make_task(cfg), torch.nn.Linear(1, 1), None, tmp_path, 0, 3)
     kept = {i for k, i in enumerate(ids) if k % 4 == 0}
     sampled = {pid for _, pids in calls for pid in pids}
     assert sampled and sampled <= kept  # was: every training prompt
@@ -87,12 +87,12 @@ def test_buffer_keeps_the_lenient_grade(monkeypatch, tmp_path):
     cfg = load_config(overrides=SETS, env=False)
     calls: list = []
     fake_rollout(monkeypatch, calls)
-    path = decoupled.rollout_iteration(
+    path = buffer_rl.rollout_iteration(
         cfg, make_task(cfg), torch.nn.Linear(1, 1), None, tmp_path, 0, 1
     )
     rows = read_jsonl(path)
     assert all(r["correct"] is False and r["correct_lenient"] is True for r in rows)
-    groups = decoupled.load_buffer(path, group_size=2)
+    groups = buffer_rl.load_buffer(path, group_size=2)
     results = [r for g in groups for r in g.results]
     assert results and all(
         r.correct_lenient and not r.correct for r in results
@@ -104,4 +104,4 @@ def test_buffer_keeps_the_lenient_grade(monkeypatch, tmp_path):
             json.dumps({k: v for k, v in r.items() if k != "correct_lenient"}) + "\n" for r in rows
         )
     )
-    assert not any(r.correct_lenient for g in decoupled.load_buffer(old, 2) for r in g.results)
+    assert not any(r.correct_lenient for g in buffer_rl.load_buffer(old, 2) for r in g.results)

@@ -26,11 +26,11 @@ from mathrl import dist, fsdp, rl
 from mathrl.config import Config
 from mathrl.data import PromptStream, training_examples
 from mathrl.errors import DataError, MathrlError
+from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardPool, RewardResult
 from mathrl.rl.backend import ops, reference_for
 from mathrl.rollout.types import Completion
-from mathrl.sampling import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.tasks import Example, Task
 
 BUFFER_DIR = "buffer"

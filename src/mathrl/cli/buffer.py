@@ -35,7 +35,7 @@ def rollout_cmd(
 ) -> None:
     """Sample completions with the newest checkpoint in --out (or model.path) into a buffer file."""
     from mathrl import dist
-    from mathrl.decoupled import rollout_iteration
+    from mathrl.buffer_rl import rollout_iteration
 
     if relaunch(nproc):
         return
@@ -56,7 +56,7 @@ def train_buffer_cmd(
 ) -> None:
     """Train from a rollout buffer (continuing the newest checkpoint in --out), then checkpoint."""
     from mathrl import dist
-    from mathrl.decoupled import train_on_buffer
+    from mathrl.buffer_rl import train_on_buffer
 
     if relaunch(nproc):
         return
@@ -83,8 +83,8 @@ def loop_cmd(
     """Alternate `rollout` and `train-buffer` (steps_per_iter = ceil(max_steps / iters)), after an SFT warm-up per [warmup]; resumes by itself."""
     from mathrl import checkpoint as ckpt_mod
     from mathrl import dist
-    from mathrl.decoupled import loop
-    from mathrl.runtime import load_policy
+    from mathrl.buffer_rl import loop
+    from mathrl.policy import load_policy
 
     if relaunch(nproc):
         return

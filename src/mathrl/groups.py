@@ -1,7 +1,7 @@
-"""Sampling and scoring: completions from the rollout engine, rewards from the reward pool.
+"""Groups of completions: sampled by the rollout engine, scored by the reward pool.
 
 Everything that samples (the RL loop, eval, probe, warm-up probe, expert iteration, the
-decoupled rollout) builds its engine, sampling parameters and seeds here, and scores
+buffer rollout) builds its engine, sampling parameters and seeds here, and scores
 through `score_completions`, so a reward fault is handled the same way everywhere.
 """
 
@@ -25,7 +25,7 @@ from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import SERVER_ENGINES, make_engine
 from mathrl.rollout.sampler import prompt_seed
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
-from mathrl.runtime import derive_seed
+from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mathrl.errors import ConfigError, MathrlError
-from mathrl.rewards.bounded import RewardPool, score_many
+from mathrl.rewards.pool import RewardPool, score_many
 from mathrl.rewards.scoring import FORMAT_REWARD, RewardResult, score_gsm8k, zero_result
 
 TIMEOUT_S = 0.5
