@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
         "trackers",
         "checkpoint",
         "policy",
+        "model_source",
         "run_setup",
         "shards",
         "stopping",
