@@ -35,7 +35,7 @@ from mathrl.distill import (
 from mathrl.errors import MathrlError
 from mathrl.io import read_jsonl
 from mathrl.rollout.http import BadResponse
-from mathrl.runs import load_run_config
+from mathrl.runs.start import load_run_config
 from mathrl.sft import read_pairs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,10 @@ W&B and TensorBoard live in `mathrl.trackers` (optional, imported lazily).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import math
+import os
+import sys
 import time
 import warnings
 import weakref
@@ -28,7 +31,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from mathrl import dist
 from mathrl.io import append_jsonl
+from mathrl.trackers import TensorBoardLogger, WandbLogger
 
 console = Console(stderr=True)
 
@@ -360,3 +365,25 @@ class ProgressLogger:
         if not bar.tasks:
             bar.stop()
             del _bars[id(self.out)]
+
+
+def say(msg: str) -> None:
+    """One line of progress or outcome on stderr (stdout keeps tables and JSON); rank 0's."""
+    if dist.current().is_main and dist.speaks():  # speaks(): also after the ranks left
+        print(msg, file=sys.stderr, flush=True)
+
+
+def make_logger(cfg: Any, run_dir: Path, total: int | None = None) -> MultiLogger:
+    """The loggers a run's config asks for, into run_dir; rank 0 logs for every rank."""
+    if not dist.current().is_main:
+        return MultiLogger([])
+    # events.jsonl (warnings) first: MultiLogger closes in reverse, so it records the others'
+    loggers: list[Any] = [EventsLog(run_dir), JSONLLogger(run_dir / "metrics.jsonl")]
+    if not cfg.log.quiet:  # a bar on a terminal, plain per-step lines otherwise
+        loggers.append(ProgressLogger(total, cfg.log.every, label=run_dir.name))
+    if cfg.log.wandb:
+        mode = os.environ.get("WANDB_MODE", "online")
+        loggers.append(WandbLogger("mathrl", run_dir, dataclasses.asdict(cfg), mode=mode))
+    if cfg.log.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    return MultiLogger(loggers)

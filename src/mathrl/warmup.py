@@ -11,13 +11,23 @@ groups that carry no signal, so the run warms up with `warmup.auto_steps` SFT st
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mathrl import checkpoint as ckpt_mod
+from mathrl import dist, fsdp
 from mathrl.config import Config
+from mathrl.data import PromptStream, StreamPosition, training_examples
 from mathrl.errors import DataError
-from mathrl.io import atomic_write_text
+from mathrl.groups import rollout_sampling, sample_examples, step_seed
+from mathrl.io import atomic_write_text, write_jsonl
+from mathrl.loggers import make_logger, say
+from mathrl.policy import load_policy
+from mathrl.rewards.pool import RewardPool
+from mathrl.run_setup import resume_point
+from mathrl.sft import task_pair_sampler, train_sft
 from mathrl.tasks import Task
 
 DECISION = "decision.json"
@@ -75,10 +85,6 @@ def decide(cfg: Config, first_round_correct: float | None) -> Decision:
 
 def first_round_correct(cfg: Config, task: Task, model: Any, tokenizer: Any) -> float:
     """Fraction of correct samples in RL step 1's round (same prompts and seed), from `model`."""
-    from mathrl.data import PromptStream, StreamPosition, training_examples
-    from mathrl.groups import rollout_sampling, sample_examples, step_seed
-    from mathrl.rewards.pool import RewardPool
-
     t = cfg.train
     stream = PromptStream(training_examples(cfg, task), cfg.seed, StreamPosition())
     examples = stream.take(t.prompts_per_step)  # exactly step 1's prompts
@@ -92,10 +98,6 @@ def first_round_correct(cfg: Config, task: Task, model: Any, tokenizer: Any) -> 
 def write_warmup_data(task: Task, path: Path, limit: int = 0) -> int:
     """One JSONL row per train prompt: its messages and the distinct solutions among
     MAX_SOLUTIONS draws of the same sampler SFT uses (all of them for most prompts)."""
-    import random
-
-    from mathrl.io import write_jsonl
-
     examples = task.examples("train")
     if limit:
         examples = examples[:limit]
@@ -106,3 +108,79 @@ def write_warmup_data(task: Task, path: Path, limit: int = 0) -> int:
         rows.append({"prompt_id": ex.id, "messages": task.messages(ex), "responses": solutions})
     write_jsonl(path, rows)
     return len(rows)
+
+
+def maybe_warmup(
+    cfg: Config, task: Task, run_dir: Path, resume: bool, allow_change: bool
+) -> Path | None:
+    """Decide once per run whether to warm up with SFT, then do it.
+
+    Returns the warmed-up model dir, or None to start RL from the configured model.
+    """
+    wdir = run_dir / "warmup_sft"
+    # Read on rank 0 and handed to all: a rank reading the file itself could find the one
+    # rank 0 writes below, skip that write's collective, and pair every later one wrongly.
+    decision = dist.on_main(lambda: read_decision(wdir)) if resume else None
+    if decision is None:
+        rate = None
+        if cfg.warmup.steps == 0 and cfg.warmup.min_positive > 0:
+            say("warm-up probe: sampling RL's first round from the starting model")
+            model, tokenizer = load_policy(cfg, task, run_dir)
+            # rank 0 samples and every rank takes its rate: one decision for the job
+            with fsdp.full_weights(model):
+                rate = dist.on_main(lambda: first_round_correct(cfg, task, model, tokenizer))
+            del model, tokenizer
+        decision = decide(cfg, rate)
+        if decision.warmup or rate is not None:
+            dist.on_main(lambda: write_decision(wdir, decision))
+    if decision.warmup or decision.first_round_correct is not None:
+        say(f"warm-up decision: {decision.reason}")
+    if not decision.warmup:
+        return None
+    return run_warmup(cfg, task, run_dir, resume, allow_change, decision.steps)
+
+
+def run_warmup(
+    cfg: Config, task: Task, run_dir: Path, resume: bool, allow_change: bool, steps: int
+) -> Path:
+    """SFT warm-up on the task's own solutions into run_dir/warmup_sft; returns its model dir."""
+    wdir = run_dir / "warmup_sft"
+
+    def prepare() -> None:
+        wdir.mkdir(exist_ok=True)
+        ckpt_mod.clean_orphans(wdir)
+        if not (wdir / "data.jsonl").is_file():
+            n = write_warmup_data(task, wdir / "data.jsonl")
+            say(f"warm-up data: {n} prompts with their solutions -> {wdir / 'data.jsonl'}")
+
+    dist.on_main(prepare)
+    prev = (
+        resume_point(wdir, cfg, task.fingerprint, allow_change)
+        if resume and ckpt_mod.list_checkpoints(wdir)
+        else None
+    )
+    if prev is not None and ckpt_mod.read_manifest(prev)["step"] >= steps:
+        return prev / "model"
+    model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
+    say(f"SFT warm-up: {steps} steps on the task's own solutions")
+    with make_logger(cfg, wdir, steps) as logger:
+        train_sft(
+            cfg,
+            model,
+            tokenizer,
+            task_pair_sampler(task),
+            wdir,
+            logger,
+            task.fingerprint,
+            steps=steps,
+            resume_from=prev,
+        )
+    latest = ckpt_mod.latest_checkpoint(wdir)
+    assert latest is not None
+    return latest / "model"
+
+
+def warmup_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's warm-up decision as a dict for summary.json (None: no decision was made)."""
+    decision = read_decision(run_dir / "warmup_sft")
+    return asdict(decision) if decision else None

@@ -10,7 +10,7 @@ import typer
 
 from mathrl.cli.app import app, config_app, data_app
 from mathrl.cli.options import EPILOG, ConfigOpt, SetOpt
-from mathrl.runs import load_run_config, say
+from mathrl.loggers import say
 
 
 @app.command("env")
@@ -54,6 +54,7 @@ def config_keys() -> None:
 def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
     """Print the resolved config as TOML (defaults < file < MATHRL_CONFIG < --set)."""
     from mathrl.config import dumps_toml
+    from mathrl.runs.start import load_run_config
 
     typer.echo(dumps_toml(load_run_config(config, sets)), nl=False)
 
@@ -84,6 +85,7 @@ def data_prepare(
     """Write a task's data once: GSM8K into mathrl's cache (then data.path = 'auto' finds it
     offline), Countdown's generated train/val/test splits into --out."""
     from mathrl.data import prepare_dataset
+    from mathrl.runs.start import load_run_config
 
     overrides = list(sets or []) + [f"task.name={task}"]
     if source:
@@ -116,7 +118,7 @@ def score_cmd(
     ] = "numeric",
 ) -> None:
     """Re-score records with a task reward, for example an old rollout log with a new reward."""
-    from mathrl.runs import rescore_file
+    from mathrl.runs.evaluate import rescore_file
 
     out_rows = rescore_file(task, input, output, prompt_style, scheme, timeout, grader)
     acc = sum(r["correct"] for r in out_rows) / max(1, len(out_rows))

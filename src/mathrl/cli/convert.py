@@ -73,9 +73,9 @@ def convert_cmd(
     ] = False,
 ) -> None:
     """Convert a model to mlx-lm's format (--bits: quantised) or an MLX model back to HF."""
+    from mathrl.model_source import resolve_model
     from mathrl.models import mlx_convert
     from mathrl.run_setup import quiet_libraries
-    from mathrl.runs import resolve_model
 
     quiet_libraries()
     if to is Target.hf and bits is not None:

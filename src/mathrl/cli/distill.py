@@ -94,7 +94,8 @@ def distill_cmd(
     """Sample a teacher's solutions from an OpenAI-compatible endpoint, score them with the
     task's reward, and write traces plus the SFT pairs `mathrl sft --data` reads."""
     from mathrl.distill import DistillOptions, chat_url, run_distill
-    from mathrl.runs import load_run_config, say, start_process
+    from mathrl.loggers import say
+    from mathrl.runs.start import load_run_config, prepare_backend, start_process
 
     opts = DistillOptions(
         endpoint=endpoint,
@@ -121,5 +122,6 @@ def distill_cmd(
     if opts.api_key and url.startswith("http://") and not loopback:
         say(f"warning: sending the API key from ${api_key_env} over plain http to {host}")
     cfg = load_run_config(config, sets)
+    prepare_backend(cfg)
     task = start_process(cfg)
     run_distill(cfg, task, opts, say)

@@ -35,10 +35,10 @@ def export_cmd(
     ] = False,
 ) -> None:
     """Write CKPT's model as a plain HF dir (safetensors + tokenizer); print its path."""
+    from mathrl.model_source import resolve_model
     from mathrl.models.export import export_model
     from mathrl.models.lora import is_model_dir
     from mathrl.run_setup import quiet_libraries
-    from mathrl.runs import resolve_model
 
     quiet_libraries()
     p = Path(ckpt).expanduser()

@@ -109,3 +109,8 @@ EPILOG = (
     "Every config key can be set with --set; list them with `mathrl config keys`. "
     "Add --debug anywhere for a traceback on errors."
 )
+
+MODEL_HELP = (
+    "A checkpoint dir (holding model/), a run dir (its newest checkpoint), an HF dir or hub id, "
+    "a .gguf file, 'smollm2-135m-instruct' or 'scratch' (default: model.path)."
+)

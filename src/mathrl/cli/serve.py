@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from mathrl.cli.app import app
-from mathrl.cli.options import EPILOG, ConfigOpt, SetOpt
-from mathrl.runs import MODEL_HELP
+from mathrl.cli.options import EPILOG, MODEL_HELP, ConfigOpt, SetOpt
 
 
 @app.command("serve", epilog=EPILOG)

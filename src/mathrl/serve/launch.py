@@ -25,9 +25,10 @@ def build_state(
 ) -> ServeState:
     """Load the model (as `mathrl eval --model` does) and its engine per the config."""
     from mathrl.groups import rollout_engine
+    from mathrl.model_source import resolve_model
     from mathrl.models.loading import load_model
     from mathrl.run_setup import quiet_libraries, set_seed, set_threads
-    from mathrl.runs import load_run_config, resolve_model
+    from mathrl.runs.start import load_run_config
 
     cfg = load_run_config(config, sets)
     api_key = api_key_from_env(api_key_env)  # before the (slow) load: fail fast
@@ -74,7 +75,7 @@ def run_server(state: ServeState, host: str = "127.0.0.1", port: int = 8000) -> 
     """Serve until Ctrl-C / SIGTERM (uvicorn handles both and finishes open requests)."""
     import uvicorn
 
-    from mathrl.runs import say
+    from mathrl.loggers import say
     from mathrl.serve.app import create_app
 
     if not is_loopback(host) and state.api_key is None:

@@ -182,7 +182,7 @@ class ServeState:
 
     def resolve_weights(self, path: str) -> str:
         """The model source `path` names, if it lies under the weights root; else ApiError."""
-        from mathrl.runs import resolve_model
+        from mathrl.model_source import resolve_model
 
         root = self.weights_root
         if root is None:

@@ -13,6 +13,9 @@ from mathrl.errors import DataError
 
 Messages = list[dict[str, str]]
 
+RecordCall = tuple[Callable[..., Any], tuple[Any, ...], str]
+"""A logged record's reward: (picklable function, its arguments after the completion, gold)."""
+
 
 @dataclass(frozen=True)
 class Example:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mathrl.errors import DataError
 from mathrl.rewards import score_countdown
-from mathrl.tasks.base import Example, Messages, fingerprint, read_table, stable_id
+from mathrl.tasks.base import Example, Messages, RecordCall, fingerprint, read_table, stable_id
 from mathrl.tasks.prompts import build_messages, format_answer
 
 # (value, text, precedence): precedence 3 for a literal, 2 for * and /, 1 for + and -.
@@ -216,6 +216,17 @@ class CountdownTask:
             ex.meta["target"],
             self.prompt_style,
             self.reward_scheme,
+        )
+
+    @staticmethod
+    def record_call(row: dict[str, Any], prompt_style: str, scheme: str, grader: str) -> RecordCall:
+        """The reward of a logged record (`mathrl score`): its 'nums' and 'target'."""
+        if not isinstance(row.get("nums"), list) or not isinstance(row.get("target"), int):
+            raise ValueError("needs 'nums' (int list) and 'target' (int)")
+        return (
+            score_countdown,
+            (row["nums"], row["target"], prompt_style, scheme),
+            str(row["target"]),
         )
 
     def corpus(self) -> list[str]:

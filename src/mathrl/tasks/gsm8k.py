@@ -21,6 +21,7 @@ from mathrl.rewards import parse_gold_gsm8k, score_gsm8k
 from mathrl.tasks.base import (
     Example,
     Messages,
+    RecordCall,
     fingerprint,
     load_hub_dataset,
     prompt_corpus,
@@ -199,6 +200,16 @@ class GSM8KTask:
 
     def reward_call(self, ex: Example) -> tuple[Any, tuple[Any, ...]]:
         return score_gsm8k, (ex.gold, self.prompt_style, self.reward_scheme, self.use_math_verify)
+
+    @staticmethod
+    def record_call(row: dict[str, Any], prompt_style: str, scheme: str, grader: str) -> RecordCall:
+        """The reward of a logged record (`mathrl score`): its 'gold', or its GSM8K 'answer'."""
+        gold = row.get("gold")
+        if gold is None and isinstance(row.get("answer"), str):
+            gold = parse_gold_gsm8k(row["answer"])
+        if gold is None:
+            raise ValueError("needs 'gold' or a GSM8K 'answer'")
+        return score_gsm8k, (str(gold), prompt_style, scheme), str(gold)
 
     def corpus(self) -> list[str]:
         """Text to train a from-scratch tokenizer on."""

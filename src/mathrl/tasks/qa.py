@@ -23,6 +23,7 @@ from mathrl.rewards.graders import get_grader
 from mathrl.tasks.base import (
     Example,
     Messages,
+    RecordCall,
     fingerprint,
     load_hub_dataset,
     prompt_corpus,
@@ -201,6 +202,13 @@ class QATask:
 
     def reward_call(self, ex: Example) -> tuple[Any, tuple[Any, ...]]:
         return score_answer, (ex.gold, self.prompt_style, self.grader, self.reward_scheme)
+
+    @staticmethod
+    def record_call(row: dict[str, Any], prompt_style: str, scheme: str, grader: str) -> RecordCall:
+        """The reward of a logged record (`mathrl score`): its 'gold' under `grader`."""
+        if row.get("gold") is None:
+            raise ValueError("needs 'gold' (the answer)")
+        return score_answer, (str(row["gold"]), prompt_style, grader, scheme), str(row["gold"])
 
     def corpus(self) -> list[str]:
         """Text to train a from-scratch tokenizer on."""
