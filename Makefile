@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mathrl-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast quickstart gsm8k-cpu lint format bench bench-dist bench-mlx clean
+.PHONY: setup test test-fast quickstart gsm8k-cpu lint docs format bench bench-dist bench-mlx clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,12 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy $(MYPY_PATHS)
 	$(BIN)/hadolint Dockerfile Dockerfile.cuda
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings that --strict counts
+
+# The guides in docs/ as a site in site/ (mkdocs, material theme; the config reference page
+# is generated from the config's docstrings by docs/hooks/config_reference.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: setup
 	$(BIN)/ruff format src tests bench
