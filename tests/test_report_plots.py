@@ -21,8 +21,32 @@ from mathrl.report.plots import (
     write_plots,
 )
 
-CONFIG = 'seed = 0\n\n[train]\nlr = 0.0001\n# a comment with </pre><script>alert("cfg")</script>\n'
-MANIFEST = {"git_sha": "abc1234", "dataset_fingerprint": "f00d", "versions": {"torch": "2.13"}}
+CONFIG = (
+    'seed = 0\n\n[train]\nalgorithm = "grpo"\npolicy_loss = "ppo_clip"\nlr = 0.0001\n'
+    '# a comment with </pre><script>alert("cfg")</script>\n'
+)
+MANIFEST = {
+    "git_sha": "abc1234",
+    "dataset_fingerprint": "f00d",
+    "versions": {"torch": "2.13"},
+    "task": "countdown",
+    "model": "scratch",
+}
+# summary.json as runs write it (report.summary.run_summary), numbers picked by hand
+SUMMARY = {
+    "steps": 4,
+    "wall_s": 312.4,
+    "heldout_split": "test",
+    "accuracy_before_rl": 0.25,
+    "accuracy_before_rl_ci95": [0.19, 0.31],
+    "step_before_rl": 0,
+    "accuracy_after_rl": 0.5,
+    "accuracy_after_rl_ci95": [0.43, 0.57],
+    "step_after_rl": 4,
+    "heldout_n": 200,
+    "accuracy_gain": 0.25,
+    "warmup": {"warmup": True, "steps": 3},
+}
 SCRIPT = "<script>alert(1)</script>"
 
 # prompt_id, step, correct, reward, completion. Hand-computed accuracies:
@@ -113,9 +137,7 @@ def make_run(tmp_path: Path, name: str = "run", scale: float = 1.0, warmup: bool
     run.mkdir(parents=True)
     (run / "config.toml").write_text(CONFIG)
     (run / "manifest.json").write_text(json.dumps(MANIFEST))
-    (run / "summary.json").write_text(
-        json.dumps({"accuracy_before_rl": 0.25, "accuracy_after_rl": 0.5})
-    )
+    (run / "summary.json").write_text(json.dumps(SUMMARY))
     write_jsonl(run / "metrics.jsonl", metric_rows(scale))
     write_jsonl(run / "rollouts.jsonl", rollout_rows())
     if warmup:

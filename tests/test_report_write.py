@@ -13,6 +13,7 @@ from markupsafe import escape  # jinja2's autoescape: `"` -> &#34;, where html.e
 
 from mathrl import cli
 from mathrl.errors import MathrlError
+from mathrl.report.headline import wall_text
 from mathrl.report.html import compare_runs, pick_samples, summary_rows, write_report
 from test_report_plots import CONFIG, SCRIPT, make_run, metric_rows, rollout_rows, write_jsonl
 
@@ -35,7 +36,7 @@ def test_report_is_self_contained_and_escaped(report: tuple[Path, str]) -> None:
     assert "<script" not in html.lower()
     assert re.search(r"https?://", html) is None
     srcs = re.findall(r'src="([^"]*)"', html)
-    assert len(srcs) == len(list((run / "plots").glob("*.png"))) == 12
+    assert len(srcs) == len(list((run / "plots").glob("*.png"))) == 12 + 4  # + the headline four
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -84,10 +85,79 @@ def test_untrusted_text_is_escaped(tmp_path: Path, where: str) -> None:
     assert str(escape(shown)) in html  # shown, as text
 
 
+def headline(html: str) -> str:
+    """The page from its top to the end of the collapsed metric table."""
+    return html[: html.index("</details>")]
+
+
+def test_report_headline_from_summary(report: tuple[Path, str]) -> None:
+    top = headline(report[1])
+    assert "greedy pass@1 (200 problems, split &#39;test&#39;)" in top
+    assert "25.0 % &rarr; 50.0 %" in top and '<span class="gain up">+25.0 points</span>' in top
+    assert "before RL (step 0): 95% CI [19.0, 31.0]" in top
+    assert "after RL (step 4): 95% CI [43.0, 57.0]" in top
+    facts = dict(re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", top))
+    assert facts == {
+        "model": "scratch", "task": "countdown", "algorithm": "grpo (ppo_clip loss)",
+        "RL steps": "4", "SFT warm-up": "3 steps", "wall time": "5 min 12 s",
+    }  # fmt: skip
+    alts = re.findall(r'<img alt="([^"]*)"', top)
+    assert alts == [
+        "headline_accuracy",
+        "headline_reward",
+        "headline_length",
+        "headline_entropy_kl",
+    ]
+    assert "<details>" in top  # the metric table: present and closed
+
+
+def test_headline_from_metrics_without_summary(tmp_path: Path) -> None:
+    """A run stopped before its summary: held-out evals from metrics.jsonl, the rest n/a."""
+    run = tmp_path / "stopped"
+    run.mkdir()
+    evals = [
+        {"step": 0, "eval/pass@1": 0.5, "eval/pass@1_lo": 0.4, "eval/pass@1_hi": 0.6},
+        {"step": 2, "reward/mean": 0.3},
+        {"step": 4, "eval/pass@1": 0.4, "eval/n_problems": 100},
+    ]
+    write_jsonl(run / "metrics.jsonl", evals)
+    top = headline(write_report(run).read_text())
+    assert "(100 problems)" in top and "50.0 % &rarr; 40.0 %" in top
+    assert '<span class="gain down">-10.0 points</span>' in top
+    assert "before RL (step 0): 95% CI [40.0, 60.0]" in top
+    assert "after RL (step 4): no CI logged" in top
+    facts = dict(re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", top))
+    assert facts == {
+        "model": "n/a", "task": "n/a", "algorithm": "n/a", "RL steps": "4", "wall time": "n/a",
+    }  # fmt: skip
+    alts = re.findall(r'<img alt="([^"]*)"', top)
+    assert alts == ["headline_accuracy", "headline_reward"]  # no length, entropy or KL logged
+
+
+def test_headline_without_heldout_evals_says_na(tmp_path: Path) -> None:
+    run = tmp_path / "bare"
+    run.mkdir()
+    write_jsonl(run / "metrics.jsonl", [{"step": s, "reward/mean": s / 4} for s in (1, 2)])
+    top = headline(write_report(run).read_text())
+    assert "n/a &rarr; n/a" in top and '<span class="gain flat">n/a</span>' in top
+    assert "before RL: n/a (no held-out eval at step 0)" in top
+    assert "after RL: n/a (no held-out eval)" in top
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "n/a"), (-1.0, "n/a"), (0.04, "0.0 s"), (59.94, "59.9 s"), (59.96, "1 min 00 s"),
+     (312.4, "5 min 12 s"), (3599.4, "59 min 59 s"), (3600, "1 h 00 min"), (7410, "2 h 03 min")],
+)  # fmt: skip
+def test_wall_text(seconds: float | None, text: str) -> None:
+    assert wall_text(seconds) == text
+
+
 def test_report_tables(report: tuple[Path, str]) -> None:
     html = report[1]
     assert "Before / after" in html
     assert "accuracy (summary.json)" in html  # 0.25 -> 0.5
+    assert "step (summary.json)" not in html  # step_before_rl / step_after_rl are not metrics
     assert "eval/pass@1 (step 2 -&gt; 4)" in html  # 0.05 -> 0.1
     assert "<td>0.1 @ 1</td><td>0.4 @ 4</td>" in html  # reward/mean first/last
 

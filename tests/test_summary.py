@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mathrl.report.summary import before_after_text, run_summary, write_summary
+from mathrl.report.summary import before_after_text, heldout_fields, run_summary, write_summary
 
 ROWS = [
     {
@@ -50,3 +50,11 @@ def test_summary_without_evals_guesses_nothing():
     # an eval only at the end (no step-0 eval) gives an after value and no gain
     s = run_summary(ROWS[1:], wall_s=1.0, heldout_split="val")
     assert s["accuracy_after_rl"] == 0.45 and "accuracy_gain" not in s
+
+
+def test_heldout_fields_without_problem_count():
+    """An eval row without eval/n_problems gives the accuracies and no heldout_n (not a crash)."""
+    rows = [{"step": 0, "eval/pass@1": 0.5}, {"step": 3, "eval/pass@1": 0.75}]
+    fields = heldout_fields(rows)
+    assert fields["accuracy_gain"] == 0.25 and fields["accuracy_after_rl_ci95"] == [None, None]
+    assert "heldout_n" not in fields

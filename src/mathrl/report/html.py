@@ -1,24 +1,22 @@
-"""One self-contained HTML report per run (plots inlined as data URIs), and run-vs-run overlays.
+"""One self-contained HTML report per run, headline first, and run-vs-run overlays.
 
-The pages are jinja2 templates (module-level strings below) rendered with autoescape on:
-everything from the run directory is untrusted (completions are model output; config values,
-metric keys and prompt ids can hold any text), so no value reaches the page unescaped.
+What each page shows is gathered here; the templates and their escaping live in page.py.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from matplotlib.figure import Figure
 
 from mathrl.errors import DataError, MathrlError
+from mathrl.report.headline import accuracy_view, headline_plots, read_toml, run_facts
+from mathrl.report.page import fmt, inline_png, render_page
 from mathrl.report.plots import (
+    PLOTS_DIR,
     draw_series,
     load_metrics,
     load_rollouts,
@@ -32,136 +30,6 @@ from mathrl.report.plots import (
 N_SAMPLES = 3  # best and worst completions shown from the last step
 MAX_CHARS = 4000  # a longer completion is cut in the report (the JSONL keeps it whole)
 HEADLINE = ("reward/mean", "reward/accuracy", "eval/pass@1", "rollout/len_mean", "loss/kl")
-
-# ---------------------------------------------------------------- templates
-
-PAGE = """\
-<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title><style>
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
-h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em}
-th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-family:monospace}
-pre{background:#f7f7f7;padding:.6em;overflow:auto;max-height:28em;white-space:pre-wrap}
-img{max-width:100%;border:1px solid #eee;margin:.4em 0}
-.sample{border:1px solid #ddd;padding:.5em .8em;margin:.6em 0}.muted{color:#777}
-</style></head><body>
-<h1>{{ title }}</h1><p class="muted">generated {{ generated }} by mathrl report</p>
-{% block body %}{% endblock %}
-</body></html>
-"""
-
-# Numbers get class="num" (right-aligned); `fmt` shortens floats; cells sit on one line.
-MACROS = """\
-{% macro table(headers, rows) -%}
-<table><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr>
-{%- for row in rows %}<tr>
-{%- for c in row %}<td{% if c is numeric %} class="num"{% endif %}>{{ c | fmt }}</td>{% endfor -%}
-</tr>{% endfor %}</table>
-{%- endmacro %}
-{% macro images(pngs) -%}
-{% for alt, data in pngs %}<img alt="{{ alt }}" src="data:image/png;base64,{{ data }}">{% endfor %}
-{%- endmacro %}
-{% macro sample(s) -%}
-<div class="sample">{{ table(["field", "value"], s.meta) }}
-<p><b>prompt</b></p><pre>{{ s.prompt }}</pre>
-<p><b>completion</b></p><pre>{{ s.completion }}</pre></div>
-{%- endmacro %}
-"""
-
-REPORT = """\
-{% extends "page.html.j2" %}
-{% block body %}
-{% from "macros.html.j2" import table, images, sample %}
-<h2>Summary (first vs last logged value)</h2>
-{{ table(["metric", "first @ step", "last @ step", "change"], summary) }}
-{% if before_after %}
-<h2>Before / after</h2>
-{{ table(["metric", "before", "after", "change"], before_after) }}
-{% endif %}
-{% if suite %}
-<h2>Eval suite '{{ suite.name }}' (greedy pass@1, strict [95% CI] / lenient)</h2>
-{{ table(suite.header, suite.rows) }}
-{{ images(suite.plot) }}
-{% endif %}
-<h2>Plots</h2>
-{{ images(plots) }}
-{% if best %}
-<h2>Samples (step {{ step }})</h2>
-<h3>Highest reward</h3>
-{% for s in best %}{{ sample(s) }}{% endfor %}
-<h3>Lowest reward</h3>
-{% for s in worst %}{{ sample(s) }}{% else %}<p class="muted">(no more samples)</p>{% endfor %}
-{% else %}
-<h2>Samples</h2><p class="muted">no rollouts.jsonl in this run</p>
-{% endif %}
-<h2>Manifest</h2>
-{{ table(["key", "value"], manifest) }}
-<h2>Config</h2>
-<pre>{{ config }}</pre>
-{% endblock %}
-"""
-
-COMPARE = """\
-{% extends "page.html.j2" %}
-{% block body %}
-{% from "macros.html.j2" import table, images %}
-<h2>Last logged value</h2>
-{{ table(["metric", label_a, label_b], rows) }}
-<h2>Curves</h2>
-{{ images(plots) }}
-{% endblock %}
-"""
-
-TEMPLATES = {
-    "page.html.j2": PAGE,
-    "macros.html.j2": MACROS,
-    "report.html.j2": REPORT,
-    "compare.html.j2": COMPARE,
-}
-
-
-def fmt(value: Any) -> str:
-    """A metric value as short text (4 significant digits for floats)."""
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return "" if value is None else str(value)
-
-
-def _is_numeric(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.DictLoader(TEMPLATES),
-        autoescape=True,  # every {{ value }} is HTML-escaped unless it is a macro's output
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["fmt"] = fmt
-    env.tests["numeric"] = _is_numeric
-    return env
-
-
-ENV = _environment()
-
-
-def render_page(template: str, path: Path, title: str, **context: Any) -> Path:
-    """Render one template of TEMPLATES into the self-contained HTML file at path."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    html = ENV.get_template(template).render(title=title, generated=stamp, **context)
-    path.write_text(html, encoding="utf-8")
-    return path
-
-
-# ---------------------------------------------------------------- small helpers
-
-
-def inline_png(path: Path) -> tuple[str, str]:
-    """(alt text, base64 data) of a PNG, for an <img> with a data URI."""
-    return path.stem, base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -205,7 +73,7 @@ def before_after_rows(run_dir: Path, metrics: list[dict[str, Any]]) -> list[list
     rows = []
     summary = _read_json(run_dir / "summary.json") or {}
     for key, before in summary.items():
-        if key.endswith("_before_rl"):
+        if key.endswith("_before_rl") and key != "step_before_rl":
             name = key.removesuffix("_before_rl")
             after = summary.get(f"{name}_after_rl")
             if isinstance(before, int | float) and isinstance(after, int | float):
@@ -279,10 +147,15 @@ def write_report(run_dir: str | Path, prompt_id: str | None = None) -> Path:
     plots = write_plots(run_dir, prompt_id=prompt_id)
     best, worst = pick_samples(load_rollouts(run_dir))
     cfg = run_dir / "config.toml"
+    summary = _read_json(run_dir / "summary.json") or {}
+    manifest = _read_json(run_dir / "manifest.json") or {}
     return render_page(
         "report.html.j2",
         run_dir / "report.html",
         title=f"mathrl run {run_dir.resolve().name}",
+        acc=accuracy_view(summary, metrics),
+        facts=run_facts(summary, manifest, read_toml(cfg), metrics),
+        headline_plots=[inline_png(p) for p in headline_plots(metrics, run_dir / PLOTS_DIR)],
         summary=summary_rows(metrics),
         before_after=before_after_rows(run_dir, metrics),
         plots=[inline_png(p) for p in plots],

@@ -157,15 +157,18 @@ def smooth(values: list[float], window: int) -> np.ndarray:
     return (csum[idx] - csum[lo]) / (idx - lo)
 
 
-def draw_series(ax: Any, steps: list[float], values: list[float], label: str) -> None:
+def draw_series(
+    ax: Any, steps: list[float], values: list[float], label: str, color: str | None = None
+) -> None:
     """One curve; long noisy curves get a faint raw line under a moving average."""
     if len(values) >= 30:
-        (raw,) = ax.plot(steps, values, alpha=0.3, linewidth=0.8)
+        (raw,) = ax.plot(steps, values, alpha=0.3, linewidth=0.8, color=color)
         ax.plot(
             steps, smooth(values, max(2, len(values) // 20)), color=raw.get_color(), label=label
         )
     else:
-        ax.plot(steps, values, marker="o" if len(values) < 15 else None, markersize=3, label=label)
+        marker = "o" if len(values) < 15 else None
+        ax.plot(steps, values, marker=marker, markersize=3, label=label, color=color)
 
 
 def style_axes(ax: Any, legend: bool = True) -> None:

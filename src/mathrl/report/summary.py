@@ -2,8 +2,9 @@
 
 `accuracy_before_rl` is the held-out greedy pass@1 logged at step 0 (after any SFT
 warm-up, before the first RL update); `accuracy_after_rl` is the last held-out eval.
-Both are fractions in [0, 1] with 95 % normal-approximation intervals (clipped to [0, 1]); `heldout_n` is the number
-of held-out problems. Keys are absent (not guessed) when the run logged no such eval.
+Both are fractions in [0, 1] with 95 % normal-approximation intervals (clipped to [0, 1]);
+`heldout_n` is the number of held-out problems. Keys are absent (not guessed) when the run
+logged no such eval.
 """
 
 from __future__ import annotations
@@ -22,23 +23,31 @@ def run_summary(
 ) -> dict[str, Any]:
     """The summary dict of a finished run from its metrics rows (in log order)."""
     train_rows = [m for m in metrics if "reward/mean" in m]
-    evals = [m for m in metrics if m.get(EVAL_KEY) is not None]
     out: dict[str, Any] = {
         "steps": max((int(m.get("step", 0)) for m in metrics), default=0),
         "wall_s": round(wall_s, 1),
         "heldout_split": heldout_split,
+        **heldout_fields(metrics),
     }
-    if evals and evals[0]["step"] == 0:
-        out.update(_eval_fields(evals[0], "before_rl"))
-    if evals and evals[-1]["step"] > 0:
-        out.update(_eval_fields(evals[-1], "after_rl"))
-        out["heldout_n"] = int(evals[-1]["eval/n_problems"])
-    if "accuracy_before_rl" in out and "accuracy_after_rl" in out:
-        out["accuracy_gain"] = out["accuracy_after_rl"] - out["accuracy_before_rl"]
     if train_rows:
         out["train_reward_first"] = train_rows[0]["reward/mean"]
         out["train_reward_last"] = train_rows[-1]["reward/mean"]
     out.update(extra)
+    return out
+
+
+def heldout_fields(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """accuracy_{before,after}_rl (with _ci95 and step_), heldout_n, accuracy_gain: those logged."""
+    evals = [m for m in metrics if m.get(EVAL_KEY) is not None]
+    out: dict[str, Any] = {}
+    if evals and evals[0]["step"] == 0:
+        out.update(_eval_fields(evals[0], "before_rl"))
+    if evals and evals[-1]["step"] > 0:
+        out.update(_eval_fields(evals[-1], "after_rl"))
+        if evals[-1].get("eval/n_problems") is not None:
+            out["heldout_n"] = int(evals[-1]["eval/n_problems"])
+    if "accuracy_before_rl" in out and "accuracy_after_rl" in out:
+        out["accuracy_gain"] = out["accuracy_after_rl"] - out["accuracy_before_rl"]
     return out
 
 
