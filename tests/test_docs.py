@@ -67,7 +67,8 @@ def test_layout_table_names_the_layer_tests_units(page: Path):
     table = layout_table(page.read_text(encoding="utf-8"))
     assert table, f"{page.name} has no '| layer | units | ... |' table"
     diff = differences(table, layers_of_the_layer_test())
-    assert not diff, f"{page.relative_to(REPO)} vs tests/test_layers.py LAYERS:\n" + "\n".join(diff)
+    where = page.relative_to(REPO)
+    assert not diff, f"make {where}'s layout table name LAYERS' units:\n" + "\n".join(diff)
 
 
 def test_the_layout_check_catches_a_difference():
