@@ -14,7 +14,14 @@ from markupsafe import escape  # jinja2's autoescape: `"` -> &#34;, where html.e
 from mathrl import cli
 from mathrl.errors import MathrlError
 from mathrl.report.headline import wall_text
-from mathrl.report.html import compare_runs, pick_samples, summary_rows, write_report
+from mathrl.report.html import (
+    before_after_rows,
+    compare_runs,
+    pick_samples,
+    summary_rows,
+    write_report,
+)
+from mathrl.report.plots import load_metrics
 from test_report_plots import CONFIG, SCRIPT, make_run, metric_rows, rollout_rows, write_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -160,6 +167,15 @@ def test_report_tables(report: tuple[Path, str]) -> None:
     assert "step (summary.json)" not in html  # step_before_rl / step_after_rl are not metrics
     assert "eval/pass@1 (step 2 -&gt; 4)" in html  # 0.05 -> 0.1
     assert "<td>0.1 @ 1</td><td>0.4 @ 4</td>" in html  # reward/mean first/last
+
+
+def test_before_after_leaves_out_eval_bookkeeping(tmp_path: Path) -> None:
+    run = tmp_path / "evals"
+    run.mkdir()
+    row = {"eval/pass@1_lo": 0.1, "eval/pass@1_hi": 0.3, "eval/n_problems": 30, "eval/time_s": 2.0}
+    write_jsonl(run / "metrics.jsonl", [{"step": s, "eval/pass@1": s / 8, **row} for s in (0, 4)])
+    labels = [r[0] for r in before_after_rows(run, load_metrics(run / "metrics.jsonl"))]
+    assert labels == ["eval/pass@1 (step 0 -> 4)"]
 
 
 def test_report_without_rollouts_or_summary(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from mathrl.errors import DataError, MathrlError
 from mathrl.report.headline import accuracy_view, headline_plots, read_toml, run_facts
 from mathrl.report.page import fmt, inline_png, render_page
 from mathrl.report.plots import (
+    EVAL_BOOKKEEPING,
     PLOTS_DIR,
     draw_series,
     load_metrics,
@@ -79,11 +80,14 @@ def before_after_rows(run_dir: Path, metrics: list[dict[str, Any]]) -> list[list
             if isinstance(before, int | float) and isinstance(after, int | float):
                 rows.append([f"{name} (summary.json)", before, after, after - before])
     for key in numeric_keys(metrics):
-        if key.startswith("eval/"):
-            steps, values = series(metrics, key)
-            if len(values) >= 2:
-                label = f"{key} (step {int(steps[0])} -> {int(steps[-1])})"
-                rows.append([label, values[0], values[-1], values[-1] - values[0]])
+        name = key.removeprefix("eval/")
+        # outcomes only: problem counts, seeds, timing and CI bounds are not before/after results
+        if not key.startswith("eval/") or name in EVAL_BOOKKEEPING or name.endswith(("_lo", "_hi")):
+            continue
+        steps, values = series(metrics, key)
+        if len(values) >= 2:
+            label = f"{key} (step {int(steps[0])} -> {int(steps[-1])})"
+            rows.append([label, values[0], values[-1], values[-1] - values[0]])
     return rows
 
 
