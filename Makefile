@@ -32,7 +32,7 @@ quickstart: setup
 	rm -rf runs/quickstart
 	HF_HUB_OFFLINE=1 $(BIN)/mathrl quickstart --out runs/quickstart
 
-# README "GSM8K on a CPU": the recipe (train <= 30 min on 2 cores) and its 500-problem evals
+# docs/gsm8k_cpu.md: the recipe (train <= 30 min on 2 cores) and its 500-problem evals
 # before/after and of an SFT-only control (~1.5 h in all); resumable, phase by phase.
 gsm8k-cpu: setup
 	HF_HUB_OFFLINE=1 MATHRL=$(BIN)/mathrl PYTHON=$(BIN)/python bash bench/gsm8k_cpu.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GSM8K CPU recipe, measured (README "GSM8K on a CPU", `make gsm8k-cpu`):
+# The GSM8K CPU recipe, measured (docs/gsm8k_cpu.md, `make gsm8k-cpu`):
 #   1. `mathrl train -c gsm8k/cpu`: 40 SFT warm-up steps, then GRPO (timed);
 #   2. an SFT-only control of equal time: the warm-up checkpoint continued with plain SFT
 #      on GSM8K's worked solutions (other batches: seed 1) for as long as GRPO ran

@@ -17,6 +17,10 @@ from mathrl.rewards import RewardFn
 from mathrl.rewards.functions import preflight, score_with_functions
 from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
+from mathrl.tasks.arithmetic import ArithmeticTask
+from mathrl.tasks.countdown import CountdownTask
+from mathrl.tasks.gsm8k import GSM8KTask, prepared_dir
+from mathrl.tasks.qa import QATask
 
 
 def make_task(cfg: Config) -> Task:
@@ -33,8 +37,6 @@ def make_task(cfg: Config) -> Task:
 def _base_task(cfg: Config) -> Task:
     d = cfg.data
     if cfg.task.name == "gsm8k":
-        from mathrl.tasks.gsm8k import GSM8KTask
-
         return GSM8KTask(
             d.path,
             prompt_style=cfg.task.prompt_style,
@@ -46,8 +48,6 @@ def _base_task(cfg: Config) -> Task:
             use_math_verify=cfg.task.use_math_verify,
         )
     if cfg.task.name == "arithmetic":
-        from mathrl.tasks.arithmetic import ArithmeticTask
-
         return ArithmeticTask(
             d.arithmetic_kind,
             d.arithmetic_digits,
@@ -59,8 +59,6 @@ def _base_task(cfg: Config) -> Task:
             system_prompt=cfg.task.system_prompt,
         )
     if cfg.task.name == "qa":
-        from mathrl.tasks.qa import QATask
-
         return QATask(
             d.path,
             question_field=d.question_field,
@@ -74,7 +72,6 @@ def _base_task(cfg: Config) -> Task:
             split_seed=d.split_seed,
             system_prompt=cfg.task.system_prompt,
         )
-    from mathrl.tasks.countdown import CountdownTask
 
     source = d.path if d.path.endswith((".jsonl", ".parquet")) else None
     return CountdownTask(
@@ -138,7 +135,6 @@ def prepare_dataset(cfg: Config, out: Path | None) -> tuple[Path, dict[str, int]
     default into mathrl's cache, where data.path = 'auto' finds it. Countdown: the
     generated train/val/test splits into `out`. Returns (dir, rows per split, task fingerprint).
     """
-    from mathrl.tasks.gsm8k import prepared_dir
 
     task = _base_task(cfg)
     if out is None and cfg.task.name != "gsm8k":

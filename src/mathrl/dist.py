@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as tdist
 
 from mathrl.errors import MathrlError
-
-if TYPE_CHECKING:
-    import torch
 
 T = TypeVar("T")
 
@@ -77,8 +77,6 @@ def launched() -> bool:
 def init(timeout_s: float, device: str = "cpu") -> Dist:
     """Join the process group torchrun described (gloo on CPU, nccl on CUDA); world 1 when
     not launched. Idempotent."""
-    import torch
-    import torch.distributed as tdist
 
     global _current
     if not launched():
@@ -113,7 +111,6 @@ def rank_device(device: str) -> str:
 
 def close() -> None:
     """Leave the process group (at the end of a command)."""
-    import torch.distributed as tdist
 
     global _current
     if tdist.is_available() and tdist.is_initialized():
@@ -154,7 +151,6 @@ def gather_in_order(items: list[tuple[int, T]]) -> list[T]:
 
 def gather(obj: T) -> list[T]:
     """Every rank's `obj`, in rank order, on every rank (picklable objects)."""
-    import torch.distributed as tdist
 
     if _current.world == 1:
         return [obj]
@@ -165,8 +161,6 @@ def gather(obj: T) -> list[T]:
 
 def all_sum(values: list[float]) -> list[float]:
     """Element-wise sums over ranks (float64)."""
-    import torch
-    import torch.distributed as tdist
 
     if _current.world == 1:
         return list(values)
@@ -177,12 +171,11 @@ def all_sum(values: list[float]) -> list[float]:
 
 def all_reduce_grads(model: Any) -> None:
     """Sum the trainable parameters' gradients over ranks, in one flat buffer per dtype."""
-    import torch
-    import torch.distributed as tdist
 
     if _current.world == 1:
         return
     params = [p for p in model.parameters() if p.requires_grad]
+    # torch.distributed.tensor takes ~1-2 s to import: only FSDP runs reach this line
     from torch.distributed.tensor import DTensor
 
     if any(isinstance(p, DTensor) for p in params):
@@ -210,8 +203,6 @@ def all_reduce_grads(model: Any) -> None:
 
 def agree_stop(signum: int | None) -> int | None:
     """The signal any rank received (the largest number), so all stop at the same step."""
-    import torch
-    import torch.distributed as tdist
 
     if _current.world == 1:
         return signum
@@ -225,7 +216,6 @@ def on_main(fn: Callable[[], T]) -> T:
     it returns."""
     if _current.world == 1:
         return fn()
-    import torch.distributed as tdist
 
     box: list[Any] = [None]
     if _current.is_main:
@@ -244,8 +234,6 @@ def on_main(fn: Callable[[], T]) -> T:
 
 
 def _device() -> torch.device:
-    import torch
-    import torch.distributed as tdist
 
     if tdist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())

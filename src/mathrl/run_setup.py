@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from mathrl import checkpoint as ckpt_mod
 from mathrl import dist
@@ -28,8 +32,6 @@ def derive_seed(seed: int, *parts: int) -> int:
 
 
 def set_seed(seed: int) -> None:
-    import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -45,7 +47,6 @@ def set_deterministic(on: bool) -> None:
 
     Called before any model is loaded, so the cuBLAS variable is set before CUDA starts.
     """
-    import torch
 
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
@@ -56,6 +57,8 @@ def set_deterministic(on: bool) -> None:
 
 def quiet_libraries() -> None:
     """transformers' per-load progress bars would drown mathrl's own output."""
+    # transformers costs ~0.9 s to import, and data.py (imported by every command) imports
+    # this module: only commands that load a model reach this line
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -63,7 +66,6 @@ def quiet_libraries() -> None:
 
 
 def set_threads(threads: int) -> None:
-    import torch
 
     torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
@@ -72,7 +74,6 @@ def prepare_run_dir(
     cfg: Config, out: str | None, resume: bool, reset: bool = False, fresh: bool = False
 ) -> Path:
     """Create (or reopen, when resuming) the run directory and write the resolved config."""
-    import shutil
 
     run_dir = Path(out) if out else ckpt_mod.default_run_dir()
     if reset and run_dir.exists():

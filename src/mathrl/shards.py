@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mathrl.errors import DataError
 from mathrl.io import atomic_write_text, sha256_file
@@ -47,7 +48,6 @@ def write_shards(
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     """Write rows as fixed-length shards plus meta.json (written last); returns the meta."""
-    from safetensors.torch import save_file
 
     if not rows:
         raise DataError("nothing to pre-tokenise: no rows")
@@ -109,7 +109,6 @@ def read_meta(shard_dir: Path) -> dict[str, Any]:
 
 def shard_sampler(shard_dir: Path, tokenizer: Any) -> Callable[[random.Random, int], list[Encoded]]:
     """A batch sampler over a shard dir (one shard per batch, loaded lazily, one at a time)."""
-    from safetensors.torch import load_file
 
     meta = read_meta(shard_dir)
     if meta.get("tokenizer") != tokenizer_fingerprint(tokenizer):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+
+from mathrl import dist
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -101,7 +104,6 @@ def check(step: int, save: Callable[[], Path] | None, saved: Path | None = None)
     """At a step boundary: if a signal asked to stop, make sure a checkpoint of `step`
     exists (`saved` if the loop just wrote one, else `save()`; None: no signal checkpoint),
     then raise Stopped."""
-    from mathrl import dist  # same layer; a no-op with one process
 
     signum = dist.agree_stop(_request.signum)  # any rank's signal stops every rank here
     if signum is None:
@@ -112,7 +114,6 @@ def check(step: int, save: Callable[[], Path] | None, saved: Path | None = None)
 
 def message(stop: Stopped, argv: list[str]) -> str:
     """One line: what stopped, where, the last complete checkpoint, how to continue."""
-    import shlex
 
     name = signal.Signals(stop.signum).name
     where = f"after step {stop.step}" if stop.step is not None else "at once"

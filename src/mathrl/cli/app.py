@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from typing import NoReturn
 
+import click
+import torch
 import typer
 
 from mathrl import dist
@@ -45,7 +48,6 @@ def _out_of_memory(exc: BaseException, debug: bool) -> NoReturn:
 def _command() -> list[str]:
     """The command line that started this run, for the resume line: `mathrl --nproc N ...`
     passes it to its ranks; a rank of a user's own torchrun names torchrun's options."""
-    import shlex
 
     if os.environ.get("MATHRL_COMMAND"):
         return shlex.split(os.environ["MATHRL_COMMAND"])
@@ -92,9 +94,6 @@ def main() -> None:
     except MemoryError as exc:  # torch.OutOfMemoryError subclasses RuntimeError, see below
         _out_of_memory(exc, debug)
     except Exception as exc:  # click usage errors and the like
-        import click
-        import torch
-
         if isinstance(exc, torch.OutOfMemoryError):
             _out_of_memory(exc, debug)
         if isinstance(exc, click.exceptions.Exit):

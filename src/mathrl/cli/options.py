@@ -6,10 +6,18 @@ One definition per convention (--config/-c, --set/-s, --out/-o, --resume,
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+
+from mathrl import dist
 
 
 def resolve_config_option(value: Path | None) -> Path | None:
@@ -60,7 +68,7 @@ NprocOpt = Annotated[
         min=1,
         help="Data-parallel ranks on this machine: relaunches the command through torchrun's "
         "launcher (the same as torchrun --standalone --nproc-per-node N -m mathrl ...). "
-        "Several machines: run torchrun yourself (README: Many GPUs, many nodes).",
+        "Several machines: run torchrun yourself (docs/many_gpus.md).",
     ),
 ]
 
@@ -68,18 +76,9 @@ NprocOpt = Annotated[
 def relaunch(nproc: int) -> bool:
     """Run this command again as `nproc` ranks under torch.distributed.run, unless it is one
     of them already (or nproc is 1); True when it ran (the ranks did the work)."""
-    import shlex
-    import sys
-
-    from mathrl import dist
 
     if nproc <= 1 or dist.launched():
         return False
-    import os
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
 
     argv = sys.argv[1:]
     keep = [

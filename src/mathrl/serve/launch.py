@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
+from mathrl.groups import rollout_engine
+from mathrl.loggers import say
+from mathrl.model_source import resolve_model
+from mathrl.models.loading import load_model
+from mathrl.run_setup import quiet_libraries, set_seed, set_threads
+from mathrl.runs.start import load_run_config
+from mathrl.serve.app import create_app
 from mathrl.serve.schemas import Limits
 from mathrl.serve.server import ServeState, api_key_from_env, context_length
 
@@ -24,11 +31,6 @@ def build_state(
     batch_wait_s: float = 0.01,
 ) -> ServeState:
     """Load the model (as `mathrl eval --model` does) and its engine per the config."""
-    from mathrl.groups import rollout_engine
-    from mathrl.model_source import resolve_model
-    from mathrl.models.loading import load_model
-    from mathrl.run_setup import quiet_libraries, set_seed, set_threads
-    from mathrl.runs.start import load_run_config
 
     cfg = load_run_config(config, sets)
     api_key = api_key_from_env(api_key_env)  # before the (slow) load: fail fast
@@ -73,10 +75,8 @@ def is_loopback(host: str) -> bool:
 
 def run_server(state: ServeState, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until Ctrl-C / SIGTERM (uvicorn handles both and finishes open requests)."""
-    import uvicorn
+    import uvicorn  # the serve extra: only `mathrl serve` needs it
 
-    from mathrl.loggers import say
-    from mathrl.serve.app import create_app
 
     if not is_loopback(host) and state.api_key is None:
         say(f"warning: serving on {host} without an API key: anyone who can reach it can use it")

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
+from mathrl.model_source import resolve_model
+from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
@@ -182,7 +184,6 @@ class ServeState:
 
     def resolve_weights(self, path: str) -> str:
         """The model source `path` names, if it lies under the weights root; else ApiError."""
-        from mathrl.model_source import resolve_model
 
         root = self.weights_root
         if root is None:
@@ -222,7 +223,6 @@ class ServeState:
 
     def _check_adapter_base(self, source: Path, outside: ApiError) -> None:
         """LoRA adapters read their base model: it must be the served model's or in the root."""
-        from mathrl.models import lora
 
         if not lora.is_adapter_dir(source):
             return
@@ -287,7 +287,6 @@ def _split_prompt(
 
 def _model_bases(source: str) -> set[str]:
     """The served model and, for LoRA adapters, their base: the bases adapters may name."""
-    from mathrl.models import lora
 
     bases = {lora.portable(source)}
     if lora.is_adapter_dir(source):
