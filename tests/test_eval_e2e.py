@@ -11,12 +11,18 @@ import torch
 
 from mathrl.config import load_config
 from mathrl.data import load_pass_rates, make_task
-from mathrl.eval.evaluate import evaluate, write_eval
+from mathrl.errors import ConfigError
+from mathrl.eval.evaluate import eval_engine, eval_kwargs, evaluate, write_eval
 from mathrl.eval.metrics import pass_at_k, summarize
 from mathrl.eval.probe import TOO_HARD, probe
+from mathrl.groups import score_examples
 from mathrl.models.loading import load_model
 from mathrl.models.scratch import build_scratch_model
 from mathrl.rewards import RewardPool, RewardResult
+from mathrl.rollout.chat import prompt_token_ids
+from mathrl.rollout.hf_engine import HFEngine
+from mathrl.rollout.sampler import prompt_seed, resolve_seeds
+from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
 
 COUNTDOWN = [
     "task.name=countdown",
@@ -28,8 +34,13 @@ COUNTDOWN = [
 
 
 @pytest.fixture(scope="module")
-def task():
-    return make_task(load_config(None, COUNTDOWN))
+def cfg():
+    return load_config(None, COUNTDOWN)
+
+
+@pytest.fixture(scope="module")
+def task(cfg):
+    return make_task(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +54,13 @@ def policy(model_dir):
     return load_model(str(model_dir), dtype="float32", device="cpu")
 
 
-def run_eval(policy, task):
+def run_eval(policy, task, cfg):
     model, tokenizer = policy
     return evaluate(
         model,
         tokenizer,
         task,
+        cfg=cfg,
         split="test",
         limit=8,
         n=4,
@@ -60,8 +72,8 @@ def run_eval(policy, task):
     )
 
 
-def test_evaluate_summary_records_and_determinism(policy, task, tmp_path):
-    result = run_eval(policy, task)
+def test_evaluate_summary_records_and_determinism(policy, task, cfg, tmp_path):
+    result = run_eval(policy, task, cfg)
     s = result.summary
     fractions = ["pass@1", "pass@1_lenient", "mean@4", "pass@2", "pass@4", "maj@1", "maj@2"]
     fractions += ["maj@4", "truncated_frac", "sampled_truncated_frac", "pass@1_lo", "pass@1_hi"]
@@ -80,7 +92,7 @@ def test_evaluate_summary_records_and_determinism(policy, task, tmp_path):
     recomputed = summarize(result.records, (1, 2, 4))
     assert recomputed == {k: s[k] for k in recomputed}
     state = torch.random.get_rng_state()
-    again = run_eval(policy, task)
+    again = run_eval(policy, task, cfg)
     assert again.records == result.records  # same seed: same problems, same completions
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
 
@@ -89,12 +101,13 @@ def test_evaluate_summary_records_and_determinism(policy, task, tmp_path):
     assert json.loads(summary.read_text()) == s
 
 
-def test_probe_writes_pass_rates(policy, task, tmp_path):
+def test_probe_writes_pass_rates(policy, task, cfg, tmp_path):
     model, tokenizer = policy
     result = probe(
         model,
         tokenizer,
         task,
+        cfg=cfg,
         limit=4,
         n=4,
         group_size=4,
@@ -133,7 +146,7 @@ class ParityTask:
         return parity_reward, (ex.gold,)
 
 
-def test_evaluate_metrics_consistent_with_records(policy, task):
+def test_evaluate_metrics_consistent_with_records(policy, task, cfg):
     """Non-trivial scores: records align with their examples across chunks; metrics recompute."""
     model, tokenizer = policy
     with RewardPool(timeout_s=5.0, workers=0) as pool:
@@ -141,6 +154,7 @@ def test_evaluate_metrics_consistent_with_records(policy, task):
             model,
             tokenizer,
             ParityTask(task),
+            cfg=cfg,
             limit=10,
             n=4,
             ks=(1, 2, 4),
@@ -164,11 +178,11 @@ def test_evaluate_metrics_consistent_with_records(policy, task):
     assert s["pass@1"] == sum(r["greedy"]["correct"] for r in records) / 10
 
 
-def test_evaluate_calls_the_engine_with_prompts_by_length_and_keeps_problem_order(policy, task):
+def test_evaluate_calls_the_engine_with_prompts_by_length_and_keeps_problem_order(
+    policy, task, cfg
+):
     """Engine calls take the problems in order of prompt length (less padding per
     prefill); the records come back in problem order, the same as one call gives."""
-    from mathrl.rollout.hf_engine import HFEngine
-
     model, tokenizer = policy
     engine = HFEngine(model, tokenizer, batch_size=3)
     calls, real = [], engine.generate
@@ -182,11 +196,76 @@ def test_evaluate_calls_the_engine_with_prompts_by_length_and_keeps_problem_orde
     split = evaluate(model, tokenizer, task, batch_size=3, engine=engine, **kw)
     flat = [n for call in calls for n in call]
     assert len(calls) == 4 and flat == sorted(flat) and len(set(flat)) > 1, calls
-    whole = evaluate(model, tokenizer, task, batch_size=64, **kw)
+    whole = evaluate(model, tokenizer, task, batch_size=64, cfg=cfg, **kw)
     assert [r["prompt_id"] for r in split.records] == [r["prompt_id"] for r in whole.records]
     for a, b in zip(split.records, whole.records, strict=True):  # log-probs: float rounding
         assert a["greedy"]["logprob_sum"] == pytest.approx(b["greedy"]["logprob_sum"], abs=1e-4)
         assert {**a["greedy"], "logprob_sum": 0} == {**b["greedy"], "logprob_sum": 0}
+
+
+class SeedEcho(RolloutEngine):
+    """Writes each completion as "seed:sample" (the seed its prompt sampled with) and
+    records each call's prompt lengths and the seeds it was given."""
+
+    def __init__(self):
+        self.calls, self.given = [], []
+
+    def generate(self, prompts, sampling, seeds=None):
+        self.calls.append([len(p) for p in prompts])
+        self.given.append(seeds)
+        seeds = resolve_seeds(sampling, len(prompts), seeds)
+        comps = [
+            Completion(i, k, p, [1], f"{seeds[i]}:{k}", "eos", [-0.5])
+            for i, p in enumerate(prompts)
+            for k in range(sampling.n)
+        ]
+        return GenerationResult(comps)
+
+
+@pytest.mark.parametrize("per_call", [0, 1, 3, 100])
+def test_score_examples_seeds_by_index_and_keeps_example_order(policy, task, per_call):
+    """Example i samples with prompt_seed(seed, i) under every sampling, whatever the
+    chunking; calls of per_call prompts take them by length; rows come back in order."""
+    _, tokenizer = policy
+    examples = task.examples("test")[:7]
+    samplings = [SamplingParams(n=1, greedy=True, seed=4), SamplingParams(n=3, seed=9)]
+    engine = SeedEcho()
+    with RewardPool(timeout_s=5.0, workers=0) as pool:
+        out = score_examples(engine, pool, task, tokenizer, examples, samplings, per_call=per_call)
+    assert len(out) == 7 and all(len(rows) == 2 for rows in out)
+    for i, rows in enumerate(out):
+        for sampling, got in zip(samplings, rows, strict=True):
+            want = [f"{prompt_seed(sampling.seed, i)}:{k}" for k in range(sampling.n)]
+            assert [r["completion"] for r in got] == want
+    chunk = per_call or 7
+    assert len(engine.calls) == 2 * -(-7 // chunk)  # both samplings per chunk
+    lengths = [n for call in engine.calls[::2] for n in call]
+    expected = [len(prompt_token_ids(tokenizer, task.messages(ex))) for ex in examples]
+    assert lengths == (expected if chunk >= 7 else sorted(expected))
+
+
+def test_score_examples_without_seed_lets_the_engine_draw(policy, task):
+    _, tokenizer = policy
+    engine = SeedEcho()
+    with RewardPool(timeout_s=5.0, workers=0) as pool:
+        out = score_examples(
+            engine, pool, task, tokenizer, task.examples("test")[:2], [SamplingParams(n=2)]
+        )
+    assert engine.given == [None] and [len(rows[0]) for rows in out] == [2, 2]
+
+
+def test_engine_is_built_from_the_config(policy, task, cfg):
+    """No engine passed: the config's rollout settings build it; neither is an error."""
+    model, tokenizer = policy
+    lean = load_config(None, [*COUNTDOWN, "rollout.lean_decode=false"])
+    engine = eval_engine(None, lean, model, tokenizer, batch_size=5)
+    assert isinstance(engine, HFEngine) and engine.batch_size == 5 and not engine.lean_decode
+    given = SeedEcho()
+    assert eval_engine(given, None, model, tokenizer, batch_size=5) is given
+    with pytest.raises(ConfigError, match="engine or the config"):
+        evaluate(model, tokenizer, task, limit=2, progress=False)
+    with pytest.raises(ConfigError, match="engine or the config"):
+        probe(model, tokenizer, task, limit=2, n=2, progress=False)
 
 
 def run_cli(monkeypatch, args):
@@ -251,9 +330,7 @@ def test_cli_eval_missing_model_is_one_line(monkeypatch, tmp_path, capsys):
 
 def test_eval_has_its_own_batch_size():
     """eval.batch_size, else max(rollout.batch_size, 64): a preset's small training batch
-    (GSM8K smoke: 8) no longer makes eval decode 8 rows at a time."""
-    from mathrl.config import load_config
-    from mathrl.eval.evaluate import eval_kwargs
+    (GSM8K smoke: 8) does not make eval decode 8 rows at a time."""
 
     def batch(*sets: str) -> int:
         return eval_kwargs(load_config(None, list(sets), env=False))["batch_size"]

@@ -7,23 +7,26 @@ through `score_completions`, so a reward fault is handled the same way everywher
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from mathrl import dist
 from mathrl.config import Config
 from mathrl.data import PromptStream
 from mathrl.errors import MathrlError
+from mathrl.loggers import console
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.registry import SERVER_ENGINES, make_engine
-from mathrl.rollout.sampler import prompt_seed
+from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
@@ -140,6 +143,8 @@ def check_rollout_server(cfg: Config) -> None:
     tokenizer and weights are checked when the loop builds the engine."""
     r = cfg.rollout
     if r.engine in SERVER_ENGINES:
+        # local: openai_engine imports hf_engine (transformers), +1.3 s on every import of
+        # this module measured; only a server run needs it
         from mathrl.rollout.openai_engine import ServerClient
 
         ServerClient(r.server_url, api_key(r.api_key_env), r.request_timeout_s).first_model()
@@ -187,6 +192,64 @@ def sample_scored(
     return out
 
 
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields `advance(n)` (a no-op when disabled)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tid = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(tid, n)
+
+
+def score_examples(
+    engine: RolloutEngine,
+    pool: RewardPool,
+    task: Task,
+    tokenizer: Any,
+    examples: list[Example],
+    samplings: Sequence[SamplingParams],
+    split: bool = True,
+    per_call: int = 0,
+    label: str = "",
+) -> list[list[list[dict[str, Any]]]]:
+    """Scored completions of every example under every sampling: out[i][k] holds example
+    i's samplings[k].n rows (sample_scored's), in example order.
+
+    Example i is seeded prompt_seed(sampling.seed, i) whatever the chunking or the number
+    of ranks. split: under torchrun the ranks sample their share (strided) and all get
+    every example's. per_call: at most this many prompts per engine call, taken by length
+    (less padding in each prefill); 0 = one call, in order. label: rank 0's progress bar.
+    """
+    mine = dist.my_indices(len(examples)) if split else list(range(len(examples)))
+    if split and dist.current().world > 1 and any(s.seed is None for s in samplings):
+        err = MathrlError("sampling split over ranks needs a seed (each example's comes from it)")
+        err.shared = True  # type: ignore[attr-defined]  # every rank finds it: rank 0 says it
+        raise err
+    prompts = {j: prompt_token_ids(tokenizer, task.messages(examples[j])) for j in mine}
+    chunks = prompt_chunks([len(prompts[j]) for j in mine], per_call or max(1, len(mine)))
+    scored: list[tuple[int, list[list[dict[str, Any]]]]] = []
+    with progress_bar(bool(label) and dist.current().is_main, len(mine), label) as advance:
+        for chunk in chunks:
+            js = [mine[i] for i in chunk]
+            exs, ps = [examples[j] for j in js], [prompts[j] for j in js]
+            rows = [sample_scored(engine, pool, task, exs, ps, s, _seeds(s, js)) for s in samplings]
+            scored += [(j, list(per_sampling)) for j, *per_sampling in zip(js, *rows, strict=True)]
+            advance(len(js))
+    if split:
+        return dist.gather_in_order(scored)
+    return [row for _, row in sorted(scored, key=lambda pair: pair[0])]
+
+
+def _seeds(sampling: SamplingParams, indices: list[int]) -> list[int] | None:
+    """Each example's seed from its index (None: the engine draws from torch's RNG)."""
+    if sampling.seed is None:
+        return None
+    return [prompt_seed(sampling.seed, j) for j in indices]
+
+
 def sample_examples(
     cfg: Config,
     model: Any,
@@ -201,16 +264,8 @@ def sample_examples(
     split: under torchrun the ranks sample their share of the examples (each seeded by its
     index, so the samples are one process's) and all get every example's."""
     engine = rollout_engine(cfg, model, tokenizer)
-    mine = dist.my_indices(len(examples)) if split else list(range(len(examples)))
-    exs = [examples[j] for j in mine]
-    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in exs]
-    seeds = [prompt_seed(sampling.seed, j) for j in mine] if sampling.seed is not None else None
-    if seeds is None and split and dist.current().world > 1:
-        err = MathrlError("sampling split over ranks needs a seed (each example's comes from it)")
-        err.shared = True  # type: ignore[attr-defined]  # every rank finds it: rank 0 says it
-        raise err
-    scored = sample_scored(engine, pool, task, exs, prompts, sampling, seeds)
-    return dist.gather_in_order(list(zip(mine, scored, strict=True))) if split else scored
+    scored = score_examples(engine, pool, task, tokenizer, examples, [sampling], split=split)
+    return [rows[0] for rows in scored]
 
 
 def collect_groups(

@@ -1,8 +1,7 @@
 """Held-out evaluation of a model: sample, score, summarise (definitions in eval.metrics).
 
-`evaluate` takes the rollout engine to decode with; callers that hold a config build it
-with `groups.rollout_engine(cfg, ...)`, so rollout.engine and rollout.lean_decode reach
-eval too.
+The engine that decodes is built from the config (`groups.rollout_engine`, so backend,
+rollout.engine and rollout.lean_decode reach eval too) unless the caller passes its own.
 """
 
 from __future__ import annotations
@@ -10,20 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathrl import dist
 from mathrl.config import Config
 from mathrl.errors import ConfigError, DataError
 from mathrl.eval.metrics import eval_metrics, select_examples, summarize
-from mathrl.groups import rollout_engine, sample_scored
+from mathrl.groups import rollout_engine, score_examples
+from mathrl.io import atomic_write_text, write_jsonl
 from mathrl.rewards import RewardPool
-from mathrl.rollout.chat import prompt_token_ids
-from mathrl.rollout.registry import make_engine
-from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
 from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
@@ -37,20 +33,23 @@ class EvalResult:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields `advance(n)` (a no-op when disabled)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def eval_engine(
+    engine: RolloutEngine | None, cfg: Config | None, model: Any, tokenizer: Any, batch_size: int
+) -> RolloutEngine:
+    """`engine`, else the one `cfg` names on `model` (decoding the model's own weights)."""
+    if engine is not None:
+        return engine
+    if cfg is None:
+        raise ConfigError("evaluation needs an engine or the config to build one from")
+    return rollout_engine(cfg, model, tokenizer, batch_size=batch_size, evaluation=True)
 
-    from mathrl.loggers import console
 
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        tid = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(tid, n)
+def chosen_examples(task: Task, split: str, limit: int, seed: int, verb: str) -> list[Example]:
+    """The seeded sample of `limit` examples of `split` (0: all); an empty split is an error."""
+    examples = select_examples(task.examples(split), limit, seed)
+    if not examples:
+        raise DataError(f"The {split} split of {task.name} is empty: nothing to {verb}")
+    return examples
 
 
 def evaluate(
@@ -69,51 +68,49 @@ def evaluate(
     progress: bool = True,
     pool: RewardPool | None = None,
     engine: RolloutEngine | None = None,
+    cfg: Config | None = None,
 ) -> EvalResult:
-    """Greedy + (n > 1) sampled evaluation of `model` on a seeded sample of `split`."""
+    """Greedy + (n > 1) sampled evaluation of `model` on a seeded sample of `split`; the
+    engine is `engine`, else built from `cfg`. Under torchrun the ranks split the problems."""
     if n < 1 or any(not 1 <= k <= n for k in ks):
         raise ConfigError(f"eval needs n >= 1 and every k in [1, n={n}], got ks={list(ks)}")
-    examples = select_examples(task.examples(split), limit, seed)
-    if not examples:
-        raise DataError(f"The {split} split of {task.name} is empty: nothing to evaluate")
-    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
-    if engine is None:
-        engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
+    examples = chosen_examples(task, split, limit, seed, "evaluate")
+    engine = eval_engine(engine, cfg, model, tokenizer, batch_size)
     # An explicit seed even for greedy: seed=None would draw from (and so shift) torch's
     # global RNG, and a periodic eval must not change the training run's random stream.
-    greedy = SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True, seed=seed)
-    # Sampled completions: problem j's seed comes from its index, whatever the batching.
-    sampled = SamplingParams(
-        n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=derive_seed(seed, 1)
-    )
-    ranks = dist.current()
-    mine = dist.my_indices(len(examples))  # ranks split the problems
+    samplings = [SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True, seed=seed)]
+    if n > 1:  # sampled completions too
+        samplings.append(
+            SamplingParams(
+                n=n,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=derive_seed(seed, 1),
+            )
+        )
     t0 = time.perf_counter()
-    records: list[tuple[int, dict[str, Any]]] = []
     with contextlib.ExitStack() as stack:
         if pool is None:
             pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
-        shown = progress and ranks.is_main
-        advance = stack.enter_context(progress_bar(shown, len(mine), f"eval {split}"))
-        # engine calls of similar prompt lengths (less padding); records keep problem order
-        for idx in prompt_chunks([len(prompts[j]) for j in mine], max(1, batch_size // n)):
-            js = [mine[i] for i in idx]
-            exs, ps = [examples[j] for j in js], [prompts[j] for j in js]
-            g = sample_scored(engine, pool, task, exs, ps, greedy)
-            s: list[list[dict[str, Any]]] = [[] for _ in exs]
-            if n > 1:
-                seeds = [prompt_seed(sampled.seed or 0, j) for j in js]
-                s = sample_scored(engine, pool, task, exs, ps, sampled, seeds)
-            records += [
-                (j, _record(ex, gi[0], si)) for j, ex, gi, si in zip(js, exs, g, s, strict=True)
-            ]
-            advance(len(exs))
-    records_all = dist.gather_in_order(records)
+        scored = score_examples(
+            engine,
+            pool,
+            task,
+            tokenizer,
+            examples,
+            samplings,
+            per_call=max(1, batch_size // n),
+            label=f"eval {split}" if progress else "",
+        )
+    records = [
+        _record(ex, rows[0][0], rows[1] if n > 1 else [])
+        for ex, rows in zip(examples, scored, strict=True)
+    ]
     elapsed = time.perf_counter() - t0
-    summary: dict[str, Any] = {"split": split, **summarize(records_all, ks)}
+    summary: dict[str, Any] = {"split": split, **summarize(records, ks)}
     summary.update(n=n, ks=sorted(set(ks)), temperature=temperature, seed=seed)
-    summary.update(time_s=elapsed, problems_per_s=len(records_all) / max(elapsed, 1e-9))
-    return EvalResult(summary, records_all)
+    summary.update(time_s=elapsed, problems_per_s=len(records) / max(elapsed, 1e-9))
+    return EvalResult(summary, records)
 
 
 def _record(ex: Example, greedy: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -145,8 +142,6 @@ def eval_kwargs(cfg: Config) -> dict[str, Any]:
 
 def write_eval(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write eval_examples.jsonl and eval_summary.json (each atomically) into out_dir."""
-    from mathrl.io import atomic_write_text, write_jsonl
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     examples, summary = out / "eval_examples.jsonl", out / "eval_summary.json"
@@ -162,9 +157,8 @@ def heldout_metrics(
     was_training = model.training
     model.eval()
     kwargs = eval_kwargs(cfg)
-    engine = rollout_engine(cfg, model, tokenizer, batch_size=kwargs["batch_size"], evaluation=True)
     result = evaluate(
-        model, tokenizer, task, split=split, progress=False, pool=pool, engine=engine, **kwargs
+        model, tokenizer, task, split=split, progress=False, pool=pool, cfg=cfg, **kwargs
     )
     model.train(was_training)
     return eval_metrics(result.summary)

@@ -16,7 +16,6 @@ GRPO-style estimators learn only from groups whose rewards differ, so the probe 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -26,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from mathrl import dist
-from mathrl.errors import ConfigError, DataError
-from mathrl.eval.evaluate import progress_bar
-from mathrl.eval.metrics import select_examples, token_entropy
-from mathrl.groups import sample_scored
+from mathrl.config import Config
+from mathrl.errors import ConfigError
+from mathrl.eval.evaluate import chosen_examples, eval_engine
+from mathrl.eval.metrics import token_entropy
+from mathrl.groups import score_examples
+from mathrl.io import atomic_write_text, write_jsonl
 from mathrl.rewards import RewardPool
-from mathrl.rollout.chat import prompt_token_ids
-from mathrl.rollout.registry import make_engine
-from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import RolloutEngine, SamplingParams
 from mathrl.run_setup import derive_seed
 from mathrl.tasks import Task
@@ -151,37 +149,32 @@ def probe(
     out_dir: str | Path | None = None,
     progress: bool = True,
     engine: RolloutEngine | None = None,
+    cfg: Config | None = None,
 ) -> ProbeResult:
-    """Sample n completions for each of `limit` seeded prompts, score, and judge the signal."""
+    """Sample n completions for each of `limit` seeded prompts, score, and judge the signal;
+    the engine is `engine`, else built from `cfg`."""
     if n < 2:
         raise ConfigError(f"probe needs n >= 2 samples per prompt, got {n}")
-    examples = select_examples(task.examples(split), limit, seed)
-    if not examples:
-        raise DataError(f"The {split} split of {task.name} is empty: nothing to probe")
-    prompts = [prompt_token_ids(tokenizer, task.messages(ex)) for ex in examples]
-    if engine is None:
-        engine = make_engine("hf", model, tokenizer, batch_size=batch_size)
+    examples = chosen_examples(task, split, limit, seed, "probe")
+    engine = eval_engine(engine, cfg, model, tokenizer, batch_size)
     # A prompt's samples are seeded by its index: the same on any number of ranks, which
     # split the prompts (torchrun) and then all hold every prompt's samples.
     params = SamplingParams(
         n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=derive_seed(seed, 0)
     )
-    mine = dist.my_indices(len(examples))
     t0 = time.perf_counter()
-    scored: list[tuple[int, list[dict[str, Any]]]] = []
-    with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(RewardPool(timeout_s=reward_timeout_s, workers=1))
-        shown = progress and dist.current().is_main
-        advance = stack.enter_context(progress_bar(shown, len(mine), f"probe {split}"))
-        # engine calls of similar prompt lengths (less padding); samples keep problem order
-        for idx in prompt_chunks([len(prompts[j]) for j in mine], max(1, batch_size // n)):
-            js = [mine[i] for i in idx]
-            exs, ps = [examples[j] for j in js], [prompts[j] for j in js]
-            seeds = [prompt_seed(params.seed or 0, j) for j in js]
-            rows = sample_scored(engine, pool, task, exs, ps, params, seeds)
-            scored += zip(js, rows, strict=True)
-            advance(len(exs))
-    samples = dist.gather_in_order(scored)
+    with RewardPool(timeout_s=reward_timeout_s, workers=1) as pool:
+        scored = score_examples(
+            engine,
+            pool,
+            task,
+            tokenizer,
+            examples,
+            [params],
+            per_call=max(1, batch_size // n),
+            label=f"probe {split}" if progress else "",
+        )
+    samples = [rows[0] for rows in scored]
     elapsed = time.perf_counter() - t0
     stats = probe_stats(
         [[s["reward"] for s in row] for row in samples],
@@ -213,8 +206,6 @@ def sample_stats(flat: list[dict[str, Any]]) -> dict[str, float]:
 
 def write_probe(result: ProbeResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write probe_summary.json and pass_rates.jsonl (each atomically) into out_dir."""
-    from mathrl.io import atomic_write_text, write_jsonl
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary, rates = out / "probe_summary.json", out / "pass_rates.jsonl"
