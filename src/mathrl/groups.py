@@ -2,7 +2,8 @@
 
 Everything that samples (the RL loop, eval, probe, warm-up probe, expert iteration, the
 buffer rollout) builds its engine, sampling parameters and seeds here, and scores
-through `score_completions`, so a reward fault is handled the same way everywhere.
+through `score_completions`, so a reward fault is handled the same way everywhere. Eval,
+probe and expert iteration score a list of examples through one loop, `score_examples`.
 """
 
 from __future__ import annotations
