@@ -12,84 +12,96 @@ import typer
 from mathrl.cli.app import app
 from mathrl.cli.options import EPILOG, ConfigOpt, SetOpt
 
+EndpointOpt = Annotated[
+    str,
+    typer.Option(
+        help="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 "
+        "(requests go to <URL>/chat/completions)."
+    ),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Trace file (JSONL, appended); rerunning with it skips what is written.",
+    ),
+]
+ApiKeyEnvOpt = Annotated[
+    str,
+    typer.Option(help="Environment variable holding the API key (unset: none is sent)."),
+]
+KeepOpt = Annotated[
+    str,
+    typer.Option(help="Traces in the SFT pairs file: 'correct' (by the task's reward) or 'all'."),
+]
+SftOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="SFT pairs file that `mathrl sft --data` reads, rewritten from --out at the "
+        "end (default: --out with .sft.jsonl)."
+    ),
+]
+LimitOpt = Annotated[
+    int, typer.Option(help="Problems to use (a seeded sample of the split); 0 = all.")
+]
+MaxTokensOpt = Annotated[
+    int | None, typer.Option(help="max_tokens per request (default rollout.max_new_tokens).")
+]
+TemperatureOpt = Annotated[
+    float | None, typer.Option(help="Sampling temperature (default rollout.temperature).")
+]
+TimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds one request may take in all before it is retried.")
+]
+MaxRetriesOpt = Annotated[
+    int,
+    typer.Option(
+        help="Retries of one request on 429, 5xx, timeouts, dropped connections and bad answers."
+    ),
+]
+BackoffOpt = Annotated[
+    float,
+    typer.Option(
+        help="First retry waits about this many seconds, doubling each time (max 60 s, "
+        "jittered; a longer Retry-After wins)."
+    ),
+]
+RateLimitOpt = Annotated[
+    float, typer.Option(help="Most requests started per second, retries included; 0 = none.")
+]
+SeedOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Send a per-trace seed (from the config's seed); --no-seed for endpoints "
+        "that refuse the field."
+    ),
+]
+
 
 @app.command("distill", epilog=EPILOG)
 def distill_cmd(
-    endpoint: Annotated[
-        str,
-        typer.Option(
-            help="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 "
-            "(requests go to <URL>/chat/completions)."
-        ),
-    ],
+    endpoint: EndpointOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="Model name the endpoint serves.")],
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Trace file (JSONL, appended); rerunning with it skips what is written.",
-        ),
-    ],
+    out: OutOpt,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     n: Annotated[int, typer.Option("--n", help="Samples per problem.")] = 4,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
-    api_key_env: Annotated[
-        str,
-        typer.Option(help="Environment variable holding the API key (unset: none is sent)."),
-    ] = "OPENAI_API_KEY",
-    keep: Annotated[
-        str,
-        typer.Option(
-            help="Traces in the SFT pairs file: 'correct' (by the task's reward) or 'all'."
-        ),
-    ] = "correct",
-    sft_out: Annotated[
-        Path | None,
-        typer.Option(
-            help="SFT pairs file that `mathrl sft --data` reads, rewritten from --out at the "
-            "end (default: --out with .sft.jsonl)."
-        ),
-    ] = None,
-    limit: Annotated[
-        int, typer.Option(help="Problems to use (a seeded sample of the split); 0 = all.")
-    ] = 0,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="max_tokens per request (default rollout.max_new_tokens).")
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="Sampling temperature (default rollout.temperature).")
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds one request may take in all before it is retried.")
-    ] = 600.0,
-    max_retries: Annotated[
-        int,
-        typer.Option(
-            help="Retries of one request on 429, 5xx, timeouts, dropped connections and bad answers."
-        ),
-    ] = 6,
-    backoff: Annotated[
-        float,
-        typer.Option(
-            help="First retry waits about this many seconds, doubling each time (max 60 s, "
-            "jittered; a longer Retry-After wins)."
-        ),
-    ] = 1.0,
-    rate_limit: Annotated[
-        float, typer.Option(help="Most requests started per second, retries included; 0 = none.")
-    ] = 0.0,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    keep: KeepOpt = "correct",
+    sft_out: SftOutOpt = None,
+    limit: LimitOpt = 0,
+    max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    timeout: TimeoutOpt = 600.0,
+    max_retries: MaxRetriesOpt = 6,
+    backoff: BackoffOpt = 1.0,
+    rate_limit: RateLimitOpt = 0.0,
     split: Annotated[str, typer.Option(help="Problems from this split: train, val or test.")] = (
         "train"
     ),
-    seed: Annotated[
-        bool,
-        typer.Option(
-            help="Send a per-trace seed (from the config's seed); --no-seed for endpoints "
-            "that refuse the field."
-        ),
-    ] = True,
+    seed: SeedOpt = True,
 ) -> None:
     """Sample a teacher's solutions from an OpenAI-compatible endpoint, score them with the
     task's reward, and write traces plus the SFT pairs `mathrl sft --data` reads."""

@@ -108,13 +108,7 @@ def _sample(
     fields = {**identity, "temperature": temperature, "max_tokens": max_tokens}
     stop = threading.Event()
     error: BaseException | None = None
-    bodies: queue.SimpleQueue[tuple[Example, int, dict[str, Any]]] = queue.SimpleQueue()
-    for ex, s in jobs:
-        body: dict[str, Any] = {"model": opts.model, "messages": task.messages(ex)}
-        body |= {"max_tokens": max_tokens, "temperature": temperature}
-        if opts.seed:
-            body["seed"] = trace_seed(cfg.seed, ex.id, s)
-        bodies.put((ex, s, body))
+    bodies = _request_bodies(cfg, task, opts, jobs, max_tokens, temperature)
     answers: queue.SimpleQueue[tuple[Example, int, Reply | BaseException]] = queue.SimpleQueue()
 
     def work() -> None:
@@ -157,6 +151,25 @@ def _sample(
         stop.set()  # a Ctrl-C or a failed write: the workers start nothing more
     if error is not None:
         raise error
+
+
+def _request_bodies(
+    cfg: Config,
+    task: Task,
+    opts: DistillOptions,
+    jobs: list[tuple[Example, int]],
+    max_tokens: int,
+    temperature: float,
+) -> queue.SimpleQueue[tuple[Example, int, dict[str, Any]]]:
+    """One chat request per (problem, sample), queued for the worker threads."""
+    bodies: queue.SimpleQueue[tuple[Example, int, dict[str, Any]]] = queue.SimpleQueue()
+    for ex, s in jobs:
+        body: dict[str, Any] = {"model": opts.model, "messages": task.messages(ex)}
+        body |= {"max_tokens": max_tokens, "temperature": temperature}
+        if opts.seed:
+            body["seed"] = trace_seed(cfg.seed, ex.id, s)
+        bodies.put((ex, s, body))
+    return bodies
 
 
 def _advance(

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -63,81 +63,103 @@ def create_app(state: ServeState) -> FastAPI:
         title="mathrl serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.serve = state
-    started = int(time.time())
+    app.state.started = int(time.time())
     _install_error_handlers(app)
-
-    async def body_of(request: Request, model: type[Any]) -> Any:
-        state.check_key(request.headers.get("authorization"))
-        return parse(model, await read_body(request, state.limits.max_body_bytes))
-
-    async def sample(prompts: list[list[int]], req: Any, max_tokens: int | None, param: str):
-        sampling = state.sampling(req, prompts, max_tokens, param)
-        try:
-            completions = await state.generate(prompts, sampling)
-        except ServerClosing as e:
-            raise ApiError(503, str(e), type="server_error", code="shutting_down") from None
-        stops = req.stop_list()
-
-        def cut() -> list[Choice]:
-            return [apply_stop(state.tokenizer, c, stops) for c in completions]
-
-        return sampling, await run_in_threadpool(state.tokenizing, cut)
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        b = state.batcher
-        return {
-            "status": "ok",
-            "model": state.name,
-            "weights": state.weights,
-            "tokenizer": state.fingerprint,
-            "engine_calls": b.engine_calls,
-            "requests_done": b.jobs_done,
-        }
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        state.check_key(request.headers.get("authorization"))
-        card = {"id": state.name, "object": "model", "created": started, "owned_by": "mathrl"}
-        return {"object": "list", "data": [{**card, "max_model_len": state.context}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
-        req: ChatRequest = await body_of(request, ChatRequest)
-        state.check_model(req.model)
-        if req.max_tokens is not None and req.max_completion_tokens is not None:
-            raise ApiError(400, "give max_tokens or max_completion_tokens, not both", "max_tokens")
-        prompt = await run_in_threadpool(state.chat_prompt, req)
-        max_tokens = req.max_tokens or req.max_completion_tokens
-        _, choices = await sample([prompt], req, max_tokens, "messages")
-
-        def body() -> dict[str, Any]:
-            return chat_response(
-                state.tokenizer, state.name, prompt, choices, req.logprobs, req.return_token_ids
-            )
-
-        return JSONResponse(await run_in_threadpool(state.tokenizing, body))
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> JSONResponse:
-        req: CompletionRequest = await body_of(request, CompletionRequest)
-        state.check_model(req.model)
-        prompts = await run_in_threadpool(state.completion_prompts, req)
-        sampling, choices = await sample(prompts, req, req.max_tokens, "prompt")
-        logprobs = req.logprobs is not None
-
-        def body() -> dict[str, Any]:
-            tok, name, n, ids = state.tokenizer, state.name, sampling.n, req.return_token_ids
-            return completion_response(tok, name, prompts, choices, n, logprobs, ids)
-
-        return JSONResponse(await run_in_threadpool(state.tokenizing, body))
-
-    @app.post("/v1/load_weights")
-    async def load_weights(request: Request) -> dict[str, Any]:
-        req: LoadWeightsRequest = await body_of(request, LoadWeightsRequest)
-        return await run_in_threadpool(state.load_weights, req.path)
-
+    app.include_router(router)
     return app
+
+
+router = APIRouter()
+"""The routes; each reads its ServeState from the app (`request.app.state.serve`)."""
+
+
+async def body_of(request: Request, model: type[Any]) -> Any:
+    """The request's body parsed as `model`, after the API key check."""
+    state: ServeState = request.app.state.serve
+    state.check_key(request.headers.get("authorization"))
+    return parse(model, await read_body(request, state.limits.max_body_bytes))
+
+
+async def sample(
+    state: ServeState, prompts: list[list[int]], req: Any, max_tokens: int | None, param: str
+) -> tuple[Any, list[Choice]]:
+    """(sampling, choices with the request's stop strings applied) for the prompts."""
+    sampling = state.sampling(req, prompts, max_tokens, param)
+    try:
+        completions = await state.generate(prompts, sampling)
+    except ServerClosing as e:
+        raise ApiError(503, str(e), type="server_error", code="shutting_down") from None
+    stops = req.stop_list()
+
+    def cut() -> list[Choice]:
+        return [apply_stop(state.tokenizer, c, stops) for c in completions]
+
+    return sampling, await run_in_threadpool(state.tokenizing, cut)
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    state: ServeState = request.app.state.serve
+    b = state.batcher
+    return {
+        "status": "ok",
+        "model": state.name,
+        "weights": state.weights,
+        "tokenizer": state.fingerprint,
+        "engine_calls": b.engine_calls,
+        "requests_done": b.jobs_done,
+    }
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    state: ServeState = request.app.state.serve
+    state.check_key(request.headers.get("authorization"))
+    created = request.app.state.started
+    card = {"id": state.name, "object": "model", "created": created, "owned_by": "mathrl"}
+    return {"object": "list", "data": [{**card, "max_model_len": state.context}]}
+
+
+@router.post("/v1/chat/completions")
+async def chat(request: Request) -> JSONResponse:
+    state: ServeState = request.app.state.serve
+    req: ChatRequest = await body_of(request, ChatRequest)
+    state.check_model(req.model)
+    if req.max_tokens is not None and req.max_completion_tokens is not None:
+        raise ApiError(400, "give max_tokens or max_completion_tokens, not both", "max_tokens")
+    prompt = await run_in_threadpool(state.chat_prompt, req)
+    max_tokens = req.max_tokens or req.max_completion_tokens
+    _, choices = await sample(state, [prompt], req, max_tokens, "messages")
+
+    def body() -> dict[str, Any]:
+        return chat_response(
+            state.tokenizer, state.name, prompt, choices, req.logprobs, req.return_token_ids
+        )
+
+    return JSONResponse(await run_in_threadpool(state.tokenizing, body))
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> JSONResponse:
+    state: ServeState = request.app.state.serve
+    req: CompletionRequest = await body_of(request, CompletionRequest)
+    state.check_model(req.model)
+    prompts = await run_in_threadpool(state.completion_prompts, req)
+    sampling, choices = await sample(state, prompts, req, req.max_tokens, "prompt")
+    logprobs = req.logprobs is not None
+
+    def body() -> dict[str, Any]:
+        tok, name, n, ids = state.tokenizer, state.name, sampling.n, req.return_token_ids
+        return completion_response(tok, name, prompts, choices, n, logprobs, ids)
+
+    return JSONResponse(await run_in_threadpool(state.tokenizing, body))
+
+
+@router.post("/v1/load_weights")
+async def load_weights(request: Request) -> dict[str, Any]:
+    state: ServeState = request.app.state.serve
+    req: LoadWeightsRequest = await body_of(request, LoadWeightsRequest)
+    return await run_in_threadpool(state.load_weights, req.path)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
