@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import socket
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -381,3 +383,14 @@ def test_vllm_lora_protocol(tiny, tmp_path):
     assert posts[2][1]["logprobs"] == 0 and posts[2][1]["return_token_ids"] is True
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["v000002"]
     assert (tmp_path / "w" / "v000002" / "adapter_config.json").is_file()
+
+
+def test_the_http_engine_loads_no_in_process_engine():
+    """No transformers, and none of the in-process engines' modules. torch does load:
+    models.identity imports it at its top for weights_digest."""
+    code = (
+        "import sys, mathrl.rollout.openai_engine; print(sorted(m for m in sys.modules if m in "
+        "{'transformers', 'mlx', 'mathrl.rollout.hf_engine', 'mathrl.rollout.sampler'}))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

@@ -1,7 +1,10 @@
 """HFEngine on a tiny scratch model: ordering, seeding, greedy == HF generate, exact logprobs."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,8 +18,9 @@ from mathrl.models.logprobs import left_pad, sequence_logprobs
 from mathrl.models.scratch import build_scratch_model
 from mathrl.rollout.hf_engine import HFEngine
 from mathrl.rollout.registry import make_engine
-from mathrl.rollout.sampler import top_p_filter
-from mathrl.rollout.types import SamplingParams
+from mathrl.rollout.sampler import prompt_chunks, top_p_filter
+from mathrl.rollout.stops import DecodeRows, saved_eos, stop_ids
+from mathrl.rollout.types import RolloutEngine, SamplingParams
 
 TEXTS = ["What is 12 + 345? The answer is 357.", "She sold 48 clips in April."] * 5
 QUESTIONS = ["What is 12 + 3?", "hi", "She sold 48 clips in April. How many in May?"]
@@ -355,8 +359,6 @@ def test_a_prompts_samples_do_not_depend_on_its_batch(model, tokenizer, prompts)
 
 
 def test_prompt_chunks_sort_by_length_only_when_there_are_several():
-    from mathrl.rollout.sampler import prompt_chunks
-
     lengths = [5, 2, 9, 2, 7]
     assert prompt_chunks(lengths, 2) == [[1, 3], [0, 4], [2]]  # stable: 1 before 3
     assert prompt_chunks(lengths, 4) == [[1, 3, 0, 4], [2]]
@@ -604,3 +606,117 @@ def test_evaluation_samples_from_the_models_own_weights(model, tokenizer):
     assert rollout_engine(cfg, model, tokenizer).keep_copy
     assert not rollout_engine(cfg, model, tokenizer, run_dir=Path(".")).keep_copy
     assert rollout_engine(cfg, model, tokenizer, evaluation=True).weights == "model"
+
+
+def test_engine_base_imports_no_framework():
+    """The base, the stop rule and the seeds load without torch, transformers or mlx (the
+    config imports the base through the engine registry)."""
+    code = (
+        "import sys; from mathrl.rollout import types, stops, seeds, registry; "
+        "print(sorted({'torch', 'transformers', 'mlx'} & set(sys.modules)))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
+class Letters:
+    """A tokenizer stub: decode writes token t as chr(96 + t) (1 -> "a"); 9 is the eos."""
+
+    eos_token_id, unk_token_id = 9, 0
+
+    def decode(self, ids, skip_special_tokens):
+        return "".join(chr(96 + t) for t in ids)  # the eos too: the base must drop it
+
+    def convert_tokens_to_ids(self, token):
+        return 0  # no <|im_end|>: the unk id
+
+
+class EchoEngine(RolloutEngine):
+    """Only the chunk decode: sample j of a prompt repeats its last token j + 1 times; a
+    prompt ending in 1 has its first sample stop (eos 9). Records each chunk's prompts."""
+
+    def __init__(self, batch_size):
+        self.tokenizer, self.batch_size, self.chunks = Letters(), batch_size, []
+
+    def _decode_chunk(self, chunk, state):
+        self.chunks.append(chunk.prompts)
+        rows = []
+        for p in chunk.prompts:
+            for j in range(chunk.sampling.n):
+                ids = [p[-1]] * (j + 1) + ([9] if j == 0 and p[-1] == 1 else [])
+                rows.append((ids, [-0.5] * len(ids), "eos" if ids[-1] == 9 else "length"))
+        return rows
+
+
+def test_the_base_chunks_by_length_and_answers_in_the_callers_order():
+    prompts = [[3, 3, 3], [1], [2, 2], [4, 4, 4, 4]]
+    engine = EchoEngine(batch_size=4)  # n = 2: two prompts a chunk
+    result = engine.generate(prompts, SamplingParams(n=2, seed=0))
+    assert engine.chunks == [[[1], [2, 2]], [[3, 3, 3], [4, 4, 4, 4]]]
+    got = [
+        (c.prompt_index, c.sample_index, c.token_ids, c.text, c.finish_reason)
+        for c in result.completions
+    ]
+    assert got == [
+        (0, 0, [3], "c", "length"),
+        (0, 1, [3, 3], "cc", "length"),
+        (1, 0, [1, 9], "a", "eos"),  # the stop token stays in the ids, not in the text
+        (1, 1, [1, 1], "aa", "length"),
+        (2, 0, [2], "b", "length"),
+        (2, 1, [2, 2], "bb", "length"),
+        (3, 0, [4], "d", "length"),
+        (3, 1, [4, 4], "dd", "length"),
+    ]
+    assert result.tokens_generated == 13 and result.completions[2].prompt_ids == [1]
+
+
+@pytest.mark.parametrize(
+    ("stops", "ignore_eos", "steps", "done", "finish", "tokens"),
+    [
+        # rows 0, 1, 2 draw 5, 9, 6; then rows 0 and 2 (row 1 has stopped) draw 9, 9
+        (
+            [9],
+            False,
+            [([0, 1, 2], [5, 9, 6]), ([0, 2], [9, 9])],
+            [[1], [0, 1]],
+            ["eos"] * 3,
+            [[5, 9], [9], [6, 9]],
+        ),
+        # a stop drawn as the last allowed token ends its row too
+        (
+            [9],
+            False,
+            [([0, 1], [7, 8]), ([0, 1], [8, 9])],
+            [[], [1]],
+            ["length", "eos"],
+            [[7, 8], [8, 9]],
+        ),
+        ([8, 9], False, [([0, 1], [8, 5]), ([1], [9])], [[0], [0]], ["eos", "eos"], [[8], [5, 9]]),
+        (
+            [9],
+            True,
+            [([0, 1], [9, 9]), ([0, 1], [9, 5])],
+            [[], []],
+            ["length"] * 2,
+            [[9, 9], [9, 5]],
+        ),
+    ],
+)
+def test_stop_rule(stops, ignore_eos, steps, done, finish, tokens):
+    out = DecodeRows(len(finish), stops, ignore_eos)
+    assert [out.add(rows, toks, [-1.0] * len(toks)) for rows, toks in steps] == done
+    assert [row[0] for row in out.rows()] == tokens and [row[2] for row in out.rows()] == finish
+
+
+def test_stop_ids_from_the_tokenizer_and_generation_config(tmp_path):
+    tok = Letters()
+    assert stop_ids(tok, None) == [9]
+    assert stop_ids(tok, [4, 9, 2]) == [2, 4, 9] and stop_ids(tok, 3) == [3, 9]
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [7, 8]}')
+    mlx_like = SimpleNamespace(name_or_path=str(tmp_path))
+    assert saved_eos(mlx_like) == [7, 8]
+    assert saved_eos(SimpleNamespace(mathrl_generation_config='{"eos_token_id": 5}')) == 5
+    assert saved_eos(SimpleNamespace(name_or_path=str(tmp_path / "none"))) is None
+    tok.eos_token_id = None
+    with pytest.raises(MathrlError, match="no stop token"):
+        stop_ids(tok, None)

@@ -20,6 +20,8 @@ prompts of the call, up to the float rounding of a differently shaped forward.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,32 +39,9 @@ from mathrl.models.precision import AUTOCAST_DTYPES, autocast_dtype, autocast_to
 from mathrl.rollout import cpu_gemm
 from mathrl.rollout.cpu_gemm import WEIGHT_MODES
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
-from mathrl.rollout.sampler import (
-    checked_seeds,
-    prompt_chunks,
-    row_keys,
-    sample_next,
-    uniforms,
-)
-from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
-
-
-def default_stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
-    """Tokenizer eos + generation_config eos ids + <|im_end|> if the vocab has it."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_cfg = getattr(model, "generation_config", None)
-    eos = getattr(gen_cfg, "eos_token_id", None)
-    if eos is not None:
-        ids.update(int(i) for i in ([eos] if isinstance(eos, int) else eos))
-    # Chat models end a turn with <|im_end|> even when their eos is <|endoftext|>.
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    if not ids:
-        raise MathrlError("no stop token: the tokenizer and generation config have no eos id")
-    return sorted(ids)
+from mathrl.rollout.sampler import row_keys, sample_next, uniforms
+from mathrl.rollout.stops import DecodeRows, Row, default_stop_ids
+from mathrl.rollout.types import Chunk, RolloutEngine, SamplingParams, eval_mode
 
 
 class HFEngine(RolloutEngine):
@@ -169,68 +148,28 @@ class HFEngine(RolloutEngine):
             self._cached = (key, LeanDecoder(self.model, weights=self.weights))
         return self._cached[1]
 
-    def generate(
-        self,
-        prompts: list[list[int]],
-        sampling: SamplingParams,
-        seeds: list[int] | None = None,
-    ) -> GenerationResult:
-        """`sampling.n` completions per prompt, prompt-major, in chunks of ~batch_size rows.
+    @contextmanager
+    def _decoding(self, rows: int) -> Iterator[LeanDecoder | None]:
+        """Eval mode, inference mode and the rollout precision around all the chunks of a
+        call, and the lean decoder they share: packed once per call (inside autocast: it
+        casts its GEMM weights); the weights only change between calls."""
+        with eval_mode(self.model), torch.inference_mode(), self._precision():
+            lean = self._lean_for(rows)
+            try:
+                yield lean
+            finally:
+                if lean is not None:  # a kept fp16/int8 decoder keeps no K/V between calls
+                    lean.release()
+                if not self.keep_copy:
+                    self._cached = None
 
-        seeds[i] is prompt i's seed; by default prompt_seed(sampling.seed, i).
-        """
-        seeds = checked_seeds(prompts, sampling, seeds)
-        # Whole groups per chunk: a group's samples share one prefill.
-        per_chunk = max(1, self.batch_size // sampling.n)
-        chunks = prompt_chunks([len(p) for p in prompts], per_chunk)
-        completions: list[Completion] = []
-        timing = {"prefill_s": 0.0, "decode_s": 0.0, "total_s": 0.0}
-        t0 = time.perf_counter()
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode(), self._precision():
-                # Packed once per call (inside autocast: it casts its GEMM weights), reused
-                # by every chunk; the weights only change between calls.
-                lean = self._lean_for(min(per_chunk, len(prompts)) * sampling.n)
-                try:
-                    for chunk in chunks:
-                        completions += self._generate_chunk(
-                            [prompts[i] for i in chunk],
-                            chunk,
-                            sampling,
-                            [seeds[i] for i in chunk],
-                            timing,
-                            lean,
-                        )
-                finally:
-                    if lean is not None:  # a kept fp16/int8 decoder keeps no K/V between calls
-                        lean.release()
-                    if not self.keep_copy:
-                        self._cached = None
-        finally:
-            self.model.train(was_training)
-        timing["total_s"] = time.perf_counter() - t0
-        completions.sort(key=lambda c: (c.prompt_index, c.sample_index))  # prompt-major
-        n_tokens = sum(len(c.token_ids) for c in completions)
-        return GenerationResult(completions, timing, n_tokens)
-
-    def _generate_chunk(
-        self,
-        prompts: list[list[int]],
-        indices: list[int],
-        sampling: SamplingParams,
-        seeds: list[int],
-        timing: dict[str, float],
-        lean: LeanDecoder | None,
-    ) -> list[Completion]:
-        """Prefill the chunk's prompts (the call's prompts `indices`) once, then decode all
-        n samples of each."""
+    def _decode_chunk(self, chunk: Chunk, lean: LeanDecoder | None) -> list[Row]:
+        """Prefill the chunk's prompts once, then decode all n samples of each."""
         device = next(self.model.parameters()).device
-        n = sampling.n
+        prompts, sampling, n = chunk.prompts, chunk.sampling, chunk.sampling.n
         u = None  # (B, max_new_tokens): row r's uniform at decode step t
         if not sampling.is_greedy:
-            u = uniforms(row_keys(seeds, n, device), sampling.max_new_tokens)
+            u = uniforms(row_keys(chunk.seeds, n, device), sampling.max_new_tokens)
         t0 = time.perf_counter()
         multiple = pad_multiple(self.model, self.autocast)  # bounded shapes under autocast
         input_ids, attention_mask = left_pad(prompts, self.pad_id, device, multiple)  # (P, Lp)
@@ -257,18 +196,13 @@ class HFEngine(RolloutEngine):
             if self.reserve_kv:
                 reserve_cache(cache, sampling.max_new_tokens)
         t1 = time.perf_counter()
-        timing["prefill_s"] += t1 - t0
+        chunk.timing["prefill_s"] += t1 - t0
         if lean is not None:
-            tokens, logprobs, finish = self._decode_lean(lean, logits, n, next_pos, sampling, u)
+            rows = self._decode_lean(lean, logits, n, next_pos, sampling, u)
         else:
-            tokens, logprobs, finish = self._decode(
-                cache, logits, attention_mask, next_pos, sampling, u
-            )
-        timing["decode_s"] += time.perf_counter() - t1
-        return [
-            self._completion(indices[row // n], row % n, prompts[row // n], t, lp, f)
-            for row, (t, lp, f) in enumerate(zip(tokens, logprobs, finish, strict=True))
-        ]
+            rows = self._decode(cache, logits, attention_mask, next_pos, sampling, u)
+        chunk.timing["decode_s"] += time.perf_counter() - t1
+        return rows
 
     def _decode(
         self,
@@ -278,52 +212,43 @@ class HFEngine(RolloutEngine):
         next_pos: torch.Tensor,
         sampling: SamplingParams,
         u: torch.Tensor | None,
-    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+    ) -> list[Row]:
         """Sample until every row stops; finished rows leave the batch and the KV cache."""
-        batch = logits.shape[0]
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        logprobs: list[list[float]] = [[] for _ in range(batch)]
-        finish = ["length"] * batch
-        stop_ids = torch.tensor(self.stop_token_ids, device=logits.device)
-        rows = list(range(batch))  # original row of each active row
-        rows_t = torch.arange(batch, device=logits.device)
+        out = DecodeRows(logits.shape[0], self.stop_token_ids, sampling.ignore_eos)
+        rows = list(range(logits.shape[0]))  # original row of each active row
+        rows_t = torch.arange(len(rows), device=logits.device)
         for step in range(sampling.max_new_tokens):
             step_u = None if u is None else u[rows_t, step]  # (b,)
             next_tok, tok_logp = sample_next(logits, sampling, step_u)  # (b,), (b,)
-            for row, t, lp in zip(rows, next_tok.tolist(), tok_logp.tolist(), strict=True):
-                tokens[row].append(t)
-                logprobs[row].append(lp)
+            done = out.add(rows, next_tok.tolist(), tok_logp.tolist())
             if step == sampling.max_new_tokens - 1:
-                _mark_last_stops(next_tok, stop_ids, rows, finish, sampling)
                 break
-            if not sampling.ignore_eos:
-                done = torch.isin(next_tok, stop_ids)  # (b,)
-                if bool(done.any()):
-                    for i in done.nonzero().flatten().tolist():
-                        finish[rows[i]] = "eos"
-                    keep = (~done).nonzero().flatten()  # (b',)
-                    if keep.numel() == 0:
-                        break
-                    cache.batch_select_indices(keep)
-                    rows = [rows[i] for i in keep.tolist()]
-                    rows_t = rows_t[keep]
-                    next_tok, attention_mask, next_pos = (
-                        next_tok[keep],
-                        attention_mask[keep],
-                        next_pos[keep],
-                    )
+            if done:
+                stopped = set(done)
+                keep = [i for i in range(len(rows)) if i not in stopped]
+                if not keep:
+                    break
+                keep_t = torch.tensor(keep, device=logits.device)  # (b',)
+                cache.batch_select_indices(keep_t)
+                rows = [rows[i] for i in keep]
+                rows_t = rows_t[keep_t]
+                next_tok, attention_mask, next_pos = (
+                    next_tok[keep_t],
+                    attention_mask[keep_t],
+                    next_pos[keep_t],
+                )
             ones = attention_mask.new_ones(attention_mask.shape[0], 1)
             attention_mask = torch.cat([attention_mask, ones], dim=1)  # (b, L+1)
-            out = self.model(
+            step_out = self.model(
                 input_ids=next_tok[:, None],
                 attention_mask=attention_mask,
                 position_ids=next_pos[:, None],
                 **cache_kwarg(self.model, cache),
                 use_cache=True,
             )
-            logits = out.logits[:, -1].float()  # (b, V)
+            logits = step_out.logits[:, -1].float()  # (b, V)
             next_pos = next_pos + 1
-        return tokens, logprobs, finish
+        return out.rows()
 
     def _decode_lean(
         self,
@@ -333,7 +258,7 @@ class HFEngine(RolloutEngine):
         next_pos: torch.Tensor,
         sampling: SamplingParams,
         u: torch.Tensor | None,
-    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+    ) -> list[Row]:
         """_decode on a LeanDecoder: same samples, finished rows leave the batch lazily.
 
         Row r continues prompt r // n. A finished row keeps its slot (decoded as waste)
@@ -343,10 +268,7 @@ class HFEngine(RolloutEngine):
         uniform: the same seeds give the same tokens.
         """
         batch = logits.shape[0]
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        logprobs: list[list[float]] = [[] for _ in range(batch)]
-        finish = ["length"] * batch
-        stop_ids = torch.tensor(self.stop_token_ids, device=logits.device)
+        out = DecodeRows(batch, self.stop_token_ids, sampling.ignore_eos)
         feed = torch.zeros(batch, dtype=torch.long, device=logits.device)  # next input token
         slot_row = list(range(batch))  # original row in each slot, -1 once finished
         slot_prompt = [row // n for row in range(batch)]
@@ -360,53 +282,26 @@ class HFEngine(RolloutEngine):
             step_logits = logits if in_order else logits.index_select(0, live_t)
             step_u = None if u is None else u[live_rows, step]  # (b_live,)
             next_tok, tok_logp = sample_next(step_logits, sampling, step_u)  # (b_live,)
-            for slot, t, lp in zip(live, next_tok.tolist(), tok_logp.tolist(), strict=True):
-                tokens[slot_row[slot]].append(t)
-                logprobs[slot_row[slot]].append(lp)
+            rows = [slot_row[slot] for slot in live]
+            done = out.add(rows, next_tok.tolist(), tok_logp.tolist())
             if step == sampling.max_new_tokens - 1:
-                _mark_last_stops(next_tok, stop_ids, [slot_row[s] for s in live], finish, sampling)
                 break
             feed.index_copy_(0, live_t, next_tok)
-            if not sampling.ignore_eos:
-                done = torch.isin(next_tok, stop_ids)  # (b_live,)
-                if bool(done.any()):
-                    for i in done.nonzero().flatten().tolist():
-                        finish[slot_row[live[i]]] = "eos"
-                        slot_row[live[i]] = -1
-                    live = [s for s in live if slot_row[s] >= 0]
-                    if not live:
-                        break
-                    if size - len(live) >= max(1, size // 4):
-                        size = _compact(lean, slot_row, slot_prompt, size, feed, next_pos)
-                        live = sorted(range(size), key=slot_row.__getitem__)
-                    live_t = torch.tensor(live, device=logits.device)
-                    live_rows = torch.tensor([slot_row[s] for s in live], device=logits.device)
-                    in_order = live == list(range(size))
+            if done:
+                for i in done:
+                    slot_row[live[i]] = -1
+                live = [s for s in live if slot_row[s] >= 0]
+                if not live:
+                    break
+                if size - len(live) >= max(1, size // 4):
+                    size = _compact(lean, slot_row, slot_prompt, size, feed, next_pos)
+                    live = sorted(range(size), key=slot_row.__getitem__)
+                live_t = torch.tensor(live, device=logits.device)
+                live_rows = torch.tensor([slot_row[s] for s in live], device=logits.device)
+                in_order = live == list(range(size))
             logits = lean.step(feed[:size], next_pos[:size]).float()
             next_pos = next_pos + 1
-        return tokens, logprobs, finish
-
-    def _completion(
-        self,
-        prompt_index: int,
-        sample_index: int,
-        prompt_ids: list[int],
-        token_ids: list[int],
-        logprobs: list[float],
-        finish: str,
-    ) -> Completion:
-        """A Completion whose text omits the stop token and other special tokens."""
-        text_ids = token_ids[:-1] if finish == "eos" else token_ids
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
-        return Completion(
-            prompt_index=prompt_index,
-            sample_index=sample_index,
-            prompt_ids=list(prompt_ids),
-            token_ids=token_ids,
-            text=text,
-            finish_reason="eos" if finish == "eos" else "length",
-            logprobs=logprobs,
-        )
+        return out.rows()
 
 
 def _weights_key(model: nn.Module) -> tuple[tuple[int, int, int], ...]:
@@ -415,20 +310,6 @@ def _weights_key(model: nn.Module) -> tuple[tuple[int, int, int], ...]:
     Writes through `p.data` bypass the version counter: mathrl makes none, and
     update_weights drops the copy whatever the key."""
     return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
-
-
-def _mark_last_stops(
-    next_tok: torch.Tensor,
-    stop_ids: torch.Tensor,
-    rows: list[int],
-    finish: list[str],
-    sampling: SamplingParams,
-) -> None:
-    """A stop token drawn as the very last allowed token still ends the completion ("eos")."""
-    if sampling.ignore_eos:
-        return
-    for i in torch.isin(next_tok, stop_ids).nonzero().flatten().tolist():
-        finish[rows[i]] = "eos"
 
 
 def _compact(

@@ -1,6 +1,7 @@
 """Batched, KV-cached sampling on an mlx-lm model: the MLX backend's HFEngine.
 
-Same contract and loop as rollout/hf_engine.py. Per chunk of whole groups (~batch_size rows):
+The chunk decode of the RolloutEngine base (rollout/types.py), as in rollout/hf_engine.py.
+Per chunk of whole groups (~batch_size rows):
 1. prefill each unique prompt once, then copy its KV rows for the n samples of its group;
 2. decode one token per step; a row that emits a stop token leaves the batch and the KV
    cache at once (its rows are dropped, not masked), so finished rows cost no compute.
@@ -28,10 +29,9 @@ token is drawn from, as in mlx-lm's own generate.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from types import SimpleNamespace
+from contextlib import AbstractContextManager
 from typing import Any
 
 import mlx.core as mx
@@ -39,9 +39,9 @@ import numpy as np
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from mathrl.errors import MathrlError
-from mathrl.rollout.hf_engine import default_stop_ids
-from mathrl.rollout.sampler import checked_seeds, prompt_chunks, row_keys, uniforms
-from mathrl.rollout.types import Completion, GenerationResult, RolloutEngine, SamplingParams
+from mathrl.rollout.sampler import row_keys, uniforms
+from mathrl.rollout.stops import DecodeRows, Row, saved_eos, stop_ids
+from mathrl.rollout.types import Chunk, RolloutEngine, SamplingParams, eval_mode
 
 TICK_BITS = 24  # first fixed-point level: probs in units of 2^-24 (a float32 mantissa)
 
@@ -50,7 +50,7 @@ class MLXEngine(RolloutEngine):
     """In-process rollout engine on an mlx-lm model (shares the trainer's weights).
 
     batch_size caps the rows (prompts x n) decoded together; a chunk holds whole groups.
-    stop_token_ids defaults to default_stop_ids (tokenizer eos + generation_config.json
+    stop_token_ids defaults to stops.stop_ids (tokenizer eos + generation_config.json
     eos + <|im_end|>). prefill_step: prompt tokens per prefill forward (bounds memory).
     """
 
@@ -70,9 +70,8 @@ class MLXEngine(RolloutEngine):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.prefill_step = prefill_step
-        # default_stop_ids reads model.generation_config, which an mlx-lm model lacks
-        holder: Any = SimpleNamespace(generation_config=_generation_config(model))
-        self.stop_token_ids = stop_token_ids or default_stop_ids(holder, tokenizer)
+        # an mlx-lm model has no generation_config: its eos is the saved file's
+        self.stop_token_ids = stop_token_ids or stop_ids(tokenizer, saved_eos(model))
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
 
@@ -80,50 +79,15 @@ class MLXEngine(RolloutEngine):
         """Sample from `model` from now on (weights are shared in-process: no copy)."""
         self.model = model
 
-    def generate(
-        self,
-        prompts: list[list[int]],
-        sampling: SamplingParams,
-        seeds: list[int] | None = None,
-    ) -> GenerationResult:
-        """`sampling.n` completions per prompt, prompt-major, in chunks of ~batch_size rows.
+    def _decoding(self, rows: int) -> AbstractContextManager[None]:
+        return eval_mode(self.model)
 
-        seeds[i] is prompt i's seed; by default prompt_seed(sampling.seed, i).
-        """
-        seeds = checked_seeds(prompts, sampling, seeds)
-        per_chunk = max(1, self.batch_size // sampling.n)  # whole groups: one prefill each
-        chunks = prompt_chunks([len(p) for p in prompts], per_chunk)  # as HFEngine's
-        completions: list[Completion] = []
-        timing = {"prefill_s": 0.0, "decode_s": 0.0, "total_s": 0.0}
-        t0 = time.perf_counter()
-        was_training = self.model.training
-        self.model.eval()  # no dropout (LoRA layers have some) while sampling
-        try:
-            for chunk in chunks:
-                completions += self._generate_chunk(
-                    [prompts[i] for i in chunk], chunk, sampling, [seeds[i] for i in chunk], timing
-                )
-        finally:
-            self.model.train(was_training)
-        timing["total_s"] = time.perf_counter() - t0
-        completions.sort(key=lambda c: (c.prompt_index, c.sample_index))  # prompt-major
-        n_tokens = sum(len(c.token_ids) for c in completions)
-        return GenerationResult(completions, timing, n_tokens)
-
-    def _generate_chunk(
-        self,
-        prompts: list[list[int]],
-        indices: list[int],
-        sampling: SamplingParams,
-        seeds: list[int],
-        timing: dict[str, float],
-    ) -> list[Completion]:
-        """Prefill the chunk's prompts (the call's prompts `indices`) once, then decode all
-        n samples of each."""
-        n = sampling.n
+    def _decode_chunk(self, chunk: Chunk, state: None) -> list[Row]:
+        """Prefill the chunk's prompts once, then decode all n samples of each."""
+        prompts, sampling, n = chunk.prompts, chunk.sampling, chunk.sampling.n
         u = None  # (B, max_new_tokens): row r's uniform at decode step t
         if not sampling.is_greedy:
-            u = uniforms(row_keys(seeds, n), sampling.max_new_tokens).numpy()
+            u = uniforms(row_keys(chunk.seeds, n), sampling.max_new_tokens).numpy()
         t0 = time.perf_counter()
         cache, logits = self._prefill(prompts)  # logits (P, V)
         if n > 1:  # the prompt's K/V rows copied for the n samples of its group
@@ -133,13 +97,10 @@ class MLXEngine(RolloutEngine):
             logits = logits[group_rows]  # (B, V)
         mx.eval(logits, [layer.state for layer in cache])
         t1 = time.perf_counter()
-        timing["prefill_s"] += t1 - t0
-        tokens, logprobs, finish = self._decode(cache, logits, sampling, u)
-        timing["decode_s"] += time.perf_counter() - t1
-        return [
-            self._completion(indices[row // n], row % n, prompts[row // n], t, lp, f)
-            for row, (t, lp, f) in enumerate(zip(tokens, logprobs, finish, strict=True))
-        ]
+        chunk.timing["prefill_s"] += t1 - t0
+        rows = self._decode(cache, logits, sampling, u)
+        chunk.timing["decode_s"] += time.perf_counter() - t1
+        return rows
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[list[Any], mx.array]:
         """Batched prefill: (one BatchKVCache per layer, last-token logits (P, V)).
@@ -182,76 +143,28 @@ class MLXEngine(RolloutEngine):
         logits: mx.array,
         sampling: SamplingParams,
         u: np.ndarray | None,
-    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+    ) -> list[Row]:
         """Sample until every row stops; finished rows leave the batch and the KV cache."""
-        batch = logits.shape[0]
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        logprobs: list[list[float]] = [[] for _ in range(batch)]
-        finish = ["length"] * batch
-        stop_ids = set(self.stop_token_ids)
-        rows = list(range(batch))  # original row of each active row
+        out = DecodeRows(logits.shape[0], self.stop_token_ids, sampling.ignore_eos)
+        rows = list(range(logits.shape[0]))  # original row of each active row
         for step in range(sampling.max_new_tokens):
             step_u = None if u is None else u[rows, step]  # (b,)
             next_tok, tok_logp = sample_next_mx(logits, sampling, step_u)  # (b,), (b,)
-            step_tokens: list[int] = np.array(next_tok).tolist()
-            step_logps: list[float] = np.array(tok_logp).tolist()
-            for row, t, lp in zip(rows, step_tokens, step_logps, strict=True):
-                tokens[row].append(t)
-                logprobs[row].append(lp)
-            last = step == sampling.max_new_tokens - 1
-            if not sampling.ignore_eos:
-                done = [i for i, t in enumerate(step_tokens) if t in stop_ids]
-                for i in done:
-                    finish[rows[i]] = "eos"  # a stop drawn as the last allowed token too
-                if done and not last:
-                    keep = [i for i, t in enumerate(step_tokens) if t not in stop_ids]
-                    if not keep:
-                        break
-                    keep_idx = mx.array(keep)
-                    for layer in cache:
-                        layer.filter(keep_idx)
-                    rows = [rows[i] for i in keep]
-                    next_tok = next_tok[keep_idx]
-            if last:
+            done = out.add(rows, np.array(next_tok).tolist(), np.array(tok_logp).tolist())
+            if step == sampling.max_new_tokens - 1:
                 break
+            if done:
+                stopped = set(done)
+                keep = [i for i in range(len(rows)) if i not in stopped]
+                if not keep:
+                    break
+                keep_idx = mx.array(keep)
+                for layer in cache:
+                    layer.filter(keep_idx)
+                rows = [rows[i] for i in keep]
+                next_tok = next_tok[keep_idx]
             logits = self.model(next_tok[:, None], cache=cache)[:, -1].astype(mx.float32)
-        return tokens, logprobs, finish
-
-    def _completion(
-        self,
-        prompt_index: int,
-        sample_index: int,
-        prompt_ids: list[int],
-        token_ids: list[int],
-        logprobs: list[float],
-        finish: str,
-    ) -> Completion:
-        """A Completion whose text omits the stop token and other special tokens."""
-        text_ids = token_ids[:-1] if finish == "eos" else token_ids
-        return Completion(
-            prompt_index=prompt_index,
-            sample_index=sample_index,
-            prompt_ids=list(prompt_ids),
-            token_ids=token_ids,
-            text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
-            finish_reason="eos" if finish == "eos" else "length",
-            logprobs=logprobs,
-        )
-
-
-def _generation_config(model: Any) -> Any:
-    """The generation_config.json of the model's directory (its eos ids), or None."""
-    from pathlib import Path
-
-    from transformers import GenerationConfig
-
-    text = getattr(model, "mathrl_generation_config", None)  # read when the model loaded
-    if text is not None:
-        return GenerationConfig.from_dict(json.loads(text))
-    source = Path(getattr(model, "name_or_path", "") or "")
-    if not (source / "generation_config.json").is_file():
-        return None
-    return GenerationConfig.from_pretrained(str(source))
+        return out.rows()
 
 
 def sample_next_mx(

@@ -37,16 +37,9 @@ from typing import Any
 from mathrl.errors import MathrlError
 from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
-from mathrl.rollout.hf_engine import default_stop_ids
 from mathrl.rollout.http import HttpClient, HttpError, http_url, public_url
-from mathrl.rollout.sampler import checked_seeds
-from mathrl.rollout.types import (
-    Completion,
-    FinishReason,
-    GenerationResult,
-    RolloutEngine,
-    SamplingParams,
-)
+from mathrl.rollout.stops import Row, default_stop_ids
+from mathrl.rollout.types import Chunk, FinishReason, RolloutEngine, SamplingParams
 
 WEIGHT_SYNCS = ("load_weights", "vllm_lora", "none")
 MAX_RESPONSE_BYTES = 64 << 20
@@ -63,13 +56,9 @@ class ServerClient:
     and Retry-After, deadline, bounded replies) with failures as one-line ServerErrors."""
 
     def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout_s: float = 600.0,
-        retries: int = 4,
-        backoff_s: float = 0.5,
+        self, base_url: str, api_key: str | None = None, timeout_s: float = 600.0, **http: Any
     ) -> None:
+        """`http`: more of HttpClient's options (retries, backoff_s)."""
         if http_url(base_url) is None:
             raise MathrlError(
                 "rollout.server_url must be the server's address, http://HOST:PORT or "
@@ -77,12 +66,7 @@ class ServerClient:
             )
         self.base_url = base_url.strip().rstrip("/").removesuffix("/v1")
         self.http = HttpClient(
-            self.base_url,
-            api_key,
-            timeout_s=timeout_s,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_body_bytes=MAX_RESPONSE_BYTES,
+            self.base_url, api_key, timeout_s=timeout_s, max_body_bytes=MAX_RESPONSE_BYTES, **http
         )
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -134,7 +118,9 @@ class OpenAIEngine(RolloutEngine):
                 "rollout.weight_sync = 'vllm_lora' loads LoRA adapters into vLLM, so it needs "
                 "LoRA training (model.lora.r > 0); use load_weights or none for full weights"
             )
-        self.server = ServerClient(base_url, api_key, timeout_s, retries, backoff_s)
+        self.server = ServerClient(
+            base_url, api_key, timeout_s, retries=retries, backoff_s=backoff_s
+        )
         self.base_url = public_url(self.server.base_url)  # for messages: no credentials
         self.model = model
         self.tokenizer = tokenizer
@@ -181,27 +167,25 @@ class OpenAIEngine(RolloutEngine):
 
     # -- sampling --------------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompts: list[list[int]],
-        sampling: SamplingParams,
-        seeds: list[int] | None = None,
-    ) -> GenerationResult:
-        """`sampling.n` completions per prompt from the server, prompt-major."""
-        seeds = checked_seeds(prompts, sampling, seeds)
+    def _prompts_per_chunk(self, sampling: SamplingParams, count: int) -> int:
+        """One chunk: every prompt is its own request, and the server batches them."""
+        return max(1, count)
+
+    def _decode_chunk(self, chunk: Chunk, state: None) -> list[Row]:
+        """The n choices of each prompt from the server, requested concurrently."""
         t0 = time.perf_counter()
+        prompts, sampling = chunk.prompts, chunk.sampling
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(prompts)))) as pool:
-            replies = list(pool.map(self._complete, prompts, seeds, [sampling] * len(prompts)))
-        completions = [
-            c
-            for i, (prompt, reply) in enumerate(zip(prompts, replies, strict=True))
-            for c in self._completions(i, prompt, reply, sampling)
-        ]
-        total = time.perf_counter() - t0
-        n_tokens = sum(len(c.token_ids) for c in completions)
-        return GenerationResult(
-            completions, {"prefill_s": 0.0, "decode_s": total, "total_s": total}, n_tokens
-        )
+            replies = list(
+                pool.map(self._complete, prompts, chunk.seeds, [sampling] * len(prompts))
+            )
+        rows: list[Row] = []
+        for reply in replies:
+            rows += parse_choices(
+                reply, sampling.n, sampling.max_new_tokens, self.vocab, self.stop_token_ids
+            )
+        chunk.timing["decode_s"] += time.perf_counter() - t0
+        return rows
 
     def _complete(self, prompt: list[int], seed: int, sampling: SamplingParams) -> Any:
         body: dict[str, Any] = {
@@ -222,23 +206,6 @@ class OpenAIEngine(RolloutEngine):
         if sampling.ignore_eos:
             body["ignore_eos"] = True
         return self.server.request("POST", "/v1/completions", body)
-
-    def _completions(
-        self, i: int, prompt: list[int], reply: Any, sampling: SamplingParams
-    ) -> list[Completion]:
-        """The n Completions of prompt i from a reply, every field checked."""
-        return [
-            Completion(i, j, list(prompt), ids, self._text(ids, finish), finish, lps)
-            for j, (ids, lps, finish) in enumerate(
-                parse_choices(
-                    reply, sampling.n, sampling.max_new_tokens, self.vocab, self.stop_token_ids
-                )
-            )
-        ]
-
-    def _text(self, ids: list[int], finish: FinishReason) -> str:
-        text_ids = ids[:-1] if finish == "eos" else ids
-        return str(self.tokenizer.decode(text_ids, skip_special_tokens=True))
 
     # -- weights ---------------------------------------------------------------------------
 

@@ -16,51 +16,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mathrl.errors import MathrlError
+# Re-exported: a prompt's seed picks its stream here, and callers reach both through the sampler.
+from mathrl.rollout.seeds import (  # noqa: F401
+    checked_seeds,
+    prompt_chunks,
+    prompt_seed,
+    resolve_seeds,
+)
 from mathrl.rollout.types import SamplingParams
 
 MASK32 = 0xFFFFFFFF
-_GOLDEN64 = 0x9E3779B97F4A7C15  # 2^64 / phi: consecutive prompts get well-spread seeds
 CDF_BLOCK = 1024  # entries per block of inverse_cdf_sample's two-level search
 _M1, _M2 = 0x7FEB352D, 0x846CA68B  # the "lowbias32" multipliers (C. Wellons' hash-prospector)
-
-
-def prompt_seed(seed: int, index: int) -> int:
-    """The seed of prompt `index` of a call seeded `seed`, as an unsigned 64-bit int."""
-    return (seed + index * _GOLDEN64) % 2**64
-
-
-def resolve_seeds(sampling: SamplingParams, count: int, seeds: list[int] | None) -> list[int]:
-    """Each prompt's seed: `seeds` as given, else prompt_seed(sampling.seed, i); a missing
-    sampling.seed is drawn from torch's global RNG (so torch.manual_seed still fixes a run)."""
-    if seeds is not None:
-        if len(seeds) != count:
-            raise MathrlError(f"got {len(seeds)} seeds for {count} prompts")
-        return [int(s) for s in seeds]
-    seed = sampling.seed
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item())
-    return [prompt_seed(seed, i) for i in range(count)]
-
-
-def checked_seeds(
-    prompts: list[list[int]], sampling: SamplingParams, seeds: list[int] | None
-) -> list[int]:
-    """What every engine's generate() does first: refuse an empty prompt, then each
-    prompt's seed (resolve_seeds)."""
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise MathrlError(f"prompt {i} is empty: every prompt needs at least one token")
-    return resolve_seeds(sampling, len(prompts), seeds)
-
-
-def prompt_chunks(lengths: list[int], per_chunk: int) -> list[list[int]]:
-    """Prompt indices per chunk of at most `per_chunk`: all in order when one chunk holds
-    them; otherwise by length (stable), so a chunk's prompts pad to similar widths."""
-    order = list(range(len(lengths)))
-    if len(lengths) > per_chunk:
-        order.sort(key=lambda i: lengths[i])
-    return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import time
+from abc import ABC
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mathrl.errors import ConfigError
+from mathrl.rollout.seeds import checked_seeds, prompt_chunks
+from mathrl.rollout.stops import Row
 
 FinishReason = Literal["eos", "length"]
 
@@ -86,18 +91,110 @@ class GenerationResult:
         return self.tokens_generated / total if total > 0 else 0.0
 
 
-class RolloutEngine(ABC):
-    """Samples completions for token-id prompts; one implementation per backend."""
+@dataclass
+class Chunk:
+    """Whole groups of a call's prompts, decoded together (RolloutEngine._decode_chunk)."""
 
-    @abstractmethod
+    prompts: list[list[int]]
+    seeds: list[int]
+    """seeds[p]: prompt p's seed."""
+    sampling: SamplingParams
+    timing: dict[str, float]
+    """The call's seconds: a chunk adds what it spends to prefill_s and decode_s."""
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """`model` in eval mode (no dropout: LoRA layers have some), its mode restored after;
+    a torch or an MLX module."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class RolloutEngine(ABC):
+    """Samples completions for token-id prompts; one implementation per backend.
+
+    generate() is written here once: seeds, chunks of whole groups (by length when there is
+    more than one), each completion's text (the stop rule), records in the caller's order.
+    An engine implements the per-chunk decode (`_decode_chunk`), and where it needs one a
+    set-up around all the chunks of a call (`_decoding`); a test double may override
+    generate() itself instead.
+    """
+
+    tokenizer: Any
+    batch_size: int = 64
+    """Rows (prompts x n) decoded together; a chunk always holds whole groups."""
+
     def generate(
         self,
         prompts: list[list[int]],
         sampling: SamplingParams,
         seeds: list[int] | None = None,
     ) -> GenerationResult:
-        """`sampling.n` completions per prompt, prompt-major; seeds[i] is prompt i's seed
-        (default: rollout.sampler.prompt_seed(sampling.seed, i))."""
+        """`sampling.n` completions per prompt, prompt-major, in chunks of whole groups.
+
+        seeds[i] is prompt i's seed; by default rollout.seeds.prompt_seed(sampling.seed, i).
+        """
+        seeds = checked_seeds(prompts, sampling, seeds)
+        n = sampling.n
+        per_chunk = self._prompts_per_chunk(sampling, len(prompts))
+        chunks = prompt_chunks([len(p) for p in prompts], per_chunk)
+        completions: list[Completion] = []
+        timing = {"prefill_s": 0.0, "decode_s": 0.0, "total_s": 0.0}
+        t0 = time.perf_counter()
+        with self._decoding(min(per_chunk, len(prompts)) * n) as state:
+            for indices in chunks:
+                chunk = Chunk(
+                    [prompts[i] for i in indices], [seeds[i] for i in indices], sampling, timing
+                )
+                completions += [
+                    self._completion(indices[r // n], r % n, chunk.prompts[r // n], *row)
+                    for r, row in enumerate(self._decode_chunk(chunk, state))
+                ]
+        timing["total_s"] = time.perf_counter() - t0
+        completions.sort(key=lambda c: (c.prompt_index, c.sample_index))  # prompt-major
+        n_tokens = sum(len(c.token_ids) for c in completions)
+        return GenerationResult(completions, timing, n_tokens)
+
+    def _prompts_per_chunk(self, sampling: SamplingParams, count: int) -> int:
+        """How many of a call's `count` prompts one chunk holds: whole groups, one prefill
+        per prompt, about batch_size rows (a group larger than that alone)."""
+        return max(1, self.batch_size // sampling.n)
+
+    def _decoding(self, rows: int) -> AbstractContextManager[Any]:
+        """What holds around all the chunks of one call (at most `rows` rows each): eval
+        mode, no autograd, weights packed once. It yields the `state` each chunk gets."""
+        return nullcontext()
+
+    def _decode_chunk(self, chunk: Chunk, state: Any) -> list[Row]:
+        """The n samples of each of the chunk's prompts: row p*n + j is sample j of prompt
+        p, its ids ending at the stop rule (rollout/stops.py); `state`: what _decoding yields."""
+        raise NotImplementedError(f"{type(self).__name__} implements no _decode_chunk")
+
+    def _completion(
+        self,
+        prompt_index: int,
+        sample_index: int,
+        prompt_ids: list[int],
+        token_ids: list[int],
+        logprobs: list[float],
+        finish: str,
+    ) -> Completion:
+        """A Completion whose text omits the stop token and other special tokens."""
+        text_ids = token_ids[:-1] if finish == "eos" else token_ids
+        return Completion(
+            prompt_index=prompt_index,
+            sample_index=sample_index,
+            prompt_ids=list(prompt_ids),
+            token_ids=token_ids,
+            text=str(self.tokenizer.decode(text_ids, skip_special_tokens=True)),
+            finish_reason="eos" if finish == "eos" else "length",
+            logprobs=logprobs,
+        )
 
     def update_weights(self, model: Any) -> None:  # noqa: B027 - deliberate no-op default
         """Make the engine sample from `model`'s current weights (no-op when shared in-process)."""
