@@ -12,7 +12,6 @@ from mathrl.errors import DataError
 from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
 from mathrl.eval.probe import ProbeResult, ProbeThresholds, probe
 from mathrl.eval.suite import SUITES, cell, write_suite
-from mathrl.groups import rollout_engine
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.model_source import load_model_arg, model_labels, resolve_model
 from mathrl.rewards import RewardPool
@@ -39,9 +38,8 @@ def run_eval(
         rows = []
         for path, label in zip(paths, model_labels(paths), strict=True):
             m, tok = load_model_arg(cfg, task, path, out_dir)
-            engine = rollout_engine(cfg, m, tok, batch_size=kwargs["batch_size"], evaluation=True)
-            result = evaluate(m, tok, task, split, progress=not quiet, engine=engine, **kwargs)
-            del engine, m
+            result = evaluate(m, tok, task, split, progress=not quiet, cfg=cfg, **kwargs)
+            del m
             result.summary["model"] = path
             sub = out_dir / label if len(paths) > 1 else out_dir
             dist.on_main(lambda r=result, d=sub: write_eval(r, d))
@@ -88,10 +86,7 @@ def run_suite(
             if model is None:
                 model, tok = load_model_arg(base, task, path, out)
             kwargs = {**eval_kwargs(cfg), "n": 1, "ks": (1,)}
-            engine = rollout_engine(
-                cfg, model, tok, batch_size=kwargs["batch_size"], evaluation=True
-            )
-            result = evaluate(model, tok, task, "test", progress=not quiet, engine=engine, **kwargs)
+            result = evaluate(model, tok, task, "test", progress=not quiet, cfg=cfg, **kwargs)
             row["n"] = result.summary["n_problems"]
             row["cells"][label] = cell(result.summary, None)
         del model
@@ -138,7 +133,7 @@ def run_probe(
             thresholds=thresholds,
             out_dir=out_dir,
             progress=not quiet,
-            engine=rollout_engine(cfg, m, tok, evaluation=True),
+            cfg=cfg,
         )
     return task, result, out_dir
 

@@ -77,7 +77,6 @@ def run_server(state: ServeState, host: str = "127.0.0.1", port: int = 8000) -> 
     """Serve until Ctrl-C / SIGTERM (uvicorn handles both and finishes open requests)."""
     import uvicorn  # the serve extra: only `mathrl serve` needs it
 
-
     if not is_loopback(host) and state.api_key is None:
         say(f"warning: serving on {host} without an API key: anyone who can reach it can use it")
     key = "required" if state.api_key else "not required"
