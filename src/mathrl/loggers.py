@@ -195,7 +195,7 @@ def _showwarning(
     file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    """warnings.showwarning while an events log is open: shown as before, and recorded."""
+    """warnings.showwarning while an events log is open: shown as Python shows it, and recorded."""
     _showwarning_before(message, category, filename, lineno, file, line)
     if not _writing:
         where = f"{filename}:{lineno}"

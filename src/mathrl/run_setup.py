@@ -22,8 +22,8 @@ def derive_seed(seed: int, *parts: int) -> int:
     """The seed of one random stream of a run, from the run's seed and the stream's indices.
 
     seed * 1_000_003 + the parts read as digits in base 101 (`(step, round)` gives
-    `step * 101 + round`). Every derived seed in mathrl comes from here; the formula is
-    older than this helper and is kept so that earlier runs reproduce.
+    `step * 101 + round`). Every derived seed in mathrl comes from here, so changing the
+    formula would change what every earlier run's config reproduces.
     """
     mixed = 0
     for part in parts:

@@ -1,4 +1,4 @@
-"""Whether to warm up with SFT before RL, and the warm-up data written for the record.
+"""Whether to warm up with SFT before RL, the warm-up itself, and its data file (what it saw).
 
 The decision (`warmup.steps` forces a warm-up; `warmup.min_positive` probes first) is
 made once per run and saved to `RUN/warmup_sft/decision.json`, so a resumed run never

@@ -286,7 +286,7 @@ class SFTConfig:
     lr: float = 1e-4
     """SFT learning rate."""
     weight_decay: float = 0.01
-    """AdamW weight decay of SFT (torch's AdamW default, which SFT has always used)."""
+    """AdamW weight decay of SFT (torch's AdamW default)."""
     batch_size: int = 32
     """Sequences per SFT step."""
     max_len: int = 512
@@ -355,7 +355,7 @@ class EvalConfig:
     batch_size: int = 0
     """Sequences decoded at once by eval (eval/pass@1 during training, `mathrl eval`, suites);
     0: max(rollout.batch_size, 64). Greedy eval batches across problems, so it can be
-    larger than the training batch (a preset's small rollout.batch_size made eval crawl)."""
+    larger than the training batch, whose size is set by RL's memory and step time."""
     suite: str = ""
     """Run this eval suite (mathrl.eval.suite.SUITES, e.g. default) on the final model at the
     end of `mathrl train`; empty: none."""
