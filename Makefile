@@ -41,6 +41,7 @@ gsm8k-cpu: setup
 MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/mathrl/registry.py \
 	src/mathrl/errors.py src/mathrl/eval/metrics.py src/mathrl/rollout/http.py src/mathrl/distill \
 	src/mathrl/cli/app.py src/mathrl/rollout/openai_engine.py src/mathrl/rollout/sampler.py \
+	src/mathrl/rollout/types.py src/mathrl/rollout/stops.py src/mathrl/rollout/seeds.py \
 	src/mathrl/models/identity.py src/mathrl/dist.py src/mathrl/stopping.py \
 	src/mathrl/rollout/mlx_engine.py src/mathrl/models/mlx_convert.py src/mathrl/models/backends.py \
 	src/mathrl/rl/backend.py src/mathrl/fsdp.py src/mathrl/rollout/cpu_gemm.py src/mathrl/mlx_blas.py

@@ -26,6 +26,7 @@ from mathrl.errors import MathrlError
 from mathrl.loggers import console
 from mathrl.rewards import RewardPool
 from mathrl.rollout.chat import prompt_token_ids
+from mathrl.rollout.openai_engine import ServerClient
 from mathrl.rollout.registry import SERVER_ENGINES, make_engine
 from mathrl.rollout.sampler import prompt_chunks, prompt_seed
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
@@ -144,10 +145,6 @@ def check_rollout_server(cfg: Config) -> None:
     tokenizer and weights are checked when the loop builds the engine."""
     r = cfg.rollout
     if r.engine in SERVER_ENGINES:
-        # local: openai_engine imports hf_engine (transformers), +1.3 s on every import of
-        # this module measured; only a server run needs it
-        from mathrl.rollout.openai_engine import ServerClient
-
         ServerClient(r.server_url, api_key(r.api_key_env), r.request_timeout_s).first_model()
 
 
