@@ -163,3 +163,50 @@ def test_resume_refuses_a_changed_dataset_unless_allowed(tmp_path):
     assert resume_point(tmp_path, cfg, "b" * 64, allow_change=True).name == "step_00000003"
     with pytest.raises(MathrlError, match="holds no complete checkpoint"):
         resume_point(tmp_path / "empty", cfg, "a" * 64, allow_change=False)
+
+
+class _NoLogger:
+    def log(self, metrics, step):
+        pass
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_sft_refuses_to_checkpoint_nonfinite_weights(tmp_path, backend):
+    """The one writer's refusal holds for SFT too: a NaN put into the weights after step 1
+    stops the step-1 checkpoint, naming the step, and nothing is committed."""
+    from mathrl.config import load_config
+    from mathrl.models.scratch import build_scratch_model
+    from mathrl.policy import load_policy
+    from mathrl.sft import train_sft
+    from mathrl.shards import Encoded
+
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    model_dir = tmp_path / "scratch"
+    build_scratch_model(model_dir, ["1 + 2 = 3"] * 20, hidden=16, layers=1, heads=2, vocab_size=260)
+    cfg = load_config(
+        overrides=[f"backend={backend}", f"model.path={model_dir}", "sft.batch_size=2"],
+        env=False,
+    )
+    model, tokenizer = load_policy(cfg, None, tmp_path)  # type: ignore[arg-type]
+    rows = [Encoded(tokenizer.encode("1 + 2 = 3"), 3)] * 2
+
+    def poison(step, metrics):
+        if backend == "mlx":
+            import mlx.core as mx
+            from mlx.utils import tree_flatten, tree_unflatten
+
+            name, w = tree_flatten(model.trainable_parameters())[0]
+            model.update(tree_unflatten([(name, w * mx.nan)]))
+        else:
+            with torch.no_grad():
+                next(model.parameters()).mul_(float("nan"))
+
+    with pytest.raises(
+        MathrlError, match="Refusing to checkpoint step 1: model weights are not finite"
+    ):
+        train_sft(
+            cfg, model, tokenizer, lambda rng, n: rows, tmp_path / "run", _NoLogger(), "fp",
+            steps=1, on_step=poison,
+        )  # fmt: skip
+    assert ck.list_checkpoints(tmp_path / "run") == []

@@ -9,7 +9,7 @@ import zlib
 import pytest
 import torch
 
-import mathrl.rl.step as rl_step_mod
+import mathrl.backends.torch as torch_backend_mod
 import mathrl.trainer as trainer_mod
 from mathrl.checkpoint import list_checkpoints
 from mathrl.io import read_jsonl
@@ -19,7 +19,7 @@ from mathrl.rewards.scoring import RewardResult, score_countdown
 @pytest.fixture
 def nan_at_step_one(monkeypatch):
     """compute_loss returns NaN on its first call (step 1), the real loss afterwards."""
-    real = trainer_mod.compute_loss
+    real = torch_backend_mod.compute_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -29,7 +29,7 @@ def nan_at_step_one(monkeypatch):
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_mod, "compute_loss", poisoned)
+    monkeypatch.setattr(torch_backend_mod, "compute_loss", poisoned)
     return calls
 
 
@@ -62,7 +62,7 @@ def test_out_of_memory_mid_step_then_resume(run_train, tmp_path, monkeypatch, sa
     # kl_coef > 0 so every step moves the weights even when the groups carry no reward signal
     sets = ("train.kl_coef=0.1", "train.steps=4")
     assert run_train(straight, *sets).code == 0
-    real = rl_step_mod.train_step  # what the loop calls (rl/backend.py ops)
+    real = trainer_mod.train_step  # what the loop calls
     calls = {"n": 0}
 
     def oom_on_third(*a, **kw):
@@ -71,7 +71,7 @@ def test_out_of_memory_mid_step_then_resume(run_train, tmp_path, monkeypatch, sa
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*a, **kw)
 
-    monkeypatch.setattr(rl_step_mod, "train_step", oom_on_third)
+    monkeypatch.setattr(trainer_mod, "train_step", oom_on_third)
     res = run_train(crashed, *sets)
     assert res.code == 3
     last = res.err.strip().splitlines()[-1]
@@ -81,7 +81,7 @@ def test_out_of_memory_mid_step_then_resume(run_train, tmp_path, monkeypatch, sa
     assert [m["step"] for m in read_jsonl(crashed / "metrics.jsonl")] == [1, 2]
     assert {r["step"] for r in read_jsonl(crashed / "rollouts.jsonl")} == {1, 2}
     assert not [p for p in (crashed / "checkpoints").iterdir() if p.name.startswith(".tmp")]
-    monkeypatch.setattr(rl_step_mod, "train_step", real)
+    monkeypatch.setattr(trainer_mod, "train_step", real)
     assert run_train(crashed, *sets, extra=("--resume",)).code == 0
     same_run(straight, crashed, 4)
 

@@ -236,9 +236,9 @@ def test_export_merge_writes_a_plain_hf_model(lora_run, run_cli, tmp_path):
 
 
 def test_kl_reference_with_adapters_off_equals_the_base_model(lora_run):
+    from mathrl.backends.torch import reference_model
     from mathrl.models.loading import load_model
     from mathrl.models.logprobs import completion_batch, completion_logprobs
-    from mathrl.rl import reference_model
 
     out, seen = lora_run
     policy, cfg = seen["model"], seen["cfg"]

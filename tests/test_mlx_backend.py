@@ -101,9 +101,9 @@ STEP_CASES = {
 
 @pytest.mark.parametrize("case", list(STEP_CASES))
 def test_rl_step_equals_torch(scratch_dir, case):
-    from mathrl.rl.mlx_step import reference_model as mlx_reference
-    from mathrl.rl.mlx_step import train_step as mlx_step
-    from mathrl.rl.step import Reference, train_step
+    from mathrl.backends.mlx import MlxBackend
+    from mathrl.backends.torch import Reference
+    from mathrl.rl.step import train_step
 
     sets, kw = STEP_CASES[case]
     cfg = load_config(
@@ -118,7 +118,7 @@ def test_rl_step_equals_torch(scratch_dir, case):
         import copy
 
         t_ref_model = copy.deepcopy(tm)
-        m_ref = mlx_reference(cfg, mm)
+        m_ref = MlxBackend().reference(cfg, mm)
         with torch.no_grad():
             for p in t_ref_model.parameters():
                 p.add_(0.05)
@@ -128,7 +128,7 @@ def test_rl_step_equals_torch(scratch_dir, case):
         t_ref = Reference(t_ref_model)
     t_opt, m_opt = TorchRecorder(tm), MlxRecorder()
     t_metrics = train_step(cfg, tm, t_ref, t_opt, groups, advantages, 0, **kw)
-    m_metrics = mlx_step(cfg, mm, m_ref, m_opt, groups, advantages, 0, **kw)
+    m_metrics = train_step(cfg, mm, m_ref, m_opt, groups, advantages, 0, backend=MlxBackend(), **kw)
     assert len(t_opt.steps) == len(m_opt.steps) == cfg.train.mu
     for tg, mg in zip(t_opt.steps, m_opt.steps, strict=True):
         assert_grads_equal(tg, mg)
@@ -139,16 +139,15 @@ def test_rl_step_equals_torch(scratch_dir, case):
 
 
 def test_sft_update_equals_torch(scratch_dir):
-    from mathrl.rl.mlx_step import MlxSFT
-    from mathrl.sft import TorchSFT
+    from mathrl.backends.mlx import MlxBackend
+    from mathrl.backends.torch import TorchBackend
 
-    cfg = load_config(overrides=["train.grad_clip=0"], env=False)
     tm, mm, tok = both_models(scratch_dir)
     rows = [(tok.encode(t)[: 10 + 3 * i], 4 + i) for i, t in enumerate(TEXTS[:4])]
     n_tokens = sum(len(ids) - p for ids, p in rows)
-    ts, ms = TorchSFT(cfg, tm, None), MlxSFT(cfg, mm, None)
-    t_loss = ts.accumulate(rows[:2], n_tokens, 0) + ts.accumulate(rows[2:], n_tokens, 0)
-    m_loss = ms.accumulate(rows[:2], n_tokens, 0) + ms.accumulate(rows[2:], n_tokens, 0)
+    ts, ms = TorchBackend(), MlxBackend()
+    t_loss = ts.sft_backward(tm, rows[:2], n_tokens, 0) + ts.sft_backward(tm, rows[2:], n_tokens, 0)
+    m_loss = ms.sft_backward(mm, rows[:2], n_tokens, 0) + ms.sft_backward(mm, rows[2:], n_tokens, 0)
     assert m_loss == pytest.approx(t_loss, rel=1e-5)
     from mlx.utils import tree_flatten
 
@@ -158,15 +157,15 @@ def test_sft_update_equals_torch(scratch_dir):
 
 @pytest.mark.parametrize("kind", ["constant", "cosine"])
 def test_lr_schedule_equals_torch(kind):
-    from mathrl.rl.mlx_step import Schedule, make_optimizer
-    from mathrl.rl.state import lr_schedule
+    from mathrl.backends.mlx import Schedule, make_optimizer
+    from mathrl.backends.torch import lr_schedule
 
     cfg = load_config(
         overrides=[f"train.schedule={kind}", "train.warmup_steps=3", "train.steps=10"], env=False
     )
     t_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
     t_sched = lr_schedule(cfg, t_opt)
-    m_sched = Schedule(make_optimizer(cfg, 0.0, cfg.train.lr), cfg.train.lr, 3, 10, kind)
+    m_sched = Schedule(make_optimizer(0.0, cfg.train.lr), cfg.train.lr, 3, 10, kind)
     for _ in range(12):
         assert m_sched.get_last_lr()[0] == pytest.approx(t_sched.get_last_lr()[0], rel=1e-12)
         t_opt.step()
@@ -176,9 +175,8 @@ def test_lr_schedule_equals_torch(kind):
 
 def test_adamw_step_equals_torch():
     """mlx AdamW with bias correction takes torch's steps (3 of them, weight decay on)."""
-    from mathrl.rl.mlx_step import make_optimizer
+    from mathrl.backends.mlx import make_optimizer
 
-    cfg = load_config(env=False)
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(4, 5)).astype(np.float32)
     grads = [rng.normal(size=(4, 5)).astype(np.float32) for _ in range(3)]
@@ -192,7 +190,7 @@ def test_adamw_step_equals_torch():
             self.w = mx.array(w0)
 
     m = W()
-    m_opt = make_optimizer(cfg, 0.1, 1e-2)
+    m_opt = make_optimizer(0.1, 1e-2)
     for g in grads:
         tp.grad = torch.from_numpy(g)
         t_opt.step()
@@ -243,7 +241,7 @@ def test_train_resume_and_outputs(run_train, tmp_path, monkeypatch):
     CPU); the checkpoint is an mlx-lm model that mlx_lm.load reads and generates from."""
     from mlx_lm import generate, load
 
-    import mathrl.rl.mlx_step as mlx_step_mod
+    import mathrl.trainer as trainer_mod
 
     straight, parts = tmp_path / "straight", tmp_path / "parts"
     common = (
@@ -255,7 +253,7 @@ def test_train_resume_and_outputs(run_train, tmp_path, monkeypatch):
         'task.rewards=[{fn = "reward_fixtures:brevity", completions = "text"}]',
     )
     assert run_train(straight, *common, "train.steps=4").code == 0
-    real, calls = mlx_step_mod.train_step, {"n": 0}
+    real, calls = trainer_mod.train_step, {"n": 0}
 
     def dies_in_step_3(*a, **kw):
         calls["n"] += 1
@@ -263,9 +261,9 @@ def test_train_resume_and_outputs(run_train, tmp_path, monkeypatch):
             raise MemoryError("out of memory in step 3")
         return real(*a, **kw)
 
-    monkeypatch.setattr(mlx_step_mod, "train_step", dies_in_step_3)
+    monkeypatch.setattr(trainer_mod, "train_step", dies_in_step_3)
     assert run_train(parts, *common, "train.steps=4").code == 3
-    monkeypatch.setattr(mlx_step_mod, "train_step", real)
+    monkeypatch.setattr(trainer_mod, "train_step", real)
     # keep_last 1: the checkpoint the resume loads is rotated away before the next save
     res = run_train(
         parts, *common, "train.steps=4", "checkpoint.keep_last=1",
@@ -301,7 +299,7 @@ def test_train_resume_and_outputs(run_train, tmp_path, monkeypatch):
 
 def test_a_torch_only_loss_is_refused_on_mlx():
     from mathrl.algorithms import POLICY_LOSSES, register_policy_loss
-    from mathrl.rl.backend import ops
+    from mathrl.backends import backend_for
 
     register_policy_loss("zz_torch_only")(lambda *a, **k: None)
     try:
@@ -309,7 +307,7 @@ def test_a_torch_only_loss_is_refused_on_mlx():
         with pytest.raises(
             ConfigError, match="train.policy_loss = 'zz_torch_only' has no MLX form"
         ):
-            ops(cfg)
+            backend_for(cfg)
     finally:
         POLICY_LOSSES.remove("zz_torch_only")
 

@@ -85,7 +85,7 @@ def run_step(micro: int, agg: str, kl: float = 0.0, **kw) -> tuple[dict, list[di
     model = tiny_model()
     ref = None
     if kl:
-        from mathrl.rl import Reference
+        from mathrl.backends.torch import Reference
 
         ref_model = copy.deepcopy(model)
         with torch.no_grad():  # a reference that differs, so the KL term has a gradient

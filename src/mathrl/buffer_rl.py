@@ -22,14 +22,22 @@ from typing import Any
 import torch
 
 from mathrl import checkpoint as ckpt_mod
-from mathrl import dist, fsdp, rl
+from mathrl import dist, fsdp
+from mathrl.backends import backend_for
 from mathrl.config import Config
 from mathrl.data import PromptStream, training_examples
 from mathrl.errors import DataError, MathrlError
 from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardPool, RewardResult
-from mathrl.rl.backend import ops, reference_for
+from mathrl.rl import (
+    advantages_for,
+    optimizer_state,
+    save_checkpoint,
+    step_scheduler,
+    train_step,
+)
+from mathrl.rl.backend import reference_for
 from mathrl.rollout.types import Completion
 from mathrl.tasks import Example, Task
 
@@ -138,7 +146,7 @@ def load_buffer(path: Path, group_size: int) -> list[Group]:
                 components=r.get("reward_components", {}),
                 pred=r.get("pred"),
                 correct=bool(r.get("correct")),
-                # buffers written before the field existed read as not lenient-correct
+                # a record without the field reads as not lenient-correct
                 correct_lenient=bool(r.get("correct_lenient", False)),
                 format_ok=True,
                 reason=r.get("reason", "ok"),
@@ -165,8 +173,8 @@ def train_on_buffer(
     Under torchrun every rank reads the file and trains on its share of each chunk
     (gradients summed over ranks: one process's update)."""
     t = cfg.train
-    b = ops(cfg)
-    optimizer, scheduler, state, _ = b.optimizer_state(cfg, model, resume_from)
+    b = backend_for(cfg)
+    optimizer, scheduler, state, _ = optimizer_state(cfg, b, model, resume_from)
     groups = load_buffer(path, t.group_size)
     chunks = [groups[i : i + t.prompts_per_step] for i in range(0, len(groups), t.prompts_per_step)]
     if n_steps is not None:
@@ -179,16 +187,18 @@ def train_on_buffer(
         t0 = time.perf_counter()
         dist.at_step(state.step + 1)
         rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)
-        advantages = b.advantages_for(cfg, state, rewards)  # of the whole chunk
+        advantages = advantages_for(cfg, state, rewards)  # of the whole chunk
         first, mine = dist.share(chunk)  # this rank's groups
         first_row = sum(len(g.rewards) for g in chunk[:first])
         my_adv = advantages[first_row : first_row + sum(len(g.rewards) for g in mine)]
         model.train()
         metrics = reward_metrics(chunk)
         metrics.update(
-            b.train_step(cfg, model, ref, optimizer, mine, my_adv, pad_id, rollout_logprobs=True)
+            train_step(
+                cfg, model, ref, optimizer, mine, my_adv, pad_id, rollout_logprobs=True, backend=b
+            )
         )
-        rl.step_scheduler(scheduler)
+        step_scheduler(scheduler)
         state.step += 1
         state.samples += len(rewards)
         metrics.update(
@@ -196,7 +206,9 @@ def train_on_buffer(
         )
         logger.log(metrics, state.step)
     model.eval()
-    b.save_checkpoint(cfg, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint)
+    save_checkpoint(
+        cfg, b, run_dir, model, tokenizer, optimizer, scheduler, state, task.fingerprint
+    )
     return state.step
 
 

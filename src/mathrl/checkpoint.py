@@ -257,42 +257,21 @@ def clean_orphans(run_dir: Path) -> list[Path]:
 def save_training_checkpoint(
     run_dir: Path,
     step: int,
-    model: Any,
-    tokenizer: Any,
+    save_model: Callable[[Path], None],
     state: dict[str, Any],
     config_toml: str,
     meta: dict[str, Any],
     keep_last: int,
     write_extra: Callable[[Path], None] | None = None,
-    weights: dict[str, Any] | None = None,
 ) -> Path:
-    """Model in HF format (loadable by from_pretrained and vLLM) plus the trainer state.
-
-    A LoRA policy saves its adapters and a reference to their base instead of the whole
-    model (models/lora.py); mathrl's loader and transformers + peft read either. An MLX
-    model is saved in mlx-lm's format (models/mlx_model.py). write_extra(tmp) adds files
-    of the backend's own (the MLX optimizer state). weights: the model's gathered state
-    dict when the module holds shards of it (train.parallel = "fsdp", mathrl.fsdp).
-    """
+    """A training checkpoint's files, committed: save_model(dir) writes the model dir in
+    its framework's format (the backend's save_model), the trainer state goes into
+    trainer_state.pt, the resolved config beside it; write_extra(tmp) adds files of the
+    backend's own (the MLX optimizer state)."""
     import torch
 
-    from mathrl.models.lora import is_peft_model, save_adapters
-    from mathrl.models.mlx_model import is_mlx_model, save_mlx_model
-
     def payload(tmp: Path) -> None:
-        if is_mlx_model(model):  # backend = "mlx": mlx-lm's format (LoRA: base + adapters)
-            save_mlx_model(model, tokenizer, tmp / "model")  # tokenizer included
-        else:
-            if is_peft_model(model):
-                save_adapters(model, tmp / "model")
-            elif weights is not None:
-                from mathrl.fsdp import plain_class
-
-                with plain_class(model):
-                    model.save_pretrained(tmp / "model", state_dict=weights)
-            else:
-                model.save_pretrained(tmp / "model", safe_serialization=True)
-            tokenizer.save_pretrained(tmp / "model")
+        save_model(tmp / "model")
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
         if write_extra is not None:

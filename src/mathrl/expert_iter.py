@@ -24,10 +24,11 @@ from typing import Any
 
 from mathrl import checkpoint as ckpt_mod
 from mathrl import dist, fsdp
-from mathrl.config import Config, dumps_toml
+from mathrl.backends import backend_for
+from mathrl.config import Config
 from mathrl.errors import MathrlError
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
-from mathrl.run_setup import checkpoint_meta, derive_seed
+from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
 
 
@@ -72,6 +73,7 @@ def run_expert_iter(
     from mathrl.sft import file_pair_sampler, train_sft
 
     ei = cfg.expert_iter
+    backend = backend_for(cfg)
     latest = ckpt_mod.latest_checkpoint(run_dir)
     done = ckpt_mod.read_manifest(latest)["step"] if latest else 0
     if dist.current().is_main:
@@ -119,39 +121,14 @@ def run_expert_iter(
             if cfg.eval.every:
                 metrics.update(heldout(model, tokenizer))
             logger.log(metrics, round_no)  # step = round; a resume truncates a repeated row
-            weights, _ = fsdp.full_state(model)  # FSDP: the ranks gather the shards
-
-            dist.on_main(  # rank 0 writes
-                functools.partial(
-                    commit_round, cfg, task, run_dir, rdir, round_no, model, tokenizer, weights
-                )
-            )
+            # every rank calls it; rank 0 writes (under FSDP the ranks gather the shards)
+            backend.write_checkpoint(
+                cfg, run_dir, round_no, model, tokenizer, {"round": round_no},
+                "expert_iter", task.fingerprint,
+            )  # fmt: skip
+            # the round is committed: its own SFT checkpoints are no longer needed
+            dist.on_main(functools.partial(shutil.rmtree, rdir / ckpt_mod.CKPT_DIR, True))
     return ei.rounds
-
-
-def commit_round(
-    cfg: Config,
-    task: Task,
-    run_dir: Path,
-    rdir: Path,
-    round_no: int,
-    model: Any,
-    tokenizer: Any,
-    weights: dict[str, Any] | None,
-) -> None:
-    """Checkpoint step = round_no, then drop the round's own SFT checkpoints."""
-    ckpt_mod.save_training_checkpoint(
-        run_dir,
-        round_no,
-        model,
-        tokenizer,
-        {"round": round_no},
-        dumps_toml(cfg),
-        checkpoint_meta(cfg, task.fingerprint, {"kind": "expert_iter"}),
-        cfg.checkpoint.keep_last,
-        weights=weights,
-    )
-    shutil.rmtree(rdir / ckpt_mod.CKPT_DIR, ignore_errors=True)  # the round is committed
 
 
 def sample_round(

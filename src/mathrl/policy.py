@@ -22,7 +22,6 @@ def load_policy(
     With train.parallel = "fsdp" under torchrun (and shard) the model is read on the CPU
     and each rank moves only its shards to its device (mathrl.fsdp).
     """
-    from mathrl.models.loading import load_model, resolve_autocast, resolve_device
     from mathrl.models.scratch import build_scratch_model
 
     source = str(path) if path is not None else cfg.model.path
@@ -50,6 +49,13 @@ def load_policy(
         source = str(scratch_dir)
     if cfg.backend == "mlx":
         return load_mlx_policy(cfg, source)
+    return load_torch_policy(cfg, source, shard)
+
+
+def load_torch_policy(cfg: Config, source: str, shard: bool = True) -> tuple[Any, Any]:
+    """load_policy on torch: LoRA per model.lora; sharded under FSDP (and shard)."""
+    from mathrl.models.loading import load_model, resolve_autocast, resolve_device
+
     fsdp.check(cfg)
     sharded = shard and fsdp.wanted(cfg)
     device = dist.rank_device(cfg.model.device)

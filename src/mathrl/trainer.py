@@ -30,7 +30,8 @@ import torch
 
 from mathrl import checkpoint as ckpt_mod
 from mathrl import dist, fsdp, stopping
-from mathrl.algorithms import compute_loss, zero_std_mask
+from mathrl.algorithms import zero_std_mask
+from mathrl.backends import backend_for
 from mathrl.config import Config
 from mathrl.data import PromptStream, heldout_split, training_examples
 from mathrl.errors import MathrlError
@@ -39,8 +40,15 @@ from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine,
 from mathrl.io import append_jsonl
 from mathrl.loggers import warn
 from mathrl.rewards import RewardPool
-from mathrl.rl import TrainState, step_scheduler
-from mathrl.rl.backend import ops, reference_for
+from mathrl.rl import (
+    TrainState,
+    advantages_for,
+    optimizer_state,
+    save_checkpoint,
+    step_scheduler,
+    train_step,
+)
+from mathrl.rl.backend import reference_for
 from mathrl.rollout.registry import SERVER_ENGINES
 from mathrl.tasks import Task
 
@@ -59,8 +67,8 @@ def train(
     t = cfg.train
     ranks = dist.current()
     check_parallel(cfg, ranks.world)
-    b = ops(cfg)  # the backend's optimizer, reference, advantages, step and checkpoint
-    optimizer, scheduler, state, saved = b.optimizer_state(cfg, model, resume_from)
+    b = backend_for(cfg)  # everything framework-specific: reference, step, checkpoint
+    optimizer, scheduler, state, saved = optimizer_state(cfg, b, model, resume_from)
     if resume_from is not None and ranks.is_main:
         ckpt_mod.truncate_logs(run_dir, state.step)
     ref = reference_for(cfg, b, model, state, run_dir, resumed=resume_from is not None)
@@ -105,7 +113,7 @@ def train(
                 pending = None
             metrics["rollout/staleness"] = float(staleness)
             rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
-            advantages = b.advantages_for(cfg, state, rewards)  # (B,)
+            advantages = advantages_for(cfg, state, rewards)  # (B,)
             metrics.update(reward_metrics(groups))
             if groups and bool(zero_std_mask(rewards, t.group_size).all()):
                 warn(
@@ -116,7 +124,7 @@ def train(
             t_train = time.perf_counter()
             my_advantages = advantages[first_row : first_row + sum(len(g.rewards) for g in mine)]
             metrics.update(
-                b.train_step(
+                train_step(
                     cfg,
                     model,
                     ref,
@@ -125,7 +133,7 @@ def train(
                     my_advantages,
                     pad_id,
                     rollout_logprobs=staleness > 0 or frozen_server,
-                    loss_fn=compute_loss,
+                    backend=b,
                 )
             )
             step_scheduler(scheduler)
@@ -162,8 +170,9 @@ def train(
                 # Saved at the prompts this step used: a resume samples the pending step's
                 # prompts again (same seeds, from the checkpoint's weights). Rank 0 writes.
                 with rewound(state, used):
-                    return b.save_checkpoint(
+                    return save_checkpoint(
                         cfg,
+                        b,
                         run_dir,
                         model,
                         tokenizer,
@@ -175,8 +184,8 @@ def train(
 
             every = cfg.checkpoint.every
             due = (every and state.step % every == 0) or state.step == t.steps
-            saved = save() if due else None
-            stopping.check(state.step, save if cfg.checkpoint.on_signal else None, saved)
+            committed = save() if due else None
+            stopping.check(state.step, save if cfg.checkpoint.on_signal else None, committed)
     return state
 
 

@@ -1,34 +1,15 @@
-"""One RL train step and the optimizer it steps, shared by the online and buffer trainers."""
+"""One RL train step and the state it resumes from, shared by the online and buffer
+trainers and by every backend."""
 
-from mathrl.rl.state import (
-    TrainState,
-    lr_schedule,
-    make_optimizer,
-    optimizer_state,
-    save_checkpoint,
-    step_scheduler,
-)
-from mathrl.rl.step import (
-    Reference,
-    advantages_for,
-    clip_gradients,
-    micro_batch,
-    reference_model,
-    sampler_logprobs,
-    train_step,
-)
+from mathrl.rl.state import TrainState, optimizer_state, save_checkpoint, step_scheduler
+from mathrl.rl.step import advantages_for, keep_rows, loss_config, train_step
 
 __all__ = [
-    "Reference",
     "TrainState",
     "advantages_for",
-    "clip_gradients",
-    "lr_schedule",
-    "make_optimizer",
-    "micro_batch",
+    "keep_rows",
+    "loss_config",
     "optimizer_state",
-    "reference_model",
-    "sampler_logprobs",
     "save_checkpoint",
     "step_scheduler",
     "train_step",

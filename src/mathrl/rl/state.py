@@ -1,7 +1,8 @@
-"""AdamW, the learning-rate schedule, the trainer's resumable state and its checkpoints.
+"""The trainer's resumable state, its optimizer and schedule, and its checkpoints.
 
-SFT (`mathrl sft`, the warm-up, expert iteration) and RL build their optimizer here, so
-both warn the same way about weights too coarse for their learning rate.
+The backend (mathrl.backends) builds the optimizer and schedule and saves what is its
+own; what a checkpoint holds besides (schedule, TrainState, RNG states) is decided here,
+once for every backend.
 """
 
 from __future__ import annotations
@@ -11,16 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-
 from mathrl import checkpoint as ckpt_mod
-from mathrl import dist, fsdp
-from mathrl.config import Config, dumps_toml
-from mathrl.errors import MathrlError
-from mathrl.loggers import warn
-from mathrl.models.precision import low_precision_weights_warning
-from mathrl.run_setup import checkpoint_meta
+from mathrl.backends import Backend
+from mathrl.config import Config
 
 
 @dataclass
@@ -36,23 +30,6 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_optimizer(
-    params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
-) -> torch.optim.Optimizer:
-    """AdamW over `params`; warns when their dtype would round the updates away."""
-    if (warning := low_precision_weights_warning(params, lr)) is not None:
-        warn(warning)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def lr_schedule(cfg: Config, optimizer: torch.optim.Optimizer) -> Any:
-    """train.schedule after train.warmup_steps of linear warm-up (transformers' schedules)."""
-    t = cfg.train
-    if t.schedule == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
-    return get_constant_schedule_with_warmup(optimizer, t.warmup_steps)
-
-
 def step_scheduler(scheduler: Any) -> None:
     """Advance the LR schedule; quiet about a skipped (non-finite) optimizer step.
 
@@ -65,7 +42,7 @@ def step_scheduler(scheduler: Any) -> None:
 
 
 def optimizer_state(
-    cfg: Config, model: Any, resume_from: Path | None
+    cfg: Config, backend: Backend, model: Any, resume_from: Path | None
 ) -> tuple[Any, Any, TrainState, dict[str, Any] | None]:
     """AdamW + LR schedule + TrainState, restored from a checkpoint when resuming.
 
@@ -73,19 +50,19 @@ def optimizer_state(
     the caller last, after everything else that draws random numbers.
     """
     t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, t.lr, t.weight_decay)
-    scheduler = lr_schedule(cfg, optimizer)
+    optimizer = backend.optimizer(model, t.lr, t.weight_decay)
+    scheduler = backend.schedule(cfg, optimizer)
     if resume_from is None:
         return optimizer, scheduler, TrainState(), None
     saved = ckpt_mod.load_trainer_state(resume_from)
-    fsdp.load_optimizer(model, optimizer, saved["optimizer"])  # FSDP: this rank's shard
+    backend.load_optimizer(model, optimizer, resume_from, saved)
     scheduler.load_state_dict(saved["scheduler"])
     return optimizer, scheduler, TrainState(**saved["train_state"]), saved
 
 
 def save_checkpoint(
     cfg: Config,
+    backend: Backend,
     run_dir: Path,
     model: Any,
     tokenizer: Any,
@@ -94,32 +71,13 @@ def save_checkpoint(
     state: TrainState,
     fingerprint: str,
 ) -> Path:
-    """Commit an RL checkpoint (model, optimizer, schedule, TrainState, RNG states); every
-    rank calls it, rank 0 writes (under FSDP the ranks first gather the shards)."""
-    weights, optim = fsdp.full_state(model, optimizer)
-
-    def write() -> Path:
-        for p in model.parameters() if weights is None else weights.values():
-            if not torch.isfinite(p).all():
-                raise MathrlError(
-                    f"Refusing to checkpoint step {state.step}: model weights are not finite"
-                )
-        payload = {
-            "optimizer": optim,
-            "scheduler": scheduler.state_dict(),
-            "train_state": state.__dict__.copy(),
-            "rng": ckpt_mod.rng_state(),
-        }
-        return ckpt_mod.save_training_checkpoint(
-            run_dir,
-            state.step,
-            model,
-            tokenizer,
-            payload,
-            dumps_toml(cfg),
-            checkpoint_meta(cfg, fingerprint, {"kind": "rl"}),
-            cfg.checkpoint.keep_last,
-            weights=weights,
-        )
-
-    return dist.on_main(write)
+    """Commit an RL checkpoint (model, optimizer, schedule, TrainState, RNG states) through
+    the backend's one writer; every rank calls it, rank 0 writes."""
+    payload = {
+        "scheduler": scheduler.state_dict(),
+        "train_state": state.__dict__.copy(),
+        "rng": ckpt_mod.rng_state(),
+    }
+    return backend.write_checkpoint(
+        cfg, run_dir, state.step, model, tokenizer, payload, "rl", fingerprint, optimizer
+    )
