@@ -148,9 +148,7 @@ class MlxBackend(Backend):
         if self.grads is None:
             return 0.0
         self.grads, norm = clip_gradients(self.grads, max_norm)
-        # rounded to float32 as torch's norm is (the squares are summed in float32, so a
-        # finite norm stays finite)
-        return float(np.float32(norm))
+        return norm
 
     def optimizer_step(self, model: Any, optimizer: Any) -> None:
         if self.grads is None:  # no micro-batch: an update would still decay the weights

@@ -165,7 +165,8 @@ def step_metrics(
         metrics["rollout/logprob_diff"] = lp_diff * passes / n
     if tis_capped is not None:  # fraction of token weights the cap cut
         metrics["rollout/tis_capped"] = tis_capped / n
-    metrics["optim/grad_norm"] = float(grad_norm)
+    # at float32, the precision of torch's norm, whatever the backend computed it in
+    metrics["optim/grad_norm"] = float(torch.tensor(grad_norm))
     metrics["optim/skipped"] = skipped
     metrics["train/trained_seqs"] = trained
     return metrics
