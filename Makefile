@@ -44,7 +44,7 @@ MYPY_PATHS ?= src/mathrl/algorithms src/mathrl/rewards src/mathrl/tasks src/math
 	src/mathrl/rollout/types.py src/mathrl/rollout/stops.py src/mathrl/rollout/seeds.py \
 	src/mathrl/models/identity.py src/mathrl/dist.py src/mathrl/stopping.py \
 	src/mathrl/rollout/mlx_engine.py src/mathrl/models/mlx_convert.py src/mathrl/models/backends.py \
-	src/mathrl/rl/backend.py src/mathrl/fsdp.py src/mathrl/rollout/cpu_gemm.py src/mathrl/mlx_blas.py
+	src/mathrl/backends src/mathrl/fsdp.py src/mathrl/rollout/cpu_gemm.py src/mathrl/mlx_blas.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -11,7 +11,7 @@ the reward is bench/grpo_common.text_reward (a random-init model never answers c
 Both backends live in this process, loaded from the same HF dir, and run in lock step:
 one step of one, then one of the other (order alternating), so load from other users of
 the machine hits both alike. Each step: rollout (engine.generate), reward, advantages,
-train_step (the loop's own functions, through rl.backend.ops). Reported: medians of the
+train_step (the loop's own functions, over mathrl.backends.backend_for). Reported: medians of the
 measured steps for the step, its rollout and train parts, prefill/decode split, rollout
 tokens/s, and MLX/torch ratios. Writes bench/results/mlx-<stamp>.json.
 """
@@ -46,9 +46,10 @@ class Side:
     """One backend's model, engine and optimizer, stepping on the shared prompts."""
 
     def __init__(self, backend: str, path: Path, data: str) -> None:
+        from mathrl.backends import backend_for
         from mathrl.config import load_config
         from mathrl.groups import rollout_engine
-        from mathrl.rl.backend import ops
+        from mathrl.rl import optimizer_state
 
         self.cfg = load_config(
             CONFIG, [f"backend={backend}", f"model.path={path}", f"data.path={data}"], env=False
@@ -61,10 +62,10 @@ class Side:
             from mathrl.models.loading import load_model
 
             self.model, self.tokenizer = load_model(str(path), dtype="float32", device="cpu")
-        self.ops = ops(self.cfg)
+        self.backend = backend_for(self.cfg)
         self.engine = rollout_engine(self.cfg, self.model, self.tokenizer)
-        self.optimizer, self.scheduler, self.state, _ = self.ops.optimizer_state(
-            self.cfg, self.model, None
+        self.optimizer, self.scheduler, self.state, _ = optimizer_state(
+            self.cfg, self.backend, self.model, None
         )
 
     def step(self, prompts: list[list[int]], seed: int) -> dict[str, float]:
@@ -72,6 +73,7 @@ class Side:
 
         from mathrl.groups import Group, rollout_sampling
         from mathrl.rewards import RewardResult
+        from mathrl.rl import advantages_for, train_step
         from mathrl.tasks import Example
 
         t = self.cfg.train
@@ -85,10 +87,19 @@ class Side:
             scores = [RewardResult(reward=text_reward(c.text)) for c in comps]
             groups.append(Group(Example(str(i), "", "0"), p, comps, scores))
         rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
-        advantages = self.ops.advantages_for(self.cfg, self.state, rewards)
+        advantages = advantages_for(self.cfg, self.state, rewards)
         self.model.train()
         pad = self.tokenizer.pad_token_id or 0
-        self.ops.train_step(self.cfg, self.model, None, self.optimizer, groups, advantages, pad)
+        train_step(
+            self.cfg,
+            self.model,
+            None,
+            self.optimizer,
+            groups,
+            advantages,
+            pad,
+            backend=self.backend,
+        )
         t2 = time.perf_counter()
         return {
             "step_s": t2 - t0,

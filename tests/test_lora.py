@@ -59,9 +59,9 @@ def lora_run(tmp_path_factory, lora_config):
     """`mathrl.train` of the tiny LoRA config (3 SFT warm-up + 2 GRPO steps with KL); the
     policy object the RL loop trained, and its parameters as the loop got them."""
     import mathrl
-    import mathrl.trainer
+    import mathrl.runs.train
 
-    real_train = mathrl.trainer.train
+    real_train = mathrl.runs.train.train
     seen: dict = {}
 
     def spy(cfg, task, model, *args, **kwargs):
@@ -71,7 +71,7 @@ def lora_run(tmp_path_factory, lora_config):
 
     out = tmp_path_factory.mktemp("lora") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mathrl.trainer, "train", spy)
+        mp.setattr(mathrl.runs.train, "train", spy)
         mathrl.train(lora_config, out)
     seen["model"].eval()
     return out, seen

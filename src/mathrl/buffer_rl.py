@@ -33,11 +33,11 @@ from mathrl.rewards import RewardPool, RewardResult
 from mathrl.rl import (
     advantages_for,
     optimizer_state,
+    reference_for,
     save_checkpoint,
     step_scheduler,
     train_step,
 )
-from mathrl.rl.backend import reference_for
 from mathrl.rollout.types import Completion
 from mathrl.tasks import Example, Task
 

@@ -44,11 +44,11 @@ from mathrl.rl import (
     TrainState,
     advantages_for,
     optimizer_state,
+    reference_for,
     save_checkpoint,
     step_scheduler,
     train_step,
 )
-from mathrl.rl.backend import reference_for
 from mathrl.rollout.registry import SERVER_ENGINES
 from mathrl.tasks import Task
 

@@ -20,4 +20,21 @@ def backend_for(cfg: Config | str) -> Backend:
     return TorchBackend()
 
 
-__all__ = ["Backend", "Encoded", "MicroStats", "RLPass", "TorchBackend", "backend_for"]
+def check_mlx_forms(cfg: Config) -> None:
+    """A variant registered in torch form only (a user's own loss) stops an MLX run,
+    naming the key, before any work."""
+    # imported here: only MLX runs call this, and a torch-only process never loads mlx
+    from mathrl.backends.mlx import check_forms
+
+    check_forms(cfg)
+
+
+__all__ = [
+    "Backend",
+    "Encoded",
+    "MicroStats",
+    "RLPass",
+    "TorchBackend",
+    "backend_for",
+    "check_mlx_forms",
+]

@@ -1,7 +1,7 @@
 """Backends by name: where the model lives and trains (the top-level config key `backend`).
 
 The backend boundary is model load, forward log-probs, the optimizer step and saving:
-torch (models/loading.py, rl/step.py) or MLX (models/mlx_model.py, rl/mlx_step.py).
+torch (models/loading.py, backends/torch.py) or MLX (models/mlx_model.py, backends/mlx.py).
 Everything else (tasks, rewards, data, the loops, logs, reports) is shared. An entry is
 the check that the backend can run here, so naming one costs no import.
 """

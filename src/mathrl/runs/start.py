@@ -17,8 +17,8 @@ from mathrl.errors import ConfigError, MathrlError
 from mathrl.eval.suite import SUITES
 from mathrl.io import atomic_write_text
 from mathrl.model_source import resolve_model
+from mathrl.backends import check_mlx_forms
 from mathrl.models.backends import require_backend
-from mathrl.rl.backend import check_mlx_forms
 from mathrl.run_setup import (
     prepare_run_dir,
     quiet_libraries,
