@@ -21,12 +21,10 @@ from mathrl.algorithms import (  # noqa: E402
     ADVANTAGES,
     AGG_MODES,
     KL_ESTIMATORS,
-    NEEDS_GROUPS,
     POLICY_LOSSES,
     PolicyLossConfig,
     agg_loss,
     agg_share,
-    compute_advantages,
     compute_loss,
     kl_penalty,
     register_advantage,
@@ -35,7 +33,6 @@ from mathrl.algorithms import (  # noqa: E402
     token_entropy_from_logits,
     truncated_is_weights,
     unregister_advantage,
-    zero_std_mask,
 )
 from mathrl.algorithms import mlx_forms as mf  # noqa: E402
 
@@ -148,7 +145,6 @@ def _mlx_loss(case: dict, policy_loss: str, mode: str):
 
 def test_every_torch_entry_has_an_mlx_form_and_no_more() -> None:
     assert mf.missing_mlx_forms() == []
-    assert mf.MLX_ADVANTAGES.names() == ADVANTAGES.names()
     assert mf.MLX_AGG_MODES.names() == AGG_MODES.names()
     assert mf.MLX_POLICY_LOSSES.names() == POLICY_LOSSES.names()
     assert mf.MLX_KL_ESTIMATORS.names() == KL_ESTIMATORS.names()
@@ -237,92 +233,16 @@ def test_kl_estimators_match_torch_including_the_clamp(estimator: str) -> None:
 
 # ---------------------------------------------------------------- advantages
 
-REWARDS = {
-    "binary": np.array([1, 0, 0, 1, 1, 1, 1, 1, 0, 1, 0, 0], dtype=np.float32),
-    "dense with a flat group": np.array(
-        [0.3, 0.9, 0.1, 0.4, 0.7, 0.7, 0.7, 0.7, 0.25, 0.5, 0.8, 0.05], dtype=np.float32
-    ),
-    "integers": np.array([2, 0, 1, 3, 1, 1, 1, 1, 0, 5, 0, 0], dtype=np.int64),
-}
 
-
-@pytest.mark.parametrize("rewards", list(REWARDS))
-@pytest.mark.parametrize("name", ADVANTAGES.names())
-def test_advantages_and_baseline_match_torch(name: str, rewards: str) -> None:
-    # two batches (the second with a group dropped): reinforce's EMA baseline starts at
-    # None, then moves; the others pass it on
-    first, second = REWARDS[rewards], REWARDS[rewards][4:].copy()
-    baseline_t = baseline_m = None
-    for batch in (first, second):
-        adv_t, baseline_t = compute_advantages(
-            name, _t(batch), 4, baseline=baseline_t, baseline_momentum=0.9
-        )
-        adv_m, baseline_m = mf.compute_advantages_mlx(
-            name, _m(batch), 4, baseline=baseline_m, baseline_momentum=0.9
-        )
-        assert adv_m.shape == batch.shape and adv_m.dtype == mx.float32
-        _close(adv_m, adv_t)
-        assert baseline_m == pytest.approx(baseline_t, abs=1e-12)
-        if name in NEEDS_GROUPS:
-            flat = zero_std_mask(_t(batch), 4).numpy()
-            assert (np.array(adv_m)[flat] == 0.0).all()
-    if name == "reinforce":
-        expected = 0.9 * first.mean() + 0.1 * second.mean()
-        assert baseline_m == pytest.approx(expected, rel=1e-6) and expected != first.mean()
-    else:
-        assert baseline_m is None
-    assert mf.compute_advantages_mlx(name, _m(first), 4, baseline=0.25)[1] == 0.25
-
-
-@pytest.mark.parametrize("name", sorted(NEEDS_GROUPS))
-@pytest.mark.parametrize(
-    ("value", "group_size"),
-    [(0.1, 3), (1 / 3, 7), (0.0, 16), (-2.5, 2)],  # 0.1 * 3 != 0.1 + 0.1 + 0.1
-)
-def test_flat_group_is_exactly_zero(name: str, value: float, group_size: int) -> None:
-    rewards = mx.full((2 * group_size,), value, dtype=mx.float32)
-    advantages = mf.MLX_ADVANTAGES.get(name)(rewards, group_size)
-    assert np.array(advantages).tolist() == [0.0] * (2 * group_size)
-
-
-@pytest.mark.parametrize(
-    ("rewards", "group_size"),
-    [
-        ([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5], 4),
-        ([1.0, 1.0 + 1e-6], 2),  # a tiny but real difference is signal
-        ([0.0, 0.0, 1.0], 1),
-        ([], 3),
-    ],
-)
-def test_zero_std_mask_matches_torch(rewards: list[float], group_size: int) -> None:
-    rewards_np = np.array(rewards, dtype=np.float32)
-    expected = zero_std_mask(_t(rewards_np), group_size).tolist()
-    assert np.array(mf.zero_std_mask(_m(rewards_np), group_size)).tolist() == expected
-
-
-@pytest.mark.parametrize(
-    ("name", "rewards", "group_size", "match"),
-    [
-        ("grpo", np.zeros(5), 4, "whole groups"),
-        ("dr_grpo", np.zeros(4), 0, "whole groups"),
-        ("reinforce", np.zeros((2, 4)), 4, "1-D"),
-        ("rloo", np.zeros(3), 1, "group_size >= 2"),
-    ],
-)
-def test_bad_layout_same_error(name: str, rewards: np.ndarray, group_size: int, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        ADVANTAGES.get(name)(_t(rewards), group_size)
-    with pytest.raises(ValueError, match=match):
-        mf.MLX_ADVANTAGES.get(name)(_m(rewards.astype(np.float32)), group_size)
-
-
-def test_empty_batch_and_ema_errors() -> None:
-    for name in ADVANTAGES.names():
-        assert mf.MLX_ADVANTAGES.get(name)(mx.zeros((0,)), 4).shape == (0,)
-    with pytest.raises(ValueError, match="empty"):
-        mf.update_ema_baseline(0.5, mx.zeros((0,)), 0.9)
-    with pytest.raises(ValueError, match="momentum"):
-        mf.update_ema_baseline(0.5, mx.ones((1,)), 1.5)
+def test_advantages_have_one_form_for_every_backend() -> None:
+    # computed from (B,) rewards once per step, in torch, whatever the backend: a user's
+    # own estimator needs no MLX twin, and an MLX run accepts it
+    assert not hasattr(mf, "MLX_ADVANTAGES") and not hasattr(mf, "compute_advantages_mlx")
+    register_advantage("zz_user_adv")(ADVANTAGES.get("dr_grpo"))
+    try:
+        assert mf.missing_mlx_forms() == []
+    finally:
+        unregister_advantage("zz_user_adv")
 
 
 # ---------------------------------------------------------------- logit helpers
@@ -369,15 +289,10 @@ def test_entropy_matches_torch() -> None:
 
 def test_missing_mlx_forms_names_a_torch_only_variant() -> None:
     register_policy_loss("zz_torch_only")(POLICY_LOSSES.get("vanilla"))
-    register_advantage("zz_torch_only_adv", uses_baseline=True)(ADVANTAGES.get("reinforce"))
     try:
-        assert mf.missing_mlx_forms() == [
-            "advantage estimator 'zz_torch_only_adv'",
-            "policy loss 'zz_torch_only'",
-        ]
+        assert mf.missing_mlx_forms() == ["policy loss 'zz_torch_only'"]
     finally:
         POLICY_LOSSES.remove("zz_torch_only")
-        unregister_advantage("zz_torch_only_adv")
     assert mf.missing_mlx_forms() == []
 
 

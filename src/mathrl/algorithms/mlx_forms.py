@@ -1,17 +1,19 @@
-"""MLX forms of advantages.py and losses.py: mlx.core arrays in, the same numbers out.
+"""MLX forms of losses.py: mlx.core arrays in, the same numbers out.
 
 Every function here is the twin of the torch function of the same name, in the same
 order and with the same docstring gist; the entry points a backend calls end in `_mlx`
-(compute_advantages_mlx, compute_loss_mlx, truncated_is_weights_mlx,
-selective_logprobs_mlx, token_entropy_mlx for token_entropy_from_logits). Every torch
-registry entry has an entry of the same name in the MLX registry below it. A new
+(compute_loss_mlx, truncated_is_weights_mlx, selective_logprobs_mlx, token_entropy_mlx
+for token_entropy_from_logits). Every torch registry entry has an entry of the same name
+in the MLX registry below it. Advantages have one form, torch's (advantages.py): they are
+computed from a (B,) reward vector once per step, for every backend, before the model's
+framework is involved. A new
 variant is added to both files: tests/test_mlx_algorithms.py runs every torch registry
 name in both forms and fails for one without an MLX twin, and `missing_mlx_forms` lets
 the trainer refuse, in one line, a config that names a torch-only variant.
 
 Imported only when backend = "mlx" is used: `mathrl.algorithms` does not import this
-module, so the torch path never needs mlx. Config, constants and the estimator flags
-(NEEDS_GROUPS, USES_BASELINE) are the torch modules' own, not copies.
+module, so the torch path never needs mlx. Config and constants are the torch module's
+own, not copies.
 
 As in torch, values at masked positions may be garbage (inf, nan): they are selected
 away with `mx.where` before any exp. `.detach()` is `mx.stop_gradient` here.
@@ -26,7 +28,6 @@ from typing import Any
 
 import mlx.core as mx
 
-from mathrl.algorithms.advantages import ADVANTAGES, USES_BASELINE
 from mathrl.algorithms.losses import (
     AGG_MODES,
     KL_ESTIMATORS,
@@ -37,114 +38,12 @@ from mathrl.algorithms.losses import (
 from mathrl.errors import ConfigError
 from mathrl.registry import Registry
 
-# ================================================================ advantages.py
-
 
 def _item(x: mx.array) -> float:
     """A real scalar array as a Python float (mlx's stubs also allow complex)."""
     value = x.item()
     assert isinstance(value, int | float), f"expected a real scalar, got {value!r}"
     return float(value)
-
-
-MlxAdvantageFn = Callable[..., mx.array]
-MLX_ADVANTAGES: Registry[MlxAdvantageFn] = Registry("MLX advantage estimator")
-
-
-def _grouped(rewards: mx.array, group_size: int) -> mx.array:
-    """View (B,) rewards as float (B/G, G), checking the layout."""
-    if rewards.ndim != 1:
-        raise ValueError(f"rewards must be 1-D (B,), got shape {tuple(rewards.shape)}")
-    if group_size < 1 or rewards.size % group_size != 0:
-        raise ValueError(f"batch of {rewards.size} is not whole groups of {group_size}")
-    if not mx.issubdtype(rewards.dtype, mx.floating):
-        rewards = rewards.astype(mx.float32)
-    # an explicit row count: reshape(-1, G) cannot infer it for an empty batch
-    return rewards.reshape(rewards.size // group_size, group_size)  # (B/G, G)
-
-
-def zero_std_mask(rewards: mx.array, group_size: int) -> mx.array:
-    """(B,) bool, True for samples whose group has identical rewards (no learning signal)."""
-    grouped = _grouped(rewards, group_size)  # (B/G, G)
-    # exact max == min, not std < eps: a tolerance would hide real (tiny) reward differences
-    same = grouped.max(axis=1) == grouped.min(axis=1)  # (B/G,)
-    return mx.repeat(same, group_size)  # (B,)
-
-
-def _zero_flat_groups(advantages: mx.array, rewards: mx.array, group_size: int) -> mx.array:
-    """Force exact zeros where the group is flat (r - mean can be off by an ulp)."""
-    flat = zero_std_mask(rewards, group_size)  # (B,)
-    return mx.where(flat, mx.zeros_like(advantages), advantages)
-
-
-@MLX_ADVANTAGES.register("reinforce")
-def reinforce(
-    rewards: mx.array, group_size: int = 1, *, baseline: float | None = None, **_: object
-) -> mx.array:
-    """Raw reward minus an optional scalar baseline (e.g. a moving average kept by the caller)."""
-    advantages = _grouped(rewards, group_size).reshape(-1)  # (B,); checks shape only
-    return advantages if baseline is None else advantages - baseline
-
-
-def update_ema_baseline(old: float | None, rewards: mx.array, momentum: float) -> float:
-    """momentum * old + (1 - momentum) * mean(rewards); the first call returns the mean."""
-    if rewards.size == 0:
-        raise ValueError("cannot update a baseline from an empty batch of rewards")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    # in float64 as torch's .double(), on the CPU stream: Metal has no float64
-    batch_mean = _item(mx.mean(rewards.astype(mx.float64, stream=mx.cpu), stream=mx.cpu))
-    return batch_mean if old is None else momentum * old + (1.0 - momentum) * batch_mean
-
-
-@MLX_ADVANTAGES.register("rloo")
-def rloo(rewards: mx.array, group_size: int, **_: object) -> mx.array:
-    """r_i minus the mean of the other G-1 rewards of its group (Ahmadian et al., 2024)."""
-    if group_size < 2:
-        raise ValueError("rloo needs group_size >= 2 (a leave-one-out baseline of 0 samples)")
-    grouped = _grouped(rewards, group_size)  # (B/G, G)
-    others_mean = (grouped.sum(axis=1, keepdims=True) - grouped) / (group_size - 1)  # (B/G, G)
-    advantages = (grouped - others_mean).reshape(-1)  # (B,)
-    return _zero_flat_groups(advantages, rewards, group_size)
-
-
-@MLX_ADVANTAGES.register("grpo")
-def grpo(rewards: mx.array, group_size: int, *, eps: float = 1e-6, **_: object) -> mx.array:
-    """(r - group mean) / (group std + eps), std unbiased (Bessel), as DeepSeekMath/TRL/verl."""
-    grouped = _grouped(rewards, group_size)  # (B/G, G)
-    centered = grouped - grouped.mean(axis=1, keepdims=True)  # (B/G, G)
-    var = (centered**2).sum(axis=1, keepdims=True) / max(group_size - 1, 1)  # (B/G, 1)
-    advantages = (centered / (mx.sqrt(var) + eps)).reshape(-1)  # (B,)
-    return _zero_flat_groups(advantages, rewards, group_size)
-
-
-@MLX_ADVANTAGES.register("dr_grpo")
-def dr_grpo(rewards: mx.array, group_size: int, **_: object) -> mx.array:
-    """r - group mean, no std scaling (Dr. GRPO, Liu et al., 2025: std favours easy/hard prompts)."""
-    grouped = _grouped(rewards, group_size)  # (B/G, G)
-    advantages = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)  # (B,)
-    return _zero_flat_groups(advantages, rewards, group_size)
-
-
-def compute_advantages_mlx(
-    name: str,
-    rewards: mx.array,
-    group_size: int,
-    *,
-    baseline: float | None = None,
-    baseline_momentum: float = 0.0,
-) -> tuple[mx.array, float | None]:
-    """(B,) advantages of estimator `name`, and the baseline to pass with the next batch.
-
-    Only estimators in USES_BASELINE (the torch module's flags) read and move `baseline`.
-    """
-    fn = MLX_ADVANTAGES.get(name)
-    if name not in USES_BASELINE:
-        return fn(rewards, group_size), baseline
-    advantages = fn(rewards, group_size, baseline=baseline)  # (B,)
-    if baseline_momentum > 0:
-        baseline = update_ema_baseline(baseline, rewards, baseline_momentum)
-    return advantages, baseline
 
 
 # ================================================================ losses.py
@@ -427,7 +326,6 @@ def token_entropy_mlx(logits: mx.array) -> mx.array:
 
 
 MLX_TWINS: list[tuple[Registry[Any], Registry[Any]]] = [
-    (ADVANTAGES, MLX_ADVANTAGES),
     (AGG_MODES, MLX_AGG_MODES),
     (POLICY_LOSSES, MLX_POLICY_LOSSES),
     (KL_ESTIMATORS, MLX_KL_ESTIMATORS),
