@@ -4,6 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mathrl-installed
 PYTEST_ARGS ?=
+# Test processes: the suite's end-to-end runs wait on subprocesses, sockets and process
+# start-up as much as on the CPU, so two workers pay even on 2 cores (BENCHMARKS.md,
+# "Test-suite time"); a module's tests stay on one worker (--dist loadfile) so its
+# module-scoped fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast quickstart gsm8k-cpu lint docs format bench bench-dist bench-mlx clean
 
@@ -23,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
