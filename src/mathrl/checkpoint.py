@@ -14,9 +14,11 @@ never used.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from mathrl.errors import MathrlError
 from mathrl.io import TMP_PREFIX, atomic_write_text, fsync_dir, read_jsonl, sha256_file, write_jsonl
@@ -70,7 +75,6 @@ def default_run_dir(base: str | Path = "runs") -> Path:
 
 def versions() -> dict[str, str]:
     """Versions of what a run depends on (for manifests and `mathrl env`)."""
-    import importlib.metadata as md
 
     out = {"python": platform.python_version()}
     for pkg in ("mathrl", "torch", "transformers", "tokenizers", "safetensors", "numpy"):
@@ -82,7 +86,6 @@ def versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
-    import torch
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -268,7 +271,6 @@ def save_training_checkpoint(
     its framework's format (the backend's save_model), the trainer state goes into
     trainer_state.pt, the resolved config beside it; write_extra(tmp) adds files of the
     backend's own (the MLX optimizer state)."""
-    import torch
 
     def payload(tmp: Path) -> None:
         save_model(tmp / "model")
@@ -282,7 +284,6 @@ def save_training_checkpoint(
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     """Trainer state saved beside the model; only tensors and plain containers are loaded."""
-    import torch
 
     path = ckpt / STATE_FILE
     if not path.is_file():
@@ -295,10 +296,6 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch CPU and CUDA RNG states, as weights_only-loadable values."""
-    import random
-
-    import numpy as np
-    import torch
 
     np_state = np.random.get_state()
     state: dict[str, Any] = {
@@ -312,10 +309,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-    import torch
 
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))

@@ -26,9 +26,14 @@ from mathrl import checkpoint as ckpt_mod
 from mathrl import dist, fsdp
 from mathrl.backends import backend_for
 from mathrl.config import Config
+from mathrl.data import heldout_split, training_examples
 from mathrl.errors import MathrlError
+from mathrl.eval.evaluate import heldout_metrics
+from mathrl.groups import rollout_sampling, sample_examples
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
+from mathrl.rewards.pool import RewardPool
 from mathrl.run_setup import derive_seed
+from mathrl.sft import file_pair_sampler, train_sft
 from mathrl.tasks import Example, Task
 
 
@@ -67,10 +72,6 @@ def run_expert_iter(
     say: Callable[[str], None],
 ) -> int:
     """Run the remaining rounds; returns the number of finished rounds."""
-    from mathrl.data import heldout_split, training_examples
-    from mathrl.eval.evaluate import heldout_metrics
-    from mathrl.rewards.pool import RewardPool
-    from mathrl.sft import file_pair_sampler, train_sft
 
     ei = cfg.expert_iter
     backend = backend_for(cfg)
@@ -146,7 +147,6 @@ def sample_round(
     Both files are written whole before SFT starts, so a resumed round reuses them. Under
     torchrun the ranks sample their share of the prompts and rank 0 writes the files.
     """
-    from mathrl.groups import rollout_sampling, sample_examples
 
     ei = cfg.expert_iter
     sampling = rollout_sampling(cfg, ei.samples, round_seed(cfg.seed, round_no))

@@ -8,6 +8,9 @@ from typing import Any
 from mathrl import dist, fsdp
 from mathrl.config import Config
 from mathrl.errors import MathrlError
+from mathrl.models.loading import load_model, resolve_autocast, resolve_device
+from mathrl.models.lora import adapter_settings, add_adapters, is_peft_model
+from mathrl.models.scratch import build_scratch_model
 from mathrl.tasks import Task
 
 
@@ -22,7 +25,6 @@ def load_policy(
     With train.parallel = "fsdp" under torchrun (and shard) the model is read on the CPU
     and each rank moves only its shards to its device (mathrl.fsdp).
     """
-    from mathrl.models.scratch import build_scratch_model
 
     source = str(path) if path is not None else cfg.model.path
     if path is None and cfg.model.path == "scratch":
@@ -54,7 +56,6 @@ def load_policy(
 
 def load_torch_policy(cfg: Config, source: str, shard: bool = True) -> tuple[Any, Any]:
     """load_policy on torch: LoRA per model.lora; sharded under FSDP (and shard)."""
-    from mathrl.models.loading import load_model, resolve_autocast, resolve_device
 
     fsdp.check(cfg)
     sharded = shard and fsdp.wanted(cfg)
@@ -69,8 +70,6 @@ def load_torch_policy(cfg: Config, source: str, shard: bool = True) -> tuple[Any
         train_adapters=use_lora,
     )
     if use_lora:
-        from mathrl.models.lora import is_peft_model
-
         if is_peft_model(model):
             check_adapters(model, cfg, source)
         else:
@@ -83,6 +82,7 @@ def load_torch_policy(cfg: Config, source: str, shard: bool = True) -> tuple[Any
 def load_mlx_policy(cfg: Config, source: str) -> tuple[Any, Any]:
     """load_policy on MLX: the model, with trainable LoRA adapters under model.lora (its
     own when `source` holds matching ones, else new ones)."""
+    # mlx is imported only by MLX runs: torch-only processes never load it
     from mathrl.models.mlx_model import add_lora, is_quantized, load_mlx_model, lora_settings
 
     lc = cfg.model.lora
@@ -109,7 +109,6 @@ def load_mlx_policy(cfg: Config, source: str) -> tuple[Any, Any]:
 def apply_lora(model: Any, cfg: Config, base: str | None = None) -> Any:
     """New LoRA adapters per model.lora; `base` (what the model was loaded from) is what
     the adapters' checkpoints will name as their base."""
-    from mathrl.models.lora import add_adapters
 
     lc = cfg.model.lora
     return add_adapters(
@@ -124,7 +123,6 @@ def apply_lora(model: Any, cfg: Config, base: str | None = None) -> Any:
 
 def check_adapters(model: Any, cfg: Config, source: str) -> None:
     """Adapters loaded to train on must be the ones model.lora describes."""
-    from mathrl.models.lora import adapter_settings
 
     lc = cfg.model.lora
     r, alpha, targets = adapter_settings(model)
