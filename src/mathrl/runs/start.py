@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl import dist
+from mathrl.backends import check_mlx_forms
 from mathrl.checkpoint import default_run_dir, latest_checkpoint, write_run_manifest
 from mathrl.config import Config, dumps_toml, load_config
 from mathrl.data import make_task
@@ -17,7 +18,6 @@ from mathrl.errors import ConfigError, MathrlError
 from mathrl.eval.suite import SUITES
 from mathrl.io import atomic_write_text
 from mathrl.model_source import resolve_model
-from mathrl.backends import check_mlx_forms
 from mathrl.models.backends import require_backend
 from mathrl.run_setup import (
     prepare_run_dir,
