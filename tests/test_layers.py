@@ -29,7 +29,11 @@ LAYERS: list[set[str]] = [
         "dist",
         "fsdp",
     },  # plumbing
-    {"data", "groups"},  # prompts, splits; groups scored through the reward pool
+    {
+        "data",
+        "curriculum",
+        "groups",
+    },  # prompts, splits, the curriculum; groups scored through the reward pool
     {
         "rl",
         "backends",

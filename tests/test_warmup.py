@@ -46,6 +46,29 @@ def test_decision_table(warmup, rate, want, steps, reason):
     assert reason in d.reason
 
 
+@pytest.mark.parametrize(
+    ("sets", "strict", "lenient", "want", "steps", "reason"),
+    [
+        # the skill is there, the format is not: the format reward teaches it, no SFT
+        ((), 0.0, 0.3, False, 0, "0.300 leniently: only the format is missing; RL's format"),
+        (("task.reward_scheme=binary",), 0.05, 0.2, True, 50, "a short warm-up (50 steps)"),
+        # lenient below the bar as well: the skill is missing, the full warm-up
+        ((), 0.0, 0.1, True, 200, "< warmup.min_positive = 0.2: SFT warm-up first"),
+        ((), 0.25, 0.9, False, 0, ">= warmup.min_positive = 0.2: no warm-up"),
+    ],
+)
+def test_format_only_skips_or_shortens_the_warmup(sets, strict, lenient, want, steps, reason):
+    cfg = load_config(None, ["warmup.min_positive=0.2", *sets])
+    d = decide(cfg, strict, lenient)
+    assert (d.warmup, d.steps, d.first_round_correct, d.first_round_lenient) == (
+        want,
+        steps,
+        strict,
+        lenient,
+    )
+    assert reason in d.reason
+
+
 def test_bad_warmup_values_are_refused():
     from mathrl.errors import ConfigError
 
@@ -73,6 +96,10 @@ def test_weak_model_is_warmed_up_first(run_train, tmp_path):
         "steps": 2,
         "reason": "0.000 of first-round samples correct < warmup.min_positive = 0.5: SFT warm-up first",
         "first_round_correct": 0.0,
+        "first_round_lenient": 0.0,
+        # the same round from the warmed-up model: 2 SFT steps teach a scratch model nothing
+        "after_correct": 0.0,
+        "after_lenient": 0.0,
     }
     assert "warm-up decision: 0.000 of first-round" in res.err
     assert [m["step"] for m in read_jsonl(out / "warmup_sft" / "metrics.jsonl")] == [1, 2]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mathrl.config import Config
+from mathrl.config import Config, load_config
+from mathrl.curriculum import WeightedStream
 from mathrl.errors import ConfigError, DataError, MathrlError
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.loggers import console
@@ -20,18 +21,39 @@ from mathrl.tasks import Example, Task
 from mathrl.tasks.arithmetic import ArithmeticTask
 from mathrl.tasks.countdown import CountdownTask
 from mathrl.tasks.gsm8k import GSM8KTask, prepared_dir
+from mathrl.tasks.mixture import Component, MixtureTask
 from mathrl.tasks.qa import QATask
 
 
 def make_task(cfg: Config) -> Task:
     """Build the configured task (the only place that maps task.name to a class); with
-    task.rewards, its reward becomes their weighted sum, checked on a trial batch first."""
+    task.rewards, its reward becomes their weighted sum, checked on a trial batch first;
+    with task.mixture, a MixtureTask of each entry's task."""
+    if cfg.task.mixture:
+        return MixtureTask(
+            [Component(m.name, m.weight, make_task(c)) for m, c in mixture_configs(cfg)]
+        )
     task = _base_task(cfg)
     if not cfg.task.rewards:
         return task
     rewarded = WithRewardFns(task, cfg.task.rewards)
     rewarded.check(cfg.train.reward_timeout_s)
     return rewarded
+
+
+def mixture_configs(cfg: Config) -> list[tuple[Any, Config]]:
+    """(entry, its config) for each task.mixture entry: this config with the entry's `set`
+    overrides, and task.name = its name when they do not set one."""
+    out = []
+    for m in cfg.task.mixture:
+        names_task = any(item.partition("=")[0].strip() == "task.name" for item in m.set)
+        overrides = ["task.mixture=[]", *([] if names_task else [f"task.name={m.name}"]), *m.set]
+        try:
+            sub = load_config(base=cfg, overrides=overrides, env=False)
+        except ConfigError as e:
+            raise ConfigError(f"task.mixture '{m.name}': {e}") from None
+        out.append((m, sub))
+    return out
 
 
 def _base_task(cfg: Config) -> Task:
@@ -235,6 +257,23 @@ def filter_by_pass_rate(
     return kept
 
 
+def prompt_stream(cfg: Config, task: Task, examples: list[Example], state: Any) -> Any:
+    """The RL loop's prompt stream under data.curriculum: shuffled epochs (PromptStream) or
+    the learnability curriculum (mathrl.curriculum); `state` is the TrainState it advances."""
+    learnability = cfg.data.curriculum == "learnability"
+    if not learnability and not isinstance(task, MixtureTask):
+        return PromptStream(examples, cfg.seed, state)
+    return WeightedStream(
+        examples,
+        cfg.seed,
+        state,
+        cfg.data.curriculum_floor,
+        learnability=learnability,
+        task_of=getattr(task, "label_of", None),
+        task_weight=getattr(task, "weight_of", None),
+    )
+
+
 class Cursor(Protocol):
     """Where a prompt stream stands (the trainer's TrainState carries these two fields)."""
 
@@ -269,6 +308,10 @@ class PromptStream:
             self.state.cursor += 1
         return out
 
+    def observe(self, groups: list[Any]) -> dict[str, float]:
+        """Shuffled epochs take no notice of results (mathrl.curriculum's streams do)."""
+        return {}
+
     @classmethod
     def at_position(cls, examples: list[Example], seed: int, position: int) -> PromptStream:
         """A stream that has already handed out `position` prompts."""
@@ -282,3 +325,4 @@ class StreamPosition:
 
     epoch: int = 0
     cursor: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -366,6 +366,7 @@ def rollout_records(
 ) -> list[dict[str, Any]]:
     """One rollouts.jsonl row per completion of a step."""
     records, i = [], 0
+    label_of = getattr(task, "label_of", None)  # a mixture names each row's own task
     for gi, g in enumerate(groups):
         messages = task.messages(g.example)
         for c, r in zip(g.completions, g.results, strict=True):
@@ -374,7 +375,7 @@ def rollout_records(
                     "iter": it,
                     "step": step,
                     "prompt_id": g.example.id,
-                    "task": task.name,
+                    "task": label_of(g.example) if label_of else task.name,
                     "messages": messages,
                     "completion": c.text,
                     "completion_tokens": len(c.token_ids),

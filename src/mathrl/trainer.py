@@ -33,7 +33,7 @@ from mathrl import dist, fsdp, stopping
 from mathrl.algorithms import zero_std_mask
 from mathrl.backends import backend_for
 from mathrl.config import Config
-from mathrl.data import PromptStream, heldout_split, training_examples
+from mathrl.data import heldout_split, prompt_stream, training_examples
 from mathrl.errors import MathrlError
 from mathrl.eval.evaluate import heldout_metrics
 from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
@@ -73,7 +73,7 @@ def train(
         ckpt_mod.truncate_logs(run_dir, state.step)
     ref = reference_for(cfg, b, model, state, run_dir, resumed=resume_from is not None)
     engine = rollout_engine(cfg, model, tokenizer, run_dir=run_dir)
-    stream = PromptStream(training_examples(cfg, task), cfg.seed, state)
+    stream = prompt_stream(cfg, task, training_examples(cfg, task), state)
     eval_split = heldout_split(cfg, task)
     prompt_cache: dict[str, list[int]] = {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -106,6 +106,7 @@ def train(
             staleness = 0 if pending is None else 1  # optimizer steps between sampler and now
             mine, metrics = rollouts(state.step) if pending is None else pending.result()
             groups, metrics, first_row = whole_step(mine, metrics, ranks.rank)
+            metrics.update(stream.observe(groups))  # before the next step's prompts are drawn
             consumed = (state.epoch, state.cursor)  # prompts this step and earlier ones used
             if cfg.rollout.off_policy_steps and state.step + 1 < t.steps:
                 pending = background.submit(rollouts, state.step + 1)  # on the server

@@ -110,12 +110,31 @@ def probe_cmd(
     min_var: Annotated[float, typer.Option(help="Mean reward variance needed to train.")] = 0.05,
     out: OutOpt = None,
     quiet: QuietOpt = False,
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            help="Probe every task of a named eval suite (mathrl eval --suite's names, e.g. "
+            "synthetic) instead of the config's task: one table with greedy and sampled "
+            "pass rates, the share of informative groups and a verdict per task (too hard, "
+            "learnable, solved), as probe.json, probe.md and probe.png in --out; each "
+            "task's pass_rates.jsonl in --out/<task>/."
+        ),
+    ] = None,
 ) -> None:
-    """Sample n completions per prompt and say whether RL would get a learning signal."""
+    """Sample n completions per prompt (and one greedy) and say whether RL would get a
+    learning signal: for the config's task, or for every task of an eval suite."""
+    from mathrl.checkpoint import default_run_dir
     from mathrl.eval.probe import ProbeThresholds
-    from mathrl.runs.evaluate import run_probe
+    from mathrl.runs.evaluate import run_probe, run_probe_suite
 
     thresholds = ProbeThresholds(min_acc, max_acc, min_var)
+    if suite is not None:
+        where = out or default_run_dir()
+        args = (split, limit, n, group_size, temperature, thresholds, quiet)
+        table, paths = run_probe_suite(config, sets, where, model, suite, *args)
+        typer.echo(paths["md"].read_text())
+        say(f"wrote probe.json, probe.md and probe.png to {where}")
+        return
     task, result, out_dir = run_probe(
         config, sets, out, model, split, limit, n, group_size, temperature, thresholds, quiet
     )
@@ -128,4 +147,4 @@ def probe_cmd(
         highlight=False,
         soft_wrap=True,
     )
-    say(f"wrote probe_summary.json and pass_rates.jsonl to {out_dir}")
+    say(f"wrote probe_summary.json, pass_rates.jsonl and probe.md / .json / .png to {out_dir}")

@@ -69,6 +69,18 @@ class ModelConfig:
 
 
 @dataclass
+class MixtureEntry:
+    """One task of task.mixture."""
+
+    name: str
+    """Its label in metrics (a task name when `set` has no task.name)."""
+    weight: float = 1.0
+    """Its share of the sampled prompts (relative to the others' weights)."""
+    set: list[str] = field(default_factory=list)
+    """Config overrides that make it, in --set form, e.g. ["data.arithmetic_digits=2"]."""
+
+
+@dataclass
 class TaskConfig:
     """The task: data, prompt and reward."""
 
@@ -94,6 +106,12 @@ class TaskConfig:
     fn(completions, **columns) -> list[float | None], or task / correct / format; optional
     name (metric reward/<name>) and completions = messages (TRL's chat form) or text.
     Empty: the task's reward under task.reward_scheme."""
+    mixture: list[MixtureEntry] = field(default_factory=list)
+    """Train on several tasks at once, e.g. [{name = "add", set = ["task.name=arithmetic"]},
+    {name = "countdown", weight = 2}]: each entry is this config with its `set` overrides
+    (--set form; without task.name in them, `name` is the task's name) and keeps its own
+    prompt, data and reward; weight is its share of the sampled prompts. Held-out metrics
+    are the entries' test splits together. Empty: one task."""
 
 
 @dataclass
@@ -142,6 +160,13 @@ class DataConfig:
     """Keep only training prompts whose probed pass rate lies in [lo, hi] (needs data.pass_rates)."""
     pass_rates: str | None = None
     """pass_rates.jsonl written by `mathrl probe` (used by data.keep_pass_rate)."""
+    curriculum: str = "uniform"
+    """Which training prompts each step takes: uniform (shuffled epochs) or learnability
+    (weight p(1 - p) from each prompt's pass rate so far, estimated from the run's own
+    samples; prompts not yet seen take their task's rate; mathrl.curriculum)."""
+    curriculum_floor: float = 0.02
+    """learnability: the least weight of a prompt, so solved and failed ones are revisited
+    (p(1 - p) is at most 0.25)."""
 
 
 @dataclass

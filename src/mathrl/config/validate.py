@@ -34,6 +34,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "rollout.autocast": ("model", "none", "bfloat16", "float16"),
     "rollout.weights": ("model", "fp16", "int8"),
     "train.parallel": ("ddp", "fsdp"),
+    "data.curriculum": ("uniform", "learnability"),
 }
 
 REGISTRY_CHOICES: dict[str, Registry[Any]] = {
@@ -229,6 +230,22 @@ def check_task(task: s.TaskConfig, d: s.DataConfig) -> None:
         "train.* (and test.*), or hf:owner/name",
     )
     check_specs(task.rewards)
+    labels = [m.name for m in task.mixture]
+    for m in task.mixture:
+        _check(bool(m.name.strip()), "task.mixture entries need a non-empty name")
+        _check(
+            m.weight > 0 and math.isfinite(m.weight),
+            f"task.mixture '{m.name}': weight must be a finite number > 0, got {m.weight}",
+        )
+        for item in m.set:
+            key = item.partition("=")[0].strip()
+            _check(
+                "=" in item and key != "task.mixture",
+                f"task.mixture '{m.name}': set entries are key=value overrides other than "
+                f"task.mixture, got {item!r}",
+            )
+    dupes = sorted({n for n in labels if labels.count(n) > 1})
+    _check(not dupes, f"task.mixture names must be unique, repeated: {', '.join(dupes)}")
 
 
 def check_model_and_data(model: s.ModelConfig, d: s.DataConfig) -> None:
@@ -243,6 +260,11 @@ def check_model_and_data(model: s.ModelConfig, d: s.DataConfig) -> None:
         f"model.scratch.hidden ({sc.hidden}) must be divisible by model.scratch.heads ({sc.heads})",
     )
     _check(d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}")
+    _check(
+        0 < d.curriculum_floor <= 0.25,
+        f"data.curriculum_floor must be in (0, 0.25] (p(1 - p) is at most 0.25), got "
+        f"{d.curriculum_floor}",
+    )
     for n in d.countdown_numbers:
         _check(n in (3, 4), f"data.countdown_numbers entries must be 3 or 4, got {n}")
     if d.keep_pass_rate is not None:

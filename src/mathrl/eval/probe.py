@@ -8,7 +8,14 @@ GRPO-style estimators learn only from groups whose rewards differ, so the probe 
 - `informative_frac`: the expected fraction of training groups of size G with mixed
   correctness, 1 - p^G - (1-p)^G averaged over prompts, p the prompt's binary pass rate
   (correctness, not reward, so format-only rewards do not count as signal);
-- `pass_rate_hist`: prompts per pass-rate bin [0, .1), [.1, .2), ..., [.9, 1.0].
+- `pass_rate_hist`: prompts per pass-rate bin [0, .1), [.1, .2), ..., [.9, 1.0];
+- `accuracy_lenient`: the same samples graded leniently (the answer anywhere, any format);
+- with `greedy=True`, `greedy_pass` / `greedy_pass_lenient`: one greedy completion each;
+- `informative_per_step`: informative_frac x train.prompts_per_step, the groups of a
+  training step expected to carry a gradient.
+
+`suite_verdict` turns these into one word per task (too hard, learnable, solved) and the
+reason; `mathrl probe --suite NAME` writes one row per task as probe.json / .md / .png.
 
 `pass_rates.jsonl` lets training keep only prompts in a pass-rate band
 (`data.keep_pass_rate`); see `mathrl.data.filter_by_pass_rate`.
@@ -39,6 +46,8 @@ from mathrl.tasks import Task
 TRAIN = "train"
 TOO_HARD = "too hard: warm up with SFT first"
 TOO_EASY = "too easy: pick harder data"
+LEARNABLE, FORMAT_ONLY, SOLVED, HARD = "learnable", "learnable (format)", "solved", "too hard"
+"""The suite table's verdicts (suite_verdict)."""
 
 
 @dataclass
@@ -124,6 +133,31 @@ def verdict(stats: dict[str, Any], thresholds: ProbeThresholds) -> tuple[str, st
     )
 
 
+def suite_verdict(stats: dict[str, Any], thresholds: ProbeThresholds) -> tuple[str, str]:
+    """One word for a probed task and the numbers behind it.
+
+    From the sampled accuracy (strict) and the probe's verdict: "train" is learnable,
+    "too easy" is solved. When strict answers are too rare but lenient ones are not
+    (accuracy_lenient >= min_accuracy), the model can do the task in another format:
+    "learnable (format)", trained by RL with a reward that credits the format
+    (task.reward_scheme = format) and no SFT warm-up. Otherwise too hard: an SFT
+    warm-up on the task's solutions first, or easier data.
+    """
+    label, reason = stats["verdict"], stats["verdict_reason"]
+    if label == TRAIN:
+        return LEARNABLE, reason
+    if label == TOO_EASY:
+        return SOLVED, reason
+    lenient = stats.get("accuracy_lenient", 0.0)
+    if lenient >= thresholds.min_accuracy and stats["accuracy"] < thresholds.min_accuracy:
+        return FORMAT_ONLY, (
+            f"strict accuracy {stats['accuracy']:.3f} < {thresholds.min_accuracy:.2f} but "
+            f"lenient {lenient:.3f}: the answers are there in another format; train with a "
+            "format reward (task.reward_scheme = format), no SFT warm-up needed."
+        )
+    return HARD, reason
+
+
 @dataclass
 class ProbeResult:
     """Probe statistics and one pass-rate row per prompt."""
@@ -150,18 +184,25 @@ def probe(
     progress: bool = True,
     engine: RolloutEngine | None = None,
     cfg: Config | None = None,
+    greedy: bool = False,
+    prompts_per_step: int | None = None,
 ) -> ProbeResult:
     """Sample n completions for each of `limit` seeded prompts, score, and judge the signal;
-    the engine is `engine`, else built from `cfg`."""
+    the engine is `engine`, else built from `cfg`. greedy: one greedy completion per
+    prompt too (greedy_pass); prompts_per_step: for informative_per_step."""
     if n < 2:
         raise ConfigError(f"probe needs n >= 2 samples per prompt, got {n}")
     examples = chosen_examples(task, split, limit, seed, "probe")
     engine = eval_engine(engine, cfg, model, tokenizer, batch_size)
     # A prompt's samples are seeded by its index: the same on any number of ranks, which
     # split the prompts (torchrun) and then all hold every prompt's samples.
-    params = SamplingParams(
-        n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=derive_seed(seed, 0)
-    )
+    params = [
+        SamplingParams(
+            n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=derive_seed(seed, 0)
+        )
+    ]
+    if greedy:
+        params.append(SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True, seed=seed))
     t0 = time.perf_counter()
     with RewardPool(timeout_s=reward_timeout_s, workers=1) as pool:
         scored = score_examples(
@@ -170,7 +211,7 @@ def probe(
             task,
             tokenizer,
             examples,
-            [params],
+            params,
             per_call=max(1, batch_size // n),
             label=f"probe {split}" if progress else "",
         )
@@ -182,7 +223,16 @@ def probe(
         group_size or n,
         thresholds,
     )
-    stats.update(sample_stats([s for row in samples for s in row]))
+    flat = [s for row in samples for s in row]
+    stats.update(sample_stats(flat))
+    stats["accuracy_lenient"] = sum(s["correct_lenient"] for s in flat) / len(flat)
+    if greedy:
+        firsts = [rows[1][0] for rows in scored]
+        stats["greedy_pass"] = sum(s["correct"] for s in firsts) / len(firsts)
+        stats["greedy_pass_lenient"] = sum(s["correct_lenient"] for s in firsts) / len(firsts)
+    if prompts_per_step:
+        stats["prompts_per_step"] = prompts_per_step
+        stats["informative_per_step"] = stats["informative_frac"] * prompts_per_step
     stats.update(split=split, n=n, temperature=temperature, seed=seed, time_s=elapsed)
     stats["thresholds"] = asdict(thresholds or ProbeThresholds())
     rates = [
@@ -212,3 +262,94 @@ def write_probe(result: ProbeResult, out_dir: str | Path) -> tuple[Path, Path]:
     atomic_write_text(summary, json.dumps(result.stats, indent=2, allow_nan=False) + "\n")
     write_jsonl(rates, result.rates)
     return summary, rates
+
+
+TABLE_COLUMNS = (
+    ("greedy_pass", "greedy"),
+    ("greedy_pass_lenient", "greedy lenient"),
+    ("accuracy", "sampled"),
+    ("accuracy_lenient", "sampled lenient"),
+    ("informative_frac", "informative groups"),
+    ("informative_per_step", "informative / step"),
+    ("len_mean", "mean tokens"),
+    ("truncated_frac", "truncated"),
+)
+"""probe.md's columns after the task: (stats key, header)."""
+
+
+def table_row(task: str, stats: dict[str, Any], thresholds: ProbeThresholds) -> dict[str, Any]:
+    """One row of the probe table: the task, its statistics, verdict word and reason."""
+    word, reason = suite_verdict(stats, thresholds)
+    return {"task": task, "verdict": word, "reason": reason, "stats": stats}
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in ("len_mean", "informative_per_step"):
+        return f"{value:.1f}"
+    return f"{100 * value:.1f} %"
+
+
+def table_markdown(table: dict[str, Any]) -> str:
+    """The probe table: one row per task, then each verdict's reason."""
+    head = f"probe of `{table['model']}` ({table['note']})"
+    lines = [head, "", "| task | " + " | ".join(h for _, h in TABLE_COLUMNS) + " | verdict |"]
+    lines.append("|---|" + "---|" * (len(TABLE_COLUMNS) + 1))
+    for row in table["rows"]:
+        if "error" in row:
+            lines.append(
+                f"| {row['task']} | " + "- | " * len(TABLE_COLUMNS) + f"n/a ({row['error']}) |"
+            )
+            continue
+        cells = [_fmt(k, row["stats"].get(k)) for k, _ in TABLE_COLUMNS]
+        lines.append(f"| {row['task']} | " + " | ".join(cells) + f" | **{row['verdict']}** |")
+    lines.append("")
+    lines += [f"- {r['task']}: {r['reason']}" for r in table["rows"] if "error" not in r]
+    return "\n".join(lines) + "\n"
+
+
+def plot_table(table: dict[str, Any], path: Path) -> None:
+    """Bars per task: greedy and sampled accuracy, strict and lenient, and the informative
+    share of groups."""
+    # local: matplotlib.pyplot takes ~0.6 s to import, paid only when a probe table is drawn
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table["rows"] if "error" not in r]
+    keys = [
+        "greedy_pass",
+        "greedy_pass_lenient",
+        "accuracy",
+        "accuracy_lenient",
+        "informative_frac",
+    ]
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 3.6))
+    for j, key in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(
+            xs, [r["stats"].get(key) or 0.0 for r in rows], width, label=dict(TABLE_COLUMNS)[key]
+        )
+    ax.set_xticks(range(len(rows)), [f"{r['task']}\n{r['verdict']}" for r in rows], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share")
+    ax.set_title(f"probe of {table['model']}")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_table(table: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """probe.json, probe.md and probe.png into out_dir (each written whole)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "probe.json", "md": out / "probe.md", "png": out / "probe.png"}
+    atomic_write_text(paths["json"], json.dumps(table, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["md"], table_markdown(table))
+    plot_table(table, paths["png"])
+    return paths

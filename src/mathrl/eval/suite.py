@@ -56,6 +56,14 @@ SUITES.add(
     "synthetic",  # the default without GSM8K: runs anywhere, offline
     tuple(t for t in SUITES.get("default") if t.label != "gsm8k"),
 )
+SUITES.add(
+    "skills",  # the skills/cpu recipe's tasks, and GSM8K for transfer (its own token budget)
+    (
+        SuiteTask("add-2digit", _arith("add", 2)),
+        SuiteTask("word-2digit", _arith("word", 2)),
+        SuiteTask("gsm8k", ("task.name=gsm8k", "rollout.max_new_tokens=256")),
+    ),
+)
 
 
 def cell(summary: dict[str, Any] | None, error: str | None) -> dict[str, Any]:

@@ -10,13 +10,17 @@ from mathrl import dist
 from mathrl.data import make_task
 from mathrl.errors import DataError
 from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
-from mathrl.eval.probe import ProbeResult, ProbeThresholds, probe
+from mathrl.eval.probe import ProbeResult, ProbeThresholds, probe, table_row, write_table
 from mathrl.eval.suite import SUITES, cell, write_suite
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
+from mathrl.loggers import say
 from mathrl.model_source import load_model_arg, model_labels, resolve_model
 from mathrl.rewards import RewardPool
 from mathrl.runs.start import load_run_config, open_eval_run, prepare_backend, start_process
 from mathrl.tasks import RECORD_CALLS, Task
+
+ONE_TASK = ("task.mixture=[]",)
+"""A suite row is one task, even when the run's config trains a mixture."""
 
 
 def run_eval(
@@ -72,7 +76,7 @@ def run_suite(
     rows = [{"task": t.label, "overrides": list(t.overrides), "n": 0, "cells": {}} for t in tasks]
     built: list[tuple[Any, Any]] = []  # (task, its config), or (None, why it is missing)
     for st in tasks:
-        cfg = load_run_config(base, list(st.overrides))
+        cfg = load_run_config(base, [*ONE_TASK, *st.overrides])
         try:
             built.append((make_task(cfg), cfg))
         except DataError as exc:  # e.g. GSM8K offline: keep the row, say why
@@ -111,31 +115,115 @@ def run_probe(
     thresholds: ProbeThresholds,
     quiet: bool = False,
 ) -> tuple[Task, ProbeResult, Path]:
-    """`mathrl probe`: n samples per prompt, whether RL would get a learning signal."""
+    """`mathrl probe`: n samples per prompt (and one greedy), whether RL would get a
+    learning signal; probe_summary.json, pass_rates.jsonl and the one-row probe table."""
     with dist.joined():  # under torchrun the ranks split the prompts; rank 0 writes
         cfg, task, paths, out_dir = open_eval_run(
             config, sets, out, [model] if model else None, ranks=True
         )
         m, tok = load_model_arg(cfg, task, paths[0], out_dir)
-        result = probe(
+        result = _probe(
+            cfg, m, tok, task, split, limit, n, group_size, temperature, thresholds, out_dir, quiet
+        )
+        table = _table(paths[0], split, n, [table_row(task.name, result.stats, thresholds)])
+        dist.on_main(lambda: write_table(table, out_dir))
+    return task, result, out_dir
+
+
+def run_probe_suite(
+    config: Any,
+    sets: list[str] | None,
+    out: Path,
+    model: str | None,
+    suite: str,
+    split: str,
+    limit: int,
+    n: int,
+    group_size: int | None,
+    temperature: float | None,
+    thresholds: ProbeThresholds,
+    quiet: bool = False,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`mathrl probe --suite NAME`: every task of an eval suite probed on one model (each
+    row's files in out/<task>/), one table as probe.json / .md / .png in `out`."""
+    tasks = SUITES.get(suite)  # an unknown name is a ConfigError naming the closest
+    base = load_run_config(config, sets, quiet)
+    path = model or base.model.path
+    resolve_model(path)  # fail on a bad path before probing anything
+    prepare_backend(base)
+    start_process(base)
+    rows: list[dict[str, Any]] = []
+    m = tok = None
+    for st in tasks:
+        cfg = load_run_config(base, [*ONE_TASK, *st.overrides])
+        try:
+            task = make_task(cfg)
+        except DataError as exc:  # e.g. GSM8K offline: keep the row, say why
+            rows.append({"task": st.label, "error": str(exc).split(":")[0][:80]})
+            continue
+        if m is None:
+            m, tok = load_model_arg(base, task, path, out)
+        if not quiet:
+            say(f"probe {st.label}")
+        result = _probe(
+            cfg,
             m,
             tok,
             task,
-            split=split,
-            limit=limit,
-            n=n,
-            group_size=group_size or cfg.train.group_size,
-            temperature=temperature if temperature is not None else cfg.rollout.temperature,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            batch_size=cfg.rollout.batch_size,
-            seed=cfg.seed,
-            reward_timeout_s=cfg.train.reward_timeout_s,
-            thresholds=thresholds,
-            out_dir=out_dir,
-            progress=not quiet,
-            cfg=cfg,
+            split,
+            limit,
+            n,
+            group_size,
+            temperature,
+            thresholds,
+            out / st.label,
+            quiet,
         )
-    return task, result, out_dir
+        rows.append(table_row(st.label, result.stats, thresholds))
+    table = _table(path, split, n, rows)
+    table["suite"] = suite
+    return table, write_table(table, out)
+
+
+def _probe(
+    cfg: Any,
+    model: Any,
+    tok: Any,
+    task: Task,
+    split: str,
+    limit: int,
+    n: int,
+    group_size: int | None,
+    temperature: float | None,
+    thresholds: ProbeThresholds,
+    out_dir: Path,
+    quiet: bool,
+) -> ProbeResult:
+    return probe(
+        model,
+        tok,
+        task,
+        split=split,
+        limit=limit,
+        n=n,
+        group_size=group_size or cfg.train.group_size,
+        temperature=temperature if temperature is not None else cfg.rollout.temperature,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        batch_size=cfg.rollout.batch_size,
+        seed=cfg.seed,
+        reward_timeout_s=cfg.train.reward_timeout_s,
+        thresholds=thresholds,
+        out_dir=out_dir,
+        progress=not quiet,
+        cfg=cfg,
+        greedy=True,
+        prompts_per_step=cfg.train.prompts_per_step,
+    )
+
+
+def _table(model: str, split: str, n: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    note = f"split {split}; {n} samples per prompt at the rollout temperature, one greedy"
+    return {"model": model, "split": split, "n": n, "note": note, "rows": rows}
 
 
 def rescore_file(
