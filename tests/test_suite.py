@@ -41,6 +41,15 @@ def test_items_are_seeded_distinct_and_test_is_held_out():
     assert a.response(a.examples("test")[0]) == "93 - 75 = 18\nFinal: 18"
 
 
+def test_a_training_split_larger_than_the_kind_takes_every_item_left():
+    # 1-digit add: 55 ordered pairs a >= b, each as a sum and a difference: 110 questions
+    task = ArithmeticTask("add", 1, train_size=10000, test_size=50)
+    train = {e.question for e in task.examples("train")}
+    assert len(train) == 110 - 50 and not train & {e.question for e in task.examples("test")}
+    # 2-digit add: the default 10,000 exceeds its 8,190 questions
+    assert len(ArithmeticTask("add", 2).examples("train")) == 8190 - 500
+
+
 def test_impossible_sizes_and_kinds_are_one_line():
     with pytest.raises(DataError, match="only .* distinct add items with 1 digits exist"):
         generate(500, 0, "add", 1)

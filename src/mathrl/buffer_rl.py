@@ -26,7 +26,7 @@ from mathrl import dist, fsdp
 from mathrl.backends import backend_for
 from mathrl.config import Config
 from mathrl.data import PromptStream, training_examples
-from mathrl.errors import ConfigError, DataError, MathrlError
+from mathrl.errors import DataError, MathrlError
 from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
 from mathrl.io import append_jsonl, read_jsonl
 from mathrl.rewards import RewardPool, RewardResult
@@ -70,11 +70,6 @@ def rollout_iteration(
     in the order one process writes it.
     """
     t = cfg.train
-    if cfg.data.curriculum != "uniform" or cfg.task.mixture:
-        raise ConfigError(
-            "data.curriculum and task.mixture are for `mathrl train`: the buffer commands "
-            "draw one task's prompts in shuffled epochs"
-        )
     first_step = it * (steps_per_iter or n_steps)
     examples = training_examples(cfg, task)
     stream = PromptStream.at_position(examples, cfg.seed, first_step * t.prompts_per_step)

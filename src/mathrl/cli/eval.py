@@ -87,7 +87,13 @@ def probe_cmd(
     model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    split: Annotated[str, typer.Option(help="Split to probe (train for filtering).")] = "train",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Split to probe (default: train, whose pass rates data.keep_pass_rate "
+            "filters; with --suite: test, since a suite's tasks generate no training items)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Prompts (seeded sample); 0 = all.")] = 256,
     n: Annotated[
         int,
@@ -130,11 +136,12 @@ def probe_cmd(
     thresholds = ProbeThresholds(min_acc, max_acc, min_var)
     if suite is not None:
         where = out or default_run_dir()
-        args = (split, limit, n, group_size, temperature, thresholds, quiet)
+        args = (split or "test", limit, n, group_size, temperature, thresholds, quiet)
         table, paths = run_probe_suite(config, sets, where, model, suite, *args)
         typer.echo(paths["md"].read_text())
         say(f"wrote probe.json, probe.md and probe.png to {where}")
         return
+    split = split or "train"
     task, result, out_dir = run_probe(
         config, sets, out, model, split, limit, n, group_size, temperature, thresholds, quiet
     )

@@ -153,7 +153,8 @@ class DataConfig:
     arithmetic_digits: int = 2
     """Digits of each generated arithmetic operand."""
     arithmetic_train_size: int = 10000
-    """Generated arithmetic training items."""
+    """Generated arithmetic training items, at most: a kind with fewer distinct items (2-digit
+    add has 8,190, 1-digit add 110) trains on all of them that are not held out."""
     arithmetic_test_size: int = 500
     """Generated arithmetic held-out items (never in training)."""
     keep_pass_rate: list[float] | None = None

@@ -13,7 +13,7 @@ from mathrl import dist, fsdp
 from mathrl.buffer_rl import loop, rollout_iteration, train_on_buffer
 from mathrl.config import Config
 from mathrl.data import heldout_split
-from mathrl.errors import MathrlError
+from mathrl.errors import ConfigError, MathrlError
 from mathrl.expert_iter import run_expert_iter
 from mathrl.groups import check_rollout_server
 from mathrl.io import sha256_file
@@ -245,6 +245,11 @@ def join_buffer_command(config: Path | None, sets: list[str] | None, quiet: bool
     """The config of a buffer command (rollout, train-buffer, loop), its ranks joined and
     what several ranks cannot do refused, before any work."""
     cfg = load_run_config(config, sets, quiet, ranks=True)
+    if cfg.data.curriculum != "uniform" or cfg.task.mixture:
+        raise ConfigError(
+            "data.curriculum and task.mixture are for `mathrl train`: the buffer commands "
+            "draw one task's prompts in shuffled epochs"
+        )
     join_ranks(cfg)
     check_parallel(cfg, dist.current().world)
     return cfg
