@@ -128,3 +128,22 @@ def test_strong_model_skips_the_warmup(run_train, tmp_path, use_reward):
     assert not (out / "warmup_sft" / "metrics.jsonl").exists()
     assert not (out / "warmup_sft" / "data.jsonl").exists()
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_the_report_states_accuracy_before_and_after_the_warmup():
+    from mathrl.report.headline import run_facts, warmup_text
+
+    d = {
+        "warmup": True,
+        "steps": 60,
+        "first_round_correct": 0.0,
+        "first_round_lenient": 0.03125,
+        "after_correct": 0.28125,
+        "after_lenient": 0.3,
+    }
+    assert warmup_text(d) == "strict 0.0 % -> 28.1 %, lenient 3.1 % -> 30.0 %"
+    skipped = {"warmup": False, "first_round_correct": 0.5, "first_round_lenient": 0.75}
+    assert warmup_text(skipped) == "strict 50.0 %, lenient 75.0 %"
+    facts = dict(run_facts({"warmup": d, "steps": 25}, {}, {}, []))
+    assert facts["SFT warm-up"] == "60 steps"
+    assert facts["first-round accuracy (warm-up probe)"] == warmup_text(d)

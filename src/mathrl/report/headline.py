@@ -113,8 +113,28 @@ def run_facts(
     warmup = summary.get("warmup")
     if isinstance(warmup, dict) and warmup.get("warmup"):
         facts.append(("SFT warm-up", f"{warmup.get('steps', NA)} steps"))
+    if isinstance(warmup, dict) and warmup.get("first_round_correct") is not None:
+        facts.append(("first-round accuracy (warm-up probe)", warmup_text(warmup)))
     facts.append(("wall time", wall_text(summary.get("wall_s"))))
     return facts
+
+
+def warmup_text(warmup: dict[str, Any]) -> str:
+    """`strict 0.0 % -> 28.1 %, lenient 0.0 % -> 28.1 %` (no arrow without a warm-up)."""
+
+    def pct(v: Any) -> str:
+        return f"{100 * v:.1f} %" if isinstance(v, int | float) else NA
+
+    parts = []
+    for kind, before, after in (
+        ("strict", "first_round_correct", "after_correct"),
+        ("lenient", "first_round_lenient", "after_lenient"),
+    ):
+        text = f"{kind} {pct(warmup.get(before))}"
+        if warmup.get(after) is not None:
+            text += f" -> {pct(warmup[after])}"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------- the four small plots
