@@ -147,3 +147,88 @@ def test_the_report_states_accuracy_before_and_after_the_warmup():
     facts = dict(run_facts({"warmup": d, "steps": 25}, {}, {}, []))
     assert facts["SFT warm-up"] == "60 steps"
     assert facts["first-round accuracy (warm-up probe)"] == warmup_text(d)
+
+
+BOXED = """
+seed = 0
+[model]
+path = "scratch"
+threads = 2
+[model.scratch]
+hidden = 64
+layers = 2
+heads = 2
+vocab_size = 400
+max_position = 256
+[task]
+name = "arithmetic"
+prompt_style = "hash"
+[data]
+arithmetic_kind = "add"
+arithmetic_digits = 1
+arithmetic_test_size = 30
+[sft]
+steps = 300
+batch_size = 64
+lr = 3e-3
+max_len = 128
+[warmup]
+min_positive = 0.3
+[rollout]
+max_new_tokens = 24
+batch_size = 64
+[train]
+steps = 1
+prompts_per_step = 8
+group_size = 4
+micro_batch_size = 32
+[checkpoint]
+every = 0
+keep_last = 1
+[log]
+quiet = true
+"""
+
+
+@pytest.mark.slow
+def test_a_model_with_the_skill_in_another_format_skips_the_warmup(run_cli, tmp_path):
+    """A scratch model taught to answer 1-digit sums in \\boxed{} (to prompts asking for
+    `####`) has the skill but not the format: the probe finds lenient accuracy above
+    warmup.min_positive and strict accuracy at 0, so the run skips the SFT warm-up (on
+    `####` solutions) and leaves the format to RL's format reward."""
+    from mathrl.tasks.arithmetic import ArithmeticTask
+    from mathrl.tasks.prompts import format_answer
+
+    config = tmp_path / "boxed.toml"
+    config.write_text(BOXED)
+    task = ArithmeticTask("add", 1, prompt_style="hash", test_size=30)
+    pairs = tmp_path / "boxed.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": task.messages(ex)
+                    + [
+                        {
+                            "role": "assistant",
+                            "content": format_answer(ex.solution, ex.gold, "boxed"),
+                        }
+                    ]
+                }
+            )
+            + "\n"
+            for ex in task.examples("train")
+        )
+    )
+    sft = run_cli("sft", "-c", config, "--data", pairs, "--out", tmp_path / "boxed")
+    assert sft.code == 0, sft.err
+    run = tmp_path / "rl"
+    model = tmp_path / "boxed" / "checkpoints" / "step_00000300" / "model"
+    res = run_cli("train", "-c", config, "--out", run, "--set", f"model.path={model}")
+    assert res.code == 0, res.err
+    d = json.loads((run / "warmup_sft" / "decision.json").read_text())
+    assert d["warmup"] is False and d["steps"] == 0
+    assert d["first_round_correct"] == 0.0  # never `####`
+    assert d["first_round_lenient"] >= 0.3  # but the sums are right (measured: ~0.5)
+    assert "only the format is missing; RL's format reward teaches it, no warm-up" in d["reason"]
+    assert not (run / "warmup_sft" / "metrics.jsonl").exists()

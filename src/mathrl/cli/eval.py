@@ -130,7 +130,7 @@ def probe_cmd(
     """Sample n completions per prompt (and one greedy) and say whether RL would get a
     learning signal: for the config's task, or for every task of an eval suite."""
     from mathrl.checkpoint import default_run_dir
-    from mathrl.eval.probe import ProbeThresholds
+    from mathrl.eval.probe import FORMAT_ONLY, ProbeThresholds, suite_verdict
     from mathrl.runs.evaluate import run_probe, run_probe_suite
 
     thresholds = ProbeThresholds(min_acc, max_acc, min_var)
@@ -154,4 +154,7 @@ def probe_cmd(
         highlight=False,
         soft_wrap=True,
     )
+    word, reason = suite_verdict(result.stats, thresholds)
+    if word == FORMAT_ONLY:
+        console.print(f"but {word}: {reason}", highlight=False, soft_wrap=True)
     say(f"wrote probe_summary.json, pass_rates.jsonl and probe.md / .json / .png to {out_dir}")
