@@ -203,7 +203,9 @@ def test_offline_without_a_cache_is_one_line_saying_how_to_get_it(cache, monkeyp
     )
 
     def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'HuggingFaceH4/MATH-500' on the Hub (LocalEntryNotFoundError)")
+        raise ConnectionError(
+            "Couldn't reach 'HuggingFaceH4/MATH-500' on the Hub (LocalEntryNotFoundError)"
+        )
 
     monkeypatch.setitem(sys.modules, "datasets", _fake_datasets(offline))
     with pytest.raises(DataError) as err:
@@ -308,8 +310,16 @@ GRADING = {
         ("\\boxed{\\text{(B)}}", "\\text{(C)}", False),
         ("\\boxed{evelyn}", "\\text{Evelyn}", True),
         ("\\boxed{q - p}", "p - q", False),
-        ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", True),
-        ("\\boxed{\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", False),
+        (
+            "\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}",
+            "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+            True,
+        ),
+        (
+            "\\boxed{\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}}",
+            "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+            False,
+        ),
     ],
     "aime": [  # integers 0-999, written with or without leading zeros
         ("\\boxed{033}", "33", True),
@@ -346,3 +356,11 @@ GSM8K_GRADING = [  # the gsm8k row: numeric grader, boxed style
 @pytest.mark.parametrize(("completion", "gold", "correct"), GSM8K_GRADING)
 def test_gsm8k_row_grading(completion, gold, correct):
     assert score_answer(completion, gold, "boxed", "numeric").correct is correct
+
+
+def test_data_prepare_puts_a_benchmark_copy_into_the_cache(run_cli, cache, tmp_path):
+    copy = _write(tmp_path / "amc.jsonl", FIXTURES["amc2023"])
+    res = run_cli("data", "prepare", "amc2023", "--source", copy)
+    assert res.code == 0, res.err
+    assert f"wrote 1 AMC 2023 problems to {cache_file('amc2023')}" in " ".join(res.err.split())
+    assert [r["id"] for r in load_rows("amc2023")[1]] == [9001]

@@ -63,7 +63,9 @@ def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
 def data_prepare(
     task: Annotated[
         str,
-        typer.Argument(help="gsm8k, countdown, or a benchmark: math500, aime2024, aime2025, amc2023."),
+        typer.Argument(
+            help="gsm8k, countdown, or a benchmark: math500, aime2024, aime2025, amc2023."
+        ),
     ],
     out: Annotated[
         Path | None,

@@ -129,12 +129,15 @@ def cell_text(c: dict[str, Any]) -> str:
     if "error" in c:
         return f"n/a ({c['error']})"
     greedy = (
-        f"{_pct([c['pass@1'], c['pass@1_lo'], c['pass@1_hi']])} / "
-        f"{100 * c['pass@1_lenient']:.1f} %"
+        f"{_pct([c['pass@1'], c['pass@1_lo'], c['pass@1_hi']])} / {100 * c['pass@1_lenient']:.1f} %"
     )
     if "samples" not in c:
         return greedy
-    sampled = [f"{key} {_pct(v)}" for key, v in c.items() if key.startswith(("avg@", "pass@")) and isinstance(v, list)]
+    sampled = [
+        f"{key} {_pct(v)}"
+        for key, v in c.items()
+        if key.startswith(("avg@", "pass@")) and isinstance(v, list)
+    ]
     return " · ".join([*sampled, f"greedy {greedy}"])
 
 
@@ -148,9 +151,7 @@ def _row_label(row: dict[str, Any]) -> str:
 def table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the suite table as text: task, then one cell per model."""
     labels = [m["label"] for m in table["models"]]
-    rows = [
-        [_row_label(r), *(cell_text(r["cells"][lb]) for lb in labels)] for r in table["rows"]
-    ]
+    rows = [[_row_label(r), *(cell_text(r["cells"][lb]) for lb in labels)] for r in table["rows"]]
     return ["task", *labels], rows
 
 

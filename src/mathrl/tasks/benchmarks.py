@@ -151,7 +151,9 @@ BENCHMARKS.add(
 
 def cache_file(name: str) -> Path:
     """Where the benchmark's rows are kept: <cache>/data/benchmarks/NAME/<revision>/test.jsonl."""
-    return cache_root() / "data" / "benchmarks" / name / BENCHMARKS.get(name).revision / "test.jsonl"
+    return (
+        cache_root() / "data" / "benchmarks" / name / BENCHMARKS.get(name).revision / "test.jsonl"
+    )
 
 
 def how_to_get(name: str) -> str:
@@ -179,7 +181,8 @@ def select_rows(name: str, rows: list[Any], where: str) -> list[dict[str, Any]]:
         if b.keep is None or b.keep[1] in str(row.get(b.keep[0], "")):
             out.append(row)
     if not out:
-        raise DataError(f"{where}: no row of {b.title} ({b.keep[0]} containing {b.keep[1]!r})")
+        which = f" ({b.keep[0]} containing {b.keep[1]!r})" if b.keep else ""
+        raise DataError(f"{where}: no row of {b.title}{which}")
     return out
 
 
@@ -195,7 +198,9 @@ def load_rows(name: str) -> tuple[str, list[dict[str, Any]]]:
     try:
         raw, where = _hub_rows(name)
     except DataError as exc:  # offline, or the hub refused: the cause after the advice
-        raise DataError(f"{title} not in mathrl's cache, hub unreachable: {how_to_get(name)} ({exc})") from None
+        raise DataError(
+            f"{title} not in mathrl's cache, hub unreachable: {how_to_get(name)} ({exc})"
+        ) from None
     return _cache(name, select_rows(name, raw, where))
 
 
