@@ -81,7 +81,7 @@ def run_suite(
             built.append((make_task(cfg), cfg))
         except (DataError, ConfigError) as exc:  # GSM8K offline, no math-verify: why and how
             why, _, how = str(exc).partition(": ")
-            built.append((None, (why[:80], how or None)))
+            built.append((None, (why[:100], how or None)))
     for path, label in zip(paths, labels, strict=True):
         model = tok = None
         for row, (task, cfg) in zip(rows, built, strict=True):
