@@ -8,6 +8,7 @@ each benchmark's own answer formats, scored in the bounded reward pool.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.machinery
 import json
 import re
@@ -364,3 +365,35 @@ def test_data_prepare_puts_a_benchmark_copy_into_the_cache(run_cli, cache, tmp_p
     assert res.code == 0, res.err
     assert f"wrote 1 AMC 2023 problems to {cache_file('amc2023')}" in " ".join(res.err.split())
     assert [r["id"] for r in load_rows("amc2023")[1]] == [9001]
+
+
+def test_a_suite_with_no_data_is_a_table_of_na_rows_and_how_to_get_them(
+    run_cli, cache, tiny_config, tmp_path, monkeypatch
+):
+    """Offline with an empty cache (no model is loaded: no row has data); without
+    math-verify the benchmark rows say which extra to install."""
+    out = tmp_path / "s"
+    res = run_cli("eval", "--suite", "math500", "-m", "scratch", "-c", tiny_config, "--out", out)
+    assert res.code == 0, res.err
+    md = (out / "suite.md").read_text()
+    assert "| math500 (n=0) | n/a (MATH-500 not in mathrl's cache, no datasets extra) |" in md
+    assert f"- math500: {how_to_get('math500')}" in md
+    no_extra = dataclasses.replace(GRADERS.get("math_verify"), prepare=_no_math_verify)
+    monkeypatch.setitem(GRADERS._items, "math_verify", no_extra)
+    res = run_cli("eval", "--suite", "aime2025", "-m", "scratch", "-c", tiny_config, "--out", out)
+    assert res.code == 0, res.err
+    cell = json.loads((out / "suite.json").read_text())["rows"][0]["cells"]["scratch"]
+    assert cell == {
+        "error": "math_verify grading (task.grader, task.use_math_verify) needs the "
+        "math-verify extra",
+        "hint": "pip install 'mathrl[math-verify]'",
+    }
+
+
+def _no_math_verify():
+    from mathrl.errors import ConfigError
+
+    raise ConfigError(
+        "math_verify grading (task.grader, task.use_math_verify) needs the math-verify extra: "
+        "pip install 'mathrl[math-verify]'"
+    )
