@@ -10,6 +10,7 @@ import pytest
 
 from mathrl.errors import ConfigError, DataError
 from mathrl.eval.suite import SUITES, markdown
+from mathrl.io import read_jsonl
 from mathrl.rewards import evaluate_expression
 from mathrl.tasks.arithmetic import ArithmeticTask, generate
 
@@ -110,6 +111,8 @@ def test_eval_suite_at_the_end_of_training_and_from_the_cli(
     assert cell["pass@1_lo"] <= cell["pass@1"] <= cell["pass@1_hi"]
     assert "Eval suite 'synthetic'" in (run / "report.html").read_text()
     assert (run / "suite/suite.png").stat().st_size > 0
+    examples = read_jsonl(run / "suite/add-2digit/eval_examples.jsonl")  # the rows' examples
+    assert len(examples) == 8 and all(e["greedy"]["completion"] is not None for e in examples)
     warm = run / "warmup_sft/checkpoints/step_00000003"
     out = tmp_path / "cmp"
     res = run_cli(
@@ -131,9 +134,50 @@ def test_eval_suite_at_the_end_of_training_and_from_the_cli(
     table = json.loads((out / "suite.json").read_text())
     assert [m["model"] for m in table["models"]] == [str(run), str(warm)]
     gsm = table["rows"][0]
-    assert gsm["task"] == "gsm8k" and gsm["cells"]["run"] == {
-        "error": "GSM8K not found (data.path = 'auto')"
-    }
+    assert gsm["task"] == "gsm8k" and gsm["cells"]["run"]["error"] == (
+        "GSM8K not found (data.path = 'auto')"
+    )
+    assert gsm["cells"]["run"]["hint"].startswith("set MATHRL_GSM8K to a dir")
     assert "| gsm8k (n=0) | n/a (GSM8K not found (data.path = 'auto'))" in res.out
+    assert (out / "add-2digit" / "checkpoints_step_00000003" / "eval_examples.jsonl").is_file()
+    # the math suite offline: AIME 2024 from a prepared copy, sampled 32 times per problem;
+    # the rows neither cached nor reachable say how to get them
+    rows = [
+        {"id": i, "problem": f"Find ${i} + {i}$.", "answer": str(2 * i), "url": url}
+        for i, url in ((1, "2024_AIME_I/1"), (2, "2024_AIME_II/2"), (3, "2024_AIME_I/3"))
+    ]
+    copy = tmp_path / "aime.jsonl"
+    copy.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_cli("data", "prepare", "aime2024", "--source", copy)
+    assert res.code == 0 and "wrote 3 AIME 2024 problems" in res.err, res.err
+    out = tmp_path / "math"
+    res = run_cli(
+        "eval",
+        "--suite",
+        "math",
+        "-m",
+        run,
+        "-c",
+        run / "config.toml",
+        "--limit",
+        "2",
+        "--out",
+        out,
+    )
+    assert res.code == 0, res.err
+    table = json.loads((out / "suite.json").read_text())
+    by_task = {r["task"]: r for r in table["rows"]}
+    assert list(by_task) == ["gsm8k", "math500", "aime2024", "aime2025", "amc2023"]
+    aime = by_task["aime2024"]
+    assert (aime["n"], aime["samples"]) == (2, 32)
+    cell = aime["cells"]["run"]
+    assert cell["avg@32"][1] <= cell["avg@32"][0] <= cell["avg@32"][2] and "pass@32" in cell
+    records = read_jsonl(out / "aime2024" / "eval_examples.jsonl")
+    assert [len(r["samples"]) for r in records] == [32, 32]
+    assert by_task["math500"]["cells"]["run"]["hint"].startswith(
+        "run `mathrl data prepare math500`"
+    )
+    assert "aime2024 (n=2, 32 samples at T=1)" in res.out
+    assert "- math500: run `mathrl data prepare math500` once" in res.out
     res = run_cli("train", "--out", tmp_path / "typo", "--set", "eval.suite=defualt")
     assert res.code == 2 and "did you mean 'default'" in res.err

@@ -61,7 +61,12 @@ def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
 
 @data_app.command("prepare", epilog=EPILOG)
 def data_prepare(
-    task: Annotated[str, typer.Argument(help="gsm8k or countdown.")],
+    task: Annotated[
+        str,
+        typer.Argument(
+            help="gsm8k, countdown, or a benchmark: math500, aime2024, aime2025, amc2023."
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -76,16 +81,23 @@ def data_prepare(
         str | None,
         typer.Option(
             help="GSM8K: a .jsonl/.parquet file or dir, or 'hub' (openai/gsm8k, needs the "
-            "datasets extra). Countdown: a nums/target file; omit to generate."
+            "datasets extra). A benchmark: a .jsonl/.parquet copy of its hub split, or "
+            "'hub' (the default). Countdown: a nums/target file; omit to generate."
         ),
     ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Write a task's data once: GSM8K into mathrl's cache (then data.path = 'auto' finds it
-    offline), Countdown's generated train/val/test splits into --out."""
+    """Write a task's data once: GSM8K and the benchmarks into mathrl's cache (then they are
+    found offline), Countdown's generated train/val/test splits into --out."""
     from mathrl.data import prepare_dataset
     from mathrl.runs.start import load_run_config
+    from mathrl.tasks.benchmarks import BENCHMARKS, prepare
+
+    if task in BENCHMARKS and BENCHMARKS.get(task).task == "qa":
+        path, rows = prepare(task, source or "hub")
+        say(f"wrote {len(rows)} {BENCHMARKS.get(task).title} problems to {path}")
+        return
 
     overrides = list(sets or []) + [f"task.name={task}"]
     if source:

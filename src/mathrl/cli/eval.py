@@ -57,9 +57,11 @@ def eval_cmd(
         str | None,
         typer.Option(
             help="Run a named eval suite instead (default: GSM8K test, Countdown 3 and 4, "
-            "generated arithmetic; synthetic: the same without GSM8K): one table of strict "
-            "and lenient pass@1 with CIs, rows tasks, columns models, as suite.json, "
-            "suite.md and suite.png in --out. --limit sets problems per task."
+            "generated arithmetic; synthetic: the same without GSM8K; math: GSM8K, MATH-500, "
+            "AIME 2024/2025, AMC 2023, each also alone by name): one table of strict and "
+            "lenient pass@1 with CIs (avg@n and pass@k where a row samples), rows tasks, "
+            "columns models, as suite.json, suite.md and suite.png in --out, each row's "
+            "examples under <task>/. --limit sets problems per task."
         ),
     ] = None,
 ) -> None:

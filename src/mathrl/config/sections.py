@@ -121,8 +121,9 @@ class DataConfig:
     path: str = "auto"
     """GSM8K: a .jsonl/.parquet file or dir with train/test files, 'hub' for openai/gsm8k, or
     auto ($MATHRL_GSM8K, else the copy `mathrl data prepare gsm8k` cached, else the hub).
-    qa: a .jsonl/.json/.csv/.parquet file, a dir with train.* (and test.*), or
-    hf:owner/name[@revision]. Countdown: a nums/target file; anything else generates."""
+    qa: a .jsonl/.json/.csv/.parquet file, a dir with train.* (and test.*),
+    hf:owner/name[@revision], or bench:NAME (a benchmark's test problems, e.g. bench:math500;
+    mathrl.tasks.benchmarks). Countdown: a nums/target file; anything else generates."""
     hub_revision: str = "e53f048856ff4f594e959d75785d2c2d37b678ee"
     """Pinned revision of openai/gsm8k when data.path = 'hub'."""
     val_size: int = 512
@@ -383,8 +384,9 @@ class EvalConfig:
     0: max(rollout.batch_size, 64). Greedy eval batches across problems, so it can be
     larger than the training batch, whose size is set by RL's memory and step time."""
     suite: str = ""
-    """Run this eval suite (mathrl.eval.suite.SUITES, e.g. default) on the final model at the
-    end of `mathrl train`; empty: none."""
+    """Run this eval suite (mathrl.eval.suite.SUITES: default, synthetic, math for GSM8K,
+    MATH-500, AIME 2024/2025 and AMC 2023, or one benchmark by name) on the final model at
+    the end of `mathrl train`; empty: none."""
 
 
 @dataclass

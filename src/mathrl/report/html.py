@@ -174,7 +174,7 @@ def write_report(run_dir: str | Path, prompt_id: str | None = None) -> Path:
 
 def _suite_view(suite_dir: Path) -> dict[str, Any] | None:
     """The eval suite a run ended with (eval.suite), as a table and its plot."""
-    from mathrl.eval.suite import table_rows
+    from mathrl.eval.suite import hints, table_rows
 
     table = _read_json(suite_dir / "suite.json")
     if table is None:
@@ -185,6 +185,7 @@ def _suite_view(suite_dir: Path) -> dict[str, Any] | None:
         "name": table["suite"],
         "header": header,
         "rows": rows,
+        "hints": hints(table),
         "plot": [inline_png(png)] if png.is_file() else [],
     }
 

@@ -89,8 +89,9 @@ REPORT = """\
 {{ table(["metric", "before", "after", "change"], before_after) }}
 {% endif %}
 {% if suite %}
-<h2>Eval suite '{{ suite.name }}' (greedy pass@1, strict [95% CI] / lenient)</h2>
+<h2>Eval suite '{{ suite.name }}' (greedy pass@1, strict [95% CI] / lenient; avg@n and pass@k first where a row samples)</h2>
 {{ table(suite.header, suite.rows) }}
+{% for line in suite.hints %}<p>n/a {{ line }}</p>{% endfor %}
 {{ images(suite.plot) }}
 {% endif %}
 <h2>All plots</h2>

@@ -8,10 +8,10 @@ from typing import Any
 
 from mathrl import dist
 from mathrl.data import make_task
-from mathrl.errors import DataError
+from mathrl.errors import ConfigError, DataError
 from mathrl.eval.evaluate import eval_kwargs, evaluate, write_eval
 from mathrl.eval.probe import ProbeResult, ProbeThresholds, probe, table_row, write_table
-from mathrl.eval.suite import SUITES, cell, write_suite
+from mathrl.eval.suite import SUITES, cell, row_sets, sample_ks, write_suite
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.loggers import say
 from mathrl.model_source import load_model_arg, model_labels, resolve_model
@@ -63,8 +63,9 @@ def run_suite(
     suite: str,
     quiet: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """An eval suite (mathrl.eval.suite.SUITES): every task of it on every model, greedy,
-    on its test split; one table written as suite.json / .md / .png into `out`."""
+    """An eval suite (mathrl.eval.suite.SUITES): every task of it on every model, on its
+    test split (greedy, plus eval.n samples where the row samples); one table written as
+    suite.json / .md / .png into `out`, each row's examples under out/<task>[/<model>]."""
     tasks = SUITES.get(suite)  # an unknown name is a ConfigError naming the closest
     base = load_run_config(config, sets, quiet)
     paths = models or [base.model.path]
@@ -73,24 +74,30 @@ def run_suite(
     prepare_backend(base)
     start_process(base)
     labels = model_labels(paths)
-    rows = [{"task": t.label, "overrides": list(t.overrides), "n": 0, "cells": {}} for t in tasks]
-    built: list[tuple[Any, Any]] = []  # (task, its config), or (None, why it is missing)
+    rows: list[dict[str, Any]] = []
+    built: list[tuple[Any, Any]] = []  # (task, its config), or (None, (why, how to get it))
     for st in tasks:
-        cfg = load_run_config(base, [*ONE_TASK, *st.overrides])
+        cfg = load_run_config(base, [*ONE_TASK, *row_sets(st, base)])
+        rows.append({"task": st.label, "overrides": list(st.overrides), "n": 0, "cells": {}})
+        if cfg.eval.n > 1:
+            rows[-1].update(samples=cfg.eval.n, temperature=cfg.eval.temperature)
         try:
             built.append((make_task(cfg), cfg))
-        except DataError as exc:  # e.g. GSM8K offline: keep the row, say why
-            built.append((None, str(exc).split(":")[0][:80]))
+        except (DataError, ConfigError) as exc:  # GSM8K offline, no math-verify: why and how
+            why, _, how = str(exc).partition(": ")
+            built.append((None, (why[:100], how or None)))
     for path, label in zip(paths, labels, strict=True):
         model = tok = None
         for row, (task, cfg) in zip(rows, built, strict=True):
             if task is None:
-                row["cells"][label] = cell(None, cfg)
+                row["cells"][label] = cell(None, *cfg)
                 continue
             if model is None:
                 model, tok = load_model_arg(base, task, path, out)
-            kwargs = {**eval_kwargs(cfg), "n": 1, "ks": (1,)}
+            kwargs = {**eval_kwargs(cfg), "ks": sample_ks(cfg)}
             result = evaluate(model, tok, task, "test", progress=not quiet, cfg=cfg, **kwargs)
+            result.summary["model"] = path
+            write_eval(result, out / row["task"] / label if len(paths) > 1 else out / row["task"])
             row["n"] = result.summary["n_problems"]
             row["cells"][label] = cell(result.summary, None)
         del model

@@ -4,7 +4,8 @@ Sources (data.path):
 - a file: .jsonl, .json (a list of objects), .csv or .parquet: the train split;
 - a dir: `train.*` and, when present, `test.*` in those formats;
 - `hf:owner/name[@revision]`: a Hugging Face dataset (the datasets extra) with train and
-  (optionally) test splits.
+  (optionally) test splits;
+- `bench:NAME`: a named benchmark's test problems (mathrl.tasks.benchmarks), no train split.
 data.val_size train rows are reserved for validation (seeded); eval uses val, else test.
 Columns: data.question_field, data.answer_field, optional data.solution_field (SFT
 warm-up) and data.id_field; every column travels to user reward functions.
@@ -30,6 +31,7 @@ from mathrl.tasks.base import (
     read_table,
     stable_id,
 )
+from mathrl.tasks.benchmarks import load_rows as load_benchmark
 from mathrl.tasks.gsm8k import split_train_val
 from mathrl.tasks.prompts import build_messages, format_answer
 
@@ -70,6 +72,8 @@ def load_splits(source: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """{split: (where, rows)} for train and, when the source has one, test."""
     if source.startswith("hf:"):
         return _load_hf(source[3:])
+    if source.startswith("bench:"):
+        return {"test": load_benchmark(source[6:])}
     path = Path(source)
     if path.is_dir():
         train = _split_file(path, "train")
@@ -117,7 +121,7 @@ class QATask:
         self.system_prompt = system_prompt
         get_grader(grader).prepare()  # a missing extra stops here, not as wrong answers
         loaded = load_splits(source)
-        where, train_rows = loaded["train"]
+        where, train_rows = loaded.get("train", ("", []))
         self._rows: dict[str, list[dict[str, Any]]] = {"test": []}
         if "test" in loaded:
             self._rows["test"] = loaded["test"][1]
