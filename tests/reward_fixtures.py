@@ -6,6 +6,7 @@ a dataset column by name, **kwargs for the rest, None when the gold cannot be re
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -99,3 +100,10 @@ def even_length_correct(completion, *args):
 
     ok = len(completion) % 2 == 0
     return RewardResult(reward=float(ok), correct=ok, format_ok=True, reason="ok")
+
+
+def refuses_the_trainer_process(completions, **kwargs):
+    """Fails when called in the process named by MATHRL_TEST_TRAINER_PID."""
+    if os.getpid() == int(os.environ.get("MATHRL_TEST_TRAINER_PID", "0")):
+        raise RuntimeError("user code ran in the trainer process")
+    return [1.0] * len(completions)

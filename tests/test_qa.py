@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -246,6 +247,20 @@ def test_reward_functions_checked_before_training(fn, message):
 
 def test_good_functions_pass_the_check():
     _check([RewardFn("reward_fixtures:accuracy_reward"), RewardFn("reward_fixtures:seen_columns")])
+
+
+def test_the_trial_batch_runs_in_a_reward_worker(monkeypatch):
+    """The check imports and calls user code in a worker, never in this (the trainer's) process."""
+    monkeypatch.setenv("MATHRL_TEST_TRAINER_PID", str(os.getpid()))
+    _check([RewardFn("reward_fixtures:refuses_the_trainer_process")])
+
+
+def test_user_reward_functions_refuse_in_process_scoring():
+    user = 'task.rewards=[{fn = "reward_fixtures:brevity"}]'
+    with pytest.raises(ConfigError, match=r"^train.reward_workers = 0 would run task.rewards fn"):
+        load_config(None, [user, "train.reward_workers=0"], env=False)
+    builtin = 'task.rewards=[{fn = "task"}, {fn = "format", weight = 0.5}]'
+    assert load_config(None, [builtin, "train.reward_workers=0"], env=False).train.reward_workers == 0
 
 
 BAD_SPECS = [

@@ -30,7 +30,8 @@ def make_task(cfg: Config) -> Task:
     if not cfg.task.rewards:
         return task
     rewarded = WithRewardFns(task, cfg.task.rewards)
-    rewarded.check(cfg.train.reward_timeout_s)
+    t = cfg.train
+    rewarded.check(t.reward_timeout_s, t.reward_memory_mb, t.reward_cpu_s)
     return rewarded
 
 
@@ -112,9 +113,10 @@ class WithRewardFns:
         prompt = self.task.messages(ex)
         return score_with_functions, (fn, args, self.specs, prompt, reward_columns(ex))
 
-    def check(self, timeout_s: float) -> None:
+    def check(self, timeout_s: float, memory_mb: int, cpu_s: int) -> None:
         """Each function imports, takes our arguments, and returns one value per completion
-        on a trial batch (a correct response and an empty one to the first train example)."""
+        on a trial batch (a correct response and an empty one to the first train example),
+        in a reward worker under the run's limits."""
         examples = self.task.examples("train") or self.task.examples("test")
         if not examples:
             raise DataError("The dataset has no examples to check task.rewards on")
@@ -125,6 +127,8 @@ class WithRewardFns:
             [self.task.messages(ex)] * 2,
             [reward_columns(ex)] * 2,
             timeout_s=2 * timeout_s,
+            memory_mb=memory_mb,
+            cpu_s=cpu_s,
         )
 
 

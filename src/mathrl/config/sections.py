@@ -259,6 +259,10 @@ class TrainConfig:
     """Time limit of one reward call; a timed-out sample gets reward 0."""
     reward_workers: int = 1
     """Reward worker processes (they bound the time of each call)."""
+    reward_memory_mb: int = 2048
+    """Memory (MiB of address space, RLIMIT_AS) a reward worker may allocate beyond what it starts with; a reward over it gets a MemoryError (reward 0). 0: no limit."""
+    reward_cpu_s: int = 60
+    """CPU seconds one reward call may use, and each process it starts (RLIMIT_CPU); a call over it kills its worker (reward 0). 0: no limit."""
     nonfinite: str = "skip"
     """On a non-finite loss or gradient: skip the step, or stop the run."""
     tis_cap: float = 0.0

@@ -23,6 +23,7 @@ from mathrl.distill.traces import (
     trace_seed,
     write_sft,
 )
+from mathrl.groups import reward_pool
 from mathrl.io import append_jsonl
 from mathrl.rewards import RewardPool
 from mathrl.rollout.http import Cancelled
@@ -60,7 +61,7 @@ def run_distill(
         progress = Progress(total=len(examples) * opts.n, done=len(examples) * opts.n - len(jobs))
         if jobs:
             t = cfg.train
-            with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
+            with reward_pool(t) as pool:
                 teacher = Teacher(opts)
                 try:
                     _sample(cfg, task, opts, identity, jobs, teacher, pool, rows, progress, say)
