@@ -20,6 +20,7 @@ from mathrl.model_source import resolve_model
 from mathrl.backends import check_mlx_forms
 from mathrl.models.backends import require_backend
 from mathrl.run_setup import (
+    check_resumable,
     prepare_run_dir,
     quiet_libraries,
     set_deterministic,
@@ -88,14 +89,25 @@ def start_process(cfg: Config) -> Task:
 
 
 def open_run(
-    cfg: Config, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
+    cfg: Config,
+    out: Path | None,
+    resume: bool,
+    reset: bool = False,
+    fresh: bool = False,
+    allow_change: bool | None = None,
 ) -> tuple[Task, Path]:
     """The task and the run directory (resolved config and manifest written into it) of a
-    command whose ranks have joined."""
+    command whose ranks have joined. With allow_change (a training command), --resume is
+    checked against the run's checkpoints before anything is written."""
     task = start_process(cfg)
 
+    def check(run_dir: Path) -> None:
+        if allow_change is not None:
+            check_resumable(run_dir, cfg, task.fingerprint, allow_change)
+
     def prepare() -> Path:
-        run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
+        where = str(out) if out else None
+        run_dir = prepare_run_dir(cfg, where, resume, reset, fresh, check)
         write_run_manifest(
             run_dir,
             cfg.seed,
