@@ -107,3 +107,13 @@ def refuses_the_trainer_process(completions, **kwargs):
     if os.getpid() == int(os.environ.get("MATHRL_TEST_TRAINER_PID", "0")):
         raise RuntimeError("user code ran in the trainer process")
     return [1.0] * len(completions)
+
+
+def hangs_on_marker(completions, **kwargs):
+    """0.5 each; hangs on a completion holding HANG while the file MATHRL_TEST_HANG_FLAG
+    names exists."""
+    flag = os.environ.get("MATHRL_TEST_HANG_FLAG", "")
+    for completion in completions:
+        if "HANG" in completion[0]["content"] and flag and os.path.exists(flag):
+            time.sleep(30)
+    return [0.5] * len(completions)
