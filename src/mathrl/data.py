@@ -72,6 +72,7 @@ def _base_task(cfg: Config) -> Task:
             val_size=d.val_size,
             split_seed=d.split_seed,
             system_prompt=cfg.task.system_prompt,
+            dedupe=d.dedupe,
         )
 
     source = d.path if d.path.endswith((".jsonl", ".parquet")) else None

@@ -107,9 +107,10 @@ class DataConfig:
     hf:owner/name[@revision]. Countdown: a nums/target file; anything else generates."""
     hub_revision: str = "e53f048856ff4f594e959d75785d2c2d37b678ee"
     """Pinned revision of openai/gsm8k when data.path = 'hub'."""
-    val_size: int = 512
-    """Train problems reserved for validation (GSM8K; qa: set it below your train size, 0
-    for none)."""
+    val_size: int | None = None
+    """Train problems reserved for validation (GSM8K, qa); 0 for none; None: 10% of the train rows, at most 512 (the run says what it chose)."""
+    dedupe: bool = False
+    """qa: drop repeated rows (same question and answer, or same id_field), keeping the first, with the count in the events log; false: a repeated row stops the run."""
     question_field: str = "question"
     """qa: the column holding the question."""
     answer_field: str = "answer"

@@ -255,7 +255,7 @@ def check_model_and_data(model: s.ModelConfig, d: s.DataConfig) -> None:
         sc.hidden % sc.heads == 0,
         f"model.scratch.hidden ({sc.hidden}) must be divisible by model.scratch.heads ({sc.heads})",
     )
-    _check(d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}")
+    _check(d.val_size is None or d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}")
     for n in d.countdown_numbers:
         _check(n in (3, 4), f"data.countdown_numbers entries must be 3 or 4, got {n}")
     if d.keep_pass_rate is not None:

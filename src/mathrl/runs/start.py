@@ -16,6 +16,7 @@ from mathrl.data import make_task
 from mathrl.errors import ConfigError, MathrlError
 from mathrl.eval.suite import SUITES
 from mathrl.io import atomic_write_text
+from mathrl.loggers import events_log, log_event, say
 from mathrl.model_source import resolve_model
 from mathrl.backends import check_mlx_forms
 from mathrl.models.backends import require_backend
@@ -114,6 +115,7 @@ def open_run(
             task.fingerprint,
             {"task": task.name, "model": cfg.model.path, "deterministic": cfg.run.deterministic},
         )
+        announce(task, run_dir)
         return run_dir
 
     return task, dist.on_main(prepare)  # rank 0 writes; every rank gets the same dir
@@ -139,9 +141,21 @@ def open_eval_run(
         out_dir = out or default_run_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
+        announce(task, out_dir)
         return out_dir
 
     return cfg, task, paths, dist.on_main(prepare)  # rank 0 writes
+
+
+def announce(task: Task, run_dir: Path) -> None:
+    """What loading the data chose or dropped on its own (the default validation split,
+    deduplicated rows): on the console and in the run's events log."""
+    notes = getattr(task, "notes", [])
+    if notes:
+        with events_log(run_dir):
+            for note in notes:
+                say(note)
+                log_event("info", note)
 
 
 @contextlib.contextmanager
