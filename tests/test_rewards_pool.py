@@ -196,7 +196,9 @@ def score_contained(x: str, pid_file: str = "") -> RewardResult:
             fh.write(str(child.pid))
         time.sleep(100)
     if x == "evil_result":
-        return RewardResult(EvilFloat(2.0), {"correct": EvilFloat(1.0)}, None, True, True, True, "ok")
+        return RewardResult(
+            EvilFloat(2.0), {"correct": EvilFloat(1.0)}, None, True, True, True, "ok"
+        )
     if x == "allocate":
         block = bytearray(512 << 20)  # 512 MiB, over the 64 MiB allowed
         return RewardResult(float(len(block)), {}, None, False, False, False, "ok")

@@ -182,7 +182,9 @@ def check_train(t: s.TrainConfig, r: s.RolloutConfig, sft: s.SFTConfig) -> None:
     )
     _check(t.reward_timeout_s > 0, f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s}")
     _check(t.reward_workers >= 0, f"train.reward_workers must be >= 0, got {t.reward_workers}")
-    _check(t.reward_memory_mb >= 0, f"train.reward_memory_mb must be >= 0, got {t.reward_memory_mb}")
+    _check(
+        t.reward_memory_mb >= 0, f"train.reward_memory_mb must be >= 0, got {t.reward_memory_mb}"
+    )
     _check(t.reward_cpu_s >= 0, f"train.reward_cpu_s must be >= 0, got {t.reward_cpu_s}")
     _check(
         t.tis_cap == 0 or (math.isfinite(t.tis_cap) and t.tis_cap >= 1),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl import dist
+from mathrl.backends import check_mlx_forms
 from mathrl.checkpoint import default_run_dir, latest_checkpoint, write_run_manifest
 from mathrl.config import Config, dumps_toml, load_config
 from mathrl.data import make_task
@@ -18,7 +19,6 @@ from mathrl.eval.suite import SUITES
 from mathrl.io import atomic_write_text
 from mathrl.loggers import events_log, log_event, say
 from mathrl.model_source import resolve_model
-from mathrl.backends import check_mlx_forms
 from mathrl.models.backends import require_backend
 from mathrl.run_setup import (
     check_resumable,

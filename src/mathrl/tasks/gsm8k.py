@@ -184,9 +184,7 @@ class GSM8KTask:
         self._rows["val"] = [train_rows[i] for i in va]
         self._cache: dict[str, list[Example]] = {}
         self._examples("train")  # every gold must parse: fail at load, not mid-run
-        self.fingerprint = fingerprint(
-            train_rows + [{"val_size": n_val, "split_seed": split_seed}]
-        )
+        self.fingerprint = fingerprint(train_rows + [{"val_size": n_val, "split_seed": split_seed}])
 
     def _examples(self, split: str) -> list[Example]:
         if split not in self._cache:
