@@ -173,7 +173,7 @@ class QATask:
         n_val = resolve_val_size(len(train_rows), val_size)
         if val_size is None:
             self.notes.append(val_size_note(n_val, len(train_rows)))
-        # (origin, row number in its file, row) of each split
+        # (row number in its file, row) of each split
         numbered = list(enumerate(train_rows, 1))
         if n_val:
             tr, va = split_train_val(len(train_rows), n_val, split_seed)
