@@ -263,7 +263,7 @@ class TrainConfig:
     reward_memory_mb: int = 2048
     """Memory (MiB of address space, RLIMIT_AS) a reward worker may allocate beyond what it starts with; a reward over it gets a MemoryError (reward 0). 0: no limit."""
     reward_cpu_s: int = 60
-    """CPU seconds one reward call may use, and each process it starts (RLIMIT_CPU); a call over it kills its worker (reward 0). 0: no limit."""
+    """CPU seconds one reward call may use (RLIMIT_CPU, inherited by processes it starts); a call over it kills its worker (reward 0). 0: no limit."""
     nonfinite: str = "skip"
     """On a non-finite loss or gradient: skip the step, or stop the run."""
     tis_cap: float = 0.0

@@ -58,7 +58,7 @@ MEMORY_MB = 2048
 """Address space (MiB) a worker may add to what it holds when it starts (RLIMIT_AS)."""
 
 CPU_S = 60
-"""CPU seconds one reward call may use (RLIMIT_CPU; so may each process it starts)."""
+"""CPU seconds one reward call may use (RLIMIT_CPU, inherited by processes it starts)."""
 
 _STOP = b""  # an empty message tells a worker to exit
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
