@@ -47,7 +47,7 @@ def run_distill(
 ) -> dict[str, Any]:
     """Sample, score and append every missing trace; write the SFT pairs; return totals."""
     _, recorded = chat_url(opts.endpoint)
-    identity = {"model": opts.model, "endpoint": recorded, "task": task.name}
+    identity: dict[str, Any] = {"model": opts.model, "endpoint": recorded, "task": task.name}
     identity |= {"task_fingerprint": task.fingerprint, "split": opts.split}
     identity |= sampling_fields(cfg, opts)
     examples = problems(cfg, task, opts.split, opts.limit)
