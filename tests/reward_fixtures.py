@@ -6,6 +6,7 @@ a dataset column by name, **kwargs for the rest, None when the gold cannot be re
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -99,3 +100,20 @@ def even_length_correct(completion, *args):
 
     ok = len(completion) % 2 == 0
     return RewardResult(reward=float(ok), correct=ok, format_ok=True, reason="ok")
+
+
+def refuses_the_trainer_process(completions, **kwargs):
+    """Fails when called in the process named by MATHRL_TEST_TRAINER_PID."""
+    if os.getpid() == int(os.environ.get("MATHRL_TEST_TRAINER_PID", "0")):
+        raise RuntimeError("user code ran in the trainer process")
+    return [1.0] * len(completions)
+
+
+def hangs_on_marker(completions, **kwargs):
+    """0.5 each; hangs on a completion holding HANG while the file MATHRL_TEST_HANG_FLAG
+    names exists."""
+    flag = os.environ.get("MATHRL_TEST_HANG_FLAG", "")
+    for completion in completions:
+        if "HANG" in completion[0]["content"] and flag and os.path.exists(flag):
+            time.sleep(30)
+    return [0.5] * len(completions)

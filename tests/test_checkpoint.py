@@ -210,3 +210,52 @@ def test_sft_refuses_to_checkpoint_nonfinite_weights(tmp_path, backend):
             steps=1, on_step=poison,
         )  # fmt: skip
     assert ck.list_checkpoints(tmp_path / "run") == []
+
+
+_RESAVE_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from mathrl import checkpoint as ck
+
+run_dir, where = Path(sys.argv[1]), sys.argv[2]
+final = str(run_dir / "checkpoints" / "step_00000002")
+aside = final + ".old"
+
+def hook(event, args):
+    # a real SIGKILL at a file-system call, found by Python's audit events
+    if where == "before_rename_in" and event == "os.rename" and str(args[1]) == final:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if where == "before_delete_old" and event == "shutil.rmtree" and str(args[0]) == aside:
+        if os.path.exists(aside):  # the old copy is aside and the new one in place
+            os.kill(os.getpid(), signal.SIGKILL)
+
+def payload(tmp):
+    (tmp / "model").mkdir()
+    (tmp / "model" / "weights.bin").write_bytes(b"second")
+
+sys.addaudithook(hook)
+ck.save_checkpoint(run_dir, 2, payload, {}, keep_last=1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "content"), [("before_rename_in", b"first"), ("before_delete_old", b"second")]
+)
+def test_sigkill_while_resaving_a_step_never_loses_it(tmp_path, where, content):
+    """Re-saving step 2 (keep_last = 1: the only checkpoint) killed mid-swap: the step
+    survives, old or new, once the next start has cleaned up."""
+    import signal
+    import subprocess
+    import sys
+
+    ck.save_checkpoint(tmp_path, 2, _payload(b"first"), {}, keep_last=1)
+    proc = subprocess.run([sys.executable, "-c", _RESAVE_CHILD, str(tmp_path), where], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    ck.clean_orphans(tmp_path)  # what a resume does first
+    found = ck.latest_checkpoint(tmp_path)
+    assert found is not None and found.name == "step_00000002"
+    assert (found / "model" / "weights.bin").read_bytes() == content
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        "step_00000002",
+    ]

@@ -119,6 +119,24 @@ def test_resume_equals_uninterrupted_run(run_cli, tiny_config, tmp_path, same_ru
     same_run(straight, resumed, 4)
 
 
+def test_a_refused_resume_writes_nothing_and_display_options_are_no_change(
+    run_cli, tiny_config, tmp_path
+):
+    """`train -q`, then --resume: another lr is refused before config.toml or manifest.json
+    is touched; a resume that changes only display options ([log]) is the same config."""
+    out, base = tmp_path / "run", ("-c", tiny_config, "--out", tmp_path / "run")
+    assert run_cli("train", *base, "--set", "warmup.steps=0", "-q").code == 0
+    before = {name: (out / name).read_bytes() for name in ("config.toml", "manifest.json")}
+    res = run_cli("train", *base, "--set", "warmup.steps=0", "--set", "train.lr=0.002", "--resume")
+    assert res.code == 2 and "Config changed since step_00000002" in res.err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    display = ("log.quiet=false", "log.every=5", "log.rollouts_every=2")
+    sets = [arg for kv in ("warmup.steps=0", *display) for arg in ("--set", kv)]
+    res = run_cli("train", *base, *sets, "--resume")
+    assert res.code == 0, res.err
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+
 def test_sft_command_on_pairs_file(run_cli, tiny_config, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text(

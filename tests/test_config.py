@@ -210,6 +210,16 @@ def test_config_hash_follows_values():
     assert config_hash(changed) != config_hash(base)
 
 
+@pytest.mark.parametrize(
+    "display", ["log.quiet=true", "log.every=7", "log.rollouts_every=0", "log.tensorboard=true"]
+)
+def test_config_hash_leaves_out_display_only_options(display):
+    """Resume compares config_hash: a display option ([log]) changes no result."""
+    base = config_hash(load_config(None, [], env=False))
+    assert config_hash(load_config(None, [display], env=False)) == base
+    assert config_hash(load_config(None, [display, "train.lr=2e-6"], env=False)) != base
+
+
 def test_registry_keys_list_their_names_in_the_key_docs():
     docs = {key: doc for key, _, _, doc in iter_keys()}
     assert docs["train.algorithm"].endswith("One of: dr_grpo, grpo, reinforce, rloo.")

@@ -415,6 +415,11 @@ def test_resume_skips_what_is_written_and_drops_a_torn_tail(distill, task_of, an
         ({"endpoint": "http://localhost:{port}/v1"}, "endpoint"),
         ({"sets": ("data.countdown_max_target=25",)}, "task_fingerprint"),
         ({"split": "test"}, "split"),
+        ({"temperature": 0.1}, "temperature"),
+        ({"sets": ("rollout.temperature=0.5",)}, "temperature"),
+        ({"max_tokens": 7}, "max_tokens"),
+        ({"seed": False}, "seed"),
+        ({"sets": ("seed=3",)}, "seed"),
     ],
 )
 def test_resume_refuses_a_file_of_another_run(distill, answers, tmp_path, change, field):
@@ -429,6 +434,36 @@ def test_resume_refuses_a_file_of_another_run(distill, answers, tmp_path, change
         with pytest.raises(MathrlError, match=f"was written for {field} "):
             distill(kw.pop("endpoint", url), out, *sets, n=1, limit=2, **kw)
     assert out.read_bytes() == before and len(teacher.requests) == 2
+
+
+def test_a_scoring_timeout_is_scored_again_on_resume(distill, tmp_path, monkeypatch):
+    """A reward that timed out is not a final `correct: false`: the next run re-scores the
+    line (no new request) and its last line replaces the first."""
+    flag = tmp_path / "hang"
+    flag.touch()
+    monkeypatch.setenv("MATHRL_TEST_HANG_FLAG", str(flag))
+    sets = (
+        "train.reward_timeout_s=0.5",
+        'task.rewards=[{fn = "task"}, {fn = "reward_fixtures:hangs_on_marker"}]',
+    )
+    teacher = FakeTeacher({})
+    teacher.always = (200, json.dumps(chat_body("Final: 1+1 HANG")).encode())
+    out = tmp_path / "t.jsonl"
+    with serving(teacher) as url:
+        distill(url, out, *sets, n=1, limit=2, keep="all")
+        first = strict_lines(out)
+        assert [(r["reason"], r["rescore"], r["correct"]) for r in first] == [
+            ("timeout", True, False)
+        ] * 2
+        flag.unlink()
+        totals, lines = distill(url, out, *sets, n=1, limit=2, keep="all")
+    assert len(teacher.requests) == 2 and totals["new"] == 0 and "2 re-scored" in lines[0]
+    lines_now = strict_lines(out)
+    assert len(lines_now) == 4 and lines_now[:2] == first  # appended, nothing rewritten
+    again = read_jsonl(out)[2:]
+    assert [r["rescore"] for r in again] == [False, False]
+    assert all(r["reason"] != "timeout" for r in again)
+    assert keys(again) == keys(first)
 
 
 def test_a_second_writer_and_a_foreign_file_are_refused(distill, tmp_path, monkeypatch):

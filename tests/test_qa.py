@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -178,6 +179,154 @@ def test_qa_bad_data_is_one_clear_line(tmp_path, content, message):
         QATask(str(path))
 
 
+QA_ROW = '{"question": "q", "answer": "1"}'
+MALFORMED_FILES = [
+    # (file name, bytes, the one line expected)
+    (
+        "extra.csv",
+        b"question,answer\nq1,1\nq2,2,surplus\n",
+        "extra.csv row 2 (line 3): 3 values, the header names 2 columns",
+    ),
+    (
+        "short.csv",
+        b"question,answer\nq1\n",
+        "short.csv row 1 (line 2): 1 values, the header names 2 columns",
+    ),
+    (
+        "latin1.csv",
+        "question,answer\nq1,1\ncaf\u00e9?,2\n".encode("latin-1"),
+        "latin1.csv:3: not UTF-8 text (byte 0xe9)",
+    ),
+    (
+        "twice.csv",
+        b"question,answer,question\nq,1,r\n",
+        "twice.csv: the header names column 'question' twice",
+    ),
+    (
+        "huge_field.csv",
+        b'question,answer\n"' + b"x" * 200_000 + b'",1\n',
+        "huge_field.csv line 2: malformed CSV: field larger than field limit",
+    ),
+    (
+        "latin1.jsonl",
+        '{"question": "caf\u00e9", "answer": "1"}\n'.encode("latin-1"),
+        "latin1.jsonl:1: not UTF-8 text (byte 0xe9)",
+    ),
+    (
+        "deep.jsonl",
+        (QA_ROW + "\n").encode()
+        + b'{"question": "q", "answer": "2", "x": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}\n",
+        "deep.jsonl:2: JSON nested too deeply",
+    ),
+    (
+        "nested.jsonl",
+        b'{"question": "q", "answer": "2", "meta": ' + b"[" * 40 + b"]" * 40 + b"}\n",
+        "nested.jsonl row 1: column 'meta' nests deeper than 32 levels",
+    ),
+    (
+        "digits.jsonl",
+        b'{"question": "q", "answer": ' + b"1" * 5000 + b"}\n",
+        "digits.jsonl:1: Exceeds the limit",
+    ),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, "deep.json: JSON nested too deeply"),
+    (
+        "latin1.json",
+        '[{"question": "\u00e9", "answer": "1"}]'.encode("latin-1"),
+        "latin1.json:1: not UTF-8 text",
+    ),
+    (
+        "object.json",
+        b'{"question": "q"}',
+        "object.json: a .json dataset must hold a list of objects",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"), MALFORMED_FILES, ids=[m[0] for m in MALFORMED_FILES]
+)
+def test_malformed_qa_files_are_one_line_naming_file_and_row(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        QATask(str(path))
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(str(path)) and message in text
+
+
+def test_a_csv_with_a_bom_reads_its_first_column():
+    """Spreadsheets save UTF-8 with a byte-order mark: the first header is still 'question'."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bom.csv"
+        path.write_bytes(b"\xef\xbb\xbfquestion,answer\nq1,1\n")
+        assert QATask(str(path)).examples("train")[0].question == "q1"
+
+
+def test_default_val_size_fits_a_small_dataset_and_says_so(tmp_path):
+    """60 rows: the default holds out 10% (6), where a fixed 512 would stop the run."""
+    write_math(tmp_path / "m.jsonl", 60)
+    cfg = load_config(
+        None,
+        ["task.name=qa", f"data.path={tmp_path / 'm.jsonl'}", "data.question_field=problem"],
+        env=False,
+    )
+    assert cfg.data.val_size is None
+    task = make_task(cfg)
+    assert [len(task.examples(s)) for s in ("train", "val")] == [54, 6]
+    assert task.notes == [
+        "data.val_size: 6 of 60 train rows held out for validation (the default: 10% of "
+        "them, at most 512; set data.val_size to choose)"
+    ]
+    # 10% is capped at 512, so GSM8K's 7,473 rows keep their 512-problem split
+    from mathrl.tasks.gsm8k import resolve_val_size
+
+    assert [resolve_val_size(n, None) for n in (7473, 60, 9, 5000)] == [512, 6, 0, 500]
+    assert resolve_val_size(60, 0) == 0 and resolve_val_size(60, 20) == 20
+
+
+def test_open_run_writes_what_the_data_chose_into_the_events_log(tmp_path):
+    from mathrl.runs.start import open_run
+
+    rows = [{"question": f"q{i % 40}", "answer": str(i % 40)} for i in range(50)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = ["task.name=qa", f"data.path={tmp_path / 'd.jsonl'}", "data.dedupe=true"]
+    _, run_dir = open_run(load_config(None, sets, env=False), tmp_path / "run", resume=False)
+    events = [e["message"] for e in read_jsonl(run_dir / "events.jsonl")]
+    assert events == [
+        f"data.dedupe: dropped 10 duplicate rows of {tmp_path / 'd.jsonl'} (40 kept)",
+        "data.val_size: 4 of 40 train rows held out for validation (the default: 10% of "
+        "them, at most 512; set data.val_size to choose)",
+    ]
+
+
+def test_dedupe_drops_repeats_and_train_rows_that_repeat_test(tmp_path):
+    rows = [
+        {"question": "a", "answer": "1"},
+        {"question": "b", "answer": "2"},
+        {"question": "a", "answer": "1"},
+        {"question": "t", "answer": "9"},
+        {"question": "b", "answer": "2"},
+        {"question": "c", "answer": "3"},
+    ]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d/test.jsonl").write_text(json.dumps({"question": "t", "answer": "9"}) + "\n")
+    with pytest.raises(DataError, match="row 3: duplicate question and answer"):
+        QATask(str(tmp_path / "d"))
+    task = QATask(str(tmp_path / "d"), dedupe=True)
+    assert [e.question for e in task.examples("train")] == ["a", "b", "c"]
+    assert [e.question for e in task.examples("test")] == ["t"]
+    assert task.notes == [
+        f"data.dedupe: dropped 3 duplicate rows of {tmp_path / 'd/train.jsonl'} (3 kept)"
+    ]
+    assert len(task.export()["train"]) == 3
+
+
 def test_qa_duplicate_ids_name_both_rows(tmp_path):
     path = tmp_path / "ids.jsonl"
     rows = [
@@ -246,6 +395,22 @@ def test_reward_functions_checked_before_training(fn, message):
 
 def test_good_functions_pass_the_check():
     _check([RewardFn("reward_fixtures:accuracy_reward"), RewardFn("reward_fixtures:seen_columns")])
+
+
+def test_the_trial_batch_runs_in_a_reward_worker(monkeypatch):
+    """The check imports and calls user code in a worker, never in this (the trainer's) process."""
+    monkeypatch.setenv("MATHRL_TEST_TRAINER_PID", str(os.getpid()))
+    _check([RewardFn("reward_fixtures:refuses_the_trainer_process")])
+
+
+def test_user_reward_functions_refuse_in_process_scoring():
+    user = 'task.rewards=[{fn = "reward_fixtures:brevity"}]'
+    with pytest.raises(ConfigError, match=r"^train.reward_workers = 0 would run task.rewards fn"):
+        load_config(None, [user, "train.reward_workers=0"], env=False)
+    builtin = 'task.rewards=[{fn = "task"}, {fn = "format", weight = 0.5}]'
+    assert (
+        load_config(None, [builtin, "train.reward_workers=0"], env=False).train.reward_workers == 0
+    )
 
 
 BAD_SPECS = [

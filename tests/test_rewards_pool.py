@@ -170,3 +170,95 @@ def test_interrupted_map_leaves_no_stale_replies(
         with pytest.raises(KeyboardInterrupt):
             pool.map(score_value, [("slow",), ("slow",)])
     assert [r.reward for r in pool.map(score_value, [("5",), ("6",)])] == [5.0, 6.0]
+
+
+# ---------------------------------------------------------------- containment
+
+
+def _boom() -> None:
+    raise RuntimeError("unpickling this runs code")
+
+
+class EvilFloat(float):
+    """Pickles, but loading it raises (and would run code in the trainer)."""
+
+    def __reduce__(self):  # type: ignore[override]
+        return (_boom, ())
+
+
+def score_contained(x: str, pid_file: str = "") -> RewardResult:
+    """Items that test containment: a child left running, a bad reply, memory, CPU."""
+    if x == "child_then_hang":
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "25"])
+        with open(pid_file, "w") as fh:
+            fh.write(str(child.pid))
+        time.sleep(100)
+    if x == "evil_result":
+        return RewardResult(
+            EvilFloat(2.0), {"correct": EvilFloat(1.0)}, None, True, True, True, "ok"
+        )
+    if x == "allocate":
+        block = bytearray(512 << 20)  # 512 MiB, over the 64 MiB allowed
+        return RewardResult(float(len(block)), {}, None, False, False, False, "ok")
+    if x == "spin":
+        while True:
+            pass
+    return RewardResult(float(x), {}, x, True, True, True, "ok")
+
+
+def _alive(pid: int) -> bool:
+    """pid is running (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and process groups")
+@pytest.mark.timeout(20)
+def test_a_timed_out_rewards_own_children_die_with_it(tmp_path) -> None:
+    pid_file = tmp_path / "child.pid"
+    with RewardPool(TIMEOUT_S, workers=1) as pool:
+        results = pool.map(score_contained, [("child_then_hang", str(pid_file)), ("3",)])
+        assert _reasons(results) == ["timeout", "ok"]
+        child = int(pid_file.read_text())
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the reward's `sleep 25` outlived its timed-out reward"
+
+
+@pytest.mark.timeout(20)
+def test_a_reply_that_cannot_be_loaded_costs_only_its_item(pool: RewardPool) -> None:
+    results = pool.map(score_contained, [("1",), ("evil_result",), ("4",)])
+    # sent as plain values: the subclass with a hostile __reduce__ arrives as a float
+    assert [r.reward for r in results] == [1.0, 2.0, 4.0]
+    assert results[1].components == {"correct": 1.0}
+    assert type(results[1].reward) is float
+
+
+def test_the_parent_reads_plain_values_only() -> None:
+    from mathrl.rewards.pool import _read_reply
+
+    a, b = multiprocessing.Pipe()
+    a.send(("item", 0, (EvilFloat(1.0), {}, None, False, False, False, "ok")))
+    message = _read_reply(b)
+    assert message[0] == "unreadable" and "may not name" in message[1]
+    a.send(("item", 0, (1.0, {"x": 0.5}, "p", True, False, True, "ok")))
+    assert _read_reply(b) == ("item", 0, (1.0, {"x": 0.5}, "p", True, False, True, "ok"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+@pytest.mark.timeout(30)
+def test_memory_and_cpu_limits_in_workers() -> None:
+    with RewardPool(20.0, workers=1, memory_mb=64, cpu_s=1) as pool:
+        results = pool.map(score_contained, [("allocate",), ("spin",), ("5",)])
+    assert results[0].reason == "error: MemoryError: "
+    assert results[1].reason == "error: worker died (CPU limit of 1 s)"
+    assert results[2].reward == 5.0
+    # off (0): the same allocation succeeds
+    with RewardPool(20.0, workers=1, memory_mb=0, cpu_s=0) as pool:
+        assert pool.map(score_contained, [("allocate",)])[0].reward == float(512 << 20)

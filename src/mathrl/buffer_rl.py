@@ -27,9 +27,16 @@ from mathrl.backends import backend_for
 from mathrl.config import Config
 from mathrl.data import PromptStream, training_examples
 from mathrl.errors import DataError, MathrlError
-from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
+from mathrl.groups import (
+    Group,
+    collect_groups,
+    reward_metrics,
+    reward_pool,
+    rollout_engine,
+    rollout_records,
+)
 from mathrl.io import append_jsonl, read_jsonl
-from mathrl.rewards import RewardPool, RewardResult
+from mathrl.rewards import RewardResult
 from mathrl.rl import (
     advantages_for,
     optimizer_state,
@@ -85,7 +92,7 @@ def rollout_iteration(
     cache: dict[str, list[int]] = {}
     model.eval()
     with (
-        RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool,
+        reward_pool(t) as pool,
         fsdp.full_weights(model),  # FSDP: sample from the gathered model
     ):
         for step in range(first_step, first_step + n_steps):

@@ -9,7 +9,9 @@
 A checkpoint is committed atomically: everything is written into a temp dir beside the
 final one and fsynced, the manifest (sizes + sha256 of every file) is written last, then
 the dir is renamed into place and the parent fsynced. A dir without a valid manifest is
-never used.
+never used. Re-saving a step renames the old copy aside (`step_N.old`), renames the new
+one in, then deletes the old: a crash in between leaves one of them, and `clean_orphans`
+puts the old one back when the new one is not in place.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ PREFIX = "step_"
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
 FORMAT_VERSION = 1
+ASIDE = ".old"
+"""Suffix of a step's previous copy while a re-save of that step swaps in the new one."""
 
 
 # ---------------------------------------------------------------- run directory
@@ -166,13 +170,16 @@ def save_checkpoint(
             os.fsync(fh.fileno())
         for d in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: -len(p.parts)):
             fsync_dir(d)
-        if final.exists():  # re-saving a step (e.g. after a resume): replace the old one
-            shutil.rmtree(final)
+        aside = final.with_name(final.name + ASIDE)
+        if final.exists():  # re-saving a step (e.g. after a resume): swap, never delete first
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(tmp, final)
         fsync_dir(ckpt_root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(aside, ignore_errors=True)
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
     rotate(ckpt_root, keep_last)
     return final
@@ -243,14 +250,23 @@ def rotate(ckpt_root: Path, keep_last: int) -> None:
 
 
 def clean_orphans(run_dir: Path) -> list[Path]:
-    """Remove temp dirs left by a crash mid-save; returns what was removed."""
+    """Remove temp dirs left by a crash mid-save, and settle a re-save's swap (the old copy
+    back in place when the new one never arrived, else deleted); returns what was removed."""
     root = run_dir / CKPT_DIR
     removed = []
     if root.is_dir():
-        for p in root.iterdir():
+        for p in sorted(root.iterdir()):
             if p.name.startswith(TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(p)
+            elif p.name.startswith(PREFIX) and p.name.endswith(ASIDE):
+                final = p.with_name(p.name.removesuffix(ASIDE))
+                if final.exists():
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+                else:
+                    os.replace(p, final)
+                    fsync_dir(root)
     return removed
 
 

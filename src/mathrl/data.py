@@ -37,7 +37,8 @@ def make_task(cfg: Config) -> Task:
     if not cfg.task.rewards:
         return task
     rewarded = WithRewardFns(task, cfg.task.rewards)
-    rewarded.check(cfg.train.reward_timeout_s)
+    t = cfg.train
+    rewarded.check(t.reward_timeout_s, t.reward_memory_mb, t.reward_cpu_s)
     return rewarded
 
 
@@ -93,6 +94,7 @@ def _base_task(cfg: Config) -> Task:
             val_size=d.val_size,
             split_seed=d.split_seed,
             system_prompt=cfg.task.system_prompt,
+            dedupe=d.dedupe,
         )
 
     source = d.path if d.path.endswith((".jsonl", ".parquet")) else None
@@ -134,9 +136,10 @@ class WithRewardFns:
         prompt = self.task.messages(ex)
         return score_with_functions, (fn, args, self.specs, prompt, reward_columns(ex))
 
-    def check(self, timeout_s: float) -> None:
+    def check(self, timeout_s: float, memory_mb: int, cpu_s: int) -> None:
         """Each function imports, takes our arguments, and returns one value per completion
-        on a trial batch (a correct response and an empty one to the first train example)."""
+        on a trial batch (a correct response and an empty one to the first train example),
+        in a reward worker under the run's limits."""
         examples = self.task.examples("train") or self.task.examples("test")
         if not examples:
             raise DataError("The dataset has no examples to check task.rewards on")
@@ -147,6 +150,8 @@ class WithRewardFns:
             [self.task.messages(ex)] * 2,
             [reward_columns(ex)] * 2,
             timeout_s=2 * timeout_s,
+            memory_mb=memory_mb,
+            cpu_s=cpu_s,
         )
 
 

@@ -29,9 +29,8 @@ from mathrl.config import Config
 from mathrl.data import heldout_split, training_examples
 from mathrl.errors import MathrlError
 from mathrl.eval.evaluate import heldout_metrics
-from mathrl.groups import rollout_sampling, sample_examples
+from mathrl.groups import reward_pool, rollout_sampling, sample_examples
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
-from mathrl.rewards.pool import RewardPool
 from mathrl.run_setup import derive_seed
 from mathrl.sft import file_pair_sampler, train_sft
 from mathrl.tasks import Example, Task
@@ -87,7 +86,7 @@ def run_expert_iter(
         with fsdp.full_weights(model):  # the ranks split the problems
             return heldout_metrics(cfg, model, tokenizer, task, eval_split, pool)
 
-    with RewardPool(timeout_s=cfg.train.reward_timeout_s, workers=cfg.train.reward_workers) as pool:
+    with reward_pool(cfg.train) as pool:
         model, tokenizer = load(latest / "model" if latest else None)
         if done == 0 and cfg.eval.every:
             logger.log(heldout(model, tokenizer), 0)

@@ -20,7 +20,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from mathrl import dist
-from mathrl.config import Config
+from mathrl.config import Config, TrainConfig
 from mathrl.data import PromptStream
 from mathrl.errors import MathrlError
 from mathrl.loggers import console
@@ -46,6 +46,13 @@ class Group:
     @property
     def rewards(self) -> list[float]:
         return [r.reward for r in self.results]
+
+
+def reward_pool(t: TrainConfig) -> RewardPool:
+    """The reward pool train.* configures: workers, the time limit, memory and CPU limits."""
+    return RewardPool(
+        t.reward_timeout_s, t.reward_workers, memory_mb=t.reward_memory_mb, cpu_s=t.reward_cpu_s
+    )
 
 
 def call_reward(fn: Callable[..., Any], completion: str, *args: Any) -> Any:

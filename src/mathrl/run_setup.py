@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,15 @@ def set_threads(threads: int) -> None:
 
 
 def prepare_run_dir(
-    cfg: Config, out: str | None, resume: bool, reset: bool = False, fresh: bool = False
+    cfg: Config,
+    out: str | None,
+    resume: bool,
+    reset: bool = False,
+    fresh: bool = False,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Create (or reopen, when resuming) the run directory and write the resolved config."""
+    """Create (or reopen, when resuming) the run directory and write the resolved config;
+    when resuming, `check(run_dir)` runs first, so a refused resume writes nothing."""
 
     run_dir = Path(out) if out else ckpt_mod.default_run_dir()
     if reset and run_dir.exists():
@@ -89,9 +96,23 @@ def prepare_run_dir(
             f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_mod.clean_orphans(run_dir)
+    ckpt_mod.clean_orphans(run_dir)  # first: it settles an interrupted re-save of a step
+    if resume and check is not None:
+        check(run_dir)
     atomic_write_text(run_dir / "config.toml", dumps_toml(cfg))
     return run_dir
+
+
+def check_resumable(run_dir: Path, cfg: Config, fingerprint: str, allow_change: bool) -> None:
+    """--resume has a checkpoint to continue (RL's, else the warm-up's) that this config
+    and dataset may resume; else the MathrlError that resume_point gives."""
+    for where in (run_dir, run_dir / "warmup_sft"):
+        if ckpt_mod.list_checkpoints(where):
+            if where != run_dir:
+                ckpt_mod.clean_orphans(where)
+            resume_point(where, cfg, fingerprint, allow_change)
+            return
+    raise MathrlError(f"--resume given but {run_dir} holds no complete checkpoint")
 
 
 def resume_point(run_dir: Path, cfg: Config, fingerprint: str, allow_change: bool) -> Path:

@@ -36,10 +36,16 @@ from mathrl.config import Config
 from mathrl.data import heldout_split, prompt_stream, training_examples
 from mathrl.errors import MathrlError
 from mathrl.eval.evaluate import heldout_metrics
-from mathrl.groups import Group, collect_groups, reward_metrics, rollout_engine, rollout_records
+from mathrl.groups import (
+    Group,
+    collect_groups,
+    reward_metrics,
+    reward_pool,
+    rollout_engine,
+    rollout_records,
+)
 from mathrl.io import append_jsonl
 from mathrl.loggers import warn
-from mathrl.rewards import RewardPool
 from mathrl.rl import (
     TrainState,
     advantages_for,
@@ -83,7 +89,7 @@ def train(
     if saved is not None:
         ckpt_mod.set_rng_state(saved["rng"])  # restored last, after everything that draws
     with (
-        RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool,
+        reward_pool(t) as pool,
         ThreadPoolExecutor(1, thread_name_prefix="mathrl-rollout") as background,
     ):
 

@@ -27,11 +27,10 @@ from mathrl import dist, fsdp
 from mathrl.config import Config
 from mathrl.data import StreamPosition, prompt_stream, training_examples
 from mathrl.errors import DataError
-from mathrl.groups import rollout_sampling, sample_examples, step_seed
+from mathrl.groups import reward_pool, rollout_sampling, sample_examples, step_seed
 from mathrl.io import atomic_write_text, write_jsonl
 from mathrl.loggers import make_logger, say
 from mathrl.policy import load_policy
-from mathrl.rewards.pool import RewardPool
 from mathrl.run_setup import resume_point
 from mathrl.sft import task_pair_sampler, train_sft
 from mathrl.tasks import Task
@@ -117,7 +116,7 @@ def first_round_correct(cfg: Config, task: Task, model: Any, tokenizer: Any) -> 
     stream = prompt_stream(cfg, task, training_examples(cfg, task), StreamPosition())
     examples = stream.take(t.prompts_per_step)  # exactly step 1's prompts
     sampling = rollout_sampling(cfg, t.group_size, step_seed(cfg, 0))  # and step 1's seed
-    with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
+    with reward_pool(t) as pool:
         scored = sample_examples(cfg, model, tokenizer, task, examples, sampling, pool)
     flat = [s for group in scored for s in group]
     n = max(1, len(flat))

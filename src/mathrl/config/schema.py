@@ -28,6 +28,7 @@ from mathrl.config.validate import (
     check_backend,
     check_choices,
     check_model_and_data,
+    check_reward_workers,
     check_rollout_weights,
     check_sampling,
     check_schedules,
@@ -67,6 +68,7 @@ class Config:
         check_train(self.train, self.rollout, self.sft)
         check_sampling(self.rollout, self.eval)
         check_task(self.task, self.data)
+        check_reward_workers(self.task, self.train)
         check_model_and_data(self.model, self.data)
         check_schedules(self.checkpoint, self.log, self.warmup, self.sft, self.expert_iter)
 

@@ -126,9 +126,10 @@ class DataConfig:
     mathrl.tasks.benchmarks). Countdown: a nums/target file; anything else generates."""
     hub_revision: str = "e53f048856ff4f594e959d75785d2c2d37b678ee"
     """Pinned revision of openai/gsm8k when data.path = 'hub'."""
-    val_size: int = 512
-    """Train problems reserved for validation (GSM8K; qa: set it below your train size, 0
-    for none)."""
+    val_size: int | None = None
+    """Train problems reserved for validation (GSM8K, qa); 0 for none; None: 10% of the train rows, at most 512 (the run says what it chose)."""
+    dedupe: bool = False
+    """qa: drop repeated rows (same question and answer, or same id_field), keeping the first, with the count in the events log; false: a repeated row stops the run."""
     question_field: str = "question"
     """qa: the column holding the question."""
     answer_field: str = "answer"
@@ -286,6 +287,10 @@ class TrainConfig:
     """Time limit of one reward call; a timed-out sample gets reward 0."""
     reward_workers: int = 1
     """Reward worker processes (they bound the time of each call)."""
+    reward_memory_mb: int = 2048
+    """Memory (MiB of address space, RLIMIT_AS) a reward worker may allocate beyond what it starts with; a reward over it gets a MemoryError (reward 0). 0: no limit."""
+    reward_cpu_s: int = 60
+    """CPU seconds one reward call may use (RLIMIT_CPU, inherited by processes it starts); a call over it kills its worker (reward 0). 0: no limit."""
     nonfinite: str = "skip"
     """On a non-finite loss or gradient: skip the step, or stop the run."""
     tis_cap: float = 0.0

@@ -18,7 +18,7 @@ from mathrl.errors import ConfigError
 from mathrl.models.backends import BACKENDS
 from mathrl.registry import Registry
 from mathrl.rewards import GRADERS, PROMPT_STYLES, REWARD_SCHEMES
-from mathrl.rewards.functions import check_specs
+from mathrl.rewards.functions import BUILTINS, check_specs
 from mathrl.rollout.registry import ENGINES, SERVER_ENGINES
 from mathrl.tasks.arithmetic import KINDS as ARITHMETIC_KINDS
 
@@ -184,6 +184,10 @@ def check_train(t: s.TrainConfig, r: s.RolloutConfig, sft: s.SFTConfig) -> None:
     _check(t.reward_timeout_s > 0, f"train.reward_timeout_s must be > 0, got {t.reward_timeout_s}")
     _check(t.reward_workers >= 0, f"train.reward_workers must be >= 0, got {t.reward_workers}")
     _check(
+        t.reward_memory_mb >= 0, f"train.reward_memory_mb must be >= 0, got {t.reward_memory_mb}"
+    )
+    _check(t.reward_cpu_s >= 0, f"train.reward_cpu_s must be >= 0, got {t.reward_cpu_s}")
+    _check(
         t.tis_cap == 0 or (math.isfinite(t.tis_cap) and t.tis_cap >= 1),
         f"train.tis_cap must be 0 (off) or >= 1, got {t.tis_cap}",
     )
@@ -248,6 +252,17 @@ def check_task(task: s.TaskConfig, d: s.DataConfig) -> None:
     _check(not dupes, f"task.mixture names must be unique, repeated: {', '.join(dupes)}")
 
 
+def check_reward_workers(task: s.TaskConfig, t: s.TrainConfig) -> None:
+    """User reward functions run only in worker processes (a hard time limit, their own
+    process group, memory and CPU limits), never in the trainer."""
+    user = [spec.fn for spec in task.rewards if spec.fn not in BUILTINS]
+    _check(
+        t.reward_workers > 0 or not user,
+        f"train.reward_workers = 0 would run task.rewards fn '{user[0] if user else ''}' in the "
+        "trainer process without limits: set train.reward_workers >= 1",
+    )
+
+
 def check_model_and_data(model: s.ModelConfig, d: s.DataConfig) -> None:
     """The from-scratch model's shape and the data options."""
     sc = model.scratch
@@ -259,7 +274,7 @@ def check_model_and_data(model: s.ModelConfig, d: s.DataConfig) -> None:
         sc.hidden % sc.heads == 0,
         f"model.scratch.hidden ({sc.hidden}) must be divisible by model.scratch.heads ({sc.heads})",
     )
-    _check(d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}")
+    _check(d.val_size is None or d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}")
     _check(
         0 < d.curriculum_floor <= 0.25,
         f"data.curriculum_floor must be in (0, 0.25] (p(1 - p) is at most 0.25), got "

@@ -32,7 +32,14 @@ def dumps_toml(cfg: Config) -> str:
     return tomli_w.dumps(config_table(cfg))
 
 
+DISPLAY_ONLY = ("log",)
+"""Sections that change no result (console output, progress, how often rollouts are
+logged, W&B / TensorBoard): left out of config_hash, so a resume may change them."""
+
+
 def config_hash(cfg: Config) -> str:
-    """16 hex digits identifying the config's values (independent of the TOML formatting)."""
-    canonical = json.dumps(config_table(cfg), sort_keys=True, separators=(",", ":"))
+    """16 hex digits identifying the config's values that change results (every section but
+    DISPLAY_ONLY's), independent of the TOML formatting; resume compares it."""
+    table = {k: v for k, v in config_table(cfg).items() if k not in DISPLAY_ONLY}
+    canonical = json.dumps(table, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -19,10 +19,12 @@ from mathrl.distill.traces import (
     locked,
     problems,
     read_traces,
+    scored_fields,
     trace_records,
     trace_seed,
     write_sft,
 )
+from mathrl.groups import call_reward, reward_pool
 from mathrl.io import append_jsonl
 from mathrl.rewards import RewardPool
 from mathrl.rollout.http import Cancelled
@@ -45,22 +47,25 @@ def run_distill(
 ) -> dict[str, Any]:
     """Sample, score and append every missing trace; write the SFT pairs; return totals."""
     _, recorded = chat_url(opts.endpoint)
-    identity = {"model": opts.model, "endpoint": recorded, "task": task.name}
+    identity: dict[str, Any] = {"model": opts.model, "endpoint": recorded, "task": task.name}
     identity |= {"task_fingerprint": task.fingerprint, "split": opts.split}
+    identity |= sampling_fields(cfg, opts)
     examples = problems(cfg, task, opts.split, opts.limit)
     with locked(opts.out):
         rows = read_traces(opts.out, identity)
+        rescored = rescore(task, examples, rows, opts.out, cfg)
         written = {(r["problem_id"], r["sample"]) for r in rows}
         jobs = [(ex, s) for ex in examples for s in range(opts.n) if (ex.id, s) not in written]
         say(
             f"distill: {len(examples)} problems x {opts.n} = {len(examples) * opts.n} traces; "
             f"{len(examples) * opts.n - len(jobs)} already in {opts.out}, {len(jobs)} to sample"
+            + (f"; {rescored} re-scored" if rescored else "")
         )
         faults: Counter[str] = Counter()
         progress = Progress(total=len(examples) * opts.n, done=len(examples) * opts.n - len(jobs))
         if jobs:
             t = cfg.train
-            with RewardPool(timeout_s=t.reward_timeout_s, workers=t.reward_workers) as pool:
+            with reward_pool(t) as pool:
                 teacher = Teacher(opts)
                 try:
                     _sample(cfg, task, opts, identity, jobs, teacher, pool, rows, progress, say)
@@ -103,12 +108,9 @@ def _sample(
     say: Callable[[str], None],
 ) -> None:
     """Run the requests on `concurrency` threads; score and append each batch that finishes."""
-    max_tokens = opts.max_tokens or cfg.rollout.max_new_tokens
-    temperature = cfg.rollout.temperature if opts.temperature is None else opts.temperature
-    fields = {**identity, "temperature": temperature, "max_tokens": max_tokens}
     stop = threading.Event()
     error: BaseException | None = None
-    bodies = _request_bodies(cfg, task, opts, jobs, max_tokens, temperature)
+    bodies = _request_bodies(cfg, task, opts, jobs, identity["max_tokens"], identity["temperature"])
     answers: queue.SimpleQueue[tuple[Example, int, Reply | BaseException]] = queue.SimpleQueue()
 
     def work() -> None:
@@ -143,7 +145,7 @@ def _sample(
                     error = answer  # stop: start nothing new, keep what finishes
                     stop.set()
             if replies:
-                new = trace_records(task, pool, fields, replies)
+                new = trace_records(task, pool, identity, replies)
                 append_jsonl(opts.out, new)
                 rows.extend(new)
                 _advance(progress, new, teacher, opts, say)
@@ -151,6 +153,38 @@ def _sample(
         stop.set()  # a Ctrl-C or a failed write: the workers start nothing more
     if error is not None:
         raise error
+
+
+def sampling_fields(cfg: Config, opts: DistillOptions) -> dict[str, Any]:
+    """The sampling settings every trace line records and a resume must match: temperature,
+    max_tokens and the request seed (the run's seed, or "none" under --no-seed)."""
+    return {
+        "temperature": cfg.rollout.temperature if opts.temperature is None else opts.temperature,
+        "max_tokens": opts.max_tokens or cfg.rollout.max_new_tokens,
+        "seed": cfg.seed if opts.seed else "none",
+    }
+
+
+def rescore(
+    task: Task, examples: list[Example], rows: list[dict[str, Any]], out: Path, cfg: Config
+) -> int:
+    """Score again the lines whose scoring failed for a passing reason (a timeout, a worker
+    that died: `rescore` set) and append them, replacing the old lines (the last line of a
+    trace wins); returns how many were re-scored."""
+    by_id = {ex.id: ex for ex in examples}
+    todo = [i for i, r in enumerate(rows) if r.get("rescore") and r["problem_id"] in by_id]
+    if not todo:
+        return 0
+    items = []
+    for i in todo:
+        fn, args = task.reward_call(by_id[rows[i]["problem_id"]])
+        items.append((fn, rows[i]["completion"], *args))
+    with reward_pool(cfg.train) as pool:
+        results = pool.map(call_reward, items)
+    for i, result in zip(todo, results, strict=True):
+        rows[i] = {**rows[i], **scored_fields(result)}
+    append_jsonl(out, [rows[i] for i in todo])
+    return len(todo)
 
 
 def _request_bodies(

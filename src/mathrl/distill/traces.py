@@ -17,14 +17,19 @@ from mathrl.errors import DataError, MathrlError
 from mathrl.eval.metrics import select_examples
 from mathrl.groups import call_reward
 from mathrl.io import read_jsonl, write_jsonl
-from mathrl.rewards import RewardPool
+from mathrl.rewards import RewardPool, RewardResult
 from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
 
 LOCK_WAIT_S = 2.0
 """How long a run waits for the lock on --out before it says another run holds it."""
 IDENTITY = ("model", "endpoint", "task", "task_fingerprint", "split")
-"""Fields every line carries; a resume must match them all."""
+SAMPLING = ("temperature", "max_tokens", "seed")
+"""Fields every line carries (the run's identity and sampling settings); a resume must
+match them all."""
+TRANSIENT = ("timeout", "error: worker died")
+"""Reasons of a scoring that failed for a passing cause: such a line is scored again
+by the next run (`rescore`), never kept as a final `correct: false`."""
 
 
 def problems(cfg: Config, task: Task, split: str, limit: int) -> list[Example]:
@@ -52,17 +57,19 @@ def read_traces(path: Path, identity: dict[str, Any]) -> list[dict[str, Any]]:
     if not path.is_file():
         raise MathrlError(f"--out {path} is not a file")
     rows = read_jsonl(path)
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
     for i, row in enumerate(rows, 1):
         ok = isinstance(row.get("problem_id"), str) and isinstance(row.get("sample"), int)
         if not ok or not isinstance(row.get("prompt"), list):
             raise DataError(f"{path}:{i} is not a mathrl distill trace; use another --out")
-        for key in IDENTITY:
-            if row.get(key) != identity[key]:
+        for key in (*IDENTITY, *SAMPLING):
+            if row.get(key, "unrecorded") != identity[key]:
                 raise MathrlError(
-                    f"{path} was written for {key} {row.get(key)!r}, not {identity[key]!r}: "
-                    "resume with the same settings or use another --out"
+                    f"{path} was written for {key} {row.get(key, 'unrecorded')!r}, not "
+                    f"{identity[key]!r}: resume with the same settings or use another --out"
                 )
-    return rows
+        latest[(row["problem_id"], row["sample"])] = row  # a re-scored line replaces its first
+    return list(latest.values())
 
 
 @contextmanager
@@ -108,11 +115,8 @@ def trace_records(
                 "prompt": task.messages(ex),
                 "completion": reply.completion,
                 "reasoning": reply.reasoning,
-                "reward": float(result.reward),
-                "correct": bool(result.correct),
-                "pred": result.pred,
+                **scored_fields(result),
                 "gold": ex.gold,
-                "reason": result.reason,
                 "finish_reason": reply.finish_reason,
                 "prompt_tokens": reply.prompt_tokens,
                 "completion_tokens": reply.completion_tokens,
@@ -123,6 +127,17 @@ def trace_records(
             }
         )
     return records
+
+
+def scored_fields(result: RewardResult) -> dict[str, Any]:
+    """A trace line's score; `rescore` marks a failure with a passing cause (TRANSIENT)."""
+    return {
+        "reward": float(result.reward),
+        "correct": bool(result.correct),
+        "pred": result.pred,
+        "reason": result.reason,
+        "rescore": result.reason.startswith(TRANSIENT),
+    }
 
 
 def sft_response(row: dict[str, Any]) -> str:

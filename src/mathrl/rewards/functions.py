@@ -27,12 +27,12 @@ import inspect
 import math
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mathrl.errors import ConfigError
+from mathrl.rewards.pool import CPU_S, MEMORY_MB, RewardPool
 from mathrl.rewards.scoring import RewardResult, combine
 
 BUILTINS = ("task", "correct", "format")
@@ -224,48 +224,53 @@ def preflight(
     prompts: Sequence[Any],
     columns: Sequence[dict[str, Any]],
     timeout_s: float,
+    memory_mb: int = MEMORY_MB,
+    cpu_s: int = CPU_S,
 ) -> None:
     """Before training: every function imports, takes what we pass, and returns one value
-    per completion (called once on a small batch, within `timeout_s`); else a ConfigError."""
+    per completion (called once on a small batch, within `timeout_s`); else a ConfigError.
+    The import and the call run in a reward worker, as training's calls do: user code never
+    runs in this process, and a hang is killed with everything it started."""
     check_specs(specs)
-    names = sorted({k for row in columns for k in row})
-    for spec in specs:
-        if spec.fn in BUILTINS:
-            continue
-        fn = resolve(spec.fn)
-        check_signature(spec.fn, fn, names)
-        outcome = _call_within(
-            functools.partial(call_batch, spec, fn, completions, prompts, columns),
-            timeout_s,
-        )
-        if outcome is TimeoutError:
+    user = [spec for spec in specs if spec.fn not in BUILTINS]
+    if not user:
+        return
+    items = [(spec, list(completions), list(prompts), list(columns)) for spec in user]
+    with RewardPool(timeout_s, workers=1, memory_mb=memory_mb, cpu_s=cpu_s) as pool:
+        results = pool.map(_trial, items)
+    for spec, result in zip(user, results, strict=True):
+        if result.reason == "timeout":
             raise ConfigError(
                 f"task.rewards fn '{spec.fn}' did not return within {timeout_s:g} s on a "
                 f"batch of {len(completions)} (train.reward_timeout_s bounds each call)"
             )
-        exc = outcome
-        if isinstance(exc, ConfigError):
-            raise exc
-        if exc is not None:
+        if result.reason.startswith("error: "):  # the worker died or the call escaped
             raise ConfigError(
-                f"task.rewards fn '{spec.fn}' raised {type(exc).__name__}: {str(exc)[:160]} "
-                f"on a batch of {len(completions)}"
+                f"task.rewards fn '{spec.fn}' failed on a batch of {len(completions)}: "
+                f"{result.reason.removeprefix('error: ')}"
             )
+        if result.reason != "ok":
+            raise ConfigError(result.reason)
 
 
-def _call_within(call: Callable[[], Any], timeout_s: float) -> Any:
-    """None when call() returned within timeout_s, the exception it raised, or TimeoutError
-    (the class) when it is still running; a daemon thread, so a hang does not block exit."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True, name="reward-check")
-    thread.start()
-    thread.join(timeout_s)
-    return outcome[0] if outcome else TimeoutError
+def _trial(
+    spec: RewardFn,
+    completions: list[str],
+    prompts: list[Any],
+    columns: list[dict[str, Any]],
+) -> RewardResult:
+    """In a reward worker: import spec.fn, check its signature, call it once; reason 'ok'
+    or the one-line message of what is wrong."""
+    try:
+        fn = resolve(spec.fn)
+        check_signature(spec.fn, fn, sorted({k for row in columns for k in row}))
+        call_batch(spec, fn, completions, prompts, columns)
+    except ConfigError as exc:
+        return RewardResult(0.0, reason=str(exc))
+    except Exception as exc:
+        return RewardResult(
+            0.0,
+            reason=f"task.rewards fn '{spec.fn}' raised {type(exc).__name__}: {str(exc)[:160]} "
+            f"on a batch of {len(completions)}",
+        )
+    return RewardResult(1.0, reason="ok")

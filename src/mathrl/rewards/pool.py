@@ -14,15 +14,24 @@ we keep, and it sends one task per message (no batches with a deadline per item)
 - An exception becomes reason `error: <ExcType>: <msg>`; a worker that dies
   (segfault, os._exit) costs only the item it was running.
 - A result that is not a RewardResult with a finite reward becomes 'invalid_reward'.
+  Workers send results as plain values (float, str, bool, a dict of floats) and the
+  parent reads them with an unpickler that refuses every class: a reply the parent cannot
+  read, like a worker that dies, costs only its item (`error: ...`), never the run.
+- Containment: each worker leads its own process group, and a timed-out or dead worker's
+  group is killed, so processes a reward started die with it; workers run under
+  RLIMIT_AS (`memory_mb` more than they start with) and a per-call RLIMIT_CPU
+  (`cpu_s`, inherited by what the reward starts); 0 turns either off.
 - `workers=0` runs in-process: no process overhead, exceptions are still caught,
   but the limit is soft (an overlong call is reported as 'timeout' after it returns).
-  Use it only for the built-in, input-capped scorers.
+  Use it only for the built-in, input-capped scorers (config refuses it with user code).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
+import os
 import pickle
 import signal
 import sys
@@ -44,6 +53,12 @@ MAX_BATCH = 64
 
 STARTUP_TIMEOUT_S = 60.0
 """How long a new worker may take to report ready (spawn re-imports the package)."""
+
+MEMORY_MB = 2048
+"""Address space (MiB) a worker may add to what it holds when it starts (RLIMIT_AS)."""
+
+CPU_S = 60
+"""CPU seconds one reward call may use (RLIMIT_CPU, inherited by processes it starts)."""
 
 _STOP = b""  # an empty message tells a worker to exit
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -71,16 +86,88 @@ def _call_one(fn: Callable[..., Any], args: tuple, catch: type[BaseException]) -
 
 
 def _to_tuple(result: RewardResult) -> tuple:
-    """Fields as a plain tuple: pickles several times faster than the dataclass."""
+    """Fields as a tuple of plain values (float, dict of floats, str, bool): pickles several
+    times faster than the dataclass, and the parent's reader accepts nothing else."""
     return (
-        result.reward,
-        result.components,
-        result.pred,
-        result.correct,
-        result.correct_lenient,
-        result.format_ok,
-        result.reason,
+        float(result.reward),
+        {str(k): float(v) for k, v in result.components.items()},
+        None if result.pred is None else str(result.pred),
+        bool(result.correct),
+        bool(result.correct_lenient),
+        bool(result.format_ok),
+        str(result.reason),
     )
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Reads builtin containers and scalars only: a reply naming any class or function
+    (whose loading would run code in the trainer) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"a reward reply may not name {module}.{name}")
+
+
+def _read_reply(conn: Connection) -> Any:
+    """One message from a worker, read as plain values; EOFError/OSError when it is gone."""
+    data = conn.recv_bytes()
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # any unreadable reply is that item's error
+        return ("unreadable", _error_reason(err))
+
+
+def _own_process_group() -> None:
+    """Lead a new process group, so that the parent can kill the worker together with
+    every process a reward started (a timed-out reward's `sleep 25` dies with it)."""
+    try:
+        os.setpgid(0, 0)
+    except (OSError, AttributeError):  # no process groups here: the worker alone is killed
+        pass
+
+
+def _limit_memory(memory_mb: int) -> None:
+    """RLIMIT_AS at what the worker holds now plus memory_mb: a forked worker starts with
+    the parent's address space (a loaded model, torch's reservations), so a fixed cap
+    would either fail at once or bound nothing."""
+    if memory_mb <= 0:
+        return
+    try:
+        import resource
+
+        with open("/proc/self/statm") as fh:
+            held = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        cap = held + memory_mb * (1 << 20)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ImportError, OSError, ValueError):  # not Linux: no statm or no RLIMIT_AS
+        pass
+
+
+def _cpu_limiter(cpu_s: int) -> Callable[[], None]:
+    """A function that, called before each reward call, sets RLIMIT_CPU's soft limit to the
+    CPU time used so far plus cpu_s (the hard limit stays, so the next call can raise it);
+    SIGXCPU then ends a call that loops past cpu_s, and processes it starts inherit it."""
+    try:
+        import resource
+    except ImportError:
+        return lambda: None
+    if cpu_s <= 0:
+        return lambda: None
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+
+    def limit() -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime) + cpu_s
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        except (OSError, ValueError):
+            pass
+
+    return limit
 
 
 def _die_with_parent() -> None:
@@ -97,15 +184,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(conn: Connection, inherited: list[Connection]) -> None:
+def _worker_main(
+    conn: Connection, inherited: list[Connection], memory_mb: int = 0, cpu_s: int = 0
+) -> None:
     """Worker loop: receive (fn, [(index, args), ...]) batches, send one reply per item."""
     # Ctrl-C and SIGTERM go to the parent, which finishes its step and closes us; a
     # scheduler's SIGTERM to the whole process group must not kill a reward mid-step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    _own_process_group()  # before "ready": the parent kills the group only after it
     for other in inherited:  # fork copies the parent's pipe ends; holding them would hide
         other.close()  # the parent's death (no EOF) and keep an orphan alive forever
+    _limit_memory(memory_mb)
+    limit_cpu = _cpu_limiter(cpu_s)
     conn.send(("ready",))
     while True:
         try:
@@ -120,11 +212,12 @@ def _worker_main(conn: Connection, inherited: list[Connection]) -> None:
             conn.send(("batch_error", _error_reason(err)))
             continue
         for index, args in batch:
+            limit_cpu()
             # BaseException too: a reward calling sys.exit must not end the worker silently.
             result = _call_one(fn, args, BaseException)
             try:
                 conn.send(("item", index, _to_tuple(result)))
-            except Exception as err:  # unpicklable result
+            except Exception as err:  # a field that is not a plain value
                 conn.send(("item", index, _to_tuple(zero_result(_error_reason(err)))))
 
 
@@ -141,8 +234,18 @@ class _Job:
     deadline: float
 
 
+def _kill_group(worker: _Worker) -> None:
+    """SIGKILL the worker's process group (the worker and what its rewards started); the
+    group's id stays reserved while any member lives, so this never hits another job."""
+    try:
+        os.killpg(worker.process.pid, signal.SIGKILL)
+    except (OSError, AttributeError):  # the group is gone (or no groups here)
+        worker.process.kill()
+
+
 def _stop_workers(workers: list[_Worker]) -> None:
-    """Ask workers to exit, then kill any that do not; never leaves zombies."""
+    """Ask workers to exit, then kill their groups (stragglers and what rewards left
+    running); never leaves zombies."""
     for worker in workers:
         try:
             worker.conn.send_bytes(_STOP)
@@ -150,9 +253,8 @@ def _stop_workers(workers: list[_Worker]) -> None:
             pass
     for worker in workers:
         worker.process.join(timeout=1.0)
-        if worker.process.is_alive():
-            worker.process.kill()
-            worker.process.join()
+        _kill_group(worker)
+        worker.process.join()
         worker.conn.close()
     workers.clear()
 
@@ -173,13 +275,21 @@ def _context(start_method: str | None) -> ForkContext | ForkServerContext | Spaw
 class RewardPool:
     """Persistent worker pool scoring items with a hard per-call time limit."""
 
-    def __init__(self, timeout_s: float, workers: int = 2, start_method: str | None = None) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        workers: int = 2,
+        start_method: str | None = None,
+        memory_mb: int = MEMORY_MB,
+        cpu_s: int = CPU_S,
+    ) -> None:
         if not timeout_s > 0:
             raise ConfigError(f"reward timeout_s must be > 0, got {timeout_s}")
         if workers < 0:
             raise ConfigError(f"reward workers must be >= 0, got {workers}")
         self.timeout_s = float(timeout_s)
         self.n_workers = workers
+        self.limits = (memory_mb, cpu_s)
         self._ctx = _context(start_method)
         self.stats = {"calls": 0, "timeouts": 0, "errors": 0, "invalid": 0, "restarts": 0}
         self._lock = threading.Lock()
@@ -194,20 +304,28 @@ class RewardPool:
         # Under fork the child holds copies of every parent-side pipe end open now.
         forked = isinstance(self._ctx, ForkContext)
         inherited = [parent_conn, *(w.conn for w in self._workers)] if forked else []
-        process = self._ctx.Process(target=_worker_main, args=(child_conn, inherited), daemon=True)
+        process = self._ctx.Process(
+            target=_worker_main, args=(child_conn, inherited, *self.limits), daemon=True
+        )
         process.start()
         child_conn.close()  # so the parent sees EOF when the worker dies
         if not parent_conn.poll(STARTUP_TIMEOUT_S):
             process.kill()
             process.join()
             raise MathrlError(f"reward worker did not start within {STARTUP_TIMEOUT_S} s")
-        parent_conn.recv()
+        try:
+            _read_reply(parent_conn)
+        except (EOFError, OSError):
+            process.join()
+            raise MathrlError(
+                f"reward worker exited at start (exit code {process.exitcode})"
+            ) from None
         return _Worker(process, parent_conn)
 
     def _replace_worker(self, slot: int) -> None:
-        """Kill the worker in `slot` (hung or dead) and start a fresh one."""
+        """Kill the worker in `slot` (hung or dead) with its group; start a fresh one."""
         old = self._workers[slot]
-        old.process.kill()
+        _kill_group(old)
         old.process.join()
         old.conn.close()
         self._workers[slot] = self._start_worker()
@@ -321,8 +439,13 @@ class RewardPool:
         conn = self._workers[slot].conn
         try:
             while job.done < len(job.indices) and conn.poll():
-                message = conn.recv()
-                if message[0] == "batch_error":
+                message = _read_reply(conn)
+                if message[0] == "unreadable":
+                    # replies come in item order: the unreadable one is the current item
+                    results[job.indices[job.done]] = zero_result(message[1])
+                    job.done += 1
+                    job.deadline = time.monotonic() + self.timeout_s
+                elif message[0] == "batch_error":
                     for index in job.indices[job.done :]:
                         results[index] = zero_result(message[1])
                     job.done = len(job.indices)
@@ -344,6 +467,8 @@ class RewardPool:
             self._workers[slot].process.join(timeout=1.0)  # reap it so exitcode is set
         exitcode = self._workers[slot].process.exitcode
         reason = "timeout" if why == "timeout" else f"error: worker died (exit code {exitcode})"
+        if exitcode == -signal.SIGXCPU:
+            reason = f"error: worker died (CPU limit of {self.limits[1]} s)"
         results[job.indices[job.done]] = zero_result(reason)
         rest = job.indices[job.done + 1 :]
         if rest:

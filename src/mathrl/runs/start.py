@@ -17,9 +17,11 @@ from mathrl.data import make_task
 from mathrl.errors import ConfigError, MathrlError
 from mathrl.eval.suite import SUITES
 from mathrl.io import atomic_write_text
+from mathrl.loggers import events_log, log_event, say
 from mathrl.model_source import resolve_model
 from mathrl.models.backends import require_backend
 from mathrl.run_setup import (
+    check_resumable,
     prepare_run_dir,
     quiet_libraries,
     set_deterministic,
@@ -88,20 +90,32 @@ def start_process(cfg: Config) -> Task:
 
 
 def open_run(
-    cfg: Config, out: Path | None, resume: bool, reset: bool = False, fresh: bool = False
+    cfg: Config,
+    out: Path | None,
+    resume: bool,
+    reset: bool = False,
+    fresh: bool = False,
+    allow_change: bool | None = None,
 ) -> tuple[Task, Path]:
     """The task and the run directory (resolved config and manifest written into it) of a
-    command whose ranks have joined."""
+    command whose ranks have joined. With allow_change (a training command), --resume is
+    checked against the run's checkpoints before anything is written."""
     task = start_process(cfg)
 
+    def check(run_dir: Path) -> None:
+        if allow_change is not None:
+            check_resumable(run_dir, cfg, task.fingerprint, allow_change)
+
     def prepare() -> Path:
-        run_dir = prepare_run_dir(cfg, str(out) if out else None, resume, reset, fresh)
+        where = str(out) if out else None
+        run_dir = prepare_run_dir(cfg, where, resume, reset, fresh, check)
         write_run_manifest(
             run_dir,
             cfg.seed,
             task.fingerprint,
             {"task": task.name, "model": cfg.model.path, "deterministic": cfg.run.deterministic},
         )
+        announce(task, run_dir)
         return run_dir
 
     return task, dist.on_main(prepare)  # rank 0 writes; every rank gets the same dir
@@ -127,9 +141,21 @@ def open_eval_run(
         out_dir = out or default_run_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.toml", dumps_toml(cfg))
+        announce(task, out_dir)
         return out_dir
 
     return cfg, task, paths, dist.on_main(prepare)  # rank 0 writes
+
+
+def announce(task: Task, run_dir: Path) -> None:
+    """What loading the data chose or dropped on its own (the default validation split,
+    deduplicated rows): on the console and in the run's events log."""
+    notes = getattr(task, "notes", [])
+    if notes:
+        with events_log(run_dir):
+            for note in notes:
+                say(note)
+                log_event("info", note)
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ def start_training_run(
         check_rollout_server(cfg)
     else:
         fsdp.check(cfg)
-    task, run_dir = open_run(cfg, out, resume, fresh=True)
+    task, run_dir = open_run(cfg, out, resume, fresh=True, allow_change=allow_change)
     resume_from = (
         resume_point(run_dir, cfg, task.fingerprint, allow_change)
         if resume and ckpt_mod.list_checkpoints(run_dir)
@@ -149,7 +149,7 @@ def run_sft(
         raise MathrlError("Nothing to do: set --steps N or sft.steps > 0")
     join_ranks(cfg)
     with dist.joined():
-        task, run_dir = open_run(cfg, out, resume, fresh=True)
+        task, run_dir = open_run(cfg, out, resume, fresh=True, allow_change=allow_change)
         prev = resume_point(run_dir, cfg, task.fingerprint, allow_change) if resume else None
         model, tokenizer = load_policy(cfg, task, run_dir, prev / "model" if prev else None)
         source = data or (Path(cfg.sft.data) if cfg.sft.data else None)

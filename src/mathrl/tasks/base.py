@@ -96,6 +96,31 @@ def load_hub_dataset(key: str, name: str, *args: Any, advice: str = "", **kwargs
         ) from None
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text (UTF-8, a leading BOM dropped); other bytes stop with the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8"
+        ) from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """json.loads(text); a malformed, too deeply nested or oversized value is one DataError
+    line naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: malformed JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise DataError(f"{where}: {str(exc)[:120]}") from None
+
+
 def read_table(path: Path) -> list[Any]:
     """Rows of a dataset file (.parquet, or JSON lines); strict: a bad line is an error.
 
@@ -109,17 +134,16 @@ def read_table(path: Path) -> list[Any]:
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(f"Reading {path} needs pyarrow: pip install pyarrow") from None
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow's errors for a damaged or foreign file
+            raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
     else:
         rows = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
+        # "\n" only: JSON strings may hold U+2028 and other characters splitlines() splits on
+        for lineno, line in enumerate(read_utf8(path).split("\n"), 1):
+            if line.strip():
+                rows.append(parse_json(line, f"{path}:{lineno}"))
     if not rows:
         raise DataError(f"Dataset file is empty: {path}")
     return rows

@@ -111,6 +111,24 @@ def load_raw(source: str, split: str, revision: str) -> list[dict[str, Any]]:
     return read_rows(path)
 
 
+VAL_FRACTION = 0.1
+"""data.val_size's default: this fraction of the train rows, at most VAL_CAP."""
+VAL_CAP = 512
+
+
+def resolve_val_size(n: int, val_size: int | None) -> int:
+    """data.val_size, or (None) VAL_FRACTION of the n train rows, at most VAL_CAP."""
+    return min(VAL_CAP, int(n * VAL_FRACTION)) if val_size is None else val_size
+
+
+def val_size_note(chosen: int, n: int) -> str:
+    """What the default data.val_size chose, for the console and the events log."""
+    return (
+        f"data.val_size: {chosen} of {n} train rows held out for validation (the default: "
+        f"{VAL_FRACTION:.0%} of them, at most {VAL_CAP}; set data.val_size to choose)"
+    )
+
+
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic index split: the same val problems for a given (n, val_size, seed)."""
     if val_size >= n:
@@ -146,7 +164,7 @@ class GSM8KTask:
         source: str,
         prompt_style: str = "final_line",
         reward_scheme: str = "format",
-        val_size: int = 512,
+        val_size: int | None = None,
         split_seed: int = 31415,
         revision: str = "main",
         system_prompt: str | None = None,
@@ -159,14 +177,14 @@ class GSM8KTask:
         train_rows = load_raw(source, "train", revision)
         self._train_raw = train_rows
         self._rows: dict[str, list[dict[str, Any]]] = {}
-        tr, va = split_train_val(len(train_rows), val_size, split_seed)
+        n_val = resolve_val_size(len(train_rows), val_size)
+        self.notes = [] if val_size is not None else [val_size_note(n_val, len(train_rows))]
+        tr, va = split_train_val(len(train_rows), n_val, split_seed)
         self._rows["train"] = [train_rows[i] for i in tr]
         self._rows["val"] = [train_rows[i] for i in va]
         self._cache: dict[str, list[Example]] = {}
         self._examples("train")  # every gold must parse: fail at load, not mid-run
-        self.fingerprint = fingerprint(
-            train_rows + [{"val_size": val_size, "split_seed": split_seed}]
-        )
+        self.fingerprint = fingerprint(train_rows + [{"val_size": n_val, "split_seed": split_seed}])
 
     def _examples(self, split: str) -> list[Example]:
         if split not in self._cache:

@@ -6,7 +6,9 @@ Sources (data.path):
 - `hf:owner/name[@revision]`: a Hugging Face dataset (the datasets extra) with train and
   (optionally) test splits;
 - `bench:NAME`: a named benchmark's test problems (mathrl.tasks.benchmarks), no train split.
-data.val_size train rows are reserved for validation (seeded); eval uses val, else test.
+data.val_size train rows are reserved for validation (seeded; by default 10% of them, at
+most 512); eval uses val, else test. Duplicate rows are refused, or dropped with
+data.dedupe (the count goes to the run's events log).
 Columns: data.question_field, data.answer_field, optional data.solution_field (SFT
 warm-up) and data.id_field; every column travels to user reward functions.
 """
@@ -14,7 +16,7 @@ warm-up) and data.id_field; every column travels to user reward functions.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +29,32 @@ from mathrl.tasks.base import (
     RecordCall,
     fingerprint,
     load_hub_dataset,
+    parse_json,
     prompt_corpus,
     read_table,
+    read_utf8,
     stable_id,
 )
 from mathrl.tasks.benchmarks import load_rows as load_benchmark
-from mathrl.tasks.gsm8k import split_train_val
+from mathrl.tasks.gsm8k import resolve_val_size, split_train_val, val_size_note
 from mathrl.tasks.prompts import build_messages, format_answer
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 MAX_FIELD_CHARS = 100_000
 """A question, answer or solution longer than this is a data error (not a math problem)."""
+MAX_DEPTH = 32
+"""Most levels of lists/objects a column's value may nest."""
 
 
 def read_any(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl/.json/.csv/.parquet file; a malformed file stops with its name."""
+    """Rows of a .jsonl/.json/.csv/.parquet file; a malformed file or row stops with one
+    line naming the file, the row (or line) and what is wrong."""
     if not path.is_file():
         raise DataError(f"Dataset file not found: {path}")
     if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows: list[Any] = list(csv.DictReader(fh))
+        rows: list[Any] = _read_csv(path)
     elif path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: malformed JSON: {exc.msg} (line {exc.lineno})") from None
+        rows = parse_json(read_utf8(path), str(path))
         if not isinstance(rows, list):
             raise DataError(f"{path}: a .json dataset must hold a list of objects")
     elif path.suffix in (".jsonl", ".parquet"):
@@ -60,7 +63,51 @@ def read_any(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: unsupported dataset format (use {', '.join(FORMATS)})")
     if not rows:
         raise DataError(f"Dataset file is empty: {path}")
+    for i, row in enumerate(rows, 1):
+        deep = _too_deep(row) if isinstance(row, dict) else None
+        if deep is not None:
+            raise DataError(f"{path} row {i}: column '{deep}' nests deeper than {MAX_DEPTH} levels")
     return rows
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV file with a header; each row has exactly the header's columns."""
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise DataError(f"{path}: the header names column '{twice[0]}' twice")
+        rows = []
+        for i, values in enumerate(reader, 1):
+            if not values:
+                continue  # a blank line
+            if len(values) != len(header):
+                raise DataError(
+                    f"{path} row {i} (line {reader.line_num}): {len(values)} values, the "
+                    f"header names {len(header)} columns"
+                )
+            rows.append(dict(zip(header, values, strict=True)))
+    except csv.Error as exc:  # a NUL byte, a field over the size limit, a stray quote
+        raise DataError(f"{path} line {reader.line_num}: malformed CSV: {exc}") from None
+    return rows
+
+
+def _too_deep(row: dict[str, Any]) -> str | None:
+    """The first column whose value nests lists/objects deeper than MAX_DEPTH, else None
+    (iterative: a row that parsed must not fail later in a recursive dump or pickle)."""
+    for key, value in row.items():
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, dict | list):
+                if depth > MAX_DEPTH:
+                    return str(key)
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def _split_file(root: Path, split: str) -> Path | None:
@@ -112,39 +159,82 @@ class QATask:
         grader: str = "numeric",
         prompt_style: str = "final_line",
         reward_scheme: str = "format",
-        val_size: int = 0,
+        val_size: int | None = 0,
         split_seed: int = 31415,
         system_prompt: str | None = None,
+        dedupe: bool = False,
     ) -> None:
         self.fields = (question_field, answer_field, solution_field, id_field)
         self.grader, self.prompt_style, self.reward_scheme = grader, prompt_style, reward_scheme
         self.system_prompt = system_prompt
+        self.notes: list[str] = []
         get_grader(grader).prepare()  # a missing extra stops here, not as wrong answers
         loaded = load_splits(source)
         where, train_rows = loaded.get("train", ("", []))
-        self._rows: dict[str, list[dict[str, Any]]] = {"test": []}
-        if "test" in loaded:
-            self._rows["test"] = loaded["test"][1]
-        if val_size:
-            tr, va = split_train_val(len(train_rows), val_size, split_seed)
-            self._rows["train"] = [train_rows[i] for i in tr]
-            self._rows["val"] = [train_rows[i] for i in va]
+        test_where, test_rows = loaded.get("test", ("", []))
+        if dedupe:
+            train_rows, test_rows = self._dedupe(where, train_rows, test_where, test_rows)
+        n_val = resolve_val_size(len(train_rows), val_size)
+        if val_size is None:
+            self.notes.append(val_size_note(n_val, len(train_rows)))
+        # (row number in its file, row) of each split
+        numbered = list(enumerate(train_rows, 1))
+        if n_val:
+            tr, va = split_train_val(len(train_rows), n_val, split_seed)
+            splits = {"train": [numbered[i] for i in tr], "val": [numbered[i] for i in va]}
         else:
-            self._rows["train"], self._rows["val"] = list(train_rows), []
+            splits = {"train": numbered, "val": []}
+        splits["test"] = list(enumerate(test_rows, 1))
+        self._rows = {split: [row for _, row in rows] for split, rows in splits.items()}
         self._train_raw = train_rows
         self._examples: dict[str, list[Example]] = {}
         seen: dict[str, str] = {}
-        for split in ("train", "val", "test"):
-            origin = where if split != "test" else loaded.get("test", ("", []))[0]
+        for split, rows in splits.items():
+            origin = where if split != "test" else test_where
             self._examples[split] = [
-                self._example(row, f"{origin} row {i}", seen)
-                for i, row in enumerate(self._rows[split], 1)
+                self._example(row, f"{origin} row {i}", seen) for i, row in rows
             ]
         self.fingerprint = fingerprint(
-            [{"fields": list(self.fields), "val_size": val_size, "split_seed": split_seed}]
+            [{"fields": list(self.fields), "val_size": n_val, "split_seed": split_seed}]
             + train_rows
-            + self._rows["test"]
+            + test_rows
         )
+
+    def _row_id(self, row: Any) -> str | None:
+        """The id a row's example will have; None for a row _example will refuse."""
+        question_field, answer_field, _, id_field = self.fields
+        if not isinstance(row, dict):
+            return None
+        if id_field:
+            return None if row.get(id_field) in (None, "") else str(row[id_field])
+        question, answer = row.get(question_field), row.get(answer_field)
+        if not isinstance(question, str) or not isinstance(answer, str | int | float):
+            return None
+        return stable_id("qa", question, str(answer).strip())
+
+    def _dedupe(
+        self, where: str, train: list[Any], test_where: str, test: list[Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """data.dedupe: keep the first of rows with the same id (question and answer, or
+        data.id_field); a train row repeating a test row is dropped from train."""
+        kept: dict[str, list[Any]] = {"test": [], "train": []}
+        seen: set[str] = set()
+        for split, rows in (("test", test), ("train", train)):
+            for row in rows:
+                row_id = self._row_id(row)
+                if row_id is not None and row_id in seen:
+                    continue
+                if row_id is not None:
+                    seen.add(row_id)
+                kept[split].append(row)
+        for split, rows, origin in (("train", train, where), ("test", test, test_where)):
+            dropped = len(rows) - len(kept[split])
+            if dropped:
+                self.notes.append(
+                    f"data.dedupe: dropped {dropped} duplicate rows of {origin} "
+                    f"({len(kept[split])} kept)"
+                )
+        return kept["train"], kept["test"]
 
     def _example(self, row: Any, where: str, seen: dict[str, str]) -> Example:
         question_field, answer_field, solution_field, id_field = self.fields
