@@ -119,9 +119,14 @@ def check_rollout_compile(cfg: Any) -> None:
     """rollout.compile compiles the static step of the in-process engine."""
     r = cfg.rollout
     if r.compile != "off":
-        _check(r.static_decode, f"rollout.compile = {r.compile!r} needs rollout.static_decode = true")
+        _check(
+            r.static_decode, f"rollout.compile = {r.compile!r} needs rollout.static_decode = true"
+        )
     if r.static_decode:
-        _check(r.engine == "hf", f"rollout.static_decode is for rollout.engine = 'hf', not {r.engine!r}")
+        _check(
+            r.engine == "hf",
+            f"rollout.static_decode is for rollout.engine = 'hf', not {r.engine!r}",
+        )
         _check(
             r.weights == "model",
             f"rollout.static_decode decodes from the model's own weights, not {r.weights!r}",

@@ -344,7 +344,6 @@ class HFEngine(RolloutEngine):
             next_pos = next_pos + 1
         return out.rows()
 
-
     def _decode_static(
         self,
         dec: StaticDecoder,
@@ -389,7 +388,9 @@ class HFEngine(RolloutEngine):
         live = list(range(batch))
         for step in range(taken):  # the stop rule, step by step, on the unfinished rows
             done = set(
-                out.add(live, [token_rows[r][step] for r in live], [logp_rows[r][step] for r in live])
+                out.add(
+                    live, [token_rows[r][step] for r in live], [logp_rows[r][step] for r in live]
+                )
             )
             live = [r for i, r in enumerate(live) if i not in done]
             if not live:
