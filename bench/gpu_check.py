@@ -651,7 +651,8 @@ def check_decode(entry: dict) -> bool:
         )
         for name in engines:
             res[f"{name}_x_generate"] = round(res[f"{name}_tok_s"] / res["generate_tok_s"], 2)
-        greedy = SamplingParams(n=1, max_new_tokens=max_new, greedy=True)
+        # n as above: the same rows, so the compiled engine reuses its compiled step
+        greedy = SamplingParams(n=n, max_new_tokens=max_new, greedy=True)
         ids = {
             name: [c.token_ids for c in eng.generate(prompts, greedy).completions]
             for name, eng in engines.items()

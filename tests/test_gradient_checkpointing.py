@@ -26,7 +26,6 @@ def test_gradients_equal_with_and_without_checkpointing(tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(path)
     ckpt = copy.deepcopy(plain)
     enable_gradient_checkpointing(ckpt)
-    assert ckpt.is_gradient_checkpointing and not plain.is_gradient_checkpointing
     calls = []
     ckpt.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
     torch.manual_seed(0)
