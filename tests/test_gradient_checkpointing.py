@@ -27,7 +27,9 @@ def test_gradients_equal_with_and_without_checkpointing(tmp_path):
     ckpt = copy.deepcopy(plain)
     enable_gradient_checkpointing(ckpt)
     calls = []
-    ckpt.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    # a pre-hook: the recompute stops early (torch's checkpoint early stop) before the
+    # layer's forward returns, so a post-forward hook would not see it
+    ckpt.model.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
     torch.manual_seed(0)
     ids = torch.randint(5, plain.config.vocab_size, (3, 12))
     mask = torch.ones_like(ids)

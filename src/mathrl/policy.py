@@ -88,7 +88,11 @@ def enable_gradient_checkpointing(model: Any) -> None:
         raise MathrlError(
             f"model.gradient_checkpointing: {type(model).__name__} does not support it"
         )
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def load_mlx_policy(cfg: Config, source: str) -> tuple[Any, Any]:
