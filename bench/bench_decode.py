@@ -16,7 +16,10 @@ Paths:
 - generate: transformers' `model.generate` (sdpa, its own cache), fp32;
 - mkl: mathrl's lean step with plain F.linear (MKL) weights, the engine before #18;
 - fp32: the lean step with weights reordered for oneDNN (the default now);
-- fp16 / int8: rollout.weights = fp16 / int8 (fbgemm copies; not the trainer's values).
+- fp16 / int8: rollout.weights = fp16 / int8 (fbgemm copies; not the trainer's values);
+- static: rollout.static_decode (fixed rows x max_len K/V buffers, oneDNN weights), eager;
+- compiled: the static step under rollout.compile = "default" (inductor); its engine is
+  kept across runs as in training, the warm-up call (same shapes) pays the compile.
 Timing: wall of the whole call (prefill included), median of `runs` runs, the
 paths interleaved run by run so machine noise hits all alike; one warm-up call per path.
 The decode step is mathrl's decode time / (new - 1); its bound is
@@ -70,7 +73,9 @@ QWEN2_05B = dict(
     tie_word_embeddings=True,
     hidden_act="silu",
 )
-PATHS = ("generate", "mkl", "fp32", "fp16", "int8")
+PATHS = ("generate", "mkl", "fp32", "fp16", "int8", "static", "compiled")
+GEMM_PATH = {"static": "fp32", "compiled": "mkl"}  # the GEMM kernels each path runs
+_ENGINES: dict[tuple[int, int], HFEngine] = {}  # compiled engines, kept across runs
 
 
 def build(name: str) -> tuple[torch.nn.Module, object]:
@@ -136,7 +141,21 @@ def run_engine(
 ) -> tuple[float, float, float]:
     """(wall s, decode s, prefill s) of one HFEngine call on `path`."""
     weights = path if path in ("fp16", "int8") else "model"
-    engine = HFEngine(model, tokenizer, batch_size=len(prompts), weights=weights)
+    if path == "compiled":
+        key = (id(model), len(prompts))
+        if key not in _ENGINES:
+            _ENGINES[key] = HFEngine(
+                model, tokenizer, batch_size=len(prompts), static_decode=True, compile="default"
+            )
+        engine = _ENGINES[key]
+    else:
+        engine = HFEngine(
+            model,
+            tokenizer,
+            batch_size=len(prompts),
+            weights=weights,
+            static_decode=path == "static",
+        )
     real = cpu_gemm.packed_linear_available
     if path == "mkl":  # the lean step on plain F.linear weights
         cpu_gemm.packed_linear_available = lambda: False  # type: ignore[assignment]
@@ -148,6 +167,8 @@ def run_engine(
     finally:
         cpu_gemm.packed_linear_available = real  # type: ignore[assignment]
     assert result.tokens_generated == len(prompts) * new
+    if result.timing.get("compile_s"):
+        print(f"  compile {result.timing['compile_s']:.1f} s (in this call's decode)", flush=True)
     return wall, result.timing["decode_s"], result.timing["prefill_s"]
 
 
@@ -186,7 +207,21 @@ def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
     from torch.profiler import ProfilerActivity, profile
 
     weights = path if path in ("fp16", "int8") else "model"
-    engine = HFEngine(model, tokenizer, batch_size=len(prompts), weights=weights)
+    if path == "compiled":
+        key = (id(model), len(prompts))
+        if key not in _ENGINES:
+            _ENGINES[key] = HFEngine(
+                model, tokenizer, batch_size=len(prompts), static_decode=True, compile="default"
+            )
+        engine = _ENGINES[key]
+    else:
+        engine = HFEngine(
+            model,
+            tokenizer,
+            batch_size=len(prompts),
+            weights=weights,
+            static_decode=path == "static",
+        )
     engine.generate(prompts, SamplingParams(n=1, max_new_tokens=2, seed=0, ignore_eos=True))
     real, held = engine._decode_lean, []
 
@@ -238,6 +273,8 @@ def main() -> None:
             for path in paths:  # warm-up (allocations, oneDNN kernel generation)
                 if path == "generate":
                     run_generate(model, tokenizer, prompts[:2], 4, 0)
+                elif path == "compiled":  # the run's shapes: one compile, here
+                    run_engine(model, tokenizer, prompts, new, 0, path)
                 else:
                     run_engine(model, tokenizer, prompts[:2], 4, 0, path)
             for run in range(args.runs):
@@ -255,7 +292,9 @@ def main() -> None:
                         flush=True,
                     )
             gen = statistics.median(times["generate"]) if "generate" in paths else None
-            gemm = {p: gemm_step_ms(model, batch, p) for p in paths if p != "generate"}
+            gemm = {
+                p: gemm_step_ms(model, batch, GEMM_PATH.get(p, p)) for p in paths if p != "generate"
+            }
             print(
                 f"{name}, batch {batch}, {new} new tokens, bound per decode step "
                 f"{bound * 1e3:.1f} ms:"

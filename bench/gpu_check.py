@@ -12,6 +12,14 @@ Steps (each in its own try: one failure does not hide the rest; PASS/FAIL per st
            reference, same seed == same samples; fp32 and under bf16 autocast (model.autocast)
   rollout  HFEngine vs model.generate completion tokens/s (tiny scratch model fp32; a
            Qwen2-0.5B-shaped model with random weights in bf16), batch 16 and 64
+  decode   issue 31: a Qwen2-0.5B-shaped model (random weights, bf16 on CUDA) at batch 64 and
+           256: model.generate vs the engine's lean step, its static step eager and compiled
+           (--compile: cudagraphs on CUDA = torch.compile mode="reduce-overhead"), tok/s,
+           compile seconds, static == lean tokens (greedy)
+  memory   peak memory of one forward + backward of that shape with and without
+           model.gradient_checkpointing (CUDA: max_memory_allocated; CPU: not measured)
+  split    the GRPO step's time split (rollout / reward / train) of a short quickstart run
+           with the static step compiled
   auto     the quickstart with the shipped precision defaults only (also part of e2e_more)
   e2e      `mathrl train` on configs/quickstart.toml (fewer steps) on the device in fp32, bf16
            autocast and the default dtype ('auto'), then `mathrl eval` on the fp32 run
@@ -591,6 +599,110 @@ def check_rollout(entry: dict, kind: str) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- issue 31
+
+
+def check_decode(entry: dict) -> bool:
+    """Static decode (eager, compiled) vs the lean step vs model.generate on the 0.5B shape."""
+    from mathrl.rollout.hf_engine import HFEngine
+    from mathrl.rollout.types import SamplingParams
+
+    dev = torch.device(ARGS.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    max_new = 16 if ARGS.quick else 256
+    runs = 1 if ARGS.quick else 2
+    model, tok, texts = make_model("large", tempfile.mkdtemp(prefix="gpuchk_model_"), dev, dtype)
+    add_eos_bias(model, tok.convert_tokens_to_ids("<|im_end|>"), 0.005)
+    entry.update(dtype=str(dtype), max_new_tokens=max_new, runs=runs, compile=ARGS.compile)
+    rng = random.Random(2)
+    ok = True
+    for batch in (8, 16) if ARGS.quick else (64, 256):
+        if left() < 45:
+            entry[f"batch{batch}"] = "skipped: time budget"
+            break
+        n = 8
+        prompts = [
+            tok(" ".join(rng.choices(texts, k=2))).input_ids[: rng.randint(20, 60)]
+            for _ in range(batch // n)
+        ]
+        engines = {
+            "lean": HFEngine(model, tok, batch_size=batch),
+            "static": HFEngine(model, tok, batch_size=batch, static_decode=True),
+        }
+        if ARGS.compile != "off":
+            engines["compiled"] = HFEngine(
+                model, tok, batch_size=batch, static_decode=True, compile=ARGS.compile
+            )
+        res: dict = {}
+        for name, eng in engines.items():
+            t0 = time.perf_counter()
+            warm = eng.generate(prompts, SamplingParams(n=n, max_new_tokens=max_new, seed=99))
+            res[f"{name}_first_call_s"] = round(time.perf_counter() - t0, 2)
+            res[f"{name}_compile_s"] = round(warm.timing.get("compile_s", 0.0), 2)
+            res[f"{name}_tok_s"] = round(
+                statistics.median(bench_engine(eng, prompts, n, max_new, r)[0] for r in range(runs))
+            )
+        bench_generate(model, prompts, engines["lean"], n, max_new, 10_000, dev)
+        res["generate_tok_s"] = round(
+            statistics.median(
+                bench_generate(model, prompts, engines["lean"], n, max_new, r, dev)[0]
+                for r in range(runs)
+            )
+        )
+        for name in engines:
+            res[f"{name}_x_generate"] = round(res[f"{name}_tok_s"] / res["generate_tok_s"], 2)
+        # n as above: the same rows, so the compiled engine reuses its compiled step
+        greedy = SamplingParams(n=n, max_new_tokens=max_new, greedy=True)
+        ids = {
+            name: [c.token_ids for c in eng.generate(prompts, greedy).completions]
+            for name, eng in engines.items()
+        }
+        res["greedy_equal"] = {name: ids[name] == ids["lean"] for name in engines}
+        ok = ok and all(res["greedy_equal"].values())
+        entry[f"batch{batch}"] = res
+        print(f"  decode batch {batch}: {res}", flush=True)
+    del model
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return ok
+
+
+def check_memory(entry: dict) -> bool:
+    """Peak memory of one forward + backward with and without gradient checkpointing."""
+    from mathrl.policy import enable_gradient_checkpointing
+
+    dev = torch.device(ARGS.device)
+    batch, length = (2, 64) if ARGS.quick else (8, 1024)
+    entry.update(batch=batch, tokens=length)
+    for ckpt in (False, True):
+        model, tok, _ = make_model(
+            "large", tempfile.mkdtemp(prefix="gpuchk_m_"), dev, torch.float32
+        )
+        if ckpt:
+            enable_gradient_checkpointing(model)
+        model.train()
+        ids = torch.randint(5, model.config.vocab_size, (batch, length), device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V)
+        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])
+        (-logp.mean()).backward()
+        sync()
+        key = "checkpointing" if ckpt else "plain"
+        entry[f"{key}_fwd_bwd_s"] = round(time.perf_counter() - t0, 3)
+        if dev.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() - base
+            entry[f"{key}_peak_GiB_above_weights"] = round(peak / 2**30, 2)
+        del model, logits, logp
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return True
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -750,12 +862,15 @@ def main() -> None:
     p.add_argument("--out", default="gpu_check_out")
     p.add_argument("--runs", default=None, help="where run dirs go (default OUT/runs)")
     p.add_argument("--workdir", default=None, help="cwd of the CLI subprocesses")
-    p.add_argument("--steps", default="env,correct,e2e,rollout,e2e_more")
-    p.add_argument("--budget-s", type=float, default=330.0)
+    p.add_argument("--steps", default="env,decode,memory,split,correct")
+    p.add_argument("--compile", default=None, help="rollout.compile of the static step")
+    p.add_argument("--budget-s", type=float, default=420.0)
     p.add_argument("--step-timeout-s", type=float, default=150.0)
     p.add_argument("--grpo-steps", type=int, default=300)
     p.add_argument("--warmup-steps", type=int, default=250)
     ARGS = p.parse_args()
+    if ARGS.compile is None:
+        ARGS.compile = "cudagraphs" if ARGS.device.startswith("cuda") else "off"
     OUT = Path(ARGS.out)
     OUT.mkdir(parents=True, exist_ok=True)
     ARGS.runs = ARGS.runs or str(OUT / "runs")
@@ -769,6 +884,14 @@ def main() -> None:
 
     if "env" in steps:
         check("env")(check_env)
+    if "decode" in steps:
+        check("decode_qwen2_0.5b_shape", 60)(check_decode)
+    if "memory" in steps:
+        check("memory_gradient_checkpointing", 30)(check_memory)
+    if "split" in steps:
+        split_sets = ["rollout.static_decode=true", f"rollout.compile={ARGS.compile}"]
+        steps_split = 3 if ARGS.quick else 30
+        check("grpo_step_split", 60)(check_train, "split", split_sets, steps_split, 0)
     if "correct" in steps:
         check("correct_fp32", 30)(check_correct, "none")
         check("correct_bf16_autocast", 30)(check_correct, "bfloat16")

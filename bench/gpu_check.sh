@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # One-shot GPU check of mathrl (see bench/gpu_check.py for what it measures).
 #
-#   bash bench/gpu_check.sh                       # CUDA, the full check (~5 min on an H200)
+#   bash bench/gpu_check.sh                       # CUDA: env, decode, memory, split, correct
 #   DEVICE=cpu QUICK=1 bash bench/gpu_check.sh    # every code path, tiny sizes, on a CPU
 #
-# On an H200 all steps take ~8.5 min (2026-11-30): env+correct 0.5, e2e fp32 + eval 1.6,
-# rollout 3.0, e2e_more 3.3 (two more training runs). To fit 6-min device calls, run it as
-#   STEPS=env,correct,e2e,rollout bash bench/gpu_check.sh   then   STEPS=e2e_more ...
-# (with the default BUDGET_S the first form skips e2e_more by itself).
+# Sized to finish in < 8 min on one H100/H200 (BUDGET_S=420: python skips what would not
+# fit): decode = the 0.5B-shaped bf16 model at batch 64 and 256, model.generate vs the lean
+# step vs the static step eager and compiled (COMPILE, default cudagraphs on CUDA), tok/s;
+# memory = peak of a forward + backward with and without model.gradient_checkpointing;
+# split = the GRPO step's time split of a short quickstart run on the compiled static step.
+# No GPU has run this version yet (2026-12-06): only `DEVICE=cpu QUICK=1`, which the slow
+# test tests/test_gpu_check.py runs. The older steps stay available by name:
+#   STEPS=e2e,rollout,e2e_more bash bench/gpu_check.sh
 #
 # Env: OUT (results dir; default ./gpu_check_out), PYTHON (default python3, or .venv's),
-# BUDGET_S (python's own time budget, default 330), STEPS (default all), GRPO_STEPS (default 300).
+# BUDGET_S (python's own time budget, default 420), STEPS (default
+# env,decode,memory,split,correct), GRPO_STEPS, COMPILE (off / default / cudagraphs).
 # Run from anywhere: mathrl must be importable (PYTHONPATH=<checkout>/src or installed).
 # Writes $OUT/gpu_check.json and per-run logs; run dirs go to $RUNS (default /tmp).
 set -u
@@ -18,8 +23,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$PWD/gpu_check_out}"
 RUNS="${RUNS:-$(mktemp -d /tmp/gpuchk_runs.XXXX)}"
 DEVICE="${DEVICE:-cuda}"
-BUDGET_S="${BUDGET_S:-340}"
-STEPS="${STEPS:-env,correct,e2e,rollout,e2e_more}"
+BUDGET_S="${BUDGET_S:-420}"
+STEPS="${STEPS:-env,decode,memory,split,correct}"
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$HERE/../.venv/bin/python" ]; then PYTHON="$HERE/../.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -40,6 +45,7 @@ print("imports PASS:", sys.version.split()[0], "torch", torch.__version__, "tran
 args=(--device "$DEVICE" --out "$OUT" --runs "$RUNS" --budget-s "$BUDGET_S" --steps "$STEPS")
 if [ -n "${GRPO_STEPS:-}" ]; then args+=(--grpo-steps "$GRPO_STEPS"); fi
 if [ -n "${QUICK:-}" ]; then args+=(--quick); fi
+if [ -n "${COMPILE:-}" ]; then args+=(--compile "$COMPILE"); fi
 "$PYTHON" "$HERE/gpu_check.py" "${args[@]}"
 rc=$?
 echo "gpu_check.py exit $rc"

@@ -136,6 +136,20 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
             ["rollout.weights=int8", "backend=mlx"],
             "rollout.weights = 'int8' is not supported with backend = 'mlx'",
         ),
+        (["rollout.compile=default"], "rollout.compile = 'default' needs rollout.static_decode"),
+        (["rollout.compile=graphs"], "rollout.compile"),
+        (
+            ["rollout.static_decode=true", "rollout.weights=fp16"],
+            "rollout.static_decode decodes from the model's own weights, not 'fp16'",
+        ),
+        (
+            ["rollout.static_decode=true", "rollout.engine=openai"],
+            "rollout.static_decode is for rollout.engine = 'hf', not 'openai'",
+        ),
+        (
+            ["model.gradient_checkpointing=true", "backend=mlx"],
+            "model.gradient_checkpointing = True is not supported with backend = 'mlx'",
+        ),
     ],
 )
 def test_config_errors_name_the_problem(overrides, message):

@@ -124,6 +124,8 @@ def rollout_engine(
     options: dict[str, Any] = {
         "batch_size": batch_size or r.batch_size,
         "lean_decode": r.lean_decode,
+        "static_decode": r.static_decode,
+        "compile": r.compile,
         "autocast": r.autocast,
         # evaluation measures the model's own weights, never a reduced copy
         "weights": "model" if evaluation else r.weights,
@@ -290,7 +292,7 @@ def collect_groups(
     budget = t.max_total_rollouts or 4 * want * t.group_size
     groups: list[Group] = []
     sampled, rounds, dropped, positives = 0, 0, 0, 0
-    timing = {"rollout_s": 0.0, "reward_s": 0.0}
+    timing = {"rollout_s": 0.0, "reward_s": 0.0, "compile_s": 0.0}
     while True:
         examples = stream.take(want * world if rounds == 0 else max(1, want - len(groups)))
         # With several ranks each samples its share; a prompt's seed comes from its index
@@ -308,6 +310,7 @@ def collect_groups(
         t1 = time.perf_counter()
         new = score_groups(pool, task, examples, result.completions, t.group_size, prompts)
         timing["rollout_s"] += t1 - t0
+        timing["compile_s"] += result.timing.get("compile_s", 0.0)  # rollout.compile
         timing["reward_s"] += time.perf_counter() - t1
         sampled += len(result.completions)
         rounds += 1
@@ -328,6 +331,8 @@ def collect_groups(
         "time/rollout_s": timing["rollout_s"],
         "time/reward_s": timing["reward_s"],
     }
+    if timing["compile_s"]:
+        stats["time/rollout_compile_s"] = timing["compile_s"]
     if rounds > 1 or len(groups) < want or positives < t.min_positive:
         # the budget ran out before the batch was what drop_zero_std / min_positive ask for
         stats["rollout/short_batch"] = float(len(groups) < want or positives < t.min_positive)

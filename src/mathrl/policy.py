@@ -69,6 +69,8 @@ def load_torch_policy(cfg: Config, source: str, shard: bool = True) -> tuple[Any
         autocast=resolve_autocast(cfg.model.autocast, resolve_device(device)),
         train_adapters=use_lora,
     )
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if use_lora:
         if is_peft_model(model):
             check_adapters(model, cfg, source)
@@ -77,6 +79,20 @@ def load_torch_policy(cfg: Config, source: str, shard: bool = True) -> tuple[Any
     if sharded:  # train.parallel = "fsdp": each rank keeps its shards, on its device
         model = fsdp.shard(model, str(resolve_device(device)))
     return model, tokenizer
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """transformers' gradient checkpointing, non-reentrant (the reentrant form computes no
+    gradients when no input of a layer requires one: LoRA's frozen embeddings)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise MathrlError(
+            f"model.gradient_checkpointing: {type(model).__name__} does not support it"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def load_mlx_policy(cfg: Config, source: str) -> tuple[Any, Any]:

@@ -29,6 +29,7 @@ from mathrl.config.validate import (
     check_choices,
     check_model_and_data,
     check_reward_workers,
+    check_rollout_compile,
     check_rollout_weights,
     check_sampling,
     check_schedules,
@@ -65,6 +66,7 @@ class Config:
         check_choices(self)
         check_backend(self)
         check_rollout_weights(self)
+        check_rollout_compile(self)
         check_train(self.train, self.rollout, self.sft)
         check_sampling(self.rollout, self.eval)
         check_task(self.task, self.data)

@@ -33,6 +33,7 @@ FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "rollout.weight_sync": ("load_weights", "vllm_lora", "none"),
     "rollout.autocast": ("model", "none", "bfloat16", "float16"),
     "rollout.weights": ("model", "fp16", "int8"),
+    "rollout.compile": ("off", "default", "cudagraphs"),
     "train.parallel": ("ddp", "fsdp"),
     "data.curriculum": ("uniform", "learnability"),
 }
@@ -86,6 +87,9 @@ MLX_UNSUPPORTED: dict[str, Any] = {
     "rollout.autocast": ("model", "none"),
     "rollout.weights": ("model",),
     "model.device": ("auto", "cpu"),
+    "model.gradient_checkpointing": (False,),
+    "rollout.static_decode": (False,),
+    "rollout.compile": ("off",),
 }
 
 
@@ -110,6 +114,24 @@ def check_backend(cfg: Any) -> None:
         f"rollout.engine = {cfg.rollout.engine!r} is not supported with backend = 'mlx' "
         "(it samples in-process with MLX: 'hf', the default, means 'mlx' there)",
     )
+
+
+def check_rollout_compile(cfg: Any) -> None:
+    """rollout.compile compiles the static step of the in-process engine."""
+    r = cfg.rollout
+    if r.compile != "off":
+        _check(
+            r.static_decode, f"rollout.compile = {r.compile!r} needs rollout.static_decode = true"
+        )
+    if r.static_decode:
+        _check(
+            r.engine == "hf",
+            f"rollout.static_decode is for rollout.engine = 'hf', not {r.engine!r}",
+        )
+        _check(
+            r.weights == "model",
+            f"rollout.static_decode decodes from the model's own weights, not {r.weights!r}",
+        )
 
 
 def check_rollout_weights(cfg: Any) -> None:

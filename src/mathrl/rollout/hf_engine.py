@@ -40,6 +40,7 @@ from mathrl.rollout import cpu_gemm
 from mathrl.rollout.cpu_gemm import WEIGHT_MODES
 from mathrl.rollout.lean_decode import LeanDecoder, unsupported_reason
 from mathrl.rollout.sampler import row_keys, sample_next, uniforms
+from mathrl.rollout.static_decode import COMPILE_MODES, StaticDecoder
 from mathrl.rollout.stops import DecodeRows, Row, default_stop_ids
 from mathrl.rollout.types import Chunk, RolloutEngine, SamplingParams, eval_mode
 
@@ -63,6 +64,9 @@ class HFEngine(RolloutEngine):
         autocast: str = "model",
         weights: str = "model",
         keep_copy: bool = True,
+        static_decode: bool = False,
+        compile: str = "off",
+        compile_backend: Any = None,
     ) -> None:
         if batch_size < 1:
             raise MathrlError(f"batch_size must be >= 1, got {batch_size}")
@@ -94,6 +98,17 @@ class HFEngine(RolloutEngine):
         if not lean_decode and weights != "model":
             raise MathrlError(f"rollout.weights = {weights!r} needs rollout.lean_decode = true")
         self._check_weights(model)
+        if compile not in COMPILE_MODES:
+            raise MathrlError(f"rollout.compile must be one of {COMPILE_MODES}, got {compile!r}")
+        if compile != "off" and not static_decode:
+            raise MathrlError(f"rollout.compile = {compile!r} needs rollout.static_decode = true")
+        if static_decode and weights != "model":
+            raise MathrlError("rollout.static_decode decodes from the model's own weights")
+        # the static-shape step (static_decode.py); a compiled one is kept across calls
+        self.static_decode = static_decode and lean_decode
+        self.compile = compile
+        self.compile_backend = compile_backend
+        self._static: StaticDecoder | None = None
         self.stop_token_ids = stop_token_ids or default_stop_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_token_ids[0]
@@ -129,6 +144,7 @@ class HFEngine(RolloutEngine):
         self._check_weights(model)
         self.model = model
         self._cached = None
+        self._static = None
 
     def _lean_for(self, rows: int) -> LeanDecoder | None:
         """The lean decoder of the current weights (None: transformers' forward).
@@ -140,6 +156,8 @@ class HFEngine(RolloutEngine):
         """
         if not self.lean_decode or unsupported_reason(self.model) is not None:
             return None
+        if self.static_decode:
+            return self._static_for(rows)
         if self.weights == "model":
             return LeanDecoder(self.model, rows=rows)
         key = _weights_key(self.model)
@@ -147,6 +165,20 @@ class HFEngine(RolloutEngine):
             self._cached = None  # free the old copy before building the new one
             self._cached = (key, LeanDecoder(self.model, weights=self.weights))
         return self._cached[1]
+
+    def _static_for(self, rows: int) -> StaticDecoder:
+        """The static decoder for `rows` rows: built per call when eager (weights packed,
+        as the lean step's); when compiled, kept while the model and row count stay, its
+        weights refreshed in place, so the compiled step is reused."""
+        if self.compile == "off":
+            return StaticDecoder(self.model, rows)
+        dec = self._static
+        if dec is not None and dec.model is self.model and dec.rows == rows:
+            dec.refresh()
+            return dec
+        self._static = None  # free the old buffers first
+        self._static = StaticDecoder(self.model, rows, self.compile, self.compile_backend)
+        return self._static
 
     @contextmanager
     def _decoding(self, rows: int) -> Iterator[LeanDecoder | None]:
@@ -185,7 +217,10 @@ class HFEngine(RolloutEngine):
         # One prefill per prompt; its last logits repeated for the n samples of its group.
         logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # (B, V), B = P * n
         next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
-        if lean is not None:
+        if isinstance(lean, StaticDecoder):
+            lean.load_cache(cache, attention_mask, n, sampling.max_new_tokens)
+            del cache, out
+        elif lean is not None:
             # The prompt K/V stays one copy per prompt (LeanDecoder shares it per group).
             lean.load_cache(cache, attention_mask, len(prompts) * n, sampling.max_new_tokens)
             del cache, out
@@ -197,7 +232,13 @@ class HFEngine(RolloutEngine):
                 reserve_cache(cache, sampling.max_new_tokens)
         t1 = time.perf_counter()
         chunk.timing["prefill_s"] += t1 - t0
-        if lean is not None:
+        if isinstance(lean, StaticDecoder):
+            compile_s = lean.compile_s
+            rows = self._decode_static(lean, logits, next_pos, sampling, u)
+            chunk.timing["compile_s"] = chunk.timing.get("compile_s", 0.0) + (
+                lean.compile_s - compile_s
+            )
+        elif lean is not None:
             rows = self._decode_lean(lean, logits, n, next_pos, sampling, u)
         else:
             rows = self._decode(cache, logits, attention_mask, next_pos, sampling, u)
@@ -301,6 +342,59 @@ class HFEngine(RolloutEngine):
                 in_order = live == list(range(size))
             logits = lean.step(feed[:size], next_pos[:size]).float()
             next_pos = next_pos + 1
+        return out.rows()
+
+    def _decode_static(
+        self,
+        dec: StaticDecoder,
+        logits: torch.Tensor,
+        next_pos: torch.Tensor,
+        sampling: SamplingParams,
+        u: torch.Tensor | None,
+    ) -> list[Row]:
+        """_decode on a StaticDecoder: every row stays in the batch (finished ones masked
+        out of the result), tokens and log-probs collected on the device; the only host
+        syncs are an "all finished?" check every dec.check_every steps and the final copy.
+        Row r samples with uniform u[r, t] at step t, as in _decode: the same tokens."""
+        batch, rows, steps = logits.shape[0], dec.rows, sampling.max_new_tokens
+        device = logits.device
+        if rows > batch:  # a short chunk: dummy rows (already finished) fill the shape
+            extra = rows - batch
+            logits = torch.cat([logits, logits[-1:].expand(extra, -1)])
+            next_pos = torch.cat([next_pos, next_pos[-1:].expand(extra)])
+            if u is not None:
+                u = torch.cat([u, u.new_zeros((extra, steps))])
+        tokens = torch.zeros((rows, steps), dtype=torch.long, device=device)
+        logps = torch.zeros((rows, steps), dtype=torch.float32, device=device)
+        stops = torch.tensor(self.stop_token_ids, device=device)
+        finished = torch.arange(rows, device=device) >= batch  # (rows,)
+        columns = torch.full((rows,), dec.start, dtype=torch.long, device=device)
+        taken = steps
+        for step in range(steps):
+            next_tok, tok_logp = sample_next(logits, sampling, None if u is None else u[:, step])
+            tokens[:, step], logps[:, step] = next_tok, tok_logp
+            if not sampling.ignore_eos:
+                finished |= torch.isin(next_tok, stops)
+            if step == steps - 1:
+                break
+            if (step + 1) % dec.check_every == 0 and bool(finished.all()):
+                taken = step + 1
+                break
+            logits = dec.static_step(next_tok, next_pos, columns).float()
+            next_pos, columns = next_pos + 1, columns + 1
+        token_rows = tokens[:batch, :taken].tolist()
+        logp_rows = logps[:batch, :taken].tolist()
+        out = DecodeRows(batch, self.stop_token_ids, sampling.ignore_eos)
+        live = list(range(batch))
+        for step in range(taken):  # the stop rule, step by step, on the unfinished rows
+            done = set(
+                out.add(
+                    live, [token_rows[r][step] for r in live], [logp_rows[r][step] for r in live]
+                )
+            )
+            live = [r for i, r in enumerate(live) if i not in done]
+            if not live:
+                break
         return out.rows()
 
 

@@ -79,7 +79,9 @@ def unsupported_reason(model: nn.Module) -> str | None:
 class LeanDecoder:
     """Decode steps for one generate call, on K/V buffers it owns (see module doc)."""
 
-    def __init__(self, model: nn.Module, weights: str = "model", rows: int = 64) -> None:
+    def __init__(
+        self, model: nn.Module, weights: str = "model", rows: int = 64, pack: bool = True
+    ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"lean decode does not support this model: {reason}")
@@ -102,7 +104,8 @@ class LeanDecoder:
         self.kv_size = self.n_kv * self.head_dim
         self.device_type = self.embed.device.type
         if weights != "model" or (
-            self.device_type == "cpu"
+            pack
+            and self.device_type == "cpu"
             and self.embed.dtype == torch.float32
             and not torch.is_autocast_enabled(self.device_type)
             and cpu_gemm.packed_linear_available()

@@ -29,7 +29,15 @@ def _hf_engine(model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
         model,
         tokenizer,
         **_pick(
-            kwargs, "batch_size", "lean_decode", "reserve_kv", "autocast", "weights", "keep_copy"
+            kwargs,
+            "batch_size",
+            "lean_decode",
+            "reserve_kv",
+            "autocast",
+            "weights",
+            "keep_copy",
+            "static_decode",
+            "compile",
         ),
     )
 
