@@ -99,7 +99,12 @@ async def sample(
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
+    """Liveness for anyone; the model, weights and counters only with the key (when set)."""
     state: ServeState = request.app.state.serve
+    try:
+        state.check_key(request.headers.get("authorization"))
+    except ApiError:
+        return {"status": "ok"}
     b = state.batcher
     return {
         "status": "ok",

@@ -17,7 +17,9 @@ from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.chat import prompt_token_ids
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
+from mathrl.rollout.http import one_line
 from mathrl.serve.batching import Batcher
+from mathrl.serve.confine import check_confined, not_a_model, outside_root
 from mathrl.serve.schemas import ApiError, ChatRequest, CompletionRequest, Limits, SamplingFields
 
 Loader = Callable[[str], tuple[Any, Any]]
@@ -197,27 +199,22 @@ class ServeState:
         if "\x00" in path:
             raise ApiError(400, "path holds a NUL byte", param="path")
         given = Path(path)
-        real = (given if given.is_absolute() else root / given).resolve()  # symlinks and ..
-        outside = ApiError(
-            403,
-            "path is outside the weights root named at start-up",
-            param="path",
-            code="path_outside_root",
-            type="permission_error",
-        )
-        if not real.is_relative_to(root):
-            raise outside
-        if not real.exists():
-            raise ApiError(404, f"nothing at {path!r} under the weights root", param="path")
         try:
-            source = Path(resolve_model(str(real))).resolve()
-        except MathrlError as e:
-            raise ApiError(400, str(e), param="path", code="not_a_model") from None
-        # A run dir resolves to its newest checkpoint, and a file in the model dir may be a
-        # symlink: everything read must lie under the root too.
-        files = [source, *(source.iterdir() if source.is_dir() else [])]
-        if any(not f.resolve().is_relative_to(root) for f in files):
-            raise outside
+            real = (given if given.is_absolute() else root / given).resolve()  # symlinks and ..
+            if not real.is_relative_to(root):
+                raise outside_root()
+            if not real.exists():
+                raise ApiError(404, f"nothing at {path!r} under the weights root", param="path")
+            try:
+                source = Path(resolve_model(str(real))).resolve()
+            except MathrlError as e:
+                raise not_a_model(str(e)) from None
+            # A run dir resolves to its newest checkpoint; any file of the model dir, in a
+            # subdirectory or named by a shard index, may be a symlink.
+            check_confined(source, root)
+        except (OSError, RuntimeError) as e:  # a symlink loop, a name too long, no access
+            raise not_a_model(f"cannot read {path!r}: {one_line(str(e))}") from None
+        outside = outside_root()
         self._check_adapter_base(source, outside)
         return str(source)
 
@@ -229,7 +226,7 @@ class ServeState:
         try:
             base = lora.base_reference(source)
         except MathrlError as e:
-            raise ApiError(400, str(e), param="path", code="not_a_model") from None
+            raise not_a_model(str(e)) from None
         local = Path(base).expanduser()
         inside = local.exists() and local.resolve().is_relative_to(self.weights_root or "/")
         if not inside and lora.portable(base) not in self.allowed_bases:
@@ -241,8 +238,9 @@ class ServeState:
         with self.load_lock:
             try:
                 model, tokenizer = self.loader(source)
-            except MathrlError as e:
-                raise ApiError(400, str(e), param="path", code="not_a_model") from None
+            except Exception as e:  # a broken checkpoint is the request's problem: a 4xx
+                detail = one_line(str(e)) or type(e).__name__
+                raise not_a_model(f"cannot load {path!r}: {detail}") from None
             if tokenizer_fingerprint(tokenizer) != self.fingerprint:
                 raise ApiError(
                     409,
