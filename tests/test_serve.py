@@ -205,7 +205,7 @@ def test_batcher_groups_equal_sampling_and_gives_each_prompt_its_seed():
         *[([[10 + i], [20 + i]], cool) for i in range(2)],
         *[([[30 + i], [40 + i]], SamplingParams(seed=i)) for i in range(2)],
     ]
-    futures = [batcher.submit(p, s) for p, s in jobs]  # all queued before the worker starts
+    futures = [batcher.submit(p, s).future for p, s in jobs]  # all queued before the worker starts
     batcher.start()
     try:
         results = [f.result(timeout=10) for f in futures]
