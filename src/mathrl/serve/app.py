@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from mathrl.serve.batching import Abandoned, ServerClosing
 from mathrl.serve.responses import Choice, apply_stop, chat_response, completion_response
@@ -42,11 +43,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # hung up mid-body: nobody to answer, nothing to log
+        raise ApiError(499, "the client closed the connection", code="client_closed") from None
     return b"".join(chunks)
 
 

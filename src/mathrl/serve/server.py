@@ -16,8 +16,8 @@ from mathrl.model_source import resolve_model
 from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.chat import prompt_token_ids
-from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 from mathrl.rollout.http import one_line
+from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
 from mathrl.serve.batching import Batcher, QueueFull
 from mathrl.serve.confine import check_confined, not_a_model, outside_root
 from mathrl.serve.schemas import ApiError, ChatRequest, CompletionRequest, Limits, SamplingFields
