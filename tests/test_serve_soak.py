@@ -178,7 +178,7 @@ def test_serve_soak(tmp_path):
     cmd = [sys.executable, "-m", "mathrl", "serve", "--model", str(model_dir), "--port", str(port)]
     cmd += ["--api-key-env", "SOAK_KEY", "--served-model-name", "tiny", *LIMITS]
     cmd += ["--set", "model.threads=1"]
-    env = {**os.environ, "SOAK_KEY": KEY}
+    env = {**os.environ, "SOAK_KEY": KEY, "HF_HUB_OFFLINE": "1"}  # nothing downloads
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 240  # a loaded 2-core machine starts torch slowly
