@@ -29,8 +29,8 @@ from mathrl.rollout.http import (  # noqa: E402
 )
 
 Action = Callable[[BaseHTTPRequestHandler], None]
-TIMEOUT_S = 0.3  # the clients' deadline in these tests; a hang lasts longer
-HANG_S = 1.0
+TIMEOUT_S = 2.0  # the clients' deadline in these tests (a whole try); a hang lasts longer
+HANG_S = 4.0
 
 
 def reply(status: int, body: bytes | object = b"{}", headers: dict | None = None) -> Action:
@@ -54,12 +54,22 @@ def hang(h: BaseHTTPRequestHandler) -> None:
 def trickle(h: BaseHTTPRequestHandler) -> None:
     """A byte every 0.1 s: no read times out, but the whole answer is past the deadline."""
     h.send_response(200)
-    h.send_header("Content-Length", "20")
+    h.send_header("Content-Length", "50")
     h.end_headers()
-    for _ in range(20):
+    for _ in range(50):
         h.wfile.write(b" ")
         h.wfile.flush()
         time.sleep(0.1)
+
+
+def trickle_headers(h: BaseHTTPRequestHandler) -> None:
+    """The status line, then a header byte every 0.1 s for 6 s: each read comes in time."""
+    h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    for _ in range(60):
+        h.wfile.write(b"a")
+        h.wfile.flush()
+        time.sleep(0.1)
+    h.wfile.write(b"\r\nContent-Length: 2\r\n\r\n{}")
 
 
 def close(h: BaseHTTPRequestHandler) -> None:
@@ -146,19 +156,27 @@ def client_of(url: str, **kw) -> Iterator[HttpClient]:
 
 OK = {"ok": 1}
 OPENAI_ERROR = {"error": {"message": "max_tokens is too large", "type": "invalid_request"}}
-FAILS_THEN_OK = [(s, 2) for s in (408, 409, 425, 429, 500, 502, 503, 504, 599)]
+FAILS_THEN_OK = [(s, 2) for s in (408, 425, 429, 500, 502, 503, 504, 599)]
+QUOTA = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+MISMATCH = {"error": {"message": "another tokenizer", "code": "tokenizer_mismatch"}}
 ANSWERED_AT_ONCE = [
+    (409, MISMATCH, "HTTP 409: another tokenizer"),  # a refusal: load_weights is not resent
+    (413, {"error": "too big"}, "HTTP 413: too big"),
+    (429, QUOTA, "HTTP 429: You exceeded your current quota"),  # the code says: final
+    (503, MISMATCH, "HTTP 503: another tokenizer"),
+    (505, OPENAI_ERROR, "HTTP 505: max_tokens is too large"),
     (400, OPENAI_ERROR, "HTTP 400: max_tokens is too large"),
     (401, {"error": "bad key"}, "HTTP 401: bad key"),
     (403, {"error": {"message": ""}}, 'HTTP 403: {"error": {"message": ""}}'),  # the body
     (404, b"<html>not\nhere</html>", "HTTP 404: <html>not here</html>"),
     (422, b"\x1b[31mred\x00", "HTTP 422: ?[31mred?"),  # one printable line
-    (501, OPENAI_ERROR, "HTTP 501: max_tokens is too large (after 2 tries)"),  # 5xx: retried
+    (501, OPENAI_ERROR, "HTTP 501: max_tokens is too large"),  # not implemented: final
+    (502, OPENAI_ERROR, "HTTP 502: max_tokens is too large (after 2 tries)"),  # 5xx: retried
 ]
 CASES = [
     ("200 JSON", [reply(200, OK)], {}, (OK, 1)),
     *[(f"{s} then 200", [reply(s), reply(200, OK)], {}, (OK, n)) for s, n in FAILS_THEN_OK],
-    *[(f"{s} at once", [reply(s, b)], {}, (HttpError, m, 1 + (s >= 500))) for s, b, m in ANSWERED_AT_ONCE],
+    *[(f"{s} at once ({m[10:25]})", [reply(s, b)], {}, (HttpError, m, 1 + ("after" in m))) for s, b, m in ANSWERED_AT_ONCE],
     ("308 redirect", [reply(308, b"", {"Location": "https://elsewhere/v1"})], {}, (HttpError, "HTTP 308", 1)),
     ("500 lasts", [reply(500, OPENAI_ERROR)], {"retries": 3}, (HttpError, "500: max_tokens is too large (after 4 tries)", 4)),
     ("not JSON", [reply(200, b"<html>oops</html>")], {}, (HttpError, "bad answer: body is not JSON (JSONDecodeError): '<html>oops</html>' (after 2", 2)),
@@ -170,8 +188,9 @@ CASES = [
     ("over the cap (chunked)", [chunked(8 << 10)], {"max_body_bytes": 4096}, (HttpError, "body over 4096 bytes", 2)),
     ("at the cap", [reply(200, b'"' + b"x" * 1022 + b'"')], {"max_body_bytes": 1024}, ("x" * 1022, 1)),
     ("a 1 MiB error page is cut", [reply(502, b"<html>" + b"x" * (1 << 20))], {}, (HttpError, f"HTTP 502: <html>{'x' * 294} (after 2", 2)),
-    ("hang past the deadline", [hang], {}, (HttpError, "no answer within 0.3 s (after 2 tries)", 2)),
-    ("trickle past the deadline", [trickle], {"retries": 0}, (HttpError, "answer took over 0.3 s", 1)),
+    ("hang past the deadline", [hang], {}, (HttpError, "no answer within 2 s (after 2 tries)", 2)),
+    ("trickle past the deadline", [trickle], {"retries": 0}, (HttpError, "no answer within 2 s", 1)),
+    ("headers trickled past the deadline", [trickle_headers], {"retries": 0}, (HttpError, "no answer within 2 s", 1)),
     ("hang once, then good", [hang, reply(200, OK)], {}, (OK, 2)),
     ("closed without an answer", [close], {}, (HttpError, "RemoteProtocolError: Server disconnected", 2)),
     ("closed mid-body", [truncated], {}, (HttpError, "RemoteProtocolError", 2)),
@@ -200,7 +219,7 @@ def test_transport_table(server, script, options, expected):
             assert 0 <= answer.latency_s < TIMEOUT_S
         assert client.retries_made() == tries - 1
     assert len(server.requests) == tries
-    assert time.monotonic() - started < 2.5  # bounded: deadlines, cut bodies, no long sleeps
+    assert time.monotonic() - started < 12  # bounded: deadlines, cut bodies, no long sleeps
 
 
 def test_a_redirect_keeps_its_target_and_a_gave_up_error_its_parts(server):

@@ -7,6 +7,7 @@ weights to it after every step. Replies the engine cannot use are a table of cas
 from __future__ import annotations
 
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -368,6 +369,7 @@ def test_vllm_lora_protocol(tiny, tmp_path):
     finally:
         stub.close()
     posts = [(p, b) for p, b in stub.calls if b is not None]
+    v1, v2 = f"mathrl-{engine.tag}-v1", f"mathrl-{engine.tag}-v2"
     assert [p for p, _ in posts] == [
         "/tokenize",
         "/v1/load_lora_adapter",
@@ -376,9 +378,9 @@ def test_vllm_lora_protocol(tiny, tmp_path):
         "/v1/unload_lora_adapter",
         "/v1/completions",
     ]
-    assert posts[1][1] == {"lora_name": "mathrl-v1", "lora_path": str(tmp_path / "w" / "v000001")}
-    assert posts[2][1]["model"] == "mathrl-v1" and posts[5][1]["model"] == "mathrl-v2"
-    assert posts[4][1] == {"lora_name": "mathrl-v1"}
+    assert posts[1][1] == {"lora_name": v1, "lora_path": str(tmp_path / "w" / "v000001")}
+    assert posts[2][1]["model"] == v1 and posts[5][1]["model"] == v2
+    assert posts[4][1] == {"lora_name": v1}
     assert posts[2][1]["prompt"] == [5, 6] and posts[2][1]["seed"] == 1
     assert posts[2][1]["logprobs"] == 0 and posts[2][1]["return_token_ids"] is True
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["v000002"]
@@ -394,3 +396,79 @@ def test_the_http_engine_loads_no_in_process_engine():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_adapter_names_differ_between_processes(tiny, tmp_path):
+    """A resumed run (another process, another engine) never reuses an adapter name that
+    the server may still hold: each engine's names carry its own random tag."""
+    from mathrl.models import lora
+    from mathrl.rollout.openai_engine import OpenAIEngine
+
+    model, tok = tiny
+    peft_model = lora.add_adapters(model, 2, 4.0, 0.0, ["q_proj"], "base")
+    stub = Stub({"/v1/load_lora_adapter": [(200, {}, {})]})
+    try:
+        kw = dict(served_model="base", weight_sync="vllm_lora", check_tokenizer=False)
+        for run in ("first", "resumed"):
+            OpenAIEngine(peft_model, tok, stub.url, weights_dir=tmp_path / run, **kw)
+    finally:
+        stub.close()
+    names = [b["lora_name"] for p, b in stub.calls if p == "/v1/load_lora_adapter"]
+    assert len(names) == 2 and names[0] != names[1]
+    assert all(re.fullmatch(r"mathrl-[0-9a-f]{8}-v1", n) for n in names)
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"), [([1, 2], "an array"), ("ok", "a string"), (None, "null"), (3, "a number")]
+)
+def test_a_reply_that_is_not_an_object_is_one_line(tiny, tmp_path, reply, kind):
+    from mathrl.rollout.openai_engine import OpenAIEngine
+
+    model, tok = tiny
+    stub = Stub({"/v1/load_weights": [(200, reply, {})]})
+    try:
+        with pytest.raises(ServerError) as err:
+            OpenAIEngine(model, tok, stub.url, "m", weights_dir=tmp_path, check_tokenizer=False)
+    finally:
+        stub.close()
+    assert str(err.value) == f"{stub.url}/v1/load_weights replied with {kind}, not a JSON object"
+
+
+def test_a_failed_request_does_not_wait_for_the_others(tiny):
+    """One prompt's request is refused at once while the others hang for 5 s: the rollout
+    call fails within a second instead of waiting for every request in flight."""
+    import json
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mathrl.rollout.openai_engine import OpenAIEngine
+    from mathrl.rollout.types import SamplingParams
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bad = body["prompt"] == [5]
+            if not bad:
+                time.sleep(5)
+            raw = json.dumps({"error": {"message": "no"}} if bad else one_choice(body)).encode()
+            self.send_response(400 if bad else 200)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    model, tok = tiny
+    try:
+        engine = OpenAIEngine(model, tok, url, "m", weight_sync="none", check_tokenizer=False)
+        started = time.monotonic()
+        with pytest.raises(ServerError, match="HTTP 400: no"):
+            engine.generate([[6], [5], [7], [8]], SamplingParams(n=1, max_new_tokens=2, seed=0))
+        assert time.monotonic() - started < 2.0
+    finally:
+        httpd.shutdown()

@@ -52,7 +52,46 @@ def models(tmp_path_factory) -> dict[str, Path]:
     (sneaky / "model.safetensors").unlink()
     (sneaky / "model.safetensors").symlink_to(elsewhere / "c" / "model.safetensors")
     (root / "empty").mkdir()
+    _ways_out_through_files(root, elsewhere)
     return {**paths, "root": root, "elsewhere": elsewhere}
+
+
+def _ways_out_through_files(root: Path, elsewhere: Path) -> None:
+    """Model dirs under root (copies of a without its weights file) whose weights are read
+    through a shard index: `indexed` names sub/w.safetensors, a symlink out of the root;
+    `dotdot` names ../../elsewhere/c's file; `deep` holds a symlink out two levels down;
+    `bad_index` an index that is not JSON; `loop` a symlink loop; `corrupt` a weights file
+    that is not safetensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(root / "a" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    outside = elsewhere / "c" / "model.safetensors"
+
+    def copy_of_a(name: str, shard: str | None) -> Path:
+        d = root / name
+        shutil.copytree(root / "a", d)
+        (d / "model.safetensors").unlink()
+        if shard is not None:
+            index = {"metadata": {}, "weight_map": dict.fromkeys(names, shard)}
+            (d / "model.safetensors.index.json").write_text(json.dumps(index))
+        return d
+
+    (copy_of_a("indexed", "sub/w.safetensors") / "sub").mkdir()
+    (root / "indexed" / "sub" / "w.safetensors").symlink_to(outside)
+    copy_of_a("dotdot", "../../elsewhere/c/model.safetensors")
+    deep = copy_of_a("deep", None)
+    shutil.copy(root / "a" / "model.safetensors", deep / "model.safetensors")
+    (deep / "x" / "y").mkdir(parents=True)
+    (deep / "x" / "y" / "notes.txt").symlink_to(outside)
+    copy_of_a("bad_index", "w.safetensors")
+    (root / "bad_index" / "model.safetensors.index.json").write_text("{not json")
+    loop = copy_of_a("loop", None)
+    shutil.copy(root / "a" / "model.safetensors", loop / "model.safetensors")
+    (loop / "sub").mkdir()
+    (loop / "sub" / "l1").symlink_to(loop / "sub" / "l2")
+    (loop / "sub" / "l2").symlink_to(loop / "sub" / "l1")
+    (copy_of_a("corrupt", None) / "model.safetensors").write_bytes(b"\x00" * 64)
 
 
 def make_state(models, **kw):
@@ -166,7 +205,7 @@ def test_batcher_groups_equal_sampling_and_gives_each_prompt_its_seed():
         *[([[10 + i], [20 + i]], cool) for i in range(2)],
         *[([[30 + i], [40 + i]], SamplingParams(seed=i)) for i in range(2)],
     ]
-    futures = [batcher.submit(p, s) for p, s in jobs]  # all queued before the worker starts
+    futures = [batcher.submit(p, s).future for p, s in jobs]  # all queued before the worker starts
     batcher.start()
     try:
         results = [f.result(timeout=10) for f in futures]
@@ -191,8 +230,18 @@ def test_batcher_groups_equal_sampling_and_gives_each_prompt_its_seed():
 def test_models_and_health(server, client):
     state, url = server
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    health = httpx.get(url + "/health").json()  # no key needed
+    health = httpx.get(url + "/health", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert health["status"] == "ok" and health["model"] == "tiny"
+    assert health["weights"]["digest"] == state.weights["digest"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+def test_health_without_the_key_is_liveness_only(server, headers):
+    """Behind a key, /health tells a stranger that the server lives, nothing else (no
+    weights path, digest, tokenizer or counters)."""
+    _, url = server
+    r = httpx.get(url + "/health", headers=headers)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
 def test_chat_n_samples_with_logprobs_equal_a_forward(client, model_a):
@@ -388,6 +437,9 @@ def local(models):
         "/etc",
         "link",  # a symlink inside the root pointing out
         "sneaky",  # a model dir whose weights file links out
+        "indexed",  # a shard index naming a symlink in a subdirectory that links out
+        "dotdot",  # a shard index naming ../../elsewhere
+        "deep",  # a symlink out two directories down
     ],
 )
 def test_load_weights_outside_the_root_is_refused(local, models, path):
@@ -395,6 +447,36 @@ def test_load_weights_outside_the_root_is_refused(local, models, path):
     r = tc.post("/v1/load_weights", json={"path": path.format(elsewhere=models["elsewhere"])})
     assert assert_error_shape(r, 403)["code"] == "path_outside_root"
     assert state.weights["version"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("bad_index", "model.safetensors.index.json is not a JSON object"),
+        ("loop", "cannot read 'loop'"),
+        ("corrupt", "cannot load 'corrupt'"),
+    ],
+)
+def test_load_weights_of_a_broken_model_dir_is_a_400_over_a_socket(server, path, message):
+    state, url = server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(url + "/v1/load_weights", json={"path": path}, headers=headers, timeout=60)
+    err = assert_error_shape(r, 400)
+    assert err["code"] == "not_a_model" and message in err["message"]
+    assert state.weights["version"] == 0
+
+
+def test_a_refused_load_weights_is_sent_once(server):
+    """The server's 409 (another tokenizer) is final: the client does not send the load
+    again, though it would retry a 503 up to 4 times."""
+    from mathrl.rollout.http import HttpClient, HttpError
+
+    state, url = server
+    with HttpClient(url, KEY, timeout_s=60, retries=4, backoff_s=0.01) as http:
+        with pytest.raises(HttpError) as err:
+            http.request_json("POST", "/v1/load_weights", {"path": "other_tok"})
+    assert (err.value.status, err.value.tries, err.value.gave_up) == (409, 1, False)
+    assert http.retries_made() == 0 and state.weights["version"] == 0
 
 
 def test_load_weights_swaps_and_checks_the_tokenizer(local, models):

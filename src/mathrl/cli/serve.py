@@ -42,6 +42,30 @@ def serve_cmd(
     max_body_bytes: Annotated[
         int, typer.Option(help="Largest request body (413 beyond it).")
     ] = 1_048_576,
+    max_rows: Annotated[
+        int, typer.Option(help="Largest rows (prompts x n) one request may ask (400 beyond).")
+    ] = 256,
+    max_request_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Largest rows x max_tokens one request may ask (400 beyond; a request "
+            "without max_tokens counts the most the context leaves)."
+        ),
+    ] = 262_144,
+    max_queue_rows: Annotated[
+        int,
+        typer.Option(
+            help="Rows of all requests queued or running; a request past it gets 429 with "
+            "Retry-After."
+        ),
+    ] = 4096,
+    max_queue_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Rows x max_tokens of all requests queued or running; past it: 429 with "
+            "Retry-After."
+        ),
+    ] = 8_388_608,
     batch_rows: Annotated[
         int | None,
         typer.Option(help="Rows (prompts x n) per engine call (default rollout.batch_size)."),
@@ -51,10 +75,22 @@ def serve_cmd(
     ] = 10.0,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API (chat, completions, models), batched."""
+    from mathrl.errors import ConfigError
     from mathrl.serve.launch import build_state, run_server
     from mathrl.serve.schemas import Limits
 
-    limits = Limits(max_body_bytes=max_body_bytes, max_n=max_n, max_tokens=max_tokens)
+    try:
+        limits = Limits(
+            max_body_bytes=max_body_bytes,
+            max_n=max_n,
+            max_tokens=max_tokens,
+            max_rows=max_rows,
+            max_request_tokens=max_request_tokens,
+            max_queue_rows=max_queue_rows,
+            max_queue_tokens=max_queue_tokens,
+        )
+    except ValueError as e:
+        raise ConfigError(f"serve limits: {e}") from None
     state = build_state(
         model,
         config,

@@ -6,18 +6,22 @@ distill` (both talk to OpenAI-compatible servers).
     answer = client.request("POST", "/v1/chat/completions", body, parse=my_parser, stop=event)
 
 A request is up to `retries + 1` tries. A try is transient, and retried, when the server
-answers 408, 409, 425, 429 or any 5xx (what OpenAI's client retries), the connection fails or
-drops, no answer comes in time, or a 2xx body is unusable: over the size cap, not JSON, or
-refused by the caller's `parse` (it raises BadResponse). Try k waits backoff_s * 2**k (at
-most max_backoff_s) times a jitter in [0.5, 1), or longer when the server's Retry-After or
+answers 408, 425, 429 or a 5xx other than 501 and 505, the connection fails or drops, no
+answer comes in time, or a 2xx body is unusable: over the size cap, not JSON, or refused by
+the caller's `parse` (it raises BadResponse). An answer whose OpenAI error code names a
+refusal that no retry changes (FINAL_CODES: a used-up quota, a wrong key, a prompt past the
+context) ends the request whatever its status; every other status (3xx, 4xx, 409 and 413
+included) ends it at once: the server has decided. Try k waits backoff_s * 2**k (at most
+max_backoff_s) times a jitter in [0.5, 1), or longer when the server's Retry-After or
 retry-after-ms asks; one that asks more than max_retry_after_s ends the request at once
-rather than sleeping through it. Any other status (3xx, 4xx) ends it at once.
+rather than sleeping through it.
 
-Bounds: a try lasts at most `timeout_s` (a silent server is cut by the read timeout, a slow
-trickle when its next bytes arrive past the deadline); a body is read up to `max_body_bytes`
-(an error body up to 64 KiB, then cut); an optional rate limit spaces the tries' starts over
-every thread sharing the client. Whatever fails for good is one HttpError line that names
-the URL without its credentials or query (both are still sent).
+Bounds: a try lasts at most `timeout_s`, from the connect to the body's last byte (every
+socket operation is cut to the time left: rollout/deadline.py), so neither a silent server
+nor one that trickles its headers or body holds it longer; a body is read up to
+`max_body_bytes` (an error body up to 64 KiB, then cut); an optional rate limit spaces the
+tries' starts over every thread sharing the client. Whatever fails for good is one
+HttpError line that names the URL without its credentials or query (both are still sent).
 """
 
 from __future__ import annotations
@@ -37,8 +41,25 @@ from mathrl.errors import ConfigError, MathrlError
 
 T = TypeVar("T")
 
-TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
-"""Retried besides every 5xx; any other 3xx or 4xx is an error at once."""
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+"""Retried besides every 5xx but FINAL_STATUSES; any other 3xx or 4xx is an error at once."""
+FINAL_STATUSES = frozenset({501, 505})
+"""5xx answers no retry changes: not implemented, HTTP version not supported."""
+FINAL_CODES = frozenset(
+    {
+        "insufficient_quota",  # OpenAI's 429 for a used-up balance
+        "invalid_api_key",
+        "model_not_found",
+        "context_length_exceeded",
+        "body_too_large",
+        "request_too_large",  # mathrl serve: more rows or tokens than one request may ask
+        "tokenizer_mismatch",
+        "path_outside_root",
+        "load_weights_disabled",
+        "not_a_model",
+    }
+)
+"""OpenAI-shaped error codes (`{"error": {"code"}}`) that end a request whatever the status."""
 MAX_BODY_BYTES = 64 << 20
 """Default cap on a 2xx body."""
 MAX_ERROR_BODY_BYTES = 64 << 10
@@ -129,6 +150,23 @@ def decode_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadResponse(f"body is not JSON ({type(exc).__name__}): {quote(body)}") from None
+
+
+def error_code(body: bytes) -> str | None:
+    """An OpenAI error body's `error.code`, when it is a short string."""
+    try:
+        error = json.loads(body).get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return code if isinstance(code, str) and len(code) <= 100 else None
+
+
+def is_transient(status: int, code: str | None) -> bool:
+    """Whether an HTTP error answer is worth another try (see the module docstring)."""
+    if code in FINAL_CODES:
+        return False
+    return status in TRANSIENT_STATUSES or (status >= 500 and status not in FINAL_STATUSES)
 
 
 def error_detail(body: bytes) -> str:
@@ -262,9 +300,12 @@ class HttpClient:
         headers = {"User-Agent": user_agent}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        from mathrl.rollout.deadline import deadline, deadline_transport
+
+        self.deadline = deadline
         self.client = httpx.Client(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
-            limits=httpx.Limits(max_connections=connections),
+            transport=deadline_transport(httpx.Limits(max_connections=connections)),
             headers=headers,
         )
         self.faults: Counter[str] = Counter()
@@ -344,9 +385,9 @@ class HttpClient:
     ) -> T:
         httpx = self.httpx
         try:
-            with self.client.stream(method, url, json=body) as response:
+            with self.deadline(deadline), self.client.stream(method, url, json=body) as response:
                 status, headers = response.status_code, response.headers
-                data = self._read(response, deadline, ok=200 <= status < 300)
+                data = self._read(response, ok=200 <= status < 300)
         except httpx.TimeoutException:
             raise _Transient("timeout", f"no answer within {self.timeout_s:g} s") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -361,7 +402,7 @@ class HttpClient:
                     "bad_response", one_line(f"bad answer: {exc}", 2 * MAX_DETAIL_CHARS)
                 ) from None
         detail = error_detail(data)
-        if status in TRANSIENT_STATUSES or status >= 500:
+        if is_transient(status, error_code(data)):
             wait_s = retry_after(headers)
             if wait_s is not None and wait_s > self.max_retry_after_s:
                 raise HttpError(shown, detail, status=status, kind=str(status), wait_s=wait_s)
@@ -369,9 +410,8 @@ class HttpClient:
         location = headers.get("location") if 300 <= status < 400 else None
         raise HttpError(shown, detail, status=status, kind=str(status), location=location)
 
-    def _read(self, response: Any, deadline: float, ok: bool) -> bytes:
-        """The body up to the cap (over it: a 2xx is a bad answer, an error body is cut),
-        before `deadline`."""
+    def _read(self, response: Any, ok: bool) -> bytes:
+        """The body up to the cap (over it: a 2xx is a bad answer, an error body is cut)."""
         limit = self.max_body_bytes if ok else MAX_ERROR_BODY_BYTES
         declared = response.headers.get("content-length", "")
         if ok and declared.isdigit() and int(declared) > limit:  # no need to read it
@@ -384,6 +424,4 @@ class HttpClient:
                 if ok:
                     raise _Transient("bad_response", f"bad answer: body over {limit} bytes")
                 break
-            if time.monotonic() > deadline:
-                raise _Transient("timeout", f"answer took over {self.timeout_s:g} s")
         return b"".join(chunks)[:limit]

@@ -28,22 +28,27 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import secrets
 import shutil
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
 from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
-from mathrl.rollout.http import HttpClient, HttpError, http_url, public_url
+from mathrl.rollout.http import Cancelled, HttpClient, HttpError, http_url, public_url
 from mathrl.rollout.stops import Row, default_stop_ids
 from mathrl.rollout.types import Chunk, FinishReason, RolloutEngine, SamplingParams
 
 WEIGHT_SYNCS = ("load_weights", "vllm_lora", "none")
 MAX_RESPONSE_BYTES = 64 << 20
 """Largest reply read (n completions of a long rollout with their log-probs)."""
+JSON_KINDS: dict[type, str] = {list: "an array", str: "a string", bool: "a boolean"}
+JSON_KINDS.update({int: "a number", float: "a number", type(None): "null"})
 PROBE = "Natalia sold 48/2 = 24 clips in May; 3 + 4 * (5 - 2) = 15. <|im_end|> \u00e9\u4e2d"
 
 
@@ -69,12 +74,25 @@ class ServerClient:
             self.base_url, api_key, timeout_s=timeout_s, max_body_bytes=MAX_RESPONSE_BYTES, **http
         )
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """The JSON reply of one call."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        stop: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        """The JSON object of one call's reply (anything else is a ServerError); Cancelled
+        once `stop` is set."""
         try:
-            return self.http.request_json(method, path, body)
+            reply = self.http.request_json(method, path, body, stop=stop)
         except HttpError as e:
             raise ServerError(str(e)) from None
+        if not isinstance(reply, dict):
+            kind = JSON_KINDS.get(type(reply), type(reply).__name__)
+            raise ServerError(
+                f"{public_url(self.base_url)}{path} replied with {kind}, not a JSON object"
+            )
+        return reply
 
     def first_model(self) -> str:
         """The first model /v1/models lists (also a cheap check that the server answers)."""
@@ -131,6 +149,8 @@ class OpenAIEngine(RolloutEngine):
         self.stop_token_ids = set(default_stop_ids(model, tokenizer))
         self.vocab = len(tokenizer)
         self.version = 0
+        self.tag = secrets.token_hex(4)
+        """Names this engine's adapters apart from another process's (a resumed run's)."""
         self.published: dict[str, Any] | None = None
         self.served_model = served_model or self.server.first_model()
         self.request_model = self.served_model
@@ -175,10 +195,11 @@ class OpenAIEngine(RolloutEngine):
         """The n choices of each prompt from the server, requested concurrently."""
         t0 = time.perf_counter()
         prompts, sampling = chunk.prompts, chunk.sampling
-        with ThreadPoolExecutor(min(self.concurrency, max(1, len(prompts)))) as pool:
-            replies = list(
-                pool.map(self._complete, prompts, chunk.seeds, [sampling] * len(prompts))
-            )
+        replies = run_concurrently(
+            lambda i, stop: self._complete(prompts[i], chunk.seeds[i], sampling, stop),
+            len(prompts),
+            self.concurrency,
+        )
         rows: list[Row] = []
         for reply in replies:
             rows += parse_choices(
@@ -187,7 +208,9 @@ class OpenAIEngine(RolloutEngine):
         chunk.timing["decode_s"] += time.perf_counter() - t0
         return rows
 
-    def _complete(self, prompt: list[int], seed: int, sampling: SamplingParams) -> Any:
+    def _complete(
+        self, prompt: list[int], seed: int, sampling: SamplingParams, stop: threading.Event
+    ) -> Any:
         body: dict[str, Any] = {
             "model": self.request_model,
             "prompt": prompt,
@@ -205,7 +228,7 @@ class OpenAIEngine(RolloutEngine):
             body["top_k"] = sampling.top_k
         if sampling.ignore_eos:
             body["ignore_eos"] = True
-        return self.server.request("POST", "/v1/completions", body)
+        return self.server.request("POST", "/v1/completions", body, stop=stop)
 
     # -- weights ---------------------------------------------------------------------------
 
@@ -229,7 +252,7 @@ class OpenAIEngine(RolloutEngine):
                 )
             self.published = {"path": str(target)}
         else:  # vllm_lora
-            name = f"mathrl-v{self.version}"
+            name = f"mathrl-{self.tag}-v{self.version}"
             self.server.request(
                 "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(target)}
             )
@@ -241,6 +264,46 @@ class OpenAIEngine(RolloutEngine):
                 )
         if previous is not None:
             shutil.rmtree(previous["path"], ignore_errors=True)
+
+
+def run_concurrently(
+    fn: Callable[[int, threading.Event], Any], count: int, workers: int
+) -> list[Any]:
+    """[fn(0, stop), ..., fn(count - 1, stop)] on up to `workers` daemon threads. The first
+    failure (or an interrupt of the caller) sets `stop` and is raised at once: requests
+    still in flight end on their own (no new try starts), and nothing waits for them."""
+    stop = threading.Event()
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(count):
+        todo.put(i)
+    done: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((i, fn(i, stop), None))
+            except Cancelled:
+                return
+            except BaseException as exc:  # handed to the caller's thread
+                done.put((i, None, exc))
+                return
+
+    for k in range(min(max(1, workers), count)):
+        threading.Thread(target=work, name=f"mathrl-request-{k}", daemon=True).start()
+    results: list[Any] = [None] * count
+    try:
+        for _ in range(count):
+            i, value, exc = done.get()
+            if exc is not None:
+                raise exc
+            results[i] = value
+    finally:
+        stop.set()
+    return results
 
 
 def parse_choices(

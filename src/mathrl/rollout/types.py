@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -115,6 +115,10 @@ def eval_mode(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
+class GenerationStopped(Exception):
+    """generate()'s `stop` said so before a chunk: the call's completions are dropped."""
+
+
 class RolloutEngine(ABC):
     """Samples completions for token-id prompts; one implementation per backend.
 
@@ -134,10 +138,13 @@ class RolloutEngine(ABC):
         prompts: list[list[int]],
         sampling: SamplingParams,
         seeds: list[int] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         """`sampling.n` completions per prompt, prompt-major, in chunks of whole groups.
 
         seeds[i] is prompt i's seed; by default rollout.seeds.prompt_seed(sampling.seed, i).
+        `stop()`, when given, is asked before each chunk; True raises GenerationStopped
+        (`mathrl serve`: every client of the call has gone).
         """
         seeds = checked_seeds(prompts, sampling, seeds)
         n = sampling.n
@@ -148,6 +155,8 @@ class RolloutEngine(ABC):
         t0 = time.perf_counter()
         with self._decoding(min(per_chunk, len(prompts)) * n) as state:
             for indices in chunks:
+                if stop is not None and stop():
+                    raise GenerationStopped
                 chunk = Chunk(
                     [prompts[i] for i in indices], [seeds[i] for i in indices], sampling, timing
                 )

@@ -19,8 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from mathrl.serve.batching import ServerClosing
+from mathrl.serve.batching import Abandoned, ServerClosing
 from mathrl.serve.responses import Choice, apply_stop, chat_response, completion_response
 from mathrl.serve.schemas import (
     ApiError,
@@ -42,11 +43,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # hung up mid-body: nobody to answer, nothing to log
+        raise ApiError(499, "the client closed the connection", code="client_closed") from None
     return b"".join(chunks)
 
 
@@ -81,14 +85,17 @@ async def body_of(request: Request, model: type[Any]) -> Any:
 
 
 async def sample(
-    state: ServeState, prompts: list[list[int]], req: Any, max_tokens: int | None, param: str
+    request: Request, prompts: list[list[int]], req: Any, max_tokens: int | None, param: str
 ) -> tuple[Any, list[Choice]]:
     """(sampling, choices with the request's stop strings applied) for the prompts."""
+    state: ServeState = request.app.state.serve
     sampling = state.sampling(req, prompts, max_tokens, param)
     try:
-        completions = await state.generate(prompts, sampling)
+        completions = await state.generate(prompts, sampling, request.is_disconnected)
     except ServerClosing as e:
         raise ApiError(503, str(e), type="server_error", code="shutting_down") from None
+    except Abandoned as e:
+        raise ApiError(499, str(e), code="client_closed") from None
     stops = req.stop_list()
 
     def cut() -> list[Choice]:
@@ -99,7 +106,12 @@ async def sample(
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
+    """Liveness for anyone; the model, weights and counters only with the key (when set)."""
     state: ServeState = request.app.state.serve
+    try:
+        state.check_key(request.headers.get("authorization"))
+    except ApiError:
+        return {"status": "ok"}
     b = state.batcher
     return {
         "status": "ok",
@@ -108,6 +120,12 @@ async def health(request: Request) -> dict[str, Any]:
         "tokenizer": state.fingerprint,
         "engine_calls": b.engine_calls,
         "requests_done": b.jobs_done,
+        "clients_gone": state.clients_gone,
+        "requests_cancelled": b.jobs_cancelled,
+        "requests_refused_busy": b.jobs_refused,
+        "calls_stopped": b.calls_stopped,
+        "queued_rows": b.queued_rows,
+        "queued_tokens": b.queued_tokens,
     }
 
 
@@ -129,7 +147,7 @@ async def chat(request: Request) -> JSONResponse:
         raise ApiError(400, "give max_tokens or max_completion_tokens, not both", "max_tokens")
     prompt = await run_in_threadpool(state.chat_prompt, req)
     max_tokens = req.max_tokens or req.max_completion_tokens
-    _, choices = await sample(state, [prompt], req, max_tokens, "messages")
+    _, choices = await sample(request, [prompt], req, max_tokens, "messages")
 
     def body() -> dict[str, Any]:
         return chat_response(
@@ -145,7 +163,7 @@ async def completions(request: Request) -> JSONResponse:
     req: CompletionRequest = await body_of(request, CompletionRequest)
     state.check_model(req.model)
     prompts = await run_in_threadpool(state.completion_prompts, req)
-    sampling, choices = await sample(state, prompts, req, req.max_tokens, "prompt")
+    sampling, choices = await sample(request, prompts, req, req.max_tokens, "prompt")
     logprobs = req.logprobs is not None
 
     def body() -> dict[str, Any]:
@@ -167,7 +185,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -26,6 +26,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = (
@@ -35,6 +36,7 @@ class ApiError(Exception):
             code,
             type,
         )
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {
@@ -49,7 +51,8 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for; beyond these it gets a 413 (body) or a 400."""
+    """What one request may ask for (beyond these it gets a 413 for the body, else a 400)
+    and what the queue holds (a request that does not fit gets a 429 with Retry-After)."""
 
     max_body_bytes: int = 1 << 20
     max_n: int = 64
@@ -59,6 +62,25 @@ class Limits:
     """Prompts in one /v1/completions request (a list of prompts)."""
     max_stop: int = 4
     max_stop_chars: int = 256
+    max_rows: int = 256
+    """Rows (prompts x n) in one request."""
+    max_request_tokens: int = 262_144
+    """Tokens one request may ask to generate: rows x max_tokens (64 x 4096)."""
+    max_queue_rows: int = 4096
+    """Rows of the requests queued or running together."""
+    max_queue_tokens: int = 8_388_608
+    """Tokens (rows x max_tokens) of the requests queued or running together."""
+    retry_after_s: int = 1
+    """The Retry-After a full queue answers with."""
+
+    def __post_init__(self) -> None:
+        # a request the per-request caps allow must fit an empty queue
+        if self.max_queue_rows < self.max_rows or self.max_queue_tokens < self.max_request_tokens:
+            raise ValueError(
+                f"max_queue_rows ({self.max_queue_rows}) and max_queue_tokens "
+                f"({self.max_queue_tokens}) must be at least max_rows ({self.max_rows}) and "
+                f"max_request_tokens ({self.max_request_tokens}): one request must fit"
+            )
 
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # torch.Generator.manual_seed's range

@@ -7,7 +7,7 @@ import asyncio
 import hmac
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,14 @@ from mathrl.model_source import resolve_model
 from mathrl.models import lora
 from mathrl.models.identity import tokenizer_fingerprint, weights_digest
 from mathrl.rollout.chat import prompt_token_ids
+from mathrl.rollout.http import one_line
 from mathrl.rollout.types import Completion, RolloutEngine, SamplingParams
-from mathrl.serve.batching import Batcher
+from mathrl.serve.batching import Batcher, QueueFull
+from mathrl.serve.confine import check_confined, not_a_model, outside_root
 from mathrl.serve.schemas import ApiError, ChatRequest, CompletionRequest, Limits, SamplingFields
+
+DISCONNECT_POLL_S = 0.1
+"""How often a waiting request checks that its client is still connected."""
 
 Loader = Callable[[str], tuple[Any, Any]]
 """A resolved model source -> (model, tokenizer), on the served model's device and dtype."""
@@ -54,7 +59,10 @@ class ServeState:
         self.api_key = api_key or None
         self.weights_root = weights_root.resolve(strict=True) if weights_root else None
         self.limits = limits or Limits()
-        self.batcher = Batcher(engine, max_rows=max_rows, max_wait_s=max_wait_s)
+        lim = self.limits
+        self.batcher = Batcher(
+            engine, max_rows, max_wait_s, lim.max_queue_rows, lim.max_queue_tokens
+        )
         self.fingerprint = tokenizer_fingerprint(tokenizer)
         model = getattr(engine, "model", None)
         digest = weights_digest(model) if model is not None else None
@@ -66,6 +74,8 @@ class ServeState:
         self.max_prompt_chars = 2 * context * max(longest_token, 4) if context else None
         self.tok_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
         self.load_lock = threading.Lock()  # one load_weights at a time (each holds a model copy)
+        self.clients_gone = 0
+        """Requests whose client closed the connection before the answer."""
 
     # -- checks -------------------------------------------------------------------------
 
@@ -126,9 +136,20 @@ class ServeState:
                 param=param,
                 code="context_length_exceeded",
             )
+        max_new_tokens = max_tokens or min(lim.max_tokens, room)
+        rows = len(prompts) * req.n
+        if rows > lim.max_rows or rows * max_new_tokens > lim.max_request_tokens:
+            raise ApiError(
+                400,
+                f"{len(prompts)} prompts x n = {req.n} x max_tokens = {max_new_tokens} asks "
+                f"for too much: at most {lim.max_rows} rows (prompts x n) and "
+                f"{lim.max_request_tokens} tokens (rows x max_tokens) per request",
+                param="n" if rows > lim.max_rows else "max_tokens",
+                code="request_too_large",
+            )
         return SamplingParams(
             n=req.n,
-            max_new_tokens=max_tokens or min(lim.max_tokens, room),
+            max_new_tokens=max_new_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=max(0, req.top_k),
@@ -175,10 +196,30 @@ class ServeState:
         return prompts
 
     async def generate(
-        self, prompts: list[list[int]], sampling: SamplingParams
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams,
+        client_gone: Callable[[], Awaitable[bool]],
     ) -> list[Completion]:
-        """Completions from the batcher, prompt-major, without blocking the event loop."""
-        return await asyncio.wrap_future(self.batcher.submit(prompts, sampling))
+        """Completions from the batcher, prompt-major, without blocking the event loop; a
+        full queue is a 429, and a client gone before the answer abandons its job."""
+        try:
+            job = self.batcher.submit(prompts, sampling)
+        except QueueFull as e:
+            retry = str(self.limits.retry_after_s)
+            raise ApiError(
+                429, str(e), type="server_error", code="server_busy", headers={"Retry-After": retry}
+            ) from None
+        result = asyncio.wrap_future(job.future)
+        while True:
+            done, _ = await asyncio.wait({result}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return result.result()
+            if await client_gone():
+                job.abandon()
+                result.cancel()  # what the job still gets goes nowhere
+                self.clients_gone += 1
+                raise ApiError(499, "the client closed the connection", code="client_closed")
 
     # -- load_weights -------------------------------------------------------------------
 
@@ -197,27 +238,22 @@ class ServeState:
         if "\x00" in path:
             raise ApiError(400, "path holds a NUL byte", param="path")
         given = Path(path)
-        real = (given if given.is_absolute() else root / given).resolve()  # symlinks and ..
-        outside = ApiError(
-            403,
-            "path is outside the weights root named at start-up",
-            param="path",
-            code="path_outside_root",
-            type="permission_error",
-        )
-        if not real.is_relative_to(root):
-            raise outside
-        if not real.exists():
-            raise ApiError(404, f"nothing at {path!r} under the weights root", param="path")
         try:
-            source = Path(resolve_model(str(real))).resolve()
-        except MathrlError as e:
-            raise ApiError(400, str(e), param="path", code="not_a_model") from None
-        # A run dir resolves to its newest checkpoint, and a file in the model dir may be a
-        # symlink: everything read must lie under the root too.
-        files = [source, *(source.iterdir() if source.is_dir() else [])]
-        if any(not f.resolve().is_relative_to(root) for f in files):
-            raise outside
+            real = (given if given.is_absolute() else root / given).resolve()  # symlinks and ..
+            if not real.is_relative_to(root):
+                raise outside_root()
+            if not real.exists():
+                raise ApiError(404, f"nothing at {path!r} under the weights root", param="path")
+            try:
+                source = Path(resolve_model(str(real))).resolve()
+            except MathrlError as e:
+                raise not_a_model(str(e)) from None
+            # A run dir resolves to its newest checkpoint; any file of the model dir, in a
+            # subdirectory or named by a shard index, may be a symlink.
+            check_confined(source, root)
+        except (OSError, RuntimeError) as e:  # a symlink loop, a name too long, no access
+            raise not_a_model(f"cannot read {path!r}: {one_line(str(e))}") from None
+        outside = outside_root()
         self._check_adapter_base(source, outside)
         return str(source)
 
@@ -229,7 +265,7 @@ class ServeState:
         try:
             base = lora.base_reference(source)
         except MathrlError as e:
-            raise ApiError(400, str(e), param="path", code="not_a_model") from None
+            raise not_a_model(str(e)) from None
         local = Path(base).expanduser()
         inside = local.exists() and local.resolve().is_relative_to(self.weights_root or "/")
         if not inside and lora.portable(base) not in self.allowed_bases:
@@ -241,8 +277,9 @@ class ServeState:
         with self.load_lock:
             try:
                 model, tokenizer = self.loader(source)
-            except MathrlError as e:
-                raise ApiError(400, str(e), param="path", code="not_a_model") from None
+            except Exception as e:  # a broken checkpoint is the request's problem: a 4xx
+                detail = one_line(str(e)) or type(e).__name__
+                raise not_a_model(f"cannot load {path!r}: {detail}") from None
             if tokenizer_fingerprint(tokenizer) != self.fingerprint:
                 raise ApiError(
                     409,
