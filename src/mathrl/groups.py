@@ -59,7 +59,12 @@ def score_completions(
     """RewardResults of completions (each continues examples[c.prompt_index]), in order."""
     # Each example names its own reward function, so the function travels with its item.
     items = [(*task.reward_call(examples[c.prompt_index]), c.text) for c in completions]
-    return pool.map(call_reward, [(fn, text, *args) for fn, args, text in items]) if items else []
+    if not items:
+        return []
+    results = pool.map(call_reward, [(fn, text, *args) for fn, args, text in items])
+    # terms of the token count (task.rewards' overlong) are added outside the text pool
+    add_length_terms = getattr(task, "add_length_terms", None)
+    return add_length_terms(results, completions) if add_length_terms else results
 
 
 def score_groups(

@@ -48,6 +48,7 @@ from mathrl.rl import (
     save_checkpoint,
     step_scheduler,
     train_step,
+    truncated_rows,
 )
 from mathrl.rollout.registry import SERVER_ENGINES
 from mathrl.tasks import Task
@@ -113,7 +114,7 @@ def train(
                 pending = None
             metrics["rollout/staleness"] = float(staleness)
             rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
-            advantages = advantages_for(cfg, state, rewards)  # (B,)
+            advantages = advantages_for(cfg, state, rewards, truncated_rows(groups))  # (B,)
             metrics.update(reward_metrics(groups))
             if groups and bool(zero_std_mask(rewards, t.group_size).all()):
                 warn(

@@ -93,7 +93,13 @@ class TaskConfig:
     weight = 0.5}, {fn = "task"}]: fn is an import path to a TRL-style function
     fn(completions, **columns) -> list[float | None], or task / correct / format; optional
     name (metric reward/<name>) and completions = messages (TRL's chat form) or text.
+    fn = "overlong" is DAPO's soft overlong punishment (Yu et al., 2025) on the
+    completion's token count: 0 up to rollout.max_new_tokens - task.overlong_buffer, then
+    linear to -1 at rollout.max_new_tokens, times weight (DAPO: weight 1).
     Empty: the task's reward under task.reward_scheme."""
+    overlong_buffer: int = 0
+    """Tokens before rollout.max_new_tokens where the `overlong` reward term starts to
+    punish (DAPO: 4096 of 20480, a fifth); needed when task.rewards names overlong."""
 
 
 @dataclass
@@ -261,6 +267,29 @@ class TrainConfig:
     """Reward worker processes (they bound the time of each call)."""
     nonfinite: str = "skip"
     """On a non-finite loss or gradient: skip the step, or stop the run."""
+    mask_truncated: bool = False
+    """Completions cut at rollout.max_new_tokens get no policy gradient and leave the loss
+    normaliser (DAPO's overlong filtering, Yu et al., 2025; TRL's
+    mask_truncated_completions). Recommended true when many completions hit the limit."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus in the loss (- entropy_coef x the aggregated token
+    entropy; Williams & Peng, 1991, as in PPO). Small if used, e.g. 0.001: LLM policies
+    rarely need it and a large one makes outputs random."""
+    top_entropy_quantile: float = 1.0
+    """Only this top fraction of each micro-batch's tokens by entropy carries policy
+    gradient ("Beyond the 80/20 Rule", Wang et al., 2025; TRL's top_entropy_quantile).
+    The paper recommends 0.2; 1.0 keeps every token."""
+    sapo_tau_pos: float = 1.0
+    """policy_loss = "sapo": gate temperature where the advantage is positive (SAPO, Gao
+    et al., 2025: 1.0)."""
+    sapo_tau_neg: float = 1.05
+    """policy_loss = "sapo": gate temperature where the advantage is negative (SAPO: 1.05,
+    larger than sapo_tau_pos so negative updates fade faster)."""
+    logprob_chunk_tokens: int = 0
+    """Tokens per chunk of the output head in the training forward: with grad each chunk is
+    recomputed in backward, so at most chunk x vocabulary float32 logits exist at once
+    (same values and gradients). 0: all completion tokens in one pass. For large
+    vocabularies, e.g. 1024."""
     tis_cap: float = 0.0
     """Truncated importance sampling: weight each token's policy loss by min(pi_trainer /
     pi_sampler, tis_cap) (>= 1; 0 = off), for a sampler whose log-probs differ from the
