@@ -203,7 +203,10 @@ def test_unknown_estimator_suggests() -> None:
         ConfigError, match=r"Unknown advantage estimator 'grop' \(did you mean 'grpo'\?\)"
     ):
         ADVANTAGES.get("grop")
-    with pytest.raises(ConfigError, match="choose from dr_grpo, grpo, reinforce, reinforce_pp, reinforce_pp_baseline, rloo"):
+    with pytest.raises(
+        ConfigError,
+        match="choose from dr_grpo, grpo, reinforce, reinforce_pp, reinforce_pp_baseline, rloo",
+    ):
         ADVANTAGES.get("zzzzzz")
 
 

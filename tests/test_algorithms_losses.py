@@ -484,7 +484,14 @@ def test_entropy_bonus_in_compute_loss() -> None:
     cfg = PolicyLossConfig()
     plain = compute_loss(logprobs, logprobs.detach(), None, adv, mask, cfg, "ppo_clip")
     out = compute_loss(
-        logprobs, logprobs.detach(), None, adv, mask, cfg, "ppo_clip", entropy=entropy,
+        logprobs,
+        logprobs.detach(),
+        None,
+        adv,
+        mask,
+        cfg,
+        "ppo_clip",
+        entropy=entropy,
         entropy_coef=0.1,
     )
     # token-mean of the valid entropies (1 + 2 + 3) / 3 = 2; loss = policy - 0.1 * 2

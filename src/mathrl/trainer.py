@@ -201,11 +201,6 @@ def check_parallel(cfg: Config, world: int) -> None:
             f"train.prompts_per_step ({t.prompts_per_step}) must be a multiple of the number "
             f"of ranks ({world}): a group never splits across ranks"
         )
-    if t.drop_zero_std or t.min_positive or t.max_total_rollouts:
-        raise MathrlError(
-            "train.drop_zero_std, train.min_positive and train.max_total_rollouts resample "
-            "per rank and are not supported with several ranks yet: run them on one"
-        )
     if cfg.rollout.engine in SERVER_ENGINES:
         raise MathrlError(
             f"rollout.engine = {cfg.rollout.engine!r} runs on one rank: with several, every "

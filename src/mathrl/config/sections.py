@@ -218,9 +218,16 @@ class TrainConfig:
     """The RL optimisation."""
 
     algorithm: str = "grpo"
-    """Advantage estimator (mathrl.algorithms.ADVANTAGES)."""
+    """Advantage estimator (mathrl.algorithms.ADVANTAGES): grpo (DeepSeekMath, Shao et al.,
+    2024), dr_grpo (Liu et al., 2025), rloo (Ahmadian et al., 2024), reinforce (EMA
+    baseline), reinforce_pp / reinforce_pp_baseline (REINFORCE++, Hu, 2025: the reward, or
+    reward minus group mean, whitened over the whole step's batch; the paper recommends
+    reinforce_pp_baseline with groups)."""
     policy_loss: str = "ppo_clip"
-    """Policy loss (mathrl.algorithms.POLICY_LOSSES)."""
+    """Policy loss (mathrl.algorithms.POLICY_LOSSES): ppo_clip (PPO / GRPO), vanilla, gspo
+    (Zheng et al., 2025: clip_eps 3e-4, clip_eps_high 4e-4), cispo (MiniMax-M1, 2025:
+    clipped stop-gradient IS weight on REINFORCE; a large clip_eps_high, e.g. 4), sapo (Gao
+    et al., 2025: soft gate, sapo_tau_pos 1.0, sapo_tau_neg 1.05)."""
     loss_agg: str = "token-mean"
     """How token losses become one number (mathrl.algorithms.AGG_MODES)."""
     steps: int = 100

@@ -151,8 +151,8 @@ def loss_config(cfg: Config) -> PolicyLossConfig:
 
 def keep_rows(cfg: Config, advantages: torch.Tensor) -> list[int]:
     """Rows that carry a gradient: zero-advantage sequences give exactly zero policy
-    gradient, so they are skipped unless a KL term needs them."""
-    if cfg.train.kl_coef > 0:
+    gradient, so they are skipped unless a KL term or an entropy bonus needs them."""
+    if cfg.train.kl_coef > 0 or cfg.train.entropy_coef != 0:
         return list(range(len(advantages)))
     return torch.nonzero(advantages).flatten().tolist()
 
