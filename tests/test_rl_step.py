@@ -287,9 +287,13 @@ def test_top_entropy_quantile_masks_the_low_entropy_tokens():
         opt = RecordingOptimizer(model)
         out[q] = (train_step(cfg, model, None, opt, make_groups(), advantages, pad_id=0), opt)
     assert "policy/entropy_masked_frac" not in out[1.0][0]
-    # 9 trained rows of 35 tokens: the 0.8 quantile keeps the 7 highest (28 masked)
+    # the 9 trained rows (advantage != 0) hold n = 33 tokens; the 0.8 quantile sits at
+    # sorted position 0.8 * (n - 1) = 25.6, so the 26 tokens below it are masked
+    comps = [c for g in make_groups() for c in g.completions]
+    n = sum(len(c.token_ids) for c, a in zip(comps, advantages, strict=True) if a != 0)
+    assert n == 33
     frac = out[0.2][0]["policy/entropy_masked_frac"]
-    assert frac == pytest.approx(28 / 35)
+    assert frac == pytest.approx(math.ceil(0.8 * (n - 1)) / n) == pytest.approx(26 / 33)
     assert out[0.2][0]["policy/entropy"] == out[1.0][0]["policy/entropy"]
     g1, g2 = out[1.0][1].steps[0], out[0.2][1].steps[0]
     assert any(not torch.allclose(g1[n], g2[n]) for n in g1)

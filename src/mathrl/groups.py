@@ -288,11 +288,14 @@ def collect_groups(
     the number of ranks: each round's prompts are split over the ranks (a prompt's seed
     comes from its index in the round), every rank gathers the round's scored groups in
     order, and filters and fills the batch as one process would; then each rank takes
-    its contiguous share. Counts in the stats are this rank's (the trainer sums them).
+    its contiguous share. Without drop_zero_std or min_positive there is one round and
+    each rank keeps its own share. Counts in the stats are this rank's (the trainer sums
+    them).
     """
     t = cfg.train
     want = t.prompts_per_step
     budget = t.max_total_rollouts or 4 * want * t.group_size
+    resample = t.drop_zero_std or t.min_positive > 0
     groups: list[Group] = []
     sampled, mine_sampled, rounds, dropped, positives = 0, 0, 0, 0, 0
     timing = {"rollout_s": 0.0, "reward_s": 0.0}
@@ -305,10 +308,13 @@ def collect_groups(
         timing["rollout_s"] += seconds[0]
         timing["reward_s"] += seconds[1]
         mine_sampled += len(my_examples) * t.group_size
+        rounds += 1
+        if not resample:  # one round, nothing to choose: each rank keeps what it sampled
+            groups = new
+            break
         if dist.current().world > 1:
             new = dist.gather_in_order([(first + i, g) for i, g in enumerate(new)])
         sampled += len(examples) * t.group_size
-        rounds += 1
         if t.drop_zero_std:
             kept = [g for g in new if len(set(g.rewards)) > 1]
             dropped += len(new) - len(kept)
@@ -326,10 +332,11 @@ def collect_groups(
         "time/rollout_s": timing["rollout_s"],
         "time/reward_s": timing["reward_s"],
     }
-    if rounds > 1 or len(groups) < want or positives < t.min_positive:
+    short = resample and (len(groups) < want or positives < t.min_positive)
+    if rounds > 1 or short:
         # the budget ran out before the batch was what drop_zero_std / min_positive ask for
-        stats["rollout/short_batch"] = float(len(groups) < want or positives < t.min_positive)
-    return dist.share_uneven(groups)[1], stats
+        stats["rollout/short_batch"] = float(short)
+    return dist.share_uneven(groups)[1] if resample else groups, stats
 
 
 def _sample_round(
