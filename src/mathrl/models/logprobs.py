@@ -55,8 +55,10 @@ def _scatter_scores(
     entropy_grad: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(N, V) logits of the `targets` (B, T) positions -> (B, T) log-probs [and entropies]."""
-    token_logp, entropy_tok = _token_scores(logits, token_ids[targets], entropy_grad)
-    return _place(token_logp, entropy_tok if return_entropy else None, targets)
+    token_logp, entropy_tok = _token_scores(
+        logits, token_ids[targets], return_entropy, entropy_grad
+    )
+    return _place(token_logp, entropy_tok, targets)
 
 
 def _place(
@@ -71,22 +73,24 @@ def _place(
 
 
 def _token_scores(
-    logits: torch.Tensor, ids: torch.Tensor, entropy_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) log-prob of `ids` and (N,) entropy under (N, V) logits, in float32; the
-    entropy keeps its graph only with `entropy_grad` (an entropy bonus in the loss)."""
+    logits: torch.Tensor, ids: torch.Tensor, entropy: bool, entropy_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) log-prob of `ids` and (N,) entropy (None unless `entropy`) under (N, V) logits,
+    in float32; the entropy keeps its graph only with `entropy_grad` (a loss term)."""
     logp_all = F.log_softmax(logits.float(), dim=-1)  # (N, V)
     token_logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (N,)
+    if not entropy:
+        return token_logp, None
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
-    return token_logp, entropy
+        entropy_tok = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
+    return token_logp, entropy_tok
 
 
 def _head_chunk(
-    head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, entropy_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+    head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, entropy: bool, entropy_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk's log-probs and entropies, (n,) each, from (n, H) decoder states."""
-    return _token_scores(head(hidden), ids, entropy_grad)
+    return _token_scores(head(hidden), ids, entropy, entropy_grad)
 
 
 def head_scores(
@@ -95,8 +99,10 @@ def head_scores(
     ids: torch.Tensor,
     chunk_tokens: int = 0,
     entropy_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) log-probs of `ids` and (N,) entropies from (N, H) last hidden states.
+    entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) log-probs of `ids` and (N,) entropies (None unless `entropy`) from (N, H)
+    last hidden states.
 
     chunk_tokens > 0: the head runs on at most that many positions at a time, and with
     grad each chunk is checkpointed (its logits recomputed in backward), so no more than
@@ -105,18 +111,16 @@ def head_scores(
     """
     n = hidden.shape[0]
     if chunk_tokens <= 0 or n <= chunk_tokens:
-        return _head_chunk(head, hidden, ids, entropy_grad)
+        return _head_chunk(head, hidden, ids, entropy, entropy_grad)
     parts = []
     for start in range(0, n, chunk_tokens):
-        rows = slice(start, start + chunk_tokens)
-        if torch.is_grad_enabled():
-            part = checkpoint(
-                _head_chunk, head, hidden[rows], ids[rows], entropy_grad, use_reentrant=False
-            )
+        args = (head, hidden[start : start + chunk_tokens], ids[start : start + chunk_tokens])
+        if torch.is_grad_enabled():  # recomputed in backward: the logits are not kept
+            parts.append(checkpoint(_head_chunk, *args, entropy, entropy_grad, use_reentrant=False))
         else:
-            part = _head_chunk(head, hidden[rows], ids[rows], entropy_grad)
-        parts.append(part)
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            parts.append(_head_chunk(*args, entropy, entropy_grad))
+    logp = torch.cat([p[0] for p in parts])  # (N,)
+    return logp, torch.cat([p[1] for p in parts]) if entropy else None
 
 
 def round_up(width: int, multiple: int) -> int:
@@ -245,10 +249,15 @@ def completion_logprobs(
         with forward_autocast(model):
             hidden = _shared_prompt_hidden(model, batch)  # (B, T, H)
             head = model.get_output_embeddings()
-            scores = head_scores(
-                head, hidden[targets], batch.completion_ids[targets], chunk_tokens, entropy_grad
-            )  # (N,), (N,)
-        return _place(scores[0], scores[1] if return_entropy else None, targets)
+            logp, entropy = head_scores(
+                head,
+                hidden[targets],
+                batch.completion_ids[targets],
+                chunk_tokens,
+                entropy_grad,
+                entropy=return_entropy,
+            )  # (N,), (N,) or None
+        return _place(logp, entropy, targets)
     ids, attn, cmask = _full_sequences(batch, pad_multiple(model))
     out = sequence_logprobs(model, ids, attn, cmask, return_entropy, entropy_grad)
     # Scored positions come in the same row-major order in both layouts: move them over.

@@ -78,11 +78,13 @@ def train_step(
     t = cfg.train
     b = backend or backend_for(cfg)
     comps = [c for g in groups for c in g.completions]
-    if t.mask_truncated:  # out of the loss normaliser too, as TRL and DAPO mask them
-        comps = [c for c in comps if c.finish_reason != "length"]
-    local: list[float] = [sum(len(c.token_ids) for c in comps), len(comps)]
+    # mask_truncated: truncated rows leave the batch whole (loss normaliser, KL and
+    # entropy terms too), as TRL and DAPO mask them
+    masked = {i for i, c in enumerate(comps) if t.mask_truncated and c.finish_reason == "length"}
+    counted = [c for i, c in enumerate(comps) if i not in masked]
+    local: list[float] = [sum(len(c.token_ids) for c in counted), len(counted)]
     total_tokens, total_seqs = (int(x) for x in dist.all_sum(local))
-    keep = keep_rows(cfg, advantages)
+    keep = [i for i in keep_rows(cfg, advantages) if i not in masked]
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
     real = len(micro)  # FSDP: ranks with fewer micro-batches run zero-weight passes on row 0
     micro += [[0]] * (fsdp.padded_count(real, model) - real)
