@@ -15,6 +15,8 @@ from mathrl.algorithms import (
     dr_grpo,
     grpo,
     reinforce,
+    reinforce_pp,
+    reinforce_pp_baseline,
     rloo,
     update_ema_baseline,
     zero_std_mask,
@@ -100,7 +102,7 @@ def test_compute_advantages_passes_baseline_through_group_estimators() -> None:
 
 
 def test_estimator_flags() -> None:
-    assert NEEDS_GROUPS == {"grpo", "dr_grpo", "rloo"}
+    assert NEEDS_GROUPS == {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
     assert USES_BASELINE == {"reinforce"}
 
 
@@ -201,5 +203,53 @@ def test_unknown_estimator_suggests() -> None:
         ConfigError, match=r"Unknown advantage estimator 'grop' \(did you mean 'grpo'\?\)"
     ):
         ADVANTAGES.get("grop")
-    with pytest.raises(ConfigError, match="choose from dr_grpo, grpo, reinforce, rloo"):
+    with pytest.raises(
+        ConfigError,
+        match="choose from dr_grpo, grpo, reinforce, reinforce_pp, reinforce_pp_baseline, rloo",
+    ):
         ADVANTAGES.get("zzzzzz")
+
+
+# ---------------------------------------------------------------- REINFORCE++
+
+
+def test_reinforce_pp_whitens_the_raw_reward_over_the_batch() -> None:
+    # mean 5/8, biased var 5/8 * 3/8 = 0.234375: (1 - 0.625) / sqrt(var) = sqrt(0.6),
+    # (0 - 0.625) / sqrt(var) = -sqrt(5/3); the flat group of 1s is NOT zero (the batch
+    # mean is its baseline)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    up, down = math.sqrt(0.6), -math.sqrt(5 / 3)
+    expected = torch.tensor([up, down, down, down, up, up, up, up], dtype=torch.float64)
+    torch.testing.assert_close(reinforce_pp(rewards, 4), expected, rtol=0, atol=1e-7)
+    advantages = reinforce_pp(rewards, 4)
+    assert abs(advantages.mean().item()) < 1e-12
+    assert advantages.pow(2).mean().item() == pytest.approx(1.0, abs=1e-7)
+
+
+def test_reinforce_pp_baseline_hand_computed() -> None:
+    # group means 0.5 and 0.5: centered [.5, -.5, -.5, .5, 0, 0, 0, 0], batch var
+    # 8 * 0.25 / 8... = 1/8 over all 8 rows -> +-0.5 / sqrt(1/8) = +-sqrt(2); flat group 0
+    r2 = math.sqrt(2)
+    expected = torch.tensor([r2, -r2, -r2, r2, 0, 0, 0, 0], dtype=torch.float64)
+    got = reinforce_pp_baseline(REWARDS, G)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-7)
+    assert torch.equal(got[4:], torch.zeros(4, dtype=torch.float64))  # exactly
+
+
+def test_reinforce_pp_whitening_is_over_the_whole_batch() -> None:
+    # whitening each half alone differs from whitening the whole: the trainer passes the
+    # whole step's rewards (every rank's groups), so the scale is the global batch's
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    whole = reinforce_pp_baseline(rewards, 4)
+    first_alone = reinforce_pp_baseline(rewards[:4], 4)
+    # group 1 centered [.75, -.25, -.25, -.25] (var 3/16 alone), group 2 [.5, -.5, .5, -.5]:
+    # the whole batch's biased var is (0.5625 + 3 * 0.0625 + 4 * 0.25) / 8 = 0.21875
+    centered = torch.tensor([0.75, -0.25, -0.25, -0.25], dtype=torch.float64)
+    torch.testing.assert_close(whole[:4], centered / math.sqrt(0.21875))
+    torch.testing.assert_close(first_alone, centered / math.sqrt(3 / 16))
+
+
+@pytest.mark.parametrize("name", ["reinforce_pp", "reinforce_pp_baseline"])
+def test_reinforce_pp_flat_batch_is_exactly_zero(name: str) -> None:
+    advantages = ADVANTAGES.get(name)(torch.full((8,), 0.1), 4)
+    assert torch.equal(advantages, torch.zeros(8))

@@ -19,6 +19,7 @@ from mathrl.algorithms import (
     kl_penalty,
     selective_logprobs,
     token_entropy_from_logits,
+    top_entropy_mask,
 )
 from mathrl.errors import ConfigError
 
@@ -397,3 +398,107 @@ def test_truncated_is_weights_and_per_token_advantages_hand_computed():
     cfg = PolicyLossConfig()
     out = ppo_clip(trainer, trainer, 2.0 * w, mask, cfg)
     assert out.loss.item() == pytest.approx(-(2.0 * 1.1 + 2.0 * math.exp(-1.0)) / 2)
+
+
+# ---------------------------------------------------------------- cispo, sapo
+
+
+@pytest.mark.parametrize(
+    ("adv", "ratio", "weight", "clipped"),
+    [
+        # loss = -A * w with w = clip(r, 0.8, 1.2) held constant: grad wrt logp = -A * w,
+        # never zero (unlike ppo_clip, a clipped token keeps its gradient)
+        (1.0, 1.1, 1.1, False),
+        (1.0, 1.5, 1.2, True),
+        (-1.0, 0.5, 0.8, True),
+        (-1.0, 1.5, 1.2, True),
+        (2.0, 0.9, 0.9, False),
+        (1.0, 1.0, 1.0, False),
+    ],
+)
+def test_cispo_single_token(adv: float, ratio: float, weight: float, clipped: bool) -> None:
+    out, grad = _run("cispo", [[ratio]], [adv])
+    assert out.loss.item() == pytest.approx(-adv * weight)
+    assert grad.item() == pytest.approx(-adv * weight)
+    assert out.metrics["clip_frac"] == float(clipped)
+    assert out.metrics["ratio_mean"] == pytest.approx(ratio)
+
+
+def test_cispo_large_upper_bound_as_the_paper() -> None:
+    # clip_eps_high = 4: the weight is bounded by 5 only
+    cfg = PolicyLossConfig(clip_eps=0.2, clip_eps_high=4.0)
+    out, grad = _run("cispo", [[3.0, 7.0]], [1.0], cfg=cfg)
+    assert out.loss.item() == pytest.approx(-(3.0 + 5.0) / 2)  # token-mean
+    torch.testing.assert_close(grad, torch.tensor([[-1.5, -2.5]], dtype=D))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@pytest.mark.parametrize(
+    ("adv", "ratio", "tau"),
+    [(1.0, 1.0, 1.0), (-1.0, 1.0, 1.05), (1.0, 2.0, 1.0), (-1.0, 0.5, 1.05), (2.0, 0.7, 1.0)],
+)
+def test_sapo_single_token(adv: float, ratio: float, tau: float) -> None:
+    # g(r) = sigmoid(tau (r - 1)) * 4 / tau; loss -A g(r); d/dlogp = -A * 4 s (1 - s) * r
+    out, grad = _run("sapo", [[ratio]], [adv])
+    s = _sigmoid(tau * (ratio - 1.0))
+    assert out.loss.item() == pytest.approx(-adv * s * 4.0 / tau)
+    assert grad.item() == pytest.approx(-adv * 4.0 * s * (1.0 - s) * ratio)
+    assert out.metrics["clip_frac"] == 0.0
+
+
+def test_sapo_on_policy_gradient_is_reinforce() -> None:
+    # g'(1) = 1 whatever tau: at ratio 1 the gradient equals vanilla's
+    _, grad_sapo = _run("sapo", [[1.0, 1.0], [1.0, 1.0]], [1.5, -0.5])
+    _, grad_vanilla = _run("vanilla", [[1.0, 1.0], [1.0, 1.0]], [1.5, -0.5])
+    torch.testing.assert_close(grad_sapo, grad_vanilla)
+
+
+def test_sapo_temperatures_are_checked() -> None:
+    with pytest.raises(ConfigError, match="sapo temperatures must be > 0"):
+        PolicyLossConfig(sapo_tau_neg=0.0)
+
+
+# ---------------------------------------------------------------- entropy control
+
+
+def test_top_entropy_mask_hand_computed() -> None:
+    entropy = torch.tensor([[0.1, 0.5, 0.9, 99.0], [0.3, 0.7, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    # valid sorted [0.1, 0.3, 0.5, 0.7, 0.9]; the 0.6 quantile is at 2.4 -> 0.58
+    expected = torch.tensor([[0, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(top_entropy_mask(entropy, mask, 0.4), expected)
+    assert torch.equal(top_entropy_mask(entropy, mask, 1.0), mask)  # padding never kept
+    # 0.2 of 5 tokens: the 0.8 quantile is at 3.2 -> 0.74: only 0.9
+    assert top_entropy_mask(entropy, mask, 0.2).sum().item() == 1
+    assert not top_entropy_mask(entropy, torch.zeros_like(mask), 0.2).any()
+
+
+def test_entropy_bonus_in_compute_loss() -> None:
+    logprobs = torch.zeros(2, 3, dtype=D, requires_grad=True)
+    entropy = torch.tensor([[1.0, 2.0, 50.0], [3.0, 50.0, 50.0]], dtype=D, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -1.0], dtype=D)
+    cfg = PolicyLossConfig()
+    plain = compute_loss(logprobs, logprobs.detach(), None, adv, mask, cfg, "ppo_clip")
+    out = compute_loss(
+        logprobs,
+        logprobs.detach(),
+        None,
+        adv,
+        mask,
+        cfg,
+        "ppo_clip",
+        entropy=entropy,
+        entropy_coef=0.1,
+    )
+    # token-mean of the valid entropies (1 + 2 + 3) / 3 = 2; loss = policy - 0.1 * 2
+    assert out.metrics["entropy_bonus"] == pytest.approx(2.0)
+    assert out.loss.item() == pytest.approx(plain.loss.item() - 0.2)
+    out.loss.backward()
+    expected = torch.tensor([[-0.1 / 3, -0.1 / 3, 0.0], [-0.1 / 3, 0.0, 0.0]], dtype=D)
+    torch.testing.assert_close(entropy.grad, expected)
+    with pytest.raises(ValueError, match="needs the token entropies"):
+        compute_loss(logprobs, logprobs, None, adv, mask, cfg, entropy_coef=0.1)

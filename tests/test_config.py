@@ -236,6 +236,8 @@ def test_config_hash_leaves_out_display_only_options(display):
 
 def test_registry_keys_list_their_names_in_the_key_docs():
     docs = {key: doc for key, _, _, doc in iter_keys()}
-    assert docs["train.algorithm"].endswith("One of: dr_grpo, grpo, reinforce, rloo.")
+    assert docs["train.algorithm"].endswith(
+        "One of: dr_grpo, grpo, reinforce, reinforce_pp, reinforce_pp_baseline, rloo."
+    )
     assert "boxed, final_line, hash, think_answer" in docs["task.prompt_style"]
     assert "\n" not in docs["model.autocast"] and "  " not in docs["model.autocast"]

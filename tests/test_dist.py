@@ -123,6 +123,43 @@ def test_two_ranks_equal_one_process_rl(tmp_path, tiny_config, run_train):
     assert two.stderr.count("trained 3 steps") == 1  # one rank speaks
 
 
+def test_dynamic_sampling_on_two_ranks_equals_one_process(tmp_path, tiny_config, run_train):
+    """drop_zero_std + min_positive + max_total_rollouts (DAPO's dynamic sampling) on 2
+    ranks choose the groups one process chooses: each resampling round is split over the
+    ranks (odd rounds unevenly), the choice made on the gathered round; same rollouts,
+    same counts, weights within ATOL."""
+    sets = [
+        "train.steps=2",
+        "train.prompts_per_step=4",
+        "rollout.batch_size=16",
+        "log.rollouts_every=1",
+        # even-length prompts score a flat 0.5: their groups are dropped and resampled
+        'task.rewards=[{fn = "reward_fixtures:brevity_odd_prompts", completions = "text"}]',
+        "train.drop_zero_std=true",
+        "train.min_positive=4",
+        "train.max_total_rollouts=48",
+    ]
+    one = run_train(tmp_path / "one", *sets)
+    assert one.code == 0, one.err
+    flags = [a for s in [*sets, "model.threads=1"] for a in ("--set", s)]
+    two = mathrl("train", "--nproc", "2", "-c", tiny_config, "--out", tmp_path / "two", *flags)
+    assert two.returncode == 0, two.stderr[-3000:]
+    keys = ("step", "prompt_id", "completion", "reward", "group_id")
+    ra, rb = (read_jsonl(tmp_path / run / "rollouts.jsonl") for run in ("one", "two"))
+    assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
+    assert all(len(set(r["reward"] for r in ra if r["group_id"] == g["group_id"])) > 1 for g in ra)
+    for x, y in zip(ra, rb, strict=True):
+        assert x["advantage"] == pytest.approx(y["advantage"], abs=1e-6)
+    counts = ("rollout/rounds", "rollout/sampled", "rollout/dropped_groups")
+    ma, mb = (
+        [m for m in read_jsonl(tmp_path / run / "metrics.jsonl") if "reward/mean" in m]
+        for run in ("one", "two")
+    )
+    assert [[m[k] for k in counts] for m in ma] == [[m[k] for k in counts] for m in mb]
+    assert any(m["rollout/rounds"] > 1 and m["rollout/dropped_groups"] > 0 for m in ma)
+    assert_close_weights(tmp_path / "one", tmp_path / "two", 2)
+
+
 def test_two_ranks_equal_one_process_sft(tmp_path, tiny_config, run_cli):
     sets = ["sft.steps=4", "sft.batch_size=8"]
     flags = [a for s in sets for a in ("--set", s)]

@@ -31,6 +31,7 @@ from mathrl.algorithms import (  # noqa: E402
     register_policy_loss,
     selective_logprobs,
     token_entropy_from_logits,
+    top_entropy_mask,
     truncated_is_weights,
     unregister_advantage,
 )
@@ -83,6 +84,7 @@ def _inputs(seed: int = 0) -> dict[str, np.ndarray]:
         "ref": _garbage(old + 0.3 * noise[1], mask, [math.nan, -math.inf, 3e3]),
         "sampler": _garbage(old + 0.2 * noise[2], mask, [-math.inf, math.inf, math.nan]),
         "advantages": rng.standard_normal(B).astype(np.float32),  # (B,)
+        "entropy": _garbage((rng.random((B, T)) * 3).astype(np.float32), mask, [math.nan, 1e4]),
     }
 
 
@@ -97,7 +99,22 @@ CASES = {
     "kl reported, not added": {"ref": True},
     **{f"kl {name}": {"ref": True, "kl_coef": 0.1, "kl_estimator": name} for name in KL_ESTIMATORS},
     "TIS + clip-higher + kl": {"tis": True, "clip_eps_high": 0.25, "ref": True, "kl_coef": 0.05},
+    "entropy bonus": {"entropy_coef": 0.01},
+    "top-entropy 20 % + TIS": {"top_entropy": 0.2, "tis": True},
+    "sapo temperatures": {"sapo": (0.5, 2.0)},
 }
+
+
+def _cfg(case: dict, mode: str) -> PolicyLossConfig:
+    tau_pos, tau_neg = case.get("sapo", (1.0, 1.05))
+    return PolicyLossConfig(
+        clip_eps=0.1,
+        clip_eps_high=case.get("clip_eps_high"),
+        agg_mode=mode,
+        max_len=T,
+        sapo_tau_pos=tau_pos,
+        sapo_tau_neg=tau_neg,
+    )
 
 
 def _torch_loss(case: dict, policy_loss: str, mode: str):
@@ -107,12 +124,24 @@ def _torch_loss(case: dict, policy_loss: str, mode: str):
     if case.get("tis"):
         weights, _ = truncated_is_weights(logprobs, _t(INPUTS["sampler"]), mask, CAP)
         advantages = advantages[:, None] * weights  # (B, T)
-    cfg = PolicyLossConfig(
-        clip_eps=0.1, clip_eps_high=case.get("clip_eps_high"), agg_mode=mode, max_len=T
-    )
+    if "top_entropy" in case:
+        keep = top_entropy_mask(_t(INPUTS["entropy"]), mask, case["top_entropy"])
+        advantages = (advantages[:, None] if advantages.dim() == 1 else advantages) * keep
+    cfg = _cfg(case, mode)
     ref = _t(INPUTS["ref"]) if case.get("ref") else None
     kl = (case.get("kl_coef", 0.0), case.get("kl_estimator", "k3"))
-    out = compute_loss(logprobs, _t(INPUTS["old"]), ref, advantages, mask, cfg, policy_loss, *kl)
+    out = compute_loss(
+        logprobs,
+        _t(INPUTS["old"]),
+        ref,
+        advantages,
+        mask,
+        cfg,
+        policy_loss,
+        *kl,
+        entropy=_t(INPUTS["entropy"]),
+        entropy_coef=case.get("entropy_coef", 0.0),
+    )
     out.loss.backward()
     return out, logprobs.grad
 
@@ -125,15 +154,17 @@ def _mlx_loss(case: dict, policy_loss: str, mode: str):
             _m(INPUTS["logprobs"]), _m(INPUTS["sampler"]), mask, CAP
         )
         advantages = advantages[:, None] * weights  # (B, T)
-    cfg = PolicyLossConfig(
-        clip_eps=0.1, clip_eps_high=case.get("clip_eps_high"), agg_mode=mode, max_len=T
-    )
+    if "top_entropy" in case:
+        keep = mf.top_entropy_mask_mlx(_m(INPUTS["entropy"]), mask, case["top_entropy"])
+        advantages = (advantages[:, None] if advantages.ndim == 1 else advantages) * keep
+    cfg = _cfg(case, mode)
     ref = _m(INPUTS["ref"]) if case.get("ref") else None
     kl = (case.get("kl_coef", 0.0), case.get("kl_estimator", "k3"))
+    entropy = (_m(INPUTS["entropy"]), case.get("entropy_coef", 0.0))
 
     def run(logprobs):
         return mf.compute_loss_mlx(
-            logprobs, _m(INPUTS["old"]), ref, advantages, mask, cfg, policy_loss, *kl
+            logprobs, _m(INPUTS["old"]), ref, advantages, mask, cfg, policy_loss, *kl, *entropy
         )
 
     grad = mx.grad(lambda logprobs: run(logprobs).loss)(_m(INPUTS["logprobs"]))
@@ -196,6 +227,14 @@ def test_metrics_leave_value_and_grad_as_aux() -> None:
     (loss, stats), grad = mx.value_and_grad(loss_fn)(_m(INPUTS["logprobs"]))
     assert mf.MlxLossOutputs(loss, stats).metrics == pytest.approx(out_t.metrics, abs=ATOL)
     _close(grad, grad_t)
+
+
+@pytest.mark.parametrize("quantile", [0.2, 0.5, 0.75, 1.0])
+def test_top_entropy_mask_matches_torch(quantile: float) -> None:
+    keep_t = top_entropy_mask(_t(INPUTS["entropy"]), _t(INPUTS["mask"]), quantile)
+    keep_m = mf.top_entropy_mask_mlx(_m(INPUTS["entropy"]), _m(INPUTS["mask"]), quantile)
+    assert np.array_equal(np.array(keep_m), keep_t.numpy())
+    assert 0 < keep_t.sum() <= INPUTS["mask"].sum()
 
 
 def test_truncated_is_weights_match_torch() -> None:

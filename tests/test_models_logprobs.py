@@ -138,3 +138,47 @@ def test_shared_prompt_gradients_equal_full_rows(model):
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 100])
+def test_chunked_head_equals_the_plain_path(model, chunk):
+    """Log-probs, entropies and parameter gradients (through both) of the chunked head
+    equal the one-pass head's, fp32 to 1e-5: only chunk x V logits exist at once."""
+    from mathrl.models.logprobs import completion_batch, completion_logprobs
+
+    batch = completion_batch(PROMPTS, ROWS, COMPS, pad_id=0, device=torch.device("cpu"))
+    weights = torch.linspace(-1, 1, 24).reshape(6, 4)  # arbitrary per-token loss weights
+    results = []
+    for chunk_tokens in (0, chunk):
+        model.zero_grad(set_to_none=True)
+        lp, ent = completion_logprobs(
+            model, batch, return_entropy=True, chunk_tokens=chunk_tokens, entropy_grad=True
+        )
+        (lp * weights + 0.3 * ent * weights.flip(0)).sum().backward()
+        results.append((lp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters()]))
+    (lp0, ent0, g0), (lp1, ent1, g1) = results
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=0)
+    assert ent0.abs().sum() > 0 and all(g.abs().sum() > 0 for g in g0[-1:])
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.zero_grad(set_to_none=True)
+
+
+def test_chunked_head_never_holds_more_than_a_chunk_of_logits(model, monkeypatch):
+    """Every head call in forward and in the recomputing backward sees <= chunk rows."""
+    from mathrl.models.logprobs import completion_batch, completion_logprobs
+
+    batch = completion_batch(PROMPTS, ROWS, COMPS, pad_id=0, device=torch.device("cpu"))
+    head = model.get_output_embeddings()
+    seen: list[int] = []
+    handle = head.register_forward_hook(lambda mod, args, out: seen.append(out.shape[0]))
+    try:
+        lp, ent = completion_logprobs(model, batch, return_entropy=True, chunk_tokens=4)
+        lp.sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    n_tokens = sum(len(c) for c in COMPS)  # 17: 5 chunks in forward, 5 again in backward
+    assert max(seen) == 4 and sum(seen) == 2 * n_tokens and len(seen) == 10
+    assert not ent.requires_grad  # a metric: no graph without entropy_grad

@@ -567,3 +567,66 @@ def test_data_prepare_writes_qa_files_that_read_back_as_the_same_task(run_cli, t
     assert manifest["counts"] == {"train": 9, "val": 3, "test": 0}
     again = QATask(str(tmp_path / "p"), question_field="problem", val_size=3)
     assert again.fingerprint == manifest["fingerprint"]
+
+
+# ---------------------------------------------------------------- the overlong term
+
+
+@pytest.mark.parametrize(
+    ("n_tokens", "expected"),
+    [(0, 0.0), (12, 0.0), (13, -0.25), (14, -0.5), (15, -0.75), (16, -1.0), (40, -1.0)],
+)
+def test_overlong_penalty_hand_computed(n_tokens, expected):
+    from mathrl.rewards.functions import overlong_penalty
+
+    # max 16 tokens, buffer 4: free up to 12, then -1/4 a token down to -1 at 16
+    assert overlong_penalty(n_tokens, 16, 4) == expected
+
+
+@pytest.mark.parametrize("buffer", [0, 17, -1])
+def test_overlong_penalty_bad_buffer(buffer):
+    from mathrl.rewards.functions import overlong_penalty
+
+    with pytest.raises(ConfigError, match=r"overlong buffer must be in \[1, 16\]"):
+        overlong_penalty(10, 16, buffer)
+
+
+def test_overlong_term_is_added_by_token_count_and_logged():
+    """task.rewards = task + 0.5 x overlong: the pool scores the text, the trainer adds
+    0.5 x the penalty of each completion's token count; reward/overlong is its mean."""
+    from mathrl.groups import Group, reward_metrics
+    from mathrl.rollout.types import Completion
+
+    sets = [
+        'task.rewards=[{fn = "task"}, {fn = "overlong", weight = 0.5}]',
+        "task.overlong_buffer=4",
+        "rollout.max_new_tokens=16",
+        "data.countdown_train_size=20",
+        "data.countdown_test_size=5",
+    ]
+    task = make_task(load_config(None, sets, env=False))
+    ex = task.examples("train")[0]
+    fn, args = task.reward_call(ex)
+    right = fn(task.response(ex), *args)
+    assert right.reward == 1.0 and "overlong" not in right.components  # text only so far
+    comps = [Completion(0, j, [1], [7] * n, "", "eos", [0.0] * n) for j, n in enumerate((8, 14))]
+    results = task.add_length_terms([right, right], comps)
+    assert [r.reward for r in results] == [1.0, 1.0 - 0.5 * 0.5]
+    assert [r.components["overlong"] for r in results] == [0.0, -0.5]
+    metrics = reward_metrics([Group(ex, [1], comps, results)])
+    assert metrics["reward/overlong"] == -0.25 and metrics["reward/task"] == 1.0
+
+
+def test_overlong_needs_a_buffer():
+    with pytest.raises(ConfigError, match=r"task.overlong_buffer must be in \[1, "):
+        load_config(None, ['task.rewards=[{fn = "overlong"}]'], env=False)
+    with pytest.raises(ConfigError, match="rollout.max_new_tokens = 8\\], got 9"):
+        load_config(
+            None,
+            [
+                'task.rewards=[{fn = "overlong"}]',
+                "task.overlong_buffer=9",
+                "rollout.max_new_tokens=8",
+            ],
+            env=False,
+        )

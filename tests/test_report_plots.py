@@ -87,7 +87,7 @@ def metric_rows(scale: float = 1.0) -> list[dict[str, Any]]:
                 "rollout/len_mean": 10.0 + step,
                 "rollout/len_max": 20,
                 "rollout/clipped_frac": 0.0,
-                "rollout/entropy": 1.0 - x,
+                "policy/entropy": 1.0 - x,
                 "loss/policy": -x,
                 "loss/total": -x,
                 "loss/clip_frac": 0.01,
@@ -225,6 +225,6 @@ def test_reward_components_exclude_statistics() -> None:
 
 def test_smoothing_by_hand(tmp_path: Path) -> None:
     np.testing.assert_allclose(smooth([1.0, 2.0, 3.0, 4.0], 2), [1.0, 1.5, 2.5, 3.5])
-    rows = [{"step": s, "rollout/entropy": 1.0 + (s % 3)} for s in range(1, 41)]
-    assert line_plot(rows, [["rollout/entropy"]], "long", tmp_path / "e.png") == tmp_path / "e.png"
+    rows = [{"step": s, "policy/entropy": 1.0 + (s % 3)} for s in range(1, 41)]
+    assert line_plot(rows, [["policy/entropy"]], "long", tmp_path / "e.png") == tmp_path / "e.png"
     assert line_plot(rows, [["loss/kl"]], "absent", tmp_path / "kl.png") is None

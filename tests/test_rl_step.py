@@ -203,3 +203,97 @@ def test_truncated_importance_sampling_scales_the_gradient(offset, cap, scale, c
     )
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g * scale, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def _truncate(groups: list[Group], rows: set[int]) -> None:
+    """Mark completions (global row numbers) as cut at max_new_tokens."""
+    comps = [c for g in groups for c in g.completions]
+    for i in rows:
+        comps[i].finish_reason = "length"
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_mask_truncated_equals_leaving_the_rows_out(agg):
+    """mask_truncated: truncated rows get advantage 0 and leave the normaliser, so the
+    update is the one of the batch without them."""
+    from mathrl.rl import TrainState, advantages_for, truncated_rows
+
+    over = ["train.group_size=4", "train.grad_clip=0", "rollout.max_new_tokens=8"]
+    cfg = load_config(
+        overrides=[*over, f"train.loss_agg={agg}", "train.mask_truncated=true"], env=False
+    )
+    groups = make_groups()
+    cut = {0, 5, 6}
+    _truncate(groups, cut)
+    rewards = torch.tensor([r for g in groups for r in g.rewards])
+    truncated = truncated_rows(groups)
+    assert truncated.nonzero().flatten().tolist() == sorted(cut)
+    advantages = advantages_for(cfg, TrainState(), rewards, truncated)
+    plain = advantages_for(load_config(overrides=over, env=False), TrainState(), rewards, truncated)
+    assert advantages[sorted(cut)].tolist() == [0.0] * 3 and plain[sorted(cut)].abs().sum() > 0
+    keep = [i for i in range(12) if i not in cut]
+    torch.testing.assert_close(advantages[keep], plain[keep])  # the baseline counts them
+    model = tiny_model()
+    opt = RecordingOptimizer(model)
+    train_step(cfg, model, None, opt, groups, advantages, pad_id=0)
+    # the same update from the batch without the truncated rows, mask_truncated off
+    fewer = make_groups()
+    for gi, g in enumerate(fewer):
+        rows = [j for j in range(4) if gi * 4 + j not in cut]
+        g.completions = [g.completions[j] for j in rows]
+        g.results = [g.results[j] for j in rows]
+    cfg_off = load_config(overrides=[*over, f"train.loss_agg={agg}"], env=False)
+    model_off = tiny_model()
+    opt_off = RecordingOptimizer(model_off)
+    train_step(cfg_off, model_off, None, opt_off, fewer, advantages[keep], pad_id=0)
+    for name, grad in opt_off.steps[0].items():
+        torch.testing.assert_close(opt.steps[0][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_entropy_bonus_gradient_and_zero_advantage_rows_kept():
+    """With every advantage 0 the update is the entropy bonus's alone: the gradient of
+    -entropy_coef x the token-mean entropy, from every row (none is skipped)."""
+    from mathrl.backends.torch import micro_batches
+    from mathrl.models.logprobs import completion_logprobs
+
+    over = ["train.group_size=4", "train.grad_clip=0", "rollout.max_new_tokens=8"]
+    cfg = load_config(overrides=[*over, "train.entropy_coef=0.1"], env=False)
+    model = tiny_model()
+    opt = RecordingOptimizer(model)
+    groups = make_groups()
+    metrics = train_step(cfg, model, None, opt, groups, torch.zeros(12), pad_id=0)
+    assert metrics["train/trained_seqs"] == 12
+    (batch,) = micro_batches(groups, [list(range(12))], 0, torch.device("cpu"), 1)
+    model.zero_grad(set_to_none=True)
+    _, ent = completion_logprobs(model, batch, return_entropy=True, entropy_grad=True)
+    mask = batch.completion_mask
+    mean_entropy = (ent * mask).sum() / mask.sum()
+    (-0.1 * mean_entropy).backward()
+    assert metrics["loss/entropy_bonus"] == pytest.approx(mean_entropy.item(), rel=1e-5)
+    assert metrics["loss/total"] == pytest.approx(-0.1 * mean_entropy.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(opt.steps[0][name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_top_entropy_quantile_masks_the_low_entropy_tokens():
+    """0.2: a fifth of the trained tokens carry policy gradient; the share masked is
+    logged; 1.0 logs nothing and masks nothing."""
+    over = ["train.group_size=4", "train.grad_clip=0", "rollout.max_new_tokens=8"]
+    advantages = torch.tensor([1.0, -1.0, 0.0, 0.5] * 3)
+    out = {}
+    for q in (1.0, 0.2):
+        cfg = load_config(overrides=[*over, f"train.top_entropy_quantile={q}"], env=False)
+        model = tiny_model()
+        opt = RecordingOptimizer(model)
+        out[q] = (train_step(cfg, model, None, opt, make_groups(), advantages, pad_id=0), opt)
+    assert "policy/entropy_masked_frac" not in out[1.0][0]
+    # the 9 trained rows (advantage != 0) hold n = 33 tokens; the 0.8 quantile sits at
+    # sorted position 0.8 * (n - 1) = 25.6, so the 26 tokens below it are masked
+    comps = [c for g in make_groups() for c in g.completions]
+    n = sum(len(c.token_ids) for c, a in zip(comps, advantages, strict=True) if a != 0)
+    assert n == 33
+    frac = out[0.2][0]["policy/entropy_masked_frac"]
+    assert frac == pytest.approx(math.ceil(0.8 * (n - 1)) / n) == pytest.approx(26 / 33)
+    assert out[0.2][0]["policy/entropy"] == out[1.0][0]["policy/entropy"]
+    g1, g2 = out[1.0][1].steps[0], out[0.2][1].steps[0]
+    assert any(not torch.allclose(g1[n], g2[n]) for n in g1)

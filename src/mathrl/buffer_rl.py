@@ -44,6 +44,7 @@ from mathrl.rl import (
     save_checkpoint,
     step_scheduler,
     train_step,
+    truncated_rows,
 )
 from mathrl.rollout.types import Completion
 from mathrl.tasks import Example, Task
@@ -194,7 +195,7 @@ def train_on_buffer(
         t0 = time.perf_counter()
         dist.at_step(state.step + 1)
         rewards = torch.tensor([r for g in chunk for r in g.rewards], dtype=torch.float32)
-        advantages = advantages_for(cfg, state, rewards)  # of the whole chunk
+        advantages = advantages_for(cfg, state, rewards, truncated_rows(chunk))  # whole chunk
         first, mine = dist.share(chunk)  # this rank's groups
         first_row = sum(len(g.rewards) for g in chunk[:first])
         my_adv = advantages[first_row : first_row + sum(len(g.rewards) for g in mine)]

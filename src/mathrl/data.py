@@ -14,8 +14,9 @@ from mathrl.curriculum import WeightedStream
 from mathrl.errors import ConfigError, DataError, MathrlError
 from mathrl.io import atomic_write_text, read_jsonl, write_jsonl
 from mathrl.loggers import console
-from mathrl.rewards import RewardFn
-from mathrl.rewards.functions import preflight, score_with_functions
+from mathrl.rewards import RewardFn, RewardResult
+from mathrl.rewards.functions import preflight, score_with_functions, with_overlong
+from mathrl.rollout.types import Completion
 from mathrl.run_setup import derive_seed
 from mathrl.tasks import Example, Task
 from mathrl.tasks.arithmetic import ArithmeticTask
@@ -36,7 +37,8 @@ def make_task(cfg: Config) -> Task:
     task = _base_task(cfg)
     if not cfg.task.rewards:
         return task
-    rewarded = WithRewardFns(task, cfg.task.rewards)
+    overlong = (cfg.rollout.max_new_tokens, cfg.task.overlong_buffer)
+    rewarded = WithRewardFns(task, cfg.task.rewards, overlong)
     t = cfg.train
     rewarded.check(t.reward_timeout_s, t.reward_memory_mb, t.reward_cpu_s)
     return rewarded
@@ -125,8 +127,11 @@ class WithRewardFns:
     """A task whose reward is the weighted task.rewards terms (mathrl.rewards.functions);
     everything else is the wrapped task's."""
 
-    def __init__(self, task: Task, specs: list[RewardFn]) -> None:
+    def __init__(
+        self, task: Task, specs: list[RewardFn], overlong: tuple[int, int] = (0, 0)
+    ) -> None:
         self.task, self.specs = task, tuple(specs)
+        self.overlong = overlong  # (rollout.max_new_tokens, task.overlong_buffer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.task, name)
@@ -135,6 +140,19 @@ class WithRewardFns:
         fn, args = self.task.reward_call(ex)
         prompt = self.task.messages(ex)
         return score_with_functions, (fn, args, self.specs, prompt, reward_columns(ex))
+
+    def add_length_terms(
+        self, results: list[RewardResult], completions: list[Completion]
+    ) -> list[RewardResult]:
+        """The pool's results with the terms that need each completion's token count
+        (`overlong`) added."""
+        if not any(spec.fn == "overlong" for spec in self.specs):
+            return results
+        max_tokens, buffer = self.overlong
+        return [
+            with_overlong(r, len(c.token_ids), self.specs, max_tokens, buffer)
+            for r, c in zip(results, completions, strict=True)
+        ]
 
     def check(self, timeout_s: float, memory_mb: int, cpu_s: int) -> None:
         """Each function imports, takes our arguments, and returns one value per completion

@@ -137,6 +137,14 @@ def share(items: list[T]) -> tuple[int, list[T]]:
     return d.rank * k, items[d.rank * k : (d.rank + 1) * k]
 
 
+def share_uneven(items: list[T]) -> tuple[int, list[T]]:
+    """This rank's contiguous share of `items` (sizes differ by at most one, earlier ranks
+    get the larger ones) and the global index of its first item; share() when they split."""
+    d = _current
+    bounds = [r * len(items) // d.world for r in range(d.world + 1)]
+    return bounds[d.rank], items[bounds[d.rank] : bounds[d.rank + 1]]
+
+
 def my_indices(count: int) -> list[int]:
     """This rank's indices of `count` items, strided (rank, rank + world, ...): shares
     differ by at most one item, so any count splits."""

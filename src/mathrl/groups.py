@@ -66,7 +66,12 @@ def score_completions(
     """RewardResults of completions (each continues examples[c.prompt_index]), in order."""
     # Each example names its own reward function, so the function travels with its item.
     items = [(*task.reward_call(examples[c.prompt_index]), c.text) for c in completions]
-    return pool.map(call_reward, [(fn, text, *args) for fn, args, text in items]) if items else []
+    if not items:
+        return []
+    results = pool.map(call_reward, [(fn, text, *args) for fn, args, text in items])
+    # terms of the token count (task.rewards' overlong) are added outside the text pool
+    add_length_terms = getattr(task, "add_length_terms", None)
+    return add_length_terms(results, completions) if add_length_terms else results
 
 
 def score_groups(
@@ -285,35 +290,41 @@ def collect_groups(
     tokenizer: Any,
     step: int,
 ) -> tuple[list[Group], dict[str, float]]:
-    """Rollouts for one step; resamples zero-variance groups / too few positives when asked."""
+    """This rank's share of one step's groups; resamples zero-variance groups / too few
+    positives when asked (DAPO's dynamic sampling).
+
+    The choice is made on the whole step's groups, the same on every rank and whatever
+    the number of ranks: each round's prompts are split over the ranks (a prompt's seed
+    comes from its index in the round), every rank gathers the round's scored groups in
+    order, and filters and fills the batch as one process would; then each rank takes
+    its contiguous share. Without drop_zero_std or min_positive there is one round and
+    each rank keeps its own share. Counts in the stats are this rank's (the trainer sums
+    them).
+    """
     t = cfg.train
-    world = dist.current().world
-    want = t.prompts_per_step // world  # this rank's groups (resampling needs world 1)
+    want = t.prompts_per_step
     budget = t.max_total_rollouts or 4 * want * t.group_size
+    resample = t.drop_zero_std or t.min_positive > 0
     groups: list[Group] = []
-    sampled, rounds, dropped, positives = 0, 0, 0, 0
+    sampled, mine_sampled, rounds, dropped, positives = 0, 0, 0, 0, 0
     timing = {"rollout_s": 0.0, "reward_s": 0.0, "compile_s": 0.0}
     while True:
-        examples = stream.take(want * world if rounds == 0 else max(1, want - len(groups)))
-        # With several ranks each samples its share; a prompt's seed comes from its index
-        # in the whole step, so it samples the same on any number of ranks.
-        first, examples = dist.share(examples)
-        prompts = []
-        for ex in examples:
-            if ex.id not in prompt_cache:
-                prompt_cache[ex.id] = prompt_token_ids(tokenizer, task.messages(ex))
-            prompts.append(prompt_cache[ex.id])
-        sampling = rollout_sampling(cfg, t.group_size, step_seed(cfg, step, rounds))
-        seeds = [prompt_seed(sampling.seed or 0, first + i) for i in range(len(prompts))]
-        t0 = time.perf_counter()
-        result = engine.generate(prompts, sampling, seeds=seeds)
-        t1 = time.perf_counter()
-        new = score_groups(pool, task, examples, result.completions, t.group_size, prompts)
-        timing["rollout_s"] += t1 - t0
-        timing["compile_s"] += result.timing.get("compile_s", 0.0)  # rollout.compile
-        timing["reward_s"] += time.perf_counter() - t1
-        sampled += len(result.completions)
+        examples = stream.take(want if rounds == 0 else max(1, want - len(groups)))
+        first, my_examples = dist.share_uneven(examples)
+        new, seconds = _sample_round(
+            cfg, engine, pool, task, prompt_cache, tokenizer, my_examples, first, step, rounds
+        )
+        timing["rollout_s"] += seconds[0]
+        timing["reward_s"] += seconds[1]
+        timing["compile_s"] += seconds[2]  # rollout.compile
+        mine_sampled += len(my_examples) * t.group_size
         rounds += 1
+        if not resample:  # one round, nothing to choose: each rank keeps what it sampled
+            groups = new
+            break
+        if dist.current().world > 1:
+            new = dist.gather_in_order([(first + i, g) for i, g in enumerate(new)])
+        sampled += len(examples) * t.group_size
         if t.drop_zero_std:
             kept = [g for g in new if len(set(g.rewards)) > 1]
             dropped += len(new) - len(kept)
@@ -326,17 +337,48 @@ def collect_groups(
             break
     stats = {
         "rollout/rounds": rounds,
-        "rollout/sampled": sampled,
-        "rollout/dropped_groups": dropped,
+        "rollout/sampled": mine_sampled,
+        "rollout/dropped_groups": dropped if dist.current().is_main else 0,
         "time/rollout_s": timing["rollout_s"],
         "time/reward_s": timing["reward_s"],
     }
     if timing["compile_s"]:
         stats["time/rollout_compile_s"] = timing["compile_s"]
-    if rounds > 1 or len(groups) < want or positives < t.min_positive:
+    short = resample and (len(groups) < want or positives < t.min_positive)
+    if rounds > 1 or short:
         # the budget ran out before the batch was what drop_zero_std / min_positive ask for
-        stats["rollout/short_batch"] = float(len(groups) < want or positives < t.min_positive)
-    return groups, stats
+        stats["rollout/short_batch"] = float(short)
+    return dist.share_uneven(groups)[1] if resample else groups, stats
+
+
+def _sample_round(
+    cfg: Config,
+    engine: Any,
+    pool: RewardPool,
+    task: Task,
+    prompt_cache: dict[str, list[int]],
+    tokenizer: Any,
+    examples: list[Example],
+    first: int,
+    step: int,
+    round_no: int,
+) -> tuple[list[Group], tuple[float, float, float]]:
+    """Groups of `examples` (global indices first, first + 1, ... in the round, which
+    seed them) and the (rollout, reward, rollout compile) seconds."""
+    prompts = []
+    for ex in examples:
+        if ex.id not in prompt_cache:
+            prompt_cache[ex.id] = prompt_token_ids(tokenizer, task.messages(ex))
+        prompts.append(prompt_cache[ex.id])
+    if not prompts:
+        return [], (0.0, 0.0, 0.0)
+    sampling = rollout_sampling(cfg, cfg.train.group_size, step_seed(cfg, step, round_no))
+    seeds = [prompt_seed(sampling.seed or 0, first + i) for i in range(len(prompts))]
+    t0 = time.perf_counter()
+    result = engine.generate(prompts, sampling, seeds=seeds)
+    t1 = time.perf_counter()
+    new = score_groups(pool, task, examples, result.completions, cfg.train.group_size, prompts)
+    return new, (t1 - t0, time.perf_counter() - t1, result.timing.get("compile_s", 0.0))
 
 
 def reward_metrics(groups: list[Group]) -> dict[str, float]:

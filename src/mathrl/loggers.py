@@ -230,7 +230,7 @@ CONSOLE_KEYS = {
     "reward/accuracy": "acc",
     "reward/frac_zero_std": "zero_std",
     "rollout/len_mean": "len",
-    "rollout/entropy": "entropy",
+    "policy/entropy": "entropy",
     "loss/policy": "loss",
     "loss/clip_frac": "clip",
     "loss/kl": "kl",

@@ -54,6 +54,7 @@ from mathrl.rl import (
     save_checkpoint,
     step_scheduler,
     train_step,
+    truncated_rows,
 )
 from mathrl.rollout.registry import SERVER_ENGINES
 from mathrl.tasks import Task
@@ -120,7 +121,7 @@ def train(
                 pending = None
             metrics["rollout/staleness"] = float(staleness)
             rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
-            advantages = advantages_for(cfg, state, rewards)  # (B,)
+            advantages = advantages_for(cfg, state, rewards, truncated_rows(groups))  # (B,)
             metrics.update(reward_metrics(groups))
             if groups and bool(zero_std_mask(rewards, t.group_size).all()):
                 warn(
@@ -206,11 +207,6 @@ def check_parallel(cfg: Config, world: int) -> None:
         raise MathrlError(
             f"train.prompts_per_step ({t.prompts_per_step}) must be a multiple of the number "
             f"of ranks ({world}): a group never splits across ranks"
-        )
-    if t.drop_zero_std or t.min_positive or t.max_total_rollouts:
-        raise MathrlError(
-            "train.drop_zero_std, train.min_positive and train.max_total_rollouts resample "
-            "per rank and are not supported with several ranks yet: run them on one"
         )
     if cfg.rollout.engine in SERVER_ENGINES:
         raise MathrlError(

@@ -131,6 +131,38 @@ def dr_grpo(rewards: Tensor, group_size: int, **_: object) -> Tensor:
     return _zero_flat_groups(advantages, rewards, group_size)
 
 
+def _whiten(x: Tensor, eps: float) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over the whole batch (biased var, as OpenRLHF); an
+    all-equal batch gives exact zeros."""
+    if x.numel() == 0 or bool(x.amax() == x.amin()):
+        return torch.zeros_like(x)
+    centered = x - x.mean()
+    return centered * torch.rsqrt(centered.pow(2).mean() + eps)
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp(rewards: Tensor, group_size: int = 1, *, eps: float = 1e-8, **_: object) -> Tensor:
+    """REINFORCE++ (Hu, 2025): the reward whitened over the whole batch, no group baseline.
+
+    The trainer passes every rank's rewards of the step (the gathered batch), so the
+    whitening is over the global batch whatever the number of ranks. A group whose
+    rewards are all equal still gets a non-zero advantage (the batch mean is its baseline).
+    """
+    grouped = _grouped(rewards, group_size)  # checks the layout; groups are not used
+    return _whiten(grouped.reshape(-1), eps)  # (B,)
+
+
+@register_advantage("reinforce_pp_baseline", needs_groups=True)
+def reinforce_pp_baseline(
+    rewards: Tensor, group_size: int, *, eps: float = 1e-8, **_: object
+) -> Tensor:
+    """REINFORCE++-baseline (Hu, 2025): r - group mean, then whitened over the whole batch
+    (all ranks' groups: the trainer passes the gathered batch). Flat groups stay exactly 0."""
+    grouped = _grouped(rewards, group_size)  # (B/G, G)
+    centered = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)  # (B,)
+    return _zero_flat_groups(_whiten(centered, eps), rewards, group_size)
+
+
 def compute_advantages(
     name: str,
     rewards: Tensor,

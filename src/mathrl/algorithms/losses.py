@@ -37,12 +37,20 @@ class PolicyLossConfig:
     """How (B, T) token losses become a scalar: a name in AGG_MODES."""
     max_len: int | None = None
     """Constant divisor of seq-mean-token-sum-norm (Dr. GRPO): the max completion length."""
+    sapo_tau_pos: float = 1.0
+    """sapo: gate temperature for positive advantages."""
+    sapo_tau_neg: float = 1.05
+    """sapo: gate temperature for negative advantages."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clip_eps < 1.0:
             raise ConfigError(f"clip_eps must be in [0, 1), got {self.clip_eps}")
         if self.clip_eps_high is not None and self.clip_eps_high < 0.0:
             raise ConfigError(f"clip_eps_high must be >= 0, got {self.clip_eps_high}")
+        if self.sapo_tau_pos <= 0 or self.sapo_tau_neg <= 0:
+            raise ConfigError(
+                f"sapo temperatures must be > 0, got {self.sapo_tau_pos}, {self.sapo_tau_neg}"
+            )
         AGG_MODES.get(self.agg_mode)  # fail at config time, with a suggestion
 
     @property
@@ -247,6 +255,69 @@ def gspo(
     return LossOutputs(agg_loss(pg_loss, mask, cfg.agg_mode, cfg.max_len), metrics)
 
 
+@register_policy_loss("cispo")
+def cispo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig,
+) -> LossOutputs:
+    """CISPO (MiniMax-M1, 2025): -sg(clip(ratio)) * A * logp, a REINFORCE term weighted by
+    the clipped, stop-gradient importance ratio, so no token loses its gradient to the clip.
+
+    Written as -A * sg(w) * exp(logp - sg(logp)): value -A * w, gradient -A * w * grad(logp).
+    w = clamp(ratio, 1 - clip_eps, 1 + clip_eps_high); the paper bounds it above only, with
+    a large upper bound (e.g. clip_eps_high = 4: w <= 5).
+    """
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask)  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    weight = ratio.detach().clamp(1.0 - cfg.clip_eps, 1.0 + cfg.upper_eps)  # (B, T)
+    log_self = _select(logprobs - logprobs.detach(), mask)  # (B, T), value 0
+    pg_loss = -_token_advantages(advantages, logprobs.dtype) * weight * torch.exp(log_self)
+    clipped = (weight != ratio.detach()) & mask.bool()  # (B, T): where the clamp bit
+    metrics = _diagnostics(log_ratio, ratio, clipped, mask)
+    return LossOutputs(agg_loss(pg_loss, mask, cfg.agg_mode, cfg.max_len), metrics)
+
+
+@register_policy_loss("sapo")
+def sapo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PolicyLossConfig,
+) -> LossOutputs:
+    """SAPO (Gao et al., 2025): a soft gate instead of the hard clip, -g(ratio) * A with
+    g(r) = sigmoid(tau * (r - 1)) * 4 / tau, tau = sapo_tau_pos where A > 0, else
+    sapo_tau_neg (TRL's and verl's form). g'(1) = 1: on-policy the gradient is
+    REINFORCE's; far from 1 it fades smoothly. The paper uses tau_pos 1.0, tau_neg 1.05.
+    """
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask)  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    adv = _token_advantages(advantages, ratio.dtype)  # (B, 1) or (B, T)
+    tau = torch.where(adv > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg)  # (B, 1) or (B, T)
+    gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)  # (B, T)
+    pg_loss = -adv * gate  # (B, T)
+    never = torch.zeros_like(mask, dtype=torch.bool)
+    metrics = _diagnostics(log_ratio, ratio, never, mask)
+    return LossOutputs(agg_loss(pg_loss, mask, cfg.agg_mode, cfg.max_len), metrics)
+
+
+def top_entropy_mask(entropy: Tensor, mask: Tensor, quantile: float) -> Tensor:
+    """(B, T) bool: the valid tokens whose entropy is in the top `quantile` fraction of the
+    valid tokens' ("Beyond the 80/20 Rule", Wang et al., 2025; TRL's top_entropy_quantile).
+
+    The threshold is the (1 - quantile) quantile (linear interpolation, torch.quantile's)
+    of the valid entropies; quantile 1 keeps every valid token.
+    """
+    valid = mask.bool()
+    if quantile >= 1.0 or not bool(valid.any()):
+        return valid
+    threshold = torch.quantile(entropy.detach()[valid].float(), 1.0 - quantile)
+    return valid & (entropy.detach() >= threshold)
+
+
 # ---------------------------------------------------------------- KL to the reference
 
 KlFn = Callable[[Tensor, Tensor], Tensor]
@@ -282,11 +353,20 @@ def compute_loss(
     policy_loss: str = "ppo_clip",
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> LossOutputs:
-    """Policy loss + kl_coef * KL penalty, both aggregated with cfg.agg_mode."""
+    """Policy loss + kl_coef * KL penalty - entropy_coef * entropy, each aggregated with
+    cfg.agg_mode; `entropy` (B, T) must carry its graph when entropy_coef != 0."""
     out = POLICY_LOSSES.get(policy_loss)(logprobs, old_logprobs, advantages, mask, cfg)
     metrics = {**out.metrics, "policy_loss": out.loss.item()}
     loss = out.loss
+    if entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the token entropies")
+        bonus = agg_loss(entropy, mask, cfg.agg_mode, cfg.max_len)
+        metrics["entropy_bonus"] = bonus.item()
+        loss = loss - entropy_coef * bonus
     if ref_logprobs is None:
         if kl_coef != 0.0:
             raise ValueError("kl_coef != 0 needs ref_logprobs")

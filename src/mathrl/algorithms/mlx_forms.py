@@ -242,6 +242,63 @@ def gspo(
     return MlxLossOutputs(agg_loss(pg_loss, mask, cfg.agg_mode, cfg.max_len), stats)
 
 
+@MLX_POLICY_LOSSES.register("cispo")
+def cispo(
+    logprobs: mx.array,
+    old_logprobs: mx.array,
+    advantages: mx.array,
+    mask: mx.array,
+    cfg: PolicyLossConfig,
+) -> MlxLossOutputs:
+    """CISPO (MiniMax-M1, 2025): -sg(clip(ratio)) * A * logp; value -A * w, gradient
+    -A * w * grad(logp), w = clip(ratio, 1 - clip_eps, 1 + clip_eps_high)."""
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask)  # (B, T)
+    ratio = mx.exp(log_ratio)  # (B, T)
+    weight = mx.clip(mx.stop_gradient(ratio), 1.0 - cfg.clip_eps, 1.0 + cfg.upper_eps)
+    log_self = _select(logprobs - mx.stop_gradient(logprobs), mask)  # (B, T), value 0
+    pg_loss = -_token_advantages(advantages, logprobs.dtype) * weight * mx.exp(log_self)
+    clipped = (weight != mx.stop_gradient(ratio)) & mask.astype(mx.bool_)  # (B, T)
+    stats = _diagnostics(log_ratio, ratio, clipped, mask)
+    return MlxLossOutputs(agg_loss(pg_loss, mask, cfg.agg_mode, cfg.max_len), stats)
+
+
+@MLX_POLICY_LOSSES.register("sapo")
+def sapo(
+    logprobs: mx.array,
+    old_logprobs: mx.array,
+    advantages: mx.array,
+    mask: mx.array,
+    cfg: PolicyLossConfig,
+) -> MlxLossOutputs:
+    """SAPO (Gao et al., 2025): -g(ratio) * A, g(r) = sigmoid(tau * (r - 1)) * 4 / tau,
+    tau = sapo_tau_pos where A > 0, else sapo_tau_neg."""
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask)  # (B, T)
+    ratio = mx.exp(log_ratio)  # (B, T)
+    adv = _token_advantages(advantages, ratio.dtype)  # (B, 1) or (B, T)
+    tau = mx.where(adv > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg).astype(ratio.dtype)
+    gate = mx.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)  # (B, T)
+    pg_loss = -adv * gate  # (B, T)
+    never = mx.zeros(mask.shape, dtype=mx.bool_)
+    stats = _diagnostics(log_ratio, ratio, never, mask)
+    return MlxLossOutputs(agg_loss(pg_loss, mask, cfg.agg_mode, cfg.max_len), stats)
+
+
+def top_entropy_mask_mlx(entropy: mx.array, mask: mx.array, quantile: float) -> mx.array:
+    """(B, T) bool: valid tokens in the top `quantile` fraction of valid entropies
+    (torch.quantile's linear interpolation, computed on the sorted valid values)."""
+    valid = mask.astype(mx.bool_)
+    n = int(_item(valid.astype(mx.int32).sum()))
+    if quantile >= 1.0 or n == 0:
+        return valid
+    ent = mx.stop_gradient(entropy).astype(mx.float32)
+    # valid entropies first, sorted ascending; padding goes to the end as +inf
+    ordered = mx.sort(mx.where(valid, ent, mx.inf).reshape(-1))[:n]
+    pos = (1.0 - quantile) * (n - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    threshold = ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return valid & (ent >= threshold)
+
+
 # ---------------------------------------------------------------- KL to the reference
 
 MlxKlFn = Callable[[mx.array, mx.array], mx.array]
@@ -276,11 +333,20 @@ def compute_loss_mlx(
     policy_loss: str = "ppo_clip",
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    entropy: mx.array | None = None,
+    entropy_coef: float = 0.0,
 ) -> MlxLossOutputs:
-    """Policy loss + kl_coef * KL penalty, both aggregated with cfg.agg_mode."""
+    """Policy loss + kl_coef * KL penalty - entropy_coef * entropy, each aggregated with
+    cfg.agg_mode."""
     out = MLX_POLICY_LOSSES.get(policy_loss)(logprobs, old_logprobs, advantages, mask, cfg)
     stats = {**out.stats, "policy_loss": mx.stop_gradient(out.loss)}
     loss = out.loss
+    if entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the token entropies")
+        bonus = agg_loss(entropy, mask, cfg.agg_mode, cfg.max_len)
+        stats["entropy_bonus"] = mx.stop_gradient(bonus)
+        loss = loss - entropy_coef * bonus
     if ref_logprobs is None:
         if kl_coef != 0.0:
             raise ValueError("kl_coef != 0 needs ref_logprobs")

@@ -55,6 +55,8 @@ class MicroStats:
     loss_stats: dict[str, float] = field(default_factory=dict)
     """compute_loss's metrics of the micro-batch (unweighted)."""
     entropy_sum: float = 0.0
+    entropy_masked: float | None = None
+    """Valid tokens train.top_entropy_quantile kept out of the policy gradient."""
     lp_diff: float | None = None
     tis_capped: float | None = None
 

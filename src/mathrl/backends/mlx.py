@@ -29,6 +29,7 @@ from mathrl.algorithms.mlx_forms import (
     MLX_TWINS,
     agg_share,
     compute_loss_mlx,
+    top_entropy_mask_mlx,
     truncated_is_weights_mlx,
 )
 from mathrl.backends.base import Backend, Encoded, MicroStats, RLPass
@@ -204,14 +205,16 @@ class MlxBackend(Backend):
         weight = agg_share(t.loss_agg, batch.mask, p.total_tokens, p.total_seqs)
         grad_fn = self._grad_fn(model, "rl", rl_objective)
         adv = mx.array(advantages.numpy())  # (b,)
-        (_, old, entropy, loss_stats, capped), g = grad_fn(
+        (_, old, entropy, loss_stats, capped, masked), g = grad_fn(
             model, batch, adv, weight, cfg, p, tis_cap
         )
         self._accumulate(g)
         # evaluate now: a lazy sum would keep every micro-batch's activations alive until
         # the clip, so micro_batch_size would no longer bound memory
-        mx.eval(self.grads, old, entropy, loss_stats, capped)
+        mx.eval(self.grads, old, entropy, loss_stats, capped, masked)
         stats = MicroStats(weight=weight, tokens=float(batch.mask.sum()))
+        if t.top_entropy_quantile < 1.0:
+            stats.entropy_masked = float(masked)
         if tis_cap > 0:
             stats.tis_capped = float(capped)
         if not p.rollout_logprobs and p.first:
@@ -277,7 +280,8 @@ def rl_objective(
     model: Any, b: RLBatch, adv: Any, weight: float, cfg: Config, p: RLPass, tis_cap: float
 ) -> tuple[Any, ...]:
     """The micro-batch's loss share (differentiated) and, as side outputs, the old
-    log-probs, entropies, loss statistics and the count of capped IS weights."""
+    log-probs, entropies, loss statistics, the count of capped IS weights and of tokens
+    the entropy quantile kept out of the gradient."""
     t = cfg.train
     logprobs, entropy = completion_logprobs_mlx(model, b.ids, b.pos, return_entropy=True)
     old = mx.stop_gradient(logprobs) if b.old is None else b.old
@@ -286,10 +290,25 @@ def rl_objective(
         tis, capped_mask = truncated_is_weights_mlx(old, b.sampled, b.mask, tis_cap)
         adv = adv[:, None] * tis
         capped = capped_mask.sum()
+    masked = mx.array(0.0)
+    if t.top_entropy_quantile < 1.0:  # only the high-entropy tokens carry policy gradient
+        keep = top_entropy_mask_mlx(entropy, b.mask, t.top_entropy_quantile)  # (b, T)
+        adv = (adv[:, None] if adv.ndim == 1 else adv) * keep.astype(adv.dtype)
+        masked = (b.mask.astype(mx.bool_) & ~keep).astype(mx.float32).sum()
     out = compute_loss_mlx(
-        logprobs, old, b.ref, adv, b.mask, p.loss_cfg, t.policy_loss, t.kl_coef, t.kl_estimator
+        logprobs,
+        old,
+        b.ref,
+        adv,
+        b.mask,
+        p.loss_cfg,
+        t.policy_loss,
+        t.kl_coef,
+        t.kl_estimator,
+        entropy,
+        t.entropy_coef,
     )
-    return out.loss * weight, old, entropy, out.stats, capped
+    return out.loss * weight, old, mx.stop_gradient(entropy), out.stats, capped, masked
 
 
 def sft_objective(model: Any, ids: Any, mask: Any, n_tokens: int, weight: float) -> tuple[Any, Any]:

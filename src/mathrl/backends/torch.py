@@ -19,7 +19,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from mathrl import dist, fsdp
-from mathrl.algorithms import agg_share, compute_loss, truncated_is_weights
+from mathrl.algorithms import agg_share, compute_loss, top_entropy_mask, truncated_is_weights
 from mathrl.backends.base import Backend, Encoded, MicroStats, RLPass
 from mathrl.config import Config
 from mathrl.errors import MathrlError
@@ -132,7 +132,12 @@ class TorchBackend(Backend):
         t = cfg.train
         cmask = batch.batch.completion_mask
         logprobs, entropy = completion_logprobs(
-            model, batch.batch, return_entropy=True, share_prompts=t.share_prompts
+            model,
+            batch.batch,
+            return_entropy=True,
+            share_prompts=t.share_prompts,
+            chunk_tokens=t.logprob_chunk_tokens,
+            entropy_grad=t.entropy_coef != 0.0,
         )
         if advantages is None:  # the other ranks' passes need this one; it adds nothing
             (logprobs.sum() * 0.0).backward()
@@ -150,6 +155,10 @@ class TorchBackend(Backend):
                 stats.tis_capped = capped.sum().item()
             if p.first:
                 stats.lp_diff = ((old - sampled).abs() * cmask).sum().item()
+        if t.top_entropy_quantile < 1.0:  # only the high-entropy tokens carry policy gradient
+            keep = top_entropy_mask(entropy, cmask, t.top_entropy_quantile)  # (b, T)
+            adv = (adv[:, None] if adv.dim() == 1 else adv) * keep.to(adv.dtype)
+            stats.entropy_masked = float((cmask.bool() & ~keep).sum().item())
         out = compute_loss(
             logprobs,
             old,
@@ -160,11 +169,13 @@ class TorchBackend(Backend):
             t.policy_loss,
             t.kl_coef,
             t.kl_estimator,
+            entropy,
+            t.entropy_coef,
         )
         (out.loss * stats.weight).backward()
         stats.tokens = cmask.sum().item()
         stats.loss_stats = dict(out.metrics)
-        stats.entropy_sum = (entropy * cmask).sum().item()
+        stats.entropy_sum = (entropy.detach() * cmask).sum().item()
         return stats
 
     def sft_backward(

@@ -69,7 +69,7 @@ class Config:
         check_rollout_compile(self)
         check_train(self.train, self.rollout, self.sft)
         check_sampling(self.rollout, self.eval)
-        check_task(self.task, self.data)
+        check_task(self.task, self.data, self.rollout)
         check_reward_workers(self.task, self.train)
         check_model_and_data(self.model, self.data)
         check_schedules(self.checkpoint, self.log, self.warmup, self.sft, self.expert_iter)

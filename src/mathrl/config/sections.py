@@ -109,6 +109,9 @@ class TaskConfig:
     weight = 0.5}, {fn = "task"}]: fn is an import path to a TRL-style function
     fn(completions, **columns) -> list[float | None], or task / correct / format; optional
     name (metric reward/<name>) and completions = messages (TRL's chat form) or text.
+    fn = "overlong" is DAPO's soft overlong punishment (Yu et al., 2025) on the
+    completion's token count: 0 up to rollout.max_new_tokens - task.overlong_buffer, then
+    linear to -1 at rollout.max_new_tokens, times weight (DAPO: weight 1).
     Empty: the task's reward under task.reward_scheme."""
     mixture: list[MixtureEntry] = field(default_factory=list)
     """Train on several tasks at once, e.g. [{name = "add", set = ["task.name=arithmetic"]},
@@ -116,6 +119,9 @@ class TaskConfig:
     (--set form; without task.name in them, `name` is the task's name) and keeps its own
     prompt, data and reward; weight is its share of the sampled prompts. Held-out metrics
     are the entries' test splits together. Empty: one task."""
+    overlong_buffer: int = 0
+    """Tokens before rollout.max_new_tokens where the `overlong` reward term starts to
+    punish (DAPO: 4096 of 20480, a fifth); needed when task.rewards names overlong."""
 
 
 @dataclass
@@ -257,9 +263,16 @@ class TrainConfig:
     """The RL optimisation."""
 
     algorithm: str = "grpo"
-    """Advantage estimator (mathrl.algorithms.ADVANTAGES)."""
+    """Advantage estimator (mathrl.algorithms.ADVANTAGES): grpo (DeepSeekMath, Shao et al.,
+    2024), dr_grpo (Liu et al., 2025), rloo (Ahmadian et al., 2024), reinforce (EMA
+    baseline), reinforce_pp / reinforce_pp_baseline (REINFORCE++, Hu, 2025: the reward, or
+    reward minus group mean, whitened over the whole step's batch; the paper recommends
+    reinforce_pp_baseline with groups)."""
     policy_loss: str = "ppo_clip"
-    """Policy loss (mathrl.algorithms.POLICY_LOSSES)."""
+    """Policy loss (mathrl.algorithms.POLICY_LOSSES): ppo_clip (PPO / GRPO), vanilla, gspo
+    (Zheng et al., 2025: clip_eps 3e-4, clip_eps_high 4e-4), cispo (MiniMax-M1, 2025:
+    clipped stop-gradient IS weight on REINFORCE; a large clip_eps_high, e.g. 4), sapo (Gao
+    et al., 2025: soft gate, sapo_tau_pos 1.0, sapo_tau_neg 1.05)."""
     loss_agg: str = "token-mean"
     """How token losses become one number (mathrl.algorithms.AGG_MODES)."""
     steps: int = 100
@@ -310,6 +323,29 @@ class TrainConfig:
     """CPU seconds one reward call may use (RLIMIT_CPU, inherited by processes it starts); a call over it kills its worker (reward 0). 0: no limit."""
     nonfinite: str = "skip"
     """On a non-finite loss or gradient: skip the step, or stop the run."""
+    mask_truncated: bool = False
+    """Completions cut at rollout.max_new_tokens get no policy gradient and leave the loss
+    normaliser (DAPO's overlong filtering, Yu et al., 2025; TRL's
+    mask_truncated_completions). Recommended true when many completions hit the limit."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus in the loss (- entropy_coef x the aggregated token
+    entropy; Williams & Peng, 1991, as in PPO). Small if used, e.g. 0.001: LLM policies
+    rarely need it and a large one makes outputs random."""
+    top_entropy_quantile: float = 1.0
+    """Only this top fraction of each micro-batch's tokens by entropy carries policy
+    gradient ("Beyond the 80/20 Rule", Wang et al., 2025; TRL's top_entropy_quantile).
+    The paper recommends 0.2; 1.0 keeps every token."""
+    sapo_tau_pos: float = 1.0
+    """policy_loss = "sapo": gate temperature where the advantage is positive (SAPO, Gao
+    et al., 2025: 1.0)."""
+    sapo_tau_neg: float = 1.05
+    """policy_loss = "sapo": gate temperature where the advantage is negative (SAPO: 1.05,
+    larger than sapo_tau_pos so negative updates fade faster)."""
+    logprob_chunk_tokens: int = 0
+    """Tokens per chunk of the output head in the training forward: with grad each chunk is
+    recomputed in backward, so at most chunk x vocabulary float32 logits exist at once
+    (same values and gradients). 0: all completion tokens in one pass. For large
+    vocabularies, e.g. 1024."""
     tis_cap: float = 0.0
     """Truncated importance sampling: weight each token's policy loss by min(pi_trainer /
     pi_sampler, tis_cap) (>= 1; 0 = off), for a sampler whose log-probs differ from the

@@ -217,6 +217,19 @@ def check_train(t: s.TrainConfig, r: s.RolloutConfig, sft: s.SFTConfig) -> None:
         t.collective_timeout_s > 0,
         f"train.collective_timeout_s must be > 0, got {t.collective_timeout_s}",
     )
+    _check(
+        math.isfinite(t.entropy_coef), f"train.entropy_coef must be finite, got {t.entropy_coef}"
+    )
+    _check(
+        0 < t.top_entropy_quantile <= 1,
+        f"train.top_entropy_quantile must be in (0, 1], got {t.top_entropy_quantile}",
+    )
+    for key, v in (("train.sapo_tau_pos", t.sapo_tau_pos), ("train.sapo_tau_neg", t.sapo_tau_neg)):
+        _check(math.isfinite(v) and v > 0, f"{key} must be > 0 and finite, got {v}")
+    _check(
+        t.logprob_chunk_tokens >= 0,
+        f"train.logprob_chunk_tokens must be >= 0, got {t.logprob_chunk_tokens}",
+    )
 
 
 def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
@@ -247,7 +260,7 @@ def check_sampling(r: s.RolloutConfig, e: s.EvalConfig) -> None:
         _check(1 <= k <= e.n, f"eval.k entries must be in [1, eval.n={e.n}], got {k}")
 
 
-def check_task(task: s.TaskConfig, d: s.DataConfig) -> None:
+def check_task(task: s.TaskConfig, d: s.DataConfig, r: s.RolloutConfig) -> None:
     """The qa task has a data source; task.rewards terms are well formed (imports are
     checked when the run starts, mathrl.data.check_rewards)."""
     _check(
@@ -272,6 +285,18 @@ def check_task(task: s.TaskConfig, d: s.DataConfig) -> None:
             )
     dupes = sorted({n for n in labels if labels.count(n) > 1})
     _check(not dupes, f"task.mixture names must be unique, repeated: {', '.join(dupes)}")
+
+    if any(spec.fn == "overlong" for spec in task.rewards):
+        _check(
+            not task.mixture,
+            "task.rewards names overlong, which task.mixture does not support yet: train "
+            "one task, or leave overlong out",
+        )
+        _check(
+            1 <= task.overlong_buffer <= r.max_new_tokens,
+            "task.rewards names overlong: task.overlong_buffer must be in [1, "
+            f"rollout.max_new_tokens = {r.max_new_tokens}], got {task.overlong_buffer}",
+        )
 
 
 def check_reward_workers(task: s.TaskConfig, t: s.TrainConfig) -> None:

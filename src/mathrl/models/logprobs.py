@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
+from torch.utils.checkpoint import checkpoint
 
 from mathrl.models.precision import forward_autocast, pad_multiple
 
@@ -27,6 +28,7 @@ def sequence_logprobs(
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     return_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each token given the ones before it, at completion positions; 0 elsewhere.
 
@@ -34,7 +36,7 @@ def sequence_logprobs(
     model's output at t-1, so position 0 is never scored. Logits are computed only at scored
     positions (the lm_head over the full vocabulary dominates memory), in float32. With
     `return_entropy`, also returns the entropy of the model's next-token distribution at each
-    scored position, (B, L), computed without a graph (it is a metric, never a loss term).
+    scored position, (B, L), computed without a graph unless `entropy_grad` (a loss term).
     Differentiable: wrap in torch.no_grad() for old/ref log-probs.
     """
     targets = completion_mask.bool().clone()  # (B, L)
@@ -42,22 +44,83 @@ def sequence_logprobs(
     # Output at t-1 predicts token t: select outputs with the targets shifted one step left.
     with forward_autocast(model):
         logits = _selected_logits(model, input_ids, attention_mask, targets[:, 1:])  # (N, V)
-    return _scatter_scores(logits, input_ids, targets, return_entropy)
+    return _scatter_scores(logits, input_ids, targets, return_entropy, entropy_grad)
 
 
 def _scatter_scores(
-    logits: torch.Tensor, token_ids: torch.Tensor, targets: torch.Tensor, return_entropy: bool
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    targets: torch.Tensor,
+    return_entropy: bool,
+    entropy_grad: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(N, V) logits of the `targets` (B, T) positions -> (B, T) log-probs [and entropies]."""
-    logp_all = F.log_softmax(logits.float(), dim=-1)  # (N, V)
-    token_logp = logp_all.gather(-1, token_ids[targets].unsqueeze(-1)).squeeze(-1)  # (N,)
-    zeros = torch.zeros(targets.shape, dtype=torch.float32, device=token_ids.device)
+    token_logp, entropy_tok = _token_scores(
+        logits, token_ids[targets], return_entropy, entropy_grad
+    )
+    return _place(token_logp, entropy_tok, targets)
+
+
+def _place(
+    token_logp: torch.Tensor, entropy_tok: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(N,) scores of the `targets` (B, T) positions laid out as (B, T), 0 elsewhere."""
+    zeros = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     logprobs = zeros.masked_scatter(targets, token_logp)  # (B, T)
-    if not return_entropy:
+    if entropy_tok is None:
         return logprobs
-    with torch.no_grad():
-        entropy_tok = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
     return logprobs, zeros.masked_scatter(targets, entropy_tok)
+
+
+def _token_scores(
+    logits: torch.Tensor, ids: torch.Tensor, entropy: bool, entropy_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) log-prob of `ids` and (N,) entropy (None unless `entropy`) under (N, V) logits,
+    in float32; the entropy keeps its graph only with `entropy_grad` (a loss term)."""
+    logp_all = F.log_softmax(logits.float(), dim=-1)  # (N, V)
+    token_logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (N,)
+    if not entropy:
+        return token_logp, None
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy_tok = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
+    return token_logp, entropy_tok
+
+
+def _head_chunk(
+    head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, entropy: bool, entropy_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk's log-probs and entropies, (n,) each, from (n, H) decoder states."""
+    return _token_scores(head(hidden), ids, entropy, entropy_grad)
+
+
+def head_scores(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    chunk_tokens: int = 0,
+    entropy_grad: bool = False,
+    entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) log-probs of `ids` and (N,) entropies (None unless `entropy`) from (N, H)
+    last hidden states.
+
+    chunk_tokens > 0: the head runs on at most that many positions at a time, and with
+    grad each chunk is checkpointed (its logits recomputed in backward), so no more than
+    one chunk's (chunk_tokens, V) float32 logits ever exist; the values and gradients are
+    the plain path's. 0: one (N, V) pass.
+    """
+    n = hidden.shape[0]
+    if chunk_tokens <= 0 or n <= chunk_tokens:
+        return _head_chunk(head, hidden, ids, entropy, entropy_grad)
+    parts = []
+    for start in range(0, n, chunk_tokens):
+        args = (head, hidden[start : start + chunk_tokens], ids[start : start + chunk_tokens])
+        if torch.is_grad_enabled():  # recomputed in backward: the logits are not kept
+            parts.append(checkpoint(_head_chunk, *args, entropy, entropy_grad, use_reentrant=False))
+        else:
+            parts.append(_head_chunk(*args, entropy, entropy_grad))
+    logp = torch.cat([p[0] for p in parts])  # (N,)
+    return logp, torch.cat([p[1] for p in parts]) if entropy else None
 
 
 def round_up(width: int, multiple: int) -> int:
@@ -166,8 +229,14 @@ def completion_logprobs(
     batch: CompletionBatch,
     return_entropy: bool = False,
     share_prompts: bool = True,
+    chunk_tokens: int = 0,
+    entropy_grad: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(B, T) log-probs of each completion token (0 at padding) [and entropies].
+
+    chunk_tokens, entropy_grad: see head_scores (the shared-prompt path; a model whose
+    head is not separable computes its logits in one pass). The entropies are metrics
+    without a graph unless entropy_grad.
 
     With `share_prompts` (and a model whose logits are lm_head(decoder states)), each
     distinct prompt runs through the decoder once and its key/value cache is shared by all
@@ -179,10 +248,18 @@ def completion_logprobs(
     if share_prompts and _head_is_separable(model):
         with forward_autocast(model):
             hidden = _shared_prompt_hidden(model, batch)  # (B, T, H)
-            logits = model.get_output_embeddings()(hidden[targets])  # (N, V)
-        return _scatter_scores(logits, batch.completion_ids, targets, return_entropy)
+            head = model.get_output_embeddings()
+            logp, entropy = head_scores(
+                head,
+                hidden[targets],
+                batch.completion_ids[targets],
+                chunk_tokens,
+                entropy_grad,
+                entropy=return_entropy,
+            )  # (N,), (N,) or None
+        return _place(logp, entropy, targets)
     ids, attn, cmask = _full_sequences(batch, pad_multiple(model))
-    out = sequence_logprobs(model, ids, attn, cmask, return_entropy)
+    out = sequence_logprobs(model, ids, attn, cmask, return_entropy, entropy_grad)
     # Scored positions come in the same row-major order in both layouts: move them over.
     full = cmask.bool()
 

@@ -173,7 +173,7 @@ def _entropy_kl_panel(ax: Any, metrics: list[dict[str, Any]]) -> bool:
 
     Each axis is labelled in its curve's colour, in place of a legend that would cover them.
     """
-    entropy = series(metrics, "rollout/entropy")
+    entropy = series(metrics, "policy/entropy")
     kl_key = "loss/kl" if series(metrics, "loss/kl")[0] else "loss/approx_kl"
     kl = series(metrics, kl_key)
     if not entropy[0] and not kl[0]:

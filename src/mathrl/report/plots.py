@@ -37,7 +37,7 @@ TIME_KEYS = ("time/rollout_s", "time/reward_s", "time/train_s")
 # name -> panels (one subplot each) -> metric keys drawn in that panel.
 LINE_PLOTS: dict[str, tuple[str, list[list[str]]]] = {
     "accuracy": ("Accuracy (training rollouts)", [["reward/accuracy", "reward/accuracy_lenient"]]),
-    "entropy": ("Policy entropy", [["rollout/entropy"]]),
+    "entropy": ("Policy entropy", [["policy/entropy"]]),
     "length": (
         "Completion length",
         [["rollout/len_mean", "rollout/len_max"], ["rollout/clipped_frac"]],

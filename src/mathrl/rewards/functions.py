@@ -10,7 +10,9 @@ scored": that function is left out of the sample's reward and the sample's reaso
 
 task.rewards lists `RewardFn`s; the reward is sum(weight * value). `fn` is an import path
 `pkg.module:name` or a built-in: `task` (the task's reward under task.reward_scheme),
-`correct` (1/0 strict) or `format` (1/0 format followed). Each value is logged as the
+`correct` (1/0 strict), `format` (1/0 format followed) or `overlong` (DAPO's soft length
+penalty, `overlong_penalty`: it needs the token count, so the trainer adds it after the
+pool has scored the text, `with_overlong`). Each value is logged as the
 reward component `name` (default: the function's name), so metrics read `reward/<name>`.
 
 Scoring runs inside the bounded reward pool (mathrl.rewards.pool), one completion per
@@ -35,7 +37,7 @@ from mathrl.errors import ConfigError
 from mathrl.rewards.pool import CPU_S, MEMORY_MB, RewardPool
 from mathrl.rewards.scoring import RewardResult, combine
 
-BUILTINS = ("task", "correct", "format")
+BUILTINS = ("task", "correct", "format", "overlong")
 """Built-in reward values a RewardFn may name instead of an import path."""
 
 RESERVED = frozenset(
@@ -201,6 +203,8 @@ def score_with_functions(
     weights: dict[str, float] = {}
     unscored = []
     for spec in specs:
+        if spec.fn == "overlong":
+            continue  # a function of the token count: with_overlong adds it
         if spec.fn in BUILTINS:
             value: float | None = builtin[spec.fn]
         else:
@@ -215,6 +219,35 @@ def score_with_functions(
         reward=combine(values, weights),
         components={**base.components, **values},
         reason=reason,
+    )
+
+
+def overlong_penalty(n_tokens: int, max_tokens: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment (Yu et al., 2025): 0 up to max_tokens - buffer
+    tokens, then linear down to -1 at max_tokens, and -1 beyond."""
+    if buffer < 1 or buffer > max_tokens:
+        raise ConfigError(f"overlong buffer must be in [1, {max_tokens}], got {buffer}")
+    excess = n_tokens - (max_tokens - buffer)
+    return 0.0 if excess <= 0 else -min(1.0, excess / buffer)
+
+
+def with_overlong(
+    result: RewardResult,
+    n_tokens: int,
+    specs: Sequence[RewardFn],
+    max_tokens: int,
+    buffer: int,
+) -> RewardResult:
+    """`result` with each `overlong` term of specs added: weight x overlong_penalty, logged
+    as the component of its label."""
+    terms = [spec for spec in specs if spec.fn == "overlong"]
+    if not terms:
+        return result
+    value = overlong_penalty(n_tokens, max_tokens, buffer)
+    return dataclasses.replace(
+        result,
+        reward=result.reward + sum(spec.weight * value for spec in terms),
+        components={**result.components, **{spec.label: value for spec in terms}},
     )
 
 

@@ -8,7 +8,7 @@ from mathrl.rl.state import (
     save_checkpoint,
     step_scheduler,
 )
-from mathrl.rl.step import advantages_for, keep_rows, loss_config, train_step
+from mathrl.rl.step import advantages_for, keep_rows, loss_config, train_step, truncated_rows
 
 __all__ = [
     "TrainState",
@@ -20,4 +20,5 @@ __all__ = [
     "save_checkpoint",
     "step_scheduler",
     "train_step",
+    "truncated_rows",
 ]

@@ -28,14 +28,18 @@ from mathrl.errors import MathrlError
 from mathrl.groups import Group
 from mathrl.rl.state import TrainState
 
-LOSS_KEYS = ("loss", "policy_loss")
+LOSS_KEYS = ("loss", "policy_loss", "entropy_bonus")
 """compute_loss metrics that are parts of the loss (weighted like it), not token means."""
 
 
-def advantages_for(cfg: Config, state: TrainState, rewards: torch.Tensor) -> torch.Tensor:
+def advantages_for(
+    cfg: Config, state: TrainState, rewards: torch.Tensor, truncated: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample advantages (B,) of the configured estimator, for every backend; a
     stateful one (REINFORCE's baseline) keeps its state in the TrainState, so it is
-    checkpointed and resumed."""
+    checkpointed and resumed. With train.mask_truncated, the rows `truncated` (B,) marks
+    (cut at max_new_tokens) get advantage 0: no policy gradient (their rewards still
+    count in their group's baseline)."""
     t = cfg.train
     advantages, state.baseline = compute_advantages(
         t.algorithm,
@@ -44,7 +48,15 @@ def advantages_for(cfg: Config, state: TrainState, rewards: torch.Tensor) -> tor
         baseline=state.baseline,
         baseline_momentum=t.baseline_momentum,
     )
+    if t.mask_truncated and truncated is not None:
+        advantages = torch.where(truncated, torch.zeros_like(advantages), advantages)
     return advantages
+
+
+def truncated_rows(groups: list[Group]) -> torch.Tensor:
+    """(B,) bool: completions cut at max_new_tokens (finish_reason "length")."""
+    flags = [c.finish_reason == "length" for g in groups for c in g.completions]
+    return torch.tensor(flags, dtype=torch.bool)
 
 
 def train_step(
@@ -66,9 +78,13 @@ def train_step(
     t = cfg.train
     b = backend or backend_for(cfg)
     comps = [c for g in groups for c in g.completions]
-    local: list[float] = [sum(len(c.token_ids) for c in comps), len(comps)]
+    # mask_truncated: truncated rows leave the batch whole (loss normaliser, KL and
+    # entropy terms too), as TRL and DAPO mask them
+    masked = {i for i, c in enumerate(comps) if t.mask_truncated and c.finish_reason == "length"}
+    counted = [c for i, c in enumerate(comps) if i not in masked]
+    local: list[float] = [sum(len(c.token_ids) for c in counted), len(counted)]
     total_tokens, total_seqs = (int(x) for x in dist.all_sum(local))
-    keep = keep_rows(cfg, advantages)
+    keep = [i for i in keep_rows(cfg, advantages) if i not in masked]
     micro = [keep[i : i + t.micro_batch_size] for i in range(0, len(keep), t.micro_batch_size)]
     real = len(micro)  # FSDP: ranks with fewer micro-batches run zero-weight passes on row 0
     micro += [[0]] * (fsdp.padded_count(real, model) - real)
@@ -103,6 +119,8 @@ def add_stats(sums: dict[str, float], s: MicroStats, passes: int) -> None:
         sums["_tis_capped"] = sums.get("_tis_capped", 0.0) + s.tis_capped
     if s.lp_diff is not None:
         sums["_lp_diff"] = sums.get("_lp_diff", 0.0) + s.lp_diff
+    if s.entropy_masked is not None:
+        sums["_entropy_masked"] = sums.get("_entropy_masked", 0.0) + s.entropy_masked
     for k, v in s.loss_stats.items():
         # the losses add up to the batch's loss (/ mu); diagnostics are token means
         w = s.weight / passes if k in LOSS_KEYS else s.tokens
@@ -128,13 +146,15 @@ def loss_config(cfg: Config) -> PolicyLossConfig:
         clip_eps_high=t.clip_eps_high,
         agg_mode=t.loss_agg,
         max_len=cfg.rollout.max_new_tokens,
+        sapo_tau_pos=t.sapo_tau_pos,
+        sapo_tau_neg=t.sapo_tau_neg,
     )
 
 
 def keep_rows(cfg: Config, advantages: torch.Tensor) -> list[int]:
     """Rows that carry a gradient: zero-advantage sequences give exactly zero policy
-    gradient, so they are skipped unless a KL term needs them."""
-    if cfg.train.kl_coef > 0:
+    gradient, so they are skipped unless a KL term or an entropy bonus needs them."""
+    if cfg.train.kl_coef > 0 or cfg.train.entropy_coef != 0:
         return list(range(len(advantages)))
     return torch.nonzero(advantages).flatten().tolist()
 
@@ -148,9 +168,10 @@ def step_metrics(
     passes: int = 1,
 ) -> dict[str, float]:
     """loss/* (the batch's loss, and token means of the diagnostics over the step),
-    rollout/entropy and optim/* metrics."""
+    policy/entropy and optim/* metrics."""
     n = max(1.0, sums.pop("_tokens", 0.0))  # trained tokens x update passes (train.mu)
     lp_diff, tis_capped = sums.pop("_lp_diff", None), sums.pop("_tis_capped", None)
+    entropy_masked = sums.pop("_entropy_masked", None)
     rename = {"policy_loss": "policy", "loss": "total"}
     metrics = {
         f"loss/{rename.get(k, k)}": v if k in LOSS_KEYS else v / n
@@ -160,7 +181,9 @@ def step_metrics(
     for k in ("policy", "total", "clip_frac", "approx_kl"):  # nothing trained: the loss is 0
         metrics.setdefault(f"loss/{k}", 0.0)
     if had_micro:  # entropy of the trained sequences; absent when none carried a gradient
-        metrics["rollout/entropy"] = sums.get("entropy", 0.0) / n
+        metrics["policy/entropy"] = sums.get("entropy", 0.0) / n
+    if entropy_masked is not None:  # share of trained tokens the entropy quantile masked
+        metrics["policy/entropy_masked_frac"] = entropy_masked / n
     if lp_diff is not None:  # mean |trainer - sampler| log-prob per trained token (pass 1)
         metrics["rollout/logprob_diff"] = lp_diff * passes / n
     if tis_capped is not None:  # fraction of token weights the cap cut
