@@ -191,6 +191,7 @@ quiet = true
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 300 SFT steps of a scratch model: ~1 min alone, more beside others
 def test_a_model_with_the_skill_in_another_format_skips_the_warmup(run_cli, tmp_path):
     """A scratch model taught to answer 1-digit sums in \\boxed{} (to prompts asking for
     `####`) has the skill but not the format: the probe finds lenient accuracy above
