@@ -4,6 +4,7 @@ the pass rates, exact resume, the same prompts on two ranks, and the config's re
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -268,3 +269,34 @@ def test_the_buffer_commands_refuse_a_curriculum(run_cli, tiny_config, tmp_path)
 def test_an_empty_training_split_is_an_error():
     with pytest.raises(MathrlError, match="training split is empty"):
         WeightedStream([], 0, StreamPosition(), 0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_skills_recipe_runs_another_architecture(run_cli, tmp_path):
+    """skills/cpu names nothing of SmolLM2 outside [model]: a Llama-shaped scratch model
+    (what `model.path` would name for a real one) runs the whole recipe: the probed warm-up,
+    the mixture under the learnability curriculum, GRPO."""
+    out = tmp_path / "skills"
+    sets = [
+        "model.path=scratch",
+        "model.scratch.arch=llama",
+        "model.scratch.hidden=32",
+        "model.scratch.layers=1",
+        "model.scratch.heads=2",
+        "train.steps=2",
+        "train.prompts_per_step=2",
+        "warmup.auto_steps=2",
+        "model.threads=2",
+    ]
+    res = run_cli(
+        "train", "-c", "skills/cpu", "--out", out, *[a for s in sets for a in ("--set", s)]
+    )
+    assert res.code == 0, res.err
+    decision = json.loads((out / "warmup_sft" / "decision.json").read_text())
+    assert decision["warmup"] is True and decision["first_round_correct"] == 0.0
+    assert decision["after_correct"] is not None
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "curriculum/zone" in r] == [1, 2]
+    assert {r["task"] for r in read_jsonl(out / "rollouts.jsonl")} <= {"add-2digit", "word-2digit"}
+    assert 'arch = "llama"' in (out / "config.toml").read_text()

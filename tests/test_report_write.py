@@ -258,8 +258,8 @@ def test_cli_compare(tmp_path: Path, mathrl_main, capsys: pytest.CaptureFixture[
     printed = capsys.readouterr().out.split()
     assert printed[-1] == str(tmp_path / "cmp" / "compare.html")
     assert {Path(p).stem for p in printed[:-1]} == {
-        "compare_eval", "compare_loss", "compare_optim", "compare_reward", "compare_rollout",
-        "compare_time",
+        "compare_eval", "compare_loss", "compare_optim", "compare_policy", "compare_reward",
+        "compare_rollout", "compare_time",
     }  # fmt: skip
 
 

@@ -96,7 +96,8 @@ def test_a_second_signal_stops_at_once(tiny_config, tmp_path):
     hang = 'task.rewards=[{fn = "task"}, {fn = "reward_fixtures:hangs", weight = 0.0}]'
     proc = _start(tiny_config, out, "--set", hang, "--set", "train.reward_timeout_s=60")
     warm = out / "warmup_sft/checkpoints/step_00000003"
-    deadline = time.time() + 120
+    # the reward's trial batch and the warm-up's before/after rounds each wait on it (30 s)
+    deadline = time.time() + 400
     while not (warm / "manifest.json").is_file() and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.02)
