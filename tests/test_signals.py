@@ -98,7 +98,14 @@ def test_a_second_signal_stops_at_once(tiny_config, tmp_path):
     warm = out / "warmup_sft/checkpoints/step_00000003"
     # the reward's trial batch and the warm-up's before/after rounds each wait on it (30 s)
     deadline = time.time() + 400
-    while not (warm / "manifest.json").is_file() and time.time() < deadline:
+    decision = out / "warmup_sft" / "decision.json"
+
+    def warmed_and_checked() -> bool:  # the warm-up and its after-round are done
+        return (warm / "manifest.json").is_file() and '"after_correct": null' not in (
+            decision.read_text() if decision.is_file() else '"after_correct": null'
+        )
+
+    while not warmed_and_checked() and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.02)
     time.sleep(1.5)  # into the first RL step, waiting on the hung reward
