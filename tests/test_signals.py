@@ -96,16 +96,8 @@ def test_a_second_signal_stops_at_once(tiny_config, tmp_path):
     hang = 'task.rewards=[{fn = "task"}, {fn = "reward_fixtures:hangs", weight = 0.0}]'
     proc = _start(tiny_config, out, "--set", hang, "--set", "train.reward_timeout_s=60")
     warm = out / "warmup_sft/checkpoints/step_00000003"
-    # the reward's trial batch and the warm-up's before/after rounds each wait on it (30 s)
-    deadline = time.time() + 400
-    decision = out / "warmup_sft" / "decision.json"
-
-    def warmed_and_checked() -> bool:  # the warm-up and its after-round are done
-        return (warm / "manifest.json").is_file() and '"after_correct": null' not in (
-            decision.read_text() if decision.is_file() else '"after_correct": null'
-        )
-
-    while not warmed_and_checked() and time.time() < deadline:
+    deadline = time.time() + 120
+    while not (warm / "manifest.json").is_file() and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.02)
     time.sleep(1.5)  # into the first RL step, waiting on the hung reward

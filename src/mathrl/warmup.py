@@ -9,9 +9,9 @@ mostly see all-wrong groups that carry no signal, so the run warms up with
 `warmup.auto_steps` SFT steps. When only the format is missing (strict below the bar,
 lenient at or above it), an SFT warm-up on another style of solutions could cost the skill
 the model has: the run skips it when the reward credits the format (RL then teaches it),
-and shortens it to a quarter otherwise. After any warm-up the same round is sampled from
-the warmed-up model, so decision.json (and the summary) hold strict and lenient accuracy
-before and after.
+and shortens it to a quarter otherwise. After a probed warm-up the same round is sampled
+from the warmed-up model, so decision.json (and the summary) hold strict and lenient
+accuracy before and after.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def maybe_warmup(
     decision = dist.on_main(lambda: read_decision(wdir)) if resume else None
     if decision is None:
         rates: tuple[float | None, float | None] = (None, None)
-        if cfg.warmup.min_positive > 0 or cfg.warmup.steps > 0:
+        if cfg.warmup.steps == 0 and cfg.warmup.min_positive > 0:
             say("warm-up probe: sampling RL's first round from the starting model")
             rates = round_accuracy(cfg, task, run_dir, None)
         decision = decide(cfg, *rates)
@@ -162,7 +162,7 @@ def maybe_warmup(
     if not decision.warmup:
         return None
     warmed = run_warmup(cfg, task, run_dir, resume, allow_change, decision.steps)
-    if decision.after_correct is None:
+    if decision.first_round_correct is not None and decision.after_correct is None:
         say("warm-up check: sampling the same round from the warmed-up model")
         decision.after_correct, decision.after_lenient = round_accuracy(cfg, task, run_dir, warmed)
         dist.on_main(lambda: write_decision(wdir, decision))
