@@ -128,6 +128,40 @@ def test_a_mixture_keeps_each_tasks_prompt_and_reward():
     assert other.fingerprint != task.fingerprint
 
 
+def test_a_mixture_adds_each_tasks_overlong_term_by_token_count():
+    """task.rewards' overlong term under a mixture: each completion gets its own task's
+    penalty (here the arithmetic entry sets a buffer of 8 of 16 tokens, countdown keeps 4),
+    whatever order the completions come in."""
+    from mathrl.groups import score_completions
+    from mathrl.rewards.pool import RewardPool
+    from mathrl.rollout.types import Completion
+
+    sets = [
+        MIXTURE.replace(
+            '"data.arithmetic_test_size=10"',
+            '"data.arithmetic_test_size=10", "task.overlong_buffer=8"',
+        ),
+        'task.rewards=[{fn = "task"}, {fn = "overlong", weight = 0.5}]',
+        "task.overlong_buffer=4",
+        "rollout.max_new_tokens=16",
+        "data.countdown_train_size=20",
+        "data.countdown_test_size=5",
+    ]
+    task = make_task(load_config(None, sets, env=False))
+    add = next(ex for ex in task.examples("train") if task.label_of(ex) == "add-1digit")
+    cd = next(ex for ex in task.examples("train") if task.label_of(ex) == "countdown")
+    # 14 tokens: countdown's penalty (14 - 12) / 4 = 0.5, arithmetic's (14 - 8) / 8 = 0.75
+    texts = [task.response(add), task.response(cd), task.response(add)]
+    comps = [
+        Completion(p, j, [1], [7] * n, t, "eos", [0.0] * n)
+        for j, (p, n, t) in enumerate(zip((0, 1, 0), (14, 14, 4), texts, strict=True))
+    ]
+    with RewardPool(5.0, 0) as pool:
+        results = score_completions(pool, task, [add, cd], comps)
+    assert [r.components["overlong"] for r in results] == [-0.75, -0.5, 0.0]
+    assert [r.reward for r in results] == [1.0 - 0.375, 1.0 - 0.25, 1.0]
+
+
 def test_a_mixture_refuses_an_example_in_two_tasks():
     one = ArithmeticTask("add", 1, train_size=20, test_size=5)
     with pytest.raises(DataError, match="is in both 'x' and 'y'"):

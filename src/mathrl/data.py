@@ -142,10 +142,13 @@ class WithRewardFns:
         return score_with_functions, (fn, args, self.specs, prompt, reward_columns(ex))
 
     def add_length_terms(
-        self, results: list[RewardResult], completions: list[Completion]
+        self,
+        results: list[RewardResult],
+        completions: list[Completion],
+        examples: list[Example] | None = None,
     ) -> list[RewardResult]:
         """The pool's results with the terms that need each completion's token count
-        (`overlong`) added."""
+        (`overlong`) added (`examples`, each completion's, are for a mixture's dispatch)."""
         if not any(spec.fn == "overlong" for spec in self.specs):
             return results
         max_tokens, buffer = self.overlong

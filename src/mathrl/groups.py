@@ -71,7 +71,9 @@ def score_completions(
     results = pool.map(call_reward, [(fn, text, *args) for fn, args, text in items])
     # terms of the token count (task.rewards' overlong) are added outside the text pool
     add_length_terms = getattr(task, "add_length_terms", None)
-    return add_length_terms(results, completions) if add_length_terms else results
+    if add_length_terms is None:
+        return results
+    return add_length_terms(results, completions, [examples[c.prompt_index] for c in completions])
 
 
 def score_groups(

@@ -288,11 +288,6 @@ def check_task(task: s.TaskConfig, d: s.DataConfig, r: s.RolloutConfig) -> None:
 
     if any(spec.fn == "overlong" for spec in task.rewards):
         _check(
-            not task.mixture,
-            "task.rewards names overlong, which task.mixture does not support yet: train "
-            "one task, or leave overlong out",
-        )
-        _check(
             1 <= task.overlong_buffer <= r.max_new_tokens,
             "task.rewards names overlong: task.overlong_buffer must be in [1, "
             f"rollout.max_new_tokens = {r.max_new_tokens}], got {task.overlong_buffer}",

@@ -88,6 +88,22 @@ class MixtureTask:
     def reward_call(self, ex: Example) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         return self._task(ex).reward_call(ex)
 
+    def add_length_terms(
+        self, results: list[Any], completions: list[Any], examples: list[Example]
+    ) -> list[Any]:
+        """Each result with its own task's token-count terms (task.rewards' overlong)
+        added: completion i continues examples[i]."""
+        out = list(results)
+        for i, c in enumerate(self.components):
+            add = getattr(c.task, "add_length_terms", None)
+            rows = [j for j, ex in enumerate(examples) if self._index(ex) == i]
+            if add is None or not rows:
+                continue
+            done = add([results[j] for j in rows], [completions[j] for j in rows])
+            for j, r in zip(rows, done, strict=True):
+                out[j] = r
+        return out
+
     def corpus(self) -> list[str]:
         """Every task's tokenizer corpus (a from-scratch model's tokenizer sees them all)."""
         out: list[str] = []
