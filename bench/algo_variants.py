@@ -4,6 +4,9 @@ with GRPO as it is and with each variant, one run at a time, then one table.
     python bench/algo_variants.py --out runs/variants --seeds 0 1
     python bench/algo_variants.py --out runs/variants --table-only   # re-read finished runs
     python bench/algo_variants.py --config my_recipe.toml --only grpo cispo_mu2
+    python bench/algo_variants.py --config skills/cpu --extra model.path=WARMED \
+        --eval add task.mixture=[] task.name=arithmetic data.arithmetic_kind=add \
+        --eval word task.mixture=[] task.name=arithmetic data.arithmetic_kind=word
 
 --config names the recipe (a preset name or a TOML file; default the quickstart), so the
 same table runs on the real-model recipe. Each run is `mathrl train --config C --out
@@ -11,6 +14,11 @@ OUT/<variant>_s<seed> --set seed=<seed> --set ...`; a finished run (summary.json
 is not run again. The table: held-out greedy pass@1 after RL with its 95 % CI (from
 summary.json), and the mean completion length, policy entropy, truncated share and
 masked share over the last LAST steps (metrics.jsonl).
+
+Each --eval NAME SET... adds a column: `mathrl eval --config C --model RUN --set SET...`
+of every finished run (greedy, strict and lenient, 95 % CI) into RUN/eval_NAME, skipped
+when done. A recipe whose training run evaluates nothing (a task mixture: held-out
+accuracy per task) gets its table from these.
 """
 
 from __future__ import annotations
@@ -58,6 +66,26 @@ def run_variant(config: str, out: Path, name: str, seed: int, extra: list[str]) 
     return run_dir
 
 
+def eval_run(config: str, run_dir: Path, name: str, sets: list[str], limit: int) -> dict:
+    """Greedy pass@1 (strict, lenient, 95 % CI) of a finished run under `sets`, evaluated
+    once into run_dir/eval_<name>."""
+    out = run_dir / f"eval_{name}"
+    if not (out / "eval_summary.json").exists():
+        cmd = [sys.executable, "-m", "mathrl", "eval", "--config", config, "--model"]
+        cmd += [str(run_dir), "--out", str(out), "--limit", str(limit), "--quiet"]
+        cmd += [arg for s in sets for arg in ("--set", s)]
+        with out.with_suffix(".log").open("w") as f:
+            subprocess.run(
+                ["nice", "-n", "19", *cmd], stdout=f, stderr=subprocess.STDOUT, check=True
+            )
+    greedy = json.loads((out / "eval_summary.json").read_text())["greedy"]
+    return {
+        "strict": greedy["pass@1"],
+        "ci": (greedy["pass@1_lo"], greedy["pass@1_hi"]),
+        "lenient": greedy["pass@1_lenient"],
+    }
+
+
 def mean_of(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if key in r]
     return sum(values) / len(values) if values else None
@@ -71,10 +99,10 @@ def row_of(run_dir: Path) -> dict:
     last = [m for m in train if m["step"] > summary["steps"] - LAST]
     return {
         "run": run_dir.name,
-        "before": summary["accuracy_before_rl"],
-        "after": summary["accuracy_after_rl"],
-        "ci": summary["accuracy_after_rl_ci95"],
-        "n": summary["heldout_n"],
+        "before": summary.get("accuracy_before_rl"),
+        "after": summary.get("accuracy_after_rl"),
+        "ci": summary.get("accuracy_after_rl_ci95"),
+        "evals": {},
         "len": mean_of(last, "rollout/len_mean"),
         "entropy": mean_of(last, "policy/entropy"),
         "truncated": mean_of(last, "rollout/clipped_frac"),
@@ -87,19 +115,25 @@ def fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def table(rows: list[dict]) -> str:
-    head = (
-        "| run | pass@1 before | pass@1 after [95 % CI] | len (last 100) | entropy | "
-        "truncated | entropy-masked | wall s |\n|---|---|---|---|---|---|---|---|"
-    )
-    lines = [head]
+def pct(x: float | None, ci: tuple[float, float] | None = None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1%}" + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "")
+
+
+def table(rows: list[dict], evals: list[str]) -> str:
+    cols = ["run", "pass@1 before", "pass@1 after [95 % CI]"]
+    cols += [f"{name} strict [95 % CI] / lenient" for name in evals]
+    cols += ["len (last 100)", "entropy", "truncated", "entropy-masked", "wall s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append(
-            f"| {r['run']} | {r['before']:.1%} | {r['after']:.1%} "
-            f"[{r['ci'][0]:.1%}, {r['ci'][1]:.1%}] | {fmt(r['len'], '.2f')} | "
-            f"{fmt(r['entropy'], '.3f')} | {fmt(r['truncated'], '.3f')} | "
-            f"{fmt(r['masked'], '.2f')} | {r['wall_s']:.0f} |"
-        )
+        cells = [r["run"], pct(r["before"]), pct(r["after"], r["ci"])]
+        for name in evals:
+            e = r["evals"].get(name)
+            cells.append(f"{pct(e['strict'], e['ci'])} / {pct(e['lenient'])}" if e else "-")
+        cells += [fmt(r["len"], ".2f"), fmt(r["entropy"], ".3f"), fmt(r["truncated"], ".3f")]
+        cells += [fmt(r["masked"], ".2f"), f"{r['wall_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -110,6 +144,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--extra", nargs="*", default=[], help="--set overrides for every run")
+    ap.add_argument(
+        "--eval",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "SET"),
+        help="a held-out column: NAME then --set overrides for `mathrl eval` (repeatable)",
+    )
+    ap.add_argument("--limit", type=int, default=500, help="problems per --eval column")
     ap.add_argument("--table-only", action="store_true", help="only read finished runs")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,8 +163,13 @@ def main() -> None:
             if not args.table_only:
                 run_variant(args.config, args.out, name, seed, args.extra)
             if (run_dir / "summary.json").exists():
-                rows.append(row_of(run_dir))
-    print(table(sorted(rows, key=lambda r: r["run"])))
+                row = row_of(run_dir)
+                for name, *sets in args.eval:
+                    done = (run_dir / f"eval_{name}" / "eval_summary.json").exists()
+                    if done or not args.table_only:
+                        row["evals"][name] = eval_run(args.config, run_dir, name, sets, args.limit)
+                rows.append(row)
+    print(table(sorted(rows, key=lambda r: r["run"]), [name for name, *_ in args.eval]))
 
 
 if __name__ == "__main__":
