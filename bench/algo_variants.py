@@ -78,7 +78,7 @@ def eval_run(config: str, run_dir: Path, name: str, sets: list[str], limit: int)
             subprocess.run(
                 ["nice", "-n", "19", *cmd], stdout=f, stderr=subprocess.STDOUT, check=True
             )
-    greedy = json.loads((out / "eval_summary.json").read_text())["greedy"]
+    greedy = json.loads((out / "eval_summary.json").read_text())
     return {
         "strict": greedy["pass@1"],
         "ci": (greedy["pass@1_lo"], greedy["pass@1_hi"]),

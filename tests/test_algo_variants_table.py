@@ -26,7 +26,9 @@ def _run(root: Path, name: str, summary: dict, metrics: list[dict], evals: dict)
     for ev, (p, lo, hi, lenient) in evals.items():
         (run / f"eval_{ev}").mkdir()
         greedy = {"pass@1": p, "pass@1_lo": lo, "pass@1_hi": hi, "pass@1_lenient": lenient}
-        (run / f"eval_{ev}" / "eval_summary.json").write_text(json.dumps({"greedy": greedy}))
+        # the file `mathrl eval` writes: the greedy pass@1 at the top level
+        summary = {"split": "test", "n_problems": 500, **greedy, "n": 1}
+        (run / f"eval_{ev}" / "eval_summary.json").write_text(json.dumps(summary))
 
 
 def test_table_only_reads_summaries_metrics_and_eval_columns(tmp_path, monkeypatch, capsys):
