@@ -58,12 +58,16 @@ def run_variant(config: str, out: Path, name: str, seed: int, extra: list[str]) 
     cmd = [sys.executable, "-m", "mathrl", "train", "--config", config, "--out", str(run_dir)]
     cmd += ["--quiet"] + [arg for s in sets for arg in ("--set", s)]
     t0 = time.time()
-    log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        subprocess.run(["nice", "-n", "19", *cmd], stdout=f, stderr=subprocess.STDOUT, check=True)
+    run_logged(cmd, run_dir.with_suffix(".log"))
     print(f"{name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
     return run_dir
+
+
+def run_logged(cmd: list[str], log: Path) -> None:
+    """Run cmd at nice 19 with its output in log; a failure stops the table."""
+    with log.open("w") as f:
+        subprocess.run(["nice", "-n", "19", *cmd], stdout=f, stderr=subprocess.STDOUT, check=True)
 
 
 def eval_run(config: str, run_dir: Path, name: str, sets: list[str], limit: int) -> dict:
@@ -74,15 +78,12 @@ def eval_run(config: str, run_dir: Path, name: str, sets: list[str], limit: int)
         cmd = [sys.executable, "-m", "mathrl", "eval", "--config", config, "--model"]
         cmd += [str(run_dir), "--out", str(out), "--limit", str(limit), "--quiet"]
         cmd += [arg for s in sets for arg in ("--set", s)]
-        with out.with_suffix(".log").open("w") as f:
-            subprocess.run(
-                ["nice", "-n", "19", *cmd], stdout=f, stderr=subprocess.STDOUT, check=True
-            )
-    greedy = json.loads((out / "eval_summary.json").read_text())
+        run_logged(cmd, out.with_suffix(".log"))
+    summary = json.loads((out / "eval_summary.json").read_text())
     return {
-        "strict": greedy["pass@1"],
-        "ci": (greedy["pass@1_lo"], greedy["pass@1_hi"]),
-        "lenient": greedy["pass@1_lenient"],
+        "strict": summary["pass@1"],
+        "ci": (summary["pass@1_lo"], summary["pass@1_hi"]),
+        "lenient": summary["pass@1_lenient"],
     }
 
 

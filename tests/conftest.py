@@ -34,6 +34,16 @@ def _gsm8k_missing() -> bool:
 
 needs_gsm8k = pytest.mark.skipif(_gsm8k_missing(), reason="set MATHRL_GSM8K to run GSM8K tests")
 
+OVERLONG_SETS = (
+    'task.rewards=[{fn = "task"}, {fn = "overlong", weight = 0.5}]',
+    "task.overlong_buffer=4",
+    "rollout.max_new_tokens=16",
+    "data.countdown_train_size=20",
+    "data.countdown_test_size=5",
+)
+"""task.rewards = task + 0.5 x overlong (a 4-token buffer of 16 new tokens) on a small
+Countdown task: the overlong reward tests' config."""
+
 TINY_COUNTDOWN = """
 seed = 0
 [model]

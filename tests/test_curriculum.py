@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import OVERLONG_SETS
 from mathrl.config import load_config
 from mathrl.curriculum import STATE_KEY, WeightedStream, estimate, weight
 from mathrl.data import StreamPosition, make_task, prompt_stream, training_examples
@@ -141,11 +142,7 @@ def test_a_mixture_adds_each_tasks_overlong_term_by_token_count():
             '"data.arithmetic_test_size=10"',
             '"data.arithmetic_test_size=10", "task.overlong_buffer=8"',
         ),
-        'task.rewards=[{fn = "task"}, {fn = "overlong", weight = 0.5}]',
-        "task.overlong_buffer=4",
-        "rollout.max_new_tokens=16",
-        "data.countdown_train_size=20",
-        "data.countdown_test_size=5",
+        *OVERLONG_SETS,
     ]
     task = make_task(load_config(None, sets, env=False))
     add = next(ex for ex in task.examples("train") if task.label_of(ex) == "add-1digit")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import OVERLONG_SETS
 from mathrl.config import load_config
 from mathrl.data import make_task, reward_columns
 from mathrl.errors import ConfigError, DataError
@@ -597,14 +598,7 @@ def test_overlong_term_is_added_by_token_count_and_logged():
     from mathrl.groups import Group, reward_metrics
     from mathrl.rollout.types import Completion
 
-    sets = [
-        'task.rewards=[{fn = "task"}, {fn = "overlong", weight = 0.5}]',
-        "task.overlong_buffer=4",
-        "rollout.max_new_tokens=16",
-        "data.countdown_train_size=20",
-        "data.countdown_test_size=5",
-    ]
-    task = make_task(load_config(None, sets, env=False))
+    task = make_task(load_config(None, list(OVERLONG_SETS), env=False))
     ex = task.examples("train")[0]
     fn, args = task.reward_call(ex)
     right = fn(task.response(ex), *args)

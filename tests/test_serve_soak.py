@@ -135,9 +135,8 @@ def client(
     port: int,
     until: float,
     stats: Counter,
-    latencies: list,
+    answered: list,
     samples: list,
-    tries_seen: list,
 ):
     rng = random.Random(i)
     url = f"http://127.0.0.1:{port}/v1/completions"
@@ -157,8 +156,7 @@ def client(
                     tries += 1
                 assert r.status_code == 200, r.text
                 got = check_answer(body, r.json())
-                latencies.append(time.monotonic() - started)
-                tries_seen.append(tries)
+                answered.append((time.monotonic() - started, tries))
                 stats["valid answered"] += 1
                 if len(samples) < 24 and rng.random() < 0.1:
                     samples.append(got[0])
@@ -206,8 +204,7 @@ def test_serve_soak(tmp_path):
             time.sleep(0.2)
         rss: list[tuple[float, float]] = []
         stats: Counter[str] = Counter()
-        latencies: list[float] = []
-        tries_seen: list[int] = []
+        answered: list[tuple[float, int]] = []  # (latency s, tries) of each valid request
         samples: list = []
         errors: list[BaseException] = []
         lock = threading.Lock()
@@ -217,7 +214,7 @@ def test_serve_soak(tmp_path):
         def run(i: int) -> None:
             mine: Counter[str] = Counter()  # one per client: no lost updates
             try:
-                client(i, port, until, mine, latencies, samples, tries_seen)
+                client(i, port, until, mine, answered, samples)
             except BaseException as exc:  # reported below
                 errors.append(exc)
             finally:
@@ -270,6 +267,7 @@ def test_serve_soak(tmp_path):
     warm = [m for t, m in rss if t >= SOAK_S / 4]
     assert warm and max(warm) <= warm[0] * 1.15 + 64, rss
 
+    latencies, tries = zip(*answered, strict=True)
     figures = {
         "soak_s": SOAK_S,
         "clients": CLIENTS,
@@ -279,7 +277,7 @@ def test_serve_soak(tmp_path):
             "p95": statistics.quantiles(latencies, n=20)[-1],
         },
         "valid_per_s": stats["valid answered"] / SOAK_S,
-        "valid_tries": {"max": max(tries_seen), "p95": statistics.quantiles(tries_seen, n=20)[-1]},
+        "valid_tries": {"max": max(tries), "p95": statistics.quantiles(tries, n=20)[-1]},
         "rss_mb": {"start": rss[0][1], "after_warmup": warm[0], "max": max(m for _, m in rss)},
         "server": {k: v for k, v in health.items() if isinstance(v, int)},
         "forward_checked": len(samples),

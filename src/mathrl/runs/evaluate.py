@@ -23,15 +23,15 @@ ONE_TASK = ("task.mixture=[]",)
 """A suite row is one task, even when the run's config trains a mixture."""
 
 
-def suite_row(base: Any, st: Any) -> tuple[Any, Task | None, tuple[str, str | None]]:
-    """(config, task, ("", None)) of one suite row, or (config, None, (why, how to get it))
-    when its data or grader is missing (GSM8K offline, no math-verify)."""
+def suite_row(base: Any, st: Any) -> tuple[Any, Task | tuple[str, str | None]]:
+    """(config, task) of one suite row, or (config, (why, how to get it)) when its data or
+    grader is missing (GSM8K offline, no math-verify)."""
     cfg = load_run_config(base, [*ONE_TASK, *row_sets(st, base)])
     try:
-        return cfg, make_task(cfg), ("", None)
+        return cfg, make_task(cfg)
     except (DataError, ConfigError) as exc:
         why, _, how = str(exc).partition(": ")
-        return cfg, None, (why[:100], how or None)
+        return cfg, (why[:100], how or None)
 
 
 def run_eval(
@@ -88,11 +88,11 @@ def run_suite(
     rows: list[dict[str, Any]] = []
     built: list[tuple[Any, Any]] = []  # (task, its config), or (None, (why, how to get it))
     for st in tasks:
-        cfg, task, missing = suite_row(base, st)
+        cfg, task = suite_row(base, st)
         rows.append({"task": st.label, "overrides": list(st.overrides), "n": 0, "cells": {}})
         if cfg.eval.n > 1:
             rows[-1].update(samples=cfg.eval.n, temperature=cfg.eval.temperature)
-        built.append((task, cfg) if task is not None else (None, missing))
+        built.append((None, task) if isinstance(task, tuple) else (task, cfg))
     for path, label in zip(paths, labels, strict=True):
         model = tok = None
         for row, (task, cfg) in zip(rows, built, strict=True):
@@ -169,9 +169,9 @@ def run_probe_suite(
     rows: list[dict[str, Any]] = []
     m = tok = None
     for st in tasks:
-        cfg, task, missing = suite_row(base, st)
-        if task is None:  # e.g. GSM8K offline: keep the row, say why
-            rows.append({"task": st.label, "error": missing[0]})
+        cfg, task = suite_row(base, st)
+        if isinstance(task, tuple):  # e.g. GSM8K offline: keep the row, say why
+            rows.append({"task": st.label, "error": task[0]})
             continue
         if m is None:
             m, tok = load_model_arg(base, task, path, out)

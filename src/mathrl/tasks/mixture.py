@@ -94,9 +94,10 @@ class MixtureTask:
         """Each result with its own task's token-count terms (task.rewards' overlong)
         added: completion i continues examples[i]."""
         out = list(results)
+        owner = [self._index(ex) for ex in examples]
         for i, c in enumerate(self.components):
             add = getattr(c.task, "add_length_terms", None)
-            rows = [j for j, ex in enumerate(examples) if self._index(ex) == i]
+            rows = [j for j, k in enumerate(owner) if k == i]
             if add is None or not rows:
                 continue
             done = add([results[j] for j in rows], [completions[j] for j in rows])
