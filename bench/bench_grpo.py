@@ -264,6 +264,7 @@ def run_one(
     sets = mathrl_sets(path, args.data, kl, p, g, t, total, micro)
     if precision == ["bf16"]:
         sets.append("model.autocast=bfloat16")
+    sets += args.mathrl_set
     cfg = load_config(CONFIG, sets, env=False)
     _, tokenizer = load_model(str(path), dtype="float32", device="cpu")
     prompts = select_prompts(task, tokenizer, cfg.seed, p * total)
@@ -450,6 +451,14 @@ def main() -> None:
         default="auto",
         help="lockstep (auto): both processes alive, steps alternate (SmolLM2: the idle one "
         "trims its heap); sequential: one process after the other",
+    )
+    parser.add_argument(
+        "--mathrl-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra mathrl config overrides (TRL has no counterpart), e.g. "
+        "rollout.static_decode=true rollout.compile=default",
     )
     parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args()

@@ -206,17 +206,17 @@ class RolloutConfig:
     architectures always use transformers' forward."""
     static_decode: bool = False
     """Decode with the static-shape step (rollout/static_decode.py): fixed rows per chunk
-    (finished rows stay, masked), a K/V buffer of rows x max_len per layer, sampling on the
-    device with one "all finished?" check per 16 steps on a GPU. Same samples and
-    log-probs as the lean step; needed by rollout.compile. Off by default: eager on a
+    (finished rows stay, masked), K/V buffers fixed per shape bucket (each prompt's K/V
+    once per group), sampling on the device with one "all finished?" check per 16 steps
+    on a GPU. Same samples and log-probs as the lean step; needed by rollout.compile. Off by default: eager on a
     CPU it is slower than the lean step (BENCHMARKS.md, issue 31)."""
     compile: str = "off"
     """off, default or cudagraphs: torch.compile the static step (needs static_decode),
-    once per (rows, max_len) bucket (max_len: prompt width + max_new_tokens rounded up to
-    128); cudagraphs on CUDA is mode="reduce-overhead" (CUDA graphs), on a CPU the same
-    as default. Compile seconds are logged as time/rollout_compile_s; inductor's cache
+    once per (rows, n, prompt width rounded up to 128, max_new_tokens) bucket;
+    cudagraphs on CUDA is mode="reduce-overhead" (CUDA graphs), on a CPU the same as
+    default. Compile seconds are logged as time/rollout_compile_s; inductor's cache
     stays in ~/.cache/mathrl/torchinductor (or $TORCHINDUCTOR_CACHE_DIR). Off by default:
-    on a CPU the compile costs more than it saves on short runs (BENCHMARKS.md)."""
+    on a CPU the compiled step is slower than the lean one (BENCHMARKS.md)."""
     autocast: str = "model"
     """Precision of in-process rollouts: model (as model.autocast), or none / bfloat16 /
     float16 whatever the trainer uses. Sampling in bf16 from an fp32 trainer is faster on

@@ -368,7 +368,7 @@ class HFEngine(RolloutEngine):
         logps = torch.zeros((rows, steps), dtype=torch.float32, device=device)
         stops = torch.tensor(self.stop_token_ids, device=device)
         finished = torch.arange(rows, device=device) >= batch  # (rows,)
-        columns = torch.full((rows,), dec.start, dtype=torch.long, device=device)
+        column = torch.zeros((1,), dtype=torch.long, device=device)  # the step's K/V column
         taken = steps
         for step in range(steps):
             next_tok, tok_logp = sample_next(logits, sampling, None if u is None else u[:, step])
@@ -380,8 +380,8 @@ class HFEngine(RolloutEngine):
             if (step + 1) % dec.check_every == 0 and bool(finished.all()):
                 taken = step + 1
                 break
-            logits = dec.static_step(next_tok, next_pos, columns).float()
-            next_pos, columns = next_pos + 1, columns + 1
+            logits = dec.static_step(next_tok, next_pos, column).float()
+            next_pos, column = next_pos + 1, column + 1
         token_rows = tokens[:batch, :taken].tolist()
         logp_rows = logps[:batch, :taken].tolist()
         out = DecodeRows(batch, self.stop_token_ids, sampling.ignore_eos)

@@ -2,19 +2,27 @@
 
 The lean step (lean_decode.py) changes shape every token: its generated K/V grows by one
 column and finished rows leave the batch. Here a chunk decodes a fixed number of rows
-(`rows`; finished rows stay in place, their tokens ignored) against one preallocated K/V
-buffer per layer of `rows x max_len` positions: the prompt's keys in columns [0, Lp), the
-token generated at step t in column Lp + t, written at a per-row column index (a tensor,
-not a Python int). Attention reads all `max_len` columns, masked by a per-row validity
-mask (the prompt's left padding and the columns not yet written are masked). So the step
-has one shape per (rows, max_len) bucket, which `torch.compile` specialises once:
+(`rows`, whole groups of n samples; finished rows stay in place, their tokens ignored)
+against K/V buffers allocated once per shape bucket. As in the lean step, each prompt's
+K/V is held once and read once per step by all n rows of its group (on a CPU the step is
+bound by reading the cache: a copy per row would read the prompt n times):
+
+- prompt K/V per layer: (P, kv heads, ..., prompt_len) for the P = rows / n prompts, the
+  prompt's keys in columns [0, Lp), the columns up to prompt_len masked;
+- generated K/V per layer: (rows, kv heads, ..., new) columns; step t writes column t of
+  every row (one index for all rows: they all start together), columns > t masked.
+
+Attention reads all prompt_len + new columns with one softmax over both parts, masked by
+an additive bias. So the step has one shape per bucket (rows, n, prompt_len, new), which
+`torch.compile` specialises once:
 
 - rows: the call's chunk rows (whole groups, up to rollout.batch_size); a last, smaller
-  chunk is padded with dummy rows to the same count;
-- max_len: prompt width + max_new_tokens, rounded up to a multiple of LEN_BUCKET (128).
+  chunk is padded with dummy groups (continuing its last prompt) to the same count;
+- prompt_len: the chunk's prompt width rounded up to a multiple of LEN_BUCKET (128);
+- new: max_new_tokens.
 
 A training run therefore compiles once or twice (GSM8K's prompt widths fall in one or two
-buckets), evaluation once more for its own row count.
+buckets), evaluation once more for its own row count and sample count.
 
 The maths is the lean step's (same GEMMs, same rotary, one softmax over prompt and
 generated keys); its tokens and log-probs equal the lean step's (tested: greedy exactly,
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +91,8 @@ class StaticDecoder(LeanDecoder):
         self.mode = compile
         self.compile_s = 0.0  # seconds spent in first calls of new buckets (compiling)
         self.check_every = 1 if self.device_type == "cpu" else 16  # "all finished?" syncs
-        self._buffers: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
-        self._compiled: set[int] = set()  # max_len buckets already run once
-        self._row_index = torch.arange(rows, device=self.embed.device)
+        self._buffers: dict[tuple[int, int, int], _Buffers] = {}
+        self._compiled: set[tuple[int, int, int]] = set()  # buckets already run once
         self._step_fn = self._static_step
         if compile != "off":
             inductor_cache_dir()
@@ -110,38 +118,49 @@ class StaticDecoder(LeanDecoder):
                 old.copy_(new)
 
     def load_cache(self, cache: Any, prompt_mask: torch.Tensor, n: int, extra: int) -> None:
-        """Continue a prefill of P prompts (K/V (P, Hkv, Lp, D), mask (P, Lp)): row r
-        continues prompt r // n (dummy rows past P * n continue the last prompt)."""
+        """Continue a prefill of P prompts (K/V (P, Hkv, Lp, D), mask (P, Lp)) with n rows
+        each and room for `extra` generated tokens; row r continues prompt r // n (dummy
+        groups past the P prompts continue the last one)."""
         n_prompts, lp = prompt_mask.shape
-        max_len = len_bucket(lp + extra)
-        keys, values, valid = self._buffers_for(max_len, _layer_kv(cache, 0)[0])
-        device = prompt_mask.device
-        row_prompt = (torch.arange(self.rows, device=device) // n).clamp_(max=n_prompts - 1)
+        if self.rows % n:
+            raise ValueError(f"rows ({self.rows}) must be whole groups of n = {n}")
+        slots = self.rows // n
+        self.bucket = (n, len_bucket(lp), extra)
+        buf = self._buffers_for(self.bucket, _layer_kv(cache, 0)[0])
+        source = torch.arange(slots, device=prompt_mask.device).clamp_(max=n_prompts - 1)
         for i in range(len(self.layers)):
             k, v = _layer_kv(cache, i)
-            keys[i][:, :, :, :lp] = k.to(keys[i].dtype)[row_prompt].transpose(-1, -2)
-            values[i][:, :, :lp] = v.to(values[i].dtype)[row_prompt]
-            values[i][:, :, lp:] = 0  # masked columns: 0 probability times a finite value
-        valid.zero_()
-        valid[:, :lp] = prompt_mask[row_prompt] != 0
-        self.keys, self.values, self.valid = keys, values, valid
-        self.start = lp  # step t writes column lp + t
-        self.max_len = max_len
+            buf.pk[i][..., :lp] = k.to(buf.pk[i].dtype)[source].transpose(-1, -2)
+            buf.pv[i][:, :, :lp] = v.to(buf.pv[i].dtype)[source]
+            buf.pv[i][:, :, lp:] = 0  # masked columns: 0 probability times a finite value
+        buf.prompt_bias.fill_(float("-inf"))
+        buf.prompt_bias[:, 0, 0, :lp].masked_fill_(prompt_mask[source] != 0, 0.0)
+        self.buf = buf
 
-    def _buffers_for(
-        self, max_len: int, like: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """The K/V buffers of bucket `max_len`, allocated once per bucket and reused."""
-        if max_len not in self._buffers:
-            h, d, count = self.n_kv, self.head_dim, len(self.layers)
-            keys = [like.new_zeros((self.rows, h, d, max_len)) for _ in range(count)]
-            values = [like.new_zeros((self.rows, h, max_len, d)) for _ in range(count)]
-            valid = torch.zeros((self.rows, max_len), dtype=torch.bool, device=like.device)
+    @property
+    def max_len(self) -> int:
+        """Key columns each row attends to: the prompt bucket plus the generated ones."""
+        _, prompt_len, new = self.bucket
+        return prompt_len + new
+
+    def _buffers_for(self, bucket: tuple[int, int, int], like: torch.Tensor) -> _Buffers:
+        """The K/V buffers of `bucket` (n, prompt_len, new), allocated once and reused."""
+        if bucket not in self._buffers:
+            n, prompt_len, new = bucket
+            h, d, count, slots = self.n_kv, self.head_dim, len(self.layers), self.rows // n
+            buf = _Buffers(
+                pk=[like.new_zeros((slots, h, d, prompt_len)) for _ in range(count)],
+                pv=[like.new_zeros((slots, h, prompt_len, d)) for _ in range(count)],
+                sk=[like.new_zeros((self.rows, h, d, new)) for _ in range(count)],
+                sv=[like.new_zeros((self.rows, h, new, d)) for _ in range(count)],
+                prompt_bias=torch.zeros((slots, 1, 1, prompt_len), device=like.device),
+                columns=torch.arange(new, device=like.device),
+            )
             if self._cudagraphs:
-                for t in [*keys, *values, valid]:
+                for t in buf.tensors():
                     torch._dynamo.mark_static_address(t)
-            self._buffers[max_len] = (keys, values, valid)
-        return self._buffers[max_len]
+            self._buffers[bucket] = buf
+        return self._buffers[bucket]
 
     def release(self) -> None:
         """Drop the K/V buffers (a compiled decoder keeps them: their addresses are baked in)."""
@@ -149,51 +168,78 @@ class StaticDecoder(LeanDecoder):
             self._buffers.clear()
 
     def static_step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor
+        self, tokens: torch.Tensor, positions: torch.Tensor, column: torch.Tensor
     ) -> torch.Tensor:
-        """Logits (rows, V) after feeding tokens (rows,) at positions (rows,); each row's
-        K/V goes to cache column columns[r]."""
-        first = self.max_len not in self._compiled
+        """Logits (rows, V) after feeding tokens (rows,) at positions (rows,); every row's
+        K/V goes to generated column `column` (a (1,) tensor: the step's index)."""
+        first = self.bucket not in self._compiled
         t0 = time.perf_counter()
         if self._cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device_type, enabled=False):  # dtypes are explicit here
-            logits = self._step_fn(tokens, positions, columns)
+            logits = self._step_fn(tokens, positions, column, self.buf)
         if first:
-            self._compiled.add(self.max_len)
+            self._compiled.add(self.bucket)
             if self.mode != "off":
                 self.compile_s += time.perf_counter() - t0
         return logits
 
     def _static_step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor
+        self, tokens: torch.Tensor, positions: torch.Tensor, column: torch.Tensor, buf: _Buffers
     ) -> torch.Tensor:
         r = tokens.shape[0]
-        rows = self._row_index
+        slots = buf.prompt_bias.shape[0]
         kv, d, g = self.n_kv, self.head_dim, self.n_heads // self.n_kv
+        n = r // slots
         x = F.embedding(tokens, self.embed)  # (r, H)
         cos, sin = self.rotary(x, positions[:, None])  # (r, 1, D) each
-        self.valid[rows, columns] = True
-        bias = torch.zeros(self.valid.shape, device=x.device).masked_fill_(
-            ~self.valid, float("-inf")
-        )[:, None, None, :]  # (r, 1, 1, max_len)
+        own_bias = torch.zeros(buf.columns.shape, device=x.device).masked_fill_(
+            buf.columns > column, float("-inf")
+        )  # (new,): the columns generated so far, this step's included
+        prompt_len = buf.prompt_bias.shape[-1]
         for i, layer in enumerate(self.layers):
             qkv = _linear(layer.ln1(x), layer.qkv_w, layer.qkv_b)  # (r, q + 2 kv)
             qk = qkv[:, : self.q_size + self.kv_size].view(r, -1, d)
             qk = _rotate(qk, cos, sin)
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]  # (r, heads, D), (r, kv, D)
             v = qkv[:, self.q_size + self.kv_size :].view(r, kv, d)
-            keys, values = self.keys[i], self.values[i]  # (r, kv, D, L), (r, kv, L, D)
-            keys[rows, :, :, columns] = k.to(keys.dtype)
-            values[rows, :, columns] = v.to(values.dtype)
+            sk, sv = buf.sk[i], buf.sv[i]  # (r, kv, D, new), (r, kv, new, D)
+            sk.index_copy_(3, column, k.to(sk.dtype)[..., None])
+            sv.index_copy_(2, column, v.to(sv.dtype)[:, :, None])
             qg = (q * self.scaling).view(r, kv, g, d)
-            scores = (qg @ keys).float() + bias  # (r, kv, g, L)
+            # prompt part: each prompt's n rows as one (n * g)-row matmul on its keys
+            by_prompt = qg.view(slots, n, kv, g, d).transpose(1, 2).reshape(slots, kv, n * g, d)
+            s_prompt = (by_prompt @ buf.pk[i]).float() + buf.prompt_bias  # (P, kv, n g, Lp)
+            s_prompt = s_prompt.view(slots, kv, n, g, prompt_len).transpose(1, 2)
+            s_own = (qg @ sk).float() + own_bias  # (r, kv, g, new)
+            scores = torch.cat([s_prompt.reshape(r, kv, g, prompt_len), s_own], dim=-1)
             probs = scores.softmax(dim=-1).to(q.dtype)
-            att = (probs @ values).reshape(r, self.q_size)  # (r, heads * D)
+            p_prompt, p_own = probs[..., :prompt_len], probs[..., prompt_len:]
+            p_prompt = p_prompt.reshape(slots, n, kv, g, prompt_len).transpose(1, 2)
+            o_prompt = p_prompt.reshape(slots, kv, n * g, prompt_len) @ buf.pv[i]
+            o_prompt = o_prompt.view(slots, kv, n, g, d).transpose(1, 2).reshape(r, kv, g, d)
+            att = (o_prompt + p_own @ sv).reshape(r, self.q_size)  # (r, heads * D)
             x = x + _linear(att, layer.o_w, layer.o_b)
             gate, up = _linear(layer.ln2(x), layer.gate_up_w).chunk(2, dim=-1)
             x = x + _linear(F.silu(gate) * up, layer.down_w)
         return _linear(self.norm(x), self.head_w, self.head_b)
+
+
+@dataclass
+class _Buffers:
+    """The K/V of one shape bucket: prompt keys (P, kv, D, Lp) and values (P, kv, Lp, D),
+    generated keys (rows, kv, D, new) and values (rows, kv, new, D) per layer, the prompt
+    mask as an additive bias (P, 1, 1, Lp) and the generated columns' indices (new,)."""
+
+    pk: list[torch.Tensor]
+    pv: list[torch.Tensor]
+    sk: list[torch.Tensor]
+    sv: list[torch.Tensor]
+    prompt_bias: torch.Tensor
+    columns: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.pk, *self.pv, *self.sk, *self.sv, self.prompt_bias, self.columns]
 
 
 def _weight_tensors(decoder: LeanDecoder) -> list[torch.Tensor]:
