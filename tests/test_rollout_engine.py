@@ -708,6 +708,32 @@ def test_stop_rule(stops, ignore_eos, steps, done, finish, tokens):
     assert [row[0] for row in out.rows()] == tokens and [row[2] for row in out.rows()] == finish
 
 
+@pytest.mark.parametrize(
+    ("stops", "ignore_eos", "block", "tokens", "logprobs", "finish"),
+    [
+        # cut after the first stop; a row with none keeps all; an empty block keeps nothing
+        ([9], False, [[5, 9, 9, 7], [5, 6, 7, 8]], [[5, 9], [5, 6, 7, 8]], [[0, 1], [0, 1, 2, 3]],
+         ["eos", "length"]),
+        ([8, 9], False, [[8, 5], [6, 9]], [[8], [6, 9]], [[0], [0, 1]], ["eos", "eos"]),
+        ([9], True, [[9, 9], [9, 5]], [[9, 9], [9, 5]], [[0, 1], [0, 1]], ["length"] * 2),
+        ([9], False, [[], []], [[], []], [[], []], ["length"] * 2),
+    ],
+)  # fmt: skip
+def test_stop_rule_on_a_block(stops, ignore_eos, block, tokens, logprobs, finish):
+    """add_block keeps what add would, step by step (the static decode's whole block)."""
+    out = DecodeRows(len(block), stops, ignore_eos)
+    out.add_block(block, [[float(i) for i in range(len(row))] for row in block])
+    assert [list(row) for row in out.rows()] == [
+        [t, lp, f] for t, lp, f in zip(tokens, logprobs, finish, strict=True)
+    ]
+    stepwise = DecodeRows(len(block), stops, ignore_eos)
+    live = list(range(len(block)))
+    for step in range(len(block[0])):
+        done = stepwise.add(live, [block[r][step] for r in live], [float(step)] * len(live))
+        live = [r for i, r in enumerate(live) if i not in done]
+    assert stepwise.rows() == out.rows()
+
+
 def test_stop_ids_from_the_tokenizer_and_generation_config(tmp_path):
     tok = Letters()
     assert stop_ids(tok, None) == [9]

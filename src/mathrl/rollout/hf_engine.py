@@ -382,19 +382,8 @@ class HFEngine(RolloutEngine):
                 break
             logits = dec.static_step(next_tok, next_pos, column).float()
             next_pos, column = next_pos + 1, column + 1
-        token_rows = tokens[:batch, :taken].tolist()
-        logp_rows = logps[:batch, :taken].tolist()
         out = DecodeRows(batch, self.stop_token_ids, sampling.ignore_eos)
-        live = list(range(batch))
-        for step in range(taken):  # the stop rule, step by step, on the unfinished rows
-            done = set(
-                out.add(
-                    live, [token_rows[r][step] for r in live], [logp_rows[r][step] for r in live]
-                )
-            )
-            live = [r for i, r in enumerate(live) if i not in done]
-            if not live:
-                break
+        out.add_block(tokens[:batch, :taken].tolist(), logps[:batch, :taken].tolist())
         return out.rows()
 
 

@@ -81,6 +81,18 @@ class DecodeRows:
                 done.append(i)
         return done
 
+    def add_block(self, tokens: list[list[int]], logprobs: list[list[float]]) -> None:
+        """Rows decoded as one block (row r's tokens of every step, past its stop too):
+        each row keeps its tokens up to and including its first stop token, as add would."""
+        for row, (toks, lps) in enumerate(zip(tokens, logprobs, strict=True)):
+            end = len(toks)
+            if not self.ignore_eos:
+                end = next((i + 1 for i, t in enumerate(toks) if t in self.stop_ids), end)
+                if end and toks[end - 1] in self.stop_ids:
+                    self.finish[row] = "eos"
+            self.tokens[row] += toks[:end]
+            self.logprobs[row] += lps[:end]
+
     def rows(self) -> list[Row]:
         """(token ids, log-probs, finish) of every row, in row order."""
         return list(zip(self.tokens, self.logprobs, self.finish, strict=True))
