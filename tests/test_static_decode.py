@@ -174,6 +174,7 @@ def test_compiled_step_compiles_once_and_follows_weight_updates(qwen2, tokenizer
         with torch.no_grad():
             layer.self_attn.q_proj.weight.mul_(3.0)  # q/k/v are packed copies: refreshed
             qwen2.lm_head.bias.add_(0.5)  # the model's own tensor: read in place
+        engine.update_weights(qwen2)  # as the trainer does after every optimizer step
         second = engine.generate(prompts, params)
         assert_same(second, eager.generate(prompts, params))
         assert [c.logprobs for c in second.completions] != [c.logprobs for c in first.completions]

@@ -142,9 +142,10 @@ class HFEngine(RolloutEngine):
     def update_weights(self, model: nn.Module) -> None:
         """Sample from `model` from now on (weights are shared in-process: no copy)."""
         self._check_weights(model)
+        if model is not self.model:  # the same model: a kept compiled step refreshes in place
+            self._static = None
         self.model = model
         self._cached = None
-        self._static = None
 
     def _lean_for(self, rows: int) -> LeanDecoder | None:
         """The lean decoder of the current weights (None: transformers' forward).
