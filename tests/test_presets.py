@@ -55,7 +55,7 @@ def test_preset_values_are_the_files():
     smoke = load_config(resolve_config("countdown/smoke"), env=False)
     assert (smoke.train.steps, smoke.warmup.steps, smoke.model.path) == (4, 200, "scratch")
     quick = load_config(resolve_config("quickstart"), env=False)
-    assert (quick.train.steps, quick.warmup.steps, quick.eval.limit) == (1000, 250, 500)
+    assert (quick.train.steps, quick.warmup.steps, quick.eval.limit) == (600, 250, 500)
     assert load_config(resolve_config("gsm8k/prod"), env=False).train.group_size == 16
     cpu = load_config(resolve_config("gsm8k/cpu"), env=False)  # README's GSM8K CPU recipe
     assert (cpu.model.path, cpu.task.prompt_style, cpu.warmup.steps, cpu.train.steps) == (
