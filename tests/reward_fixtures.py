@@ -82,7 +82,7 @@ def slow_zero(completions, **kwargs):
 
 def hang_once_on_rank1(completions, **kwargs):
     """brevity, except that the first scoring call on rank 1 (not the start-up check, which
-    sends an empty completion) hangs for a minute: the reward pool's time bound must hold
+    sends an empty completion) hangs for ten minutes: the reward pool's time bound must hold
     per rank. The flag file ($MATHRL_TEST_HANG_FLAG) makes it hang once."""
     import os
     from pathlib import Path
@@ -90,7 +90,7 @@ def hang_once_on_rank1(completions, **kwargs):
     flag = Path(os.environ.get("MATHRL_TEST_HANG_FLAG", "/nonexistent/flag"))
     if os.environ.get("RANK") == "1" and "" not in completions and not flag.exists():
         flag.touch()
-        time.sleep(60)
+        time.sleep(600)
     return brevity(completions)
 
 

@@ -376,10 +376,10 @@ def test_a_killed_rank_or_a_signal_stops_the_run_and_resume_continues_it(
 
 
 def test_a_hanging_reward_on_one_rank_does_not_hang_the_job(tmp_path, tiny_config):
-    """Rank 1's first reward call hangs for 60 s: its pool gives that sample reward 0 after
-    train.reward_timeout_s, and both ranks finish the run in seconds."""
-    import time
-
+    """Rank 1's first reward call hangs for 600 s: its pool gives that sample reward 0 after
+    train.reward_timeout_s, and both ranks finish the run long before the hang would end (the
+    bound is the subprocess timeout, far from both: a loaded CI machine takes ~30-60 s to
+    start two ranks, so a tighter wall bound would measure the machine)."""
     flag = tmp_path / "hung"
     sets = [
         "train.steps=2",
@@ -393,16 +393,15 @@ def test_a_hanging_reward_on_one_rank_does_not_hang_the_job(tmp_path, tiny_confi
     ]
     flags = [a for s in sets for a in ("--set", s)]
     cmd = [sys.executable, "-m", "mathrl", "train", "--nproc", "2", "-c", str(tiny_config)]
-    t0 = time.monotonic()
     done = subprocess.run(
         [*cmd, "--out", str(tmp_path / "run"), *flags],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # raises if the job waited for the 600 s hang
         env={**rank_env(), "MATHRL_TEST_HANG_FLAG": str(flag)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert flag.exists() and time.monotonic() - t0 < 50  # far from the 60 s hang
+    assert flag.exists()
     rows = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
     timed_out = [r for r in rows if "timeout" in str(r["reason"])]
     assert len(rows) == 2 * 4 * 4 and len(timed_out) >= 1
