@@ -223,7 +223,8 @@ def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
             static_decode=path == "static",
         )
     engine.generate(prompts, SamplingParams(n=1, max_new_tokens=2, seed=0, ignore_eos=True))
-    real, held = engine._decode_lean, []
+    loop = "_decode_static" if engine.static_decode else "_decode"
+    real, held = getattr(engine, loop), []
 
     def profiled(*args, **kwargs):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -231,7 +232,7 @@ def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
         held.append(prof)
         return out
 
-    engine._decode_lean = profiled  # type: ignore[method-assign]
+    setattr(engine, loop, profiled)
     engine.generate(prompts, SamplingParams(n=1, max_new_tokens=17, seed=0, ignore_eos=True))
     return held[0].key_averages().table(sort_by="self_cpu_time_total", row_limit=16)
 

@@ -429,7 +429,8 @@ def gqa_llama(tmp_path_factory, tokenizer):
 def test_lean_decode_equals_transformers_forward(
     arch, n, batch_size, max_new, model, gqa_llama, tokenizer, prompts, monkeypatch
 ):
-    """The lean step (shared prompt K/V, lazy compaction) samples what transformers does."""
+    """The lean step (shared prompt K/V) samples what transformers' forward does, both
+    under the engine's one decode loop, each moving live rows into finished rows' slots."""
     from mathrl.rollout import hf_engine
 
     net = model if arch == "qwen2" else gqa_llama
@@ -444,9 +445,11 @@ def test_lean_decode_equals_transformers_forward(
     params = SamplingParams(n=n, max_new_tokens=max_new, seed=3)
     lean = HFEngine(net, tokenizer, batch_size=batch_size).generate(prompts, params)
     assert moves and max(moves) > 0  # rows finished, and live rows moved into their slots
+    moves.clear()
     ref = HFEngine(net, tokenizer, batch_size=batch_size, lean_decode=False).generate(
         prompts, params
     )
+    assert moves and max(moves) > 0  # transformers' cache rows moved too (ModelStep)
     assert as_ids(lean) == as_ids(ref)
     assert [c.finish_reason for c in lean.completions] == [c.finish_reason for c in ref.completions]
     for a, b in zip(lean.completions, ref.completions, strict=True):

@@ -6,9 +6,13 @@ length, so each chunk's left padding is small (GSM8K's test questions in chunks 
 57 % of the padded prefill tokens are real in file order, 96 % sorted). Per chunk:
 1. prefill each unique prompt once (left-padded, position ids from the mask), then repeat
    its KV cache rows for the n samples of its group;
-2. decode one token per step for the active rows only: a row that emits a stop token (or
-   hits max_new_tokens) is dropped from the batch and from the KV cache, so the batch
-   shrinks as completions finish instead of decoding padding until the longest one ends.
+2. decode one token per step (`_decode`, one loop for every step function): a row that
+   emits a stop token (or hits max_new_tokens) leaves the batch and its KV cache once a
+   quarter of the rows have finished, so the batch shrinks as completions finish instead
+   of decoding padding until the longest one ends. The step is the lean one
+   (lean_decode.py) for Llama/Qwen2 models, transformers' own forward (`ModelStep`) for
+   the rest; the static-shape step (static_decode.py) has its own loop, which keeps every
+   row and syncs with the host only to ask whether all have finished.
 
 Returned log-probs are under the unmodified model distribution (log_softmax of the raw
 logits: temperature 1, no top-k/top-p), which is what the trainer's forward recomputes.
@@ -147,8 +151,9 @@ class HFEngine(RolloutEngine):
         self.model = model
         self._cached = None
 
-    def _lean_for(self, rows: int) -> LeanDecoder | None:
-        """The lean decoder of the current weights (None: transformers' forward).
+    def _lean_for(self, rows: int) -> LeanDecoder | ModelStep:
+        """The step function of the current weights: the lean decoder, or transformers'
+        forward (ModelStep) for a model it does not support or with lean_decode off.
 
         The model's own weights are packed per call (a fast copy, and holding it would
         double the weights' memory between steps); an fp16/int8 copy is kept while every
@@ -156,7 +161,7 @@ class HFEngine(RolloutEngine):
         bumps them): mathrl serve quantises once per weight load, not per request.
         """
         if not self.lean_decode or unsupported_reason(self.model) is not None:
-            return None
+            return ModelStep(self.model, self.reserve_kv)
         if self.static_decode:
             return self._static_for(rows)
         if self.weights == "model":
@@ -182,21 +187,20 @@ class HFEngine(RolloutEngine):
         return self._static
 
     @contextmanager
-    def _decoding(self, rows: int) -> Iterator[LeanDecoder | None]:
+    def _decoding(self, rows: int) -> Iterator[LeanDecoder | ModelStep]:
         """Eval mode, inference mode and the rollout precision around all the chunks of a
-        call, and the lean decoder they share: packed once per call (inside autocast: it
-        casts its GEMM weights); the weights only change between calls."""
+        call, and the step function they share: a lean decoder is packed once per call
+        (inside autocast: it casts its GEMM weights); the weights only change between calls."""
         with eval_mode(self.model), torch.inference_mode(), self._precision():
             lean = self._lean_for(rows)
             try:
                 yield lean
             finally:
-                if lean is not None:  # a kept fp16/int8 decoder keeps no K/V between calls
-                    lean.release()
+                lean.release()  # a kept fp16/int8 decoder keeps no K/V between calls
                 if not self.keep_copy:
                     self._cached = None
 
-    def _decode_chunk(self, chunk: Chunk, lean: LeanDecoder | None) -> list[Row]:
+    def _decode_chunk(self, chunk: Chunk, lean: LeanDecoder | ModelStep) -> list[Row]:
         """Prefill the chunk's prompts once, then decode all n samples of each."""
         device = next(self.model.parameters()).device
         prompts, sampling, n = chunk.prompts, chunk.sampling, chunk.sampling.n
@@ -220,17 +224,9 @@ class HFEngine(RolloutEngine):
         next_pos = position_ids[:, -1].repeat_interleave(n) + 1  # (B,)
         if isinstance(lean, StaticDecoder):
             lean.load_cache(cache, attention_mask, n, sampling.max_new_tokens)
-            del cache, out
-        elif lean is not None:
-            # The prompt K/V stays one copy per prompt (LeanDecoder shares it per group).
+        else:  # a LeanDecoder keeps one copy of each prompt's K/V for its group
             lean.load_cache(cache, attention_mask, len(prompts) * n, sampling.max_new_tokens)
-            del cache, out
-        else:
-            if n > 1:  # transformers' cache: the prompt's K/V rows copied per sample
-                cache.batch_repeat_interleave(n)
-                attention_mask = attention_mask.repeat_interleave(n, dim=0)  # (B, Lp)
-            if self.reserve_kv:
-                reserve_cache(cache, sampling.max_new_tokens)
+        del cache, out
         t1 = time.perf_counter()
         chunk.timing["prefill_s"] += t1 - t0
         if isinstance(lean, StaticDecoder):
@@ -239,75 +235,27 @@ class HFEngine(RolloutEngine):
             chunk.timing["compile_s"] = chunk.timing.get("compile_s", 0.0) + (
                 lean.compile_s - compile_s
             )
-        elif lean is not None:
-            rows = self._decode_lean(lean, logits, n, next_pos, sampling, u)
         else:
-            rows = self._decode(cache, logits, attention_mask, next_pos, sampling, u)
+            rows = self._decode(lean, logits, n, next_pos, sampling, u)
         chunk.timing["decode_s"] += time.perf_counter() - t1
         return rows
 
     def _decode(
         self,
-        cache: Any,
-        logits: torch.Tensor,
-        attention_mask: torch.Tensor,
-        next_pos: torch.Tensor,
-        sampling: SamplingParams,
-        u: torch.Tensor | None,
-    ) -> list[Row]:
-        """Sample until every row stops; finished rows leave the batch and the KV cache."""
-        out = DecodeRows(logits.shape[0], self.stop_token_ids, sampling.ignore_eos)
-        rows = list(range(logits.shape[0]))  # original row of each active row
-        rows_t = torch.arange(len(rows), device=logits.device)
-        for step in range(sampling.max_new_tokens):
-            step_u = None if u is None else u[rows_t, step]  # (b,)
-            next_tok, tok_logp = sample_next(logits, sampling, step_u)  # (b,), (b,)
-            done = out.add(rows, next_tok.tolist(), tok_logp.tolist())
-            if step == sampling.max_new_tokens - 1:
-                break
-            if done:
-                stopped = set(done)
-                keep = [i for i in range(len(rows)) if i not in stopped]
-                if not keep:
-                    break
-                keep_t = torch.tensor(keep, device=logits.device)  # (b',)
-                cache.batch_select_indices(keep_t)
-                rows = [rows[i] for i in keep]
-                rows_t = rows_t[keep_t]
-                next_tok, attention_mask, next_pos = (
-                    next_tok[keep_t],
-                    attention_mask[keep_t],
-                    next_pos[keep_t],
-                )
-            ones = attention_mask.new_ones(attention_mask.shape[0], 1)
-            attention_mask = torch.cat([attention_mask, ones], dim=1)  # (b, L+1)
-            step_out = self.model(
-                input_ids=next_tok[:, None],
-                attention_mask=attention_mask,
-                position_ids=next_pos[:, None],
-                **cache_kwarg(self.model, cache),
-                use_cache=True,
-            )
-            logits = step_out.logits[:, -1].float()  # (b, V)
-            next_pos = next_pos + 1
-        return out.rows()
-
-    def _decode_lean(
-        self,
-        lean: LeanDecoder,
+        lean: LeanDecoder | ModelStep,
         logits: torch.Tensor,
         n: int,
         next_pos: torch.Tensor,
         sampling: SamplingParams,
         u: torch.Tensor | None,
     ) -> list[Row]:
-        """_decode on a LeanDecoder: same samples, finished rows leave the batch lazily.
+        """Sample until every row stops; finished rows leave the batch lazily.
 
         Row r continues prompt r // n. A finished row keeps its slot (decoded as waste)
         until a quarter of the slots are dead; then live rows from the tail move into the
         dead slots, so a compaction copies only the moved rows' generated K/V. The sampler
-        always sees the live rows in original-row order, as in _decode, each with its own
-        uniform: the same seeds give the same tokens.
+        always sees the live rows in original-row order, each with its own uniform: the
+        same seeds give the same tokens whichever step function decodes them.
         """
         batch = logits.shape[0]
         out = DecodeRows(batch, self.stop_token_ids, sampling.ignore_eos)
@@ -353,7 +301,7 @@ class HFEngine(RolloutEngine):
         sampling: SamplingParams,
         u: torch.Tensor | None,
     ) -> list[Row]:
-        """_decode on a StaticDecoder: every row stays in the batch (finished ones masked
+        """The loop of a StaticDecoder: every row stays in the batch (finished ones masked
         out of the result), tokens and log-probs collected on the device; the only host
         syncs are an "all finished?" check every dec.check_every steps and the final copy.
         Row r samples with uniform u[r, t] at step t, as in _decode: the same tokens."""
@@ -397,7 +345,7 @@ def _weights_key(model: nn.Module) -> tuple[tuple[int, int, int], ...]:
 
 
 def _compact(
-    lean: LeanDecoder,
+    lean: LeanDecoder | ModelStep,
     slot_row: list[int],
     slot_prompt: list[int],
     size: int,
@@ -419,6 +367,64 @@ def _compact(
     del slot_row[new_size:], slot_prompt[new_size:]
     lean.set_rows(slot_prompt)
     return new_size
+
+
+class ModelStep:
+    """transformers' forward behind the lean step's interface: the decode step of models
+    LeanDecoder does not support (and of rollout.lean_decode = false).
+
+    The prefill's cache is continued as transformers keeps it: each prompt's K/V copied
+    for the n rows of its group, decode K/V written in place when `reserve` (_RoomyLayer).
+    """
+
+    def __init__(self, model: nn.Module, reserve: bool = True) -> None:
+        self.model = model
+        self.reserve = reserve
+        self.cache: Any = None
+        self.mask = torch.empty(0)  # (rows, L): the attention mask so far
+        self._index: torch.Tensor | None = None  # slot -> old slot, set by move_rows
+
+    def load_cache(self, cache: Any, prompt_mask: torch.Tensor, rows: int, extra: int) -> None:
+        """Continue a prefill of P prompts (mask (P, Lp)) with rows / P rows per prompt and
+        room for `extra` generated tokens."""
+        n = rows // prompt_mask.shape[0]
+        if n > 1:  # the prompt's K/V rows copied per sample
+            cache.batch_repeat_interleave(n)
+            prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # (rows, Lp)
+        if self.reserve:
+            reserve_cache(cache, extra)
+        self.cache, self.mask, self._index = cache, prompt_mask, None
+
+    def release(self) -> None:
+        self.cache, self.mask = None, torch.empty(0)
+
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Slots dst take the K/V of slots src (carried out by the next set_rows)."""
+        self._index = torch.arange(self.mask.shape[0], device=self.mask.device)
+        self._index[dst] = src
+
+    def set_rows(self, row_prompt: list[int]) -> None:
+        """Keep the first len(row_prompt) slots (after the moves), one cache copy."""
+        size = len(row_prompt)
+        if self._index is None and size == self.mask.shape[0]:
+            return
+        index = self._index if self._index is not None else torch.arange(self.mask.shape[0])
+        index = index[:size].to(self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self._index = self.mask[index], None
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits (b, V) after feeding tokens (b,) at positions (b,) to slots 0..b-1."""
+        ones = self.mask.new_ones(self.mask.shape[0], 1)
+        self.mask = torch.cat([self.mask, ones], dim=1)  # (b, L + 1)
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=positions[:, None],
+            **cache_kwarg(self.model, self.cache),
+            use_cache=True,
+        )
+        return out.logits[:, -1]
 
 
 class _RoomyLayer(DynamicLayer):
