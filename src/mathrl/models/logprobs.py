@@ -130,8 +130,10 @@ def round_up(width: int, multiple: int) -> int:
 
 def cache_kwarg(module: nn.Module, cache: Any) -> dict[str, Any]:
     """{name: cache} for module's forward: `cache` (transformers >= 5.23), else
-    `past_key_values` (older; 5.x still takes it but warns, and drops it in 5.40)."""
-    params = _forward_params(type(module))
+    `past_key_values` (older; 5.x still takes it but warns, and drops it in 5.40). A peft
+    model's forward passes its keyword arguments on: the base model's signature decides."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    params = _forward_params(type(base))
     return {"cache" if "cache" in params else "past_key_values": cache}
 
 
