@@ -192,25 +192,6 @@ TEXTS = ["What is 12 + 345? The answer is 357.", "She sold 48 clips in April."] 
 QUESTIONS = ["What is 12 + 3?", "hi", "She sold 48 clips in April. How many in May?"]
 
 
-def with_logit_bias(model: nn.Module, token_id: int, bias: float) -> nn.Module:
-    """Replace the (tied) lm_head by a biased copy, so token_id is sampled more often."""
-    old = model.get_output_embeddings()
-    head = nn.Linear(
-        old.in_features,
-        old.out_features,
-        bias=True,
-        dtype=old.weight.dtype,
-        device=old.weight.device,
-    )
-    with torch.no_grad():
-        head.weight.copy_(old.weight)
-        head.bias.zero_()
-        head.bias[token_id] = bias
-    model.set_output_embeddings(head)
-    model.config.tie_word_embeddings = False
-    return model
-
-
 def recomputed_logprobs(model, completions, device):
     """Full forward over prompt + completion, left-padded: each completion's log-probs."""
     from mathrl.models.logprobs import left_pad, sequence_logprobs
@@ -275,7 +256,7 @@ def check_correct(entry: dict, autocast: str) -> bool:
 
     from mathrl.models.logprobs import left_pad
     from mathrl.models.precision import set_autocast
-    from mathrl.models.scratch import build_scratch_model
+    from mathrl.models.scratch import build_scratch_model, with_logit_bias
     from mathrl.rollout.hf_engine import HFEngine
     from mathrl.rollout.types import SamplingParams
 
@@ -477,6 +458,8 @@ def make_model(kind: str, tmp: str, dev: torch.device, dtype: torch.dtype):
 
 
 def add_eos_bias(model: nn.Module, eos_id: int, p_eos: float) -> None:
+    from mathrl.models.scratch import with_logit_bias
+
     vocab = model.get_output_embeddings().out_features
     with_logit_bias(model, eos_id, math.log(p_eos * (vocab - 1) / (1 - p_eos)))
 

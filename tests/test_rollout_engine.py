@@ -10,12 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathrl.errors import ConfigError, MathrlError
 from mathrl.models.logprobs import left_pad, sequence_logprobs
-from mathrl.models.scratch import build_scratch_model
+from mathrl.models.scratch import build_scratch_model, with_logit_bias
 from mathrl.rollout.hf_engine import HFEngine
 from mathrl.rollout.registry import make_engine
 from mathrl.rollout.sampler import prompt_chunks, top_p_filter
@@ -24,19 +23,6 @@ from mathrl.rollout.types import RolloutEngine, SamplingParams
 
 TEXTS = ["What is 12 + 345? The answer is 357.", "She sold 48 clips in April."] * 5
 QUESTIONS = ["What is 12 + 3?", "hi", "She sold 48 clips in April. How many in May?"]
-
-
-def with_logit_bias(model, token_id, bias):
-    """Replace the (tied) lm_head by a biased copy, so token_id is sampled more often."""
-    old = model.get_output_embeddings()
-    head = nn.Linear(old.in_features, old.out_features, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(old.weight)
-        head.bias.zero_()
-        head.bias[token_id] = bias
-    model.set_output_embeddings(head)
-    model.config.tie_word_embeddings = False
-    return model
 
 
 @pytest.fixture(scope="module")

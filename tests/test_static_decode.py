@@ -6,7 +6,7 @@ from torch._dynamo.testing import CompileCounter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mathrl.errors import MathrlError
-from mathrl.models.scratch import build_scratch_model
+from mathrl.models.scratch import build_scratch_model, with_logit_bias
 from mathrl.rollout.hf_engine import HFEngine
 from mathrl.rollout.static_decode import (
     LEN_BUCKET,
@@ -22,17 +22,8 @@ QUESTIONS = ["What is 12 + 3?", "hi", "She sold 48 clips in April. How many in M
 
 
 def with_eos_bias(model, tokenizer, bias=3.0):
-    """A biased copy of the (tied) head: <|im_end|> ~6% per step, so rows stop at varied steps."""
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    old = model.get_output_embeddings()
-    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(old.weight)
-        head.bias.zero_()
-        head.bias[eos] = bias
-    model.set_output_embeddings(head)
-    model.config.tie_word_embeddings = False
-    return model
+    """<|im_end|> ~6% per step, so rows stop at varied steps."""
+    return with_logit_bias(model, tokenizer.convert_tokens_to_ids("<|im_end|>"), bias)
 
 
 @pytest.fixture(scope="module")

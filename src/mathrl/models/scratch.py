@@ -160,3 +160,24 @@ def build_scratch_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def with_logit_bias(model: torch.nn.Module, token_id: int, bias: float) -> torch.nn.Module:
+    """Replace the model's (tied) output head by an untied copy that adds `bias` to
+    `token_id`'s logit, so a random-init model emits it more often (tests and benchmarks
+    that need completions ending at varied steps). Returns the model, changed in place."""
+    old = model.get_output_embeddings()
+    head = torch.nn.Linear(
+        old.in_features,
+        old.out_features,
+        bias=True,
+        dtype=old.weight.dtype,
+        device=old.weight.device,
+    )
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[token_id] = bias
+    model.set_output_embeddings(head)
+    model.config.tie_word_embeddings = False
+    return model
