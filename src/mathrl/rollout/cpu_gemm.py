@@ -79,15 +79,33 @@ def packed_linear_available() -> bool:
 class PackedLinear:
     """y = x @ W.T + b with an fp32 W reordered for oneDNN (tuned for `rows` rows)."""
 
-    __slots__ = ("weight", "bias")
+    __slots__ = ("weight", "bias", "out_features")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
         self.bias = None if bias is None else bias.detach().contiguous()
+        self.out_features = int(weight.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., K) fp32 -> (..., N) fp32."""
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+@torch.library.custom_op("mathrl::packed_linear", mutates_args=())
+def packed_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """PackedLinear's GEMM as an op torch.compile calls as it is: inductor would otherwise
+    lower oneDNN's linear only for weights frozen into the graph, and a policy's weights
+    change every optimizer step (static_decode.py passes them in as arguments)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
 
 
 class Fp16Linear:

@@ -29,11 +29,12 @@ generated keys); its tokens and log-probs equal the lean step's (tested: greedy 
 sampled with the same per-completion streams, log-probs to 1e-5 in fp32).
 
 `compile`: "off" runs the step eagerly (fp32 weights prepacked for oneDNN on a CPU, as the
-lean step); "default" is `torch.compile(dynamic=False)` of the step (inductor); on CUDA
+lean step); "default" is `torch.compile(dynamic=False)` of the step (inductor; on a CPU the
+same prepacked GEMMs, through an op inductor calls as it is, cpu_gemm.packed_linear); on CUDA
 "cudagraphs" is `mode="reduce-overhead"` (CUDA graphs, the K/V buffers and weights marked
 static so a replay copies nothing), on a CPU the same as "default". A compiled decoder is
-kept by the engine across calls (weights refreshed in place), so its compiled step is
-reused; inductor's cache stays on disk (`inductor_cache_dir`).
+kept by the engine across calls (its weights re-packed on a CPU, copied in place on CUDA),
+so its compiled step is reused; inductor's cache stays on disk (`inductor_cache_dir`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mathrl.rollout.cpu_gemm import PackedLinear, packed_linear
 from mathrl.rollout.lean_decode import LeanDecoder, _layer_kv, _linear, _rotate
 
 COMPILE_MODES = ("off", "default", "cudagraphs")
@@ -85,7 +87,7 @@ class StaticDecoder(LeanDecoder):
     def __init__(
         self, model: nn.Module, rows: int, compile: str = "off", backend: Any = None
     ) -> None:
-        super().__init__(model, rows=rows, pack=compile == "off")
+        super().__init__(model, rows=rows)
         self.model = model
         self.rows = rows
         self.mode = compile
@@ -109,13 +111,36 @@ class StaticDecoder(LeanDecoder):
     def _cudagraphs(self) -> bool:
         return self.mode == "cudagraphs" and self.device_type == "cuda"
 
+    @property
+    def _packed(self) -> bool:
+        return isinstance(self.head_w, PackedLinear)
+
     def refresh(self) -> None:
-        """Copy the model's current weights into this decoder's copies, in place (the same
-        addresses: a compiled or captured step keeps reading them)."""
+        """Take the model's current weights: packed for oneDNN anew (a compiled step gets
+        them as an argument), or copied into this decoder's copies in place (the same
+        addresses: a captured CUDA graph keeps reading them)."""
+        if self._packed:
+            fresh = LeanDecoder(self.model, rows=self.rows)
+            self.layers, self.head_w, self.head_b = fresh.layers, fresh.head_w, fresh.head_b
+            return
         fresh = LeanDecoder(self.model, pack=False)
         for old, new in zip(_weight_tensors(self), _weight_tensors(fresh), strict=True):
             if old.data_ptr() != new.data_ptr():  # the model's own tensors need no copy
                 old.copy_(new)
+
+    def _gemms(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]] | None:
+        """The packed GEMMs of a step, (oneDNN weight, bias, output width) each: every
+        layer's q/k/v, o, gate/up and down, then the head. A compiled step gets them as an
+        argument, so re-packed weights (refresh) need no recompile. None when not packed:
+        the step reads its weight tensors in place (CUDA graphs keep their addresses)."""
+        if not self._packed:
+            return None
+        pairs = [pair for layer in self.layers for pair in _layer_gemms(layer)]
+        out = []
+        for w, _ in [*pairs, (self.head_w, None)]:
+            assert isinstance(w, PackedLinear)
+            out.append((w.weight, w.bias, w.out_features))
+        return out
 
     def load_cache(self, cache: Any, prompt_mask: torch.Tensor, n: int, extra: int) -> None:
         """Continue a prefill of P prompts (K/V (P, Hkv, Lp, D), mask (P, Lp)) with n rows
@@ -177,7 +202,7 @@ class StaticDecoder(LeanDecoder):
         if self._cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device_type, enabled=False):  # dtypes are explicit here
-            logits = self._step_fn(tokens, positions, column, self.buf)
+            logits = self._step_fn(tokens, positions, column, self.buf, self._gemms())
         if first:
             self._compiled.add(self.bucket)
             if self.mode != "off":
@@ -185,8 +210,26 @@ class StaticDecoder(LeanDecoder):
         return logits
 
     def _static_step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, column: torch.Tensor, buf: _Buffers
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        column: torch.Tensor,
+        buf: _Buffers,
+        gemms: list[tuple[torch.Tensor, torch.Tensor | None, int]] | None,
     ) -> torch.Tensor:
+        plain = []  # unpacked weights, read in place (a packed decoder's stay untouched)
+        if gemms is None:
+            plain = [p for layer in self.layers for p in _layer_gemms(layer)]
+            plain.append((self.head_w, self.head_b))
+
+        def linear(x: torch.Tensor, k: int) -> torch.Tensor:
+            if gemms is None:
+                return _linear(x, *plain[k])
+            w, b, width = gemms[k]
+            if torch.compiler.is_compiling():  # an op inductor calls as it is (cpu_gemm.py)
+                return packed_linear(x, w, b, width)
+            return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
         r = tokens.shape[0]
         slots = buf.prompt_bias.shape[0]
         kv, d, g = self.n_kv, self.head_dim, self.n_heads // self.n_kv
@@ -198,7 +241,7 @@ class StaticDecoder(LeanDecoder):
         )  # (new,): the columns generated so far, this step's included
         prompt_len = buf.prompt_bias.shape[-1]
         for i, layer in enumerate(self.layers):
-            qkv = _linear(layer.ln1(x), layer.qkv_w, layer.qkv_b)  # (r, q + 2 kv)
+            qkv = linear(layer.ln1(x), 4 * i)  # (r, q + 2 kv)
             qk = qkv[:, : self.q_size + self.kv_size].view(r, -1, d)
             qk = _rotate(qk, cos, sin)
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]  # (r, heads, D), (r, kv, D)
@@ -219,10 +262,10 @@ class StaticDecoder(LeanDecoder):
             o_prompt = p_prompt.reshape(slots, kv, n * g, prompt_len) @ buf.pv[i]
             o_prompt = o_prompt.view(slots, kv, n, g, d).transpose(1, 2).reshape(r, kv, g, d)
             att = (o_prompt + p_own @ sv).reshape(r, self.q_size)  # (r, heads * D)
-            x = x + _linear(att, layer.o_w, layer.o_b)
-            gate, up = _linear(layer.ln2(x), layer.gate_up_w).chunk(2, dim=-1)
-            x = x + _linear(F.silu(gate) * up, layer.down_w)
-        return _linear(self.norm(x), self.head_w, self.head_b)
+            x = x + linear(att, 4 * i + 1)
+            gate, up = linear(layer.ln2(x), 4 * i + 2).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate) * up, 4 * i + 3)
+        return linear(self.norm(x), 4 * len(self.layers))
 
 
 @dataclass
@@ -240,6 +283,16 @@ class _Buffers:
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.pk, *self.pv, *self.sk, *self.sv, self.prompt_bias, self.columns]
+
+
+def _layer_gemms(layer: Any) -> list[tuple[Any, torch.Tensor | None]]:
+    """A layer's four GEMMs in step order, (weight, bias) each."""
+    return [
+        (layer.qkv_w, layer.qkv_b),
+        (layer.o_w, layer.o_b),
+        (layer.gate_up_w, None),
+        (layer.down_w, None),
+    ]
 
 
 def _weight_tensors(decoder: LeanDecoder) -> list[torch.Tensor]:
