@@ -205,12 +205,12 @@ def gemm_step_ms(model, rows: int, path: str, reps: int = 15) -> float:
     return statistics.median(times[2:]) * 1e3
 
 
-def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
+def profile_table(model, tokenizer, prompts, path: str = "fp32", n: int = 1) -> str:
     """torch.profiler's top ops (self CPU time) over 16 lean decode steps (no prefill)."""
     from torch.profiler import ProfilerActivity, profile
 
-    engine = engine_for(model, tokenizer, len(prompts), path)
-    engine.generate(prompts, SamplingParams(n=1, max_new_tokens=2, seed=0, ignore_eos=True))
+    engine = engine_for(model, tokenizer, len(prompts) * n, path)
+    engine.generate(prompts, SamplingParams(n=n, max_new_tokens=2, seed=0, ignore_eos=True))
     loop = "_decode_static" if engine.static_decode else "_decode"
     real, held = getattr(engine, loop), []
 
@@ -221,7 +221,7 @@ def profile_table(model, tokenizer, prompts, path: str = "fp32") -> str:
         return out
 
     setattr(engine, loop, profiled)
-    engine.generate(prompts, SamplingParams(n=1, max_new_tokens=17, seed=0, ignore_eos=True))
+    engine.generate(prompts, SamplingParams(n=n, max_new_tokens=17, seed=0, ignore_eos=True))
     return held[0].key_averages().table(sort_by="self_cpu_time_total", row_limit=16)
 
 
@@ -331,7 +331,7 @@ def main() -> None:
                 report["results"].append(row)
             if args.profile:
                 for path in ("fp32", "int8"):
-                    table = profile_table(model, tokenizer, prompts, path)
+                    table = profile_table(model, tokenizer, prompts, path, n)
                     print(f"profile: {name}, batch {batch}, {path}, 16 decode steps\n{table}")
                     report.setdefault("profiles", {})[f"{name}-b{batch}-{path}"] = table
         del model

@@ -383,11 +383,11 @@ def test_chunks_take_prompts_by_length_and_answer_in_the_callers_order(model, to
 
 def test_reserved_kv_cache_gives_identical_samples(model, tokenizer, prompts, monkeypatch):
     """Decode K/V written in place (default) == transformers' concatenating cache, bitwise."""
-    from mathrl.rollout import hf_engine
+    from mathrl.rollout import model_step
 
     converted = []
-    real = hf_engine.reserve_cache
-    monkeypatch.setattr(hf_engine, "reserve_cache", lambda c, e: converted.append(real(c, e)))
+    real = model_step.reserve_cache
+    monkeypatch.setattr(model_step, "reserve_cache", lambda c, e: converted.append(real(c, e)))
     params = SamplingParams(n=4, max_new_tokens=24, seed=5, temperature=1.1)
     engine = HFEngine(model, tokenizer, batch_size=8, reserve_kv=True, lean_decode=False)
     a = engine.generate(prompts, params)

@@ -88,20 +88,32 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., K) fp32 -> (..., N) fp32."""
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return packed_linear(x, self.weight, self.bias, self.out_features)
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """(packed weight, bias, output width): packed_linear's arguments."""
+        return self.weight, self.bias, self.out_features
 
 
-@torch.library.custom_op("mathrl::packed_linear", mutates_args=())
 def packed_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int
 ) -> torch.Tensor:
-    """PackedLinear's GEMM as an op torch.compile calls as it is: inductor would otherwise
-    lower oneDNN's linear only for weights frozen into the graph, and a policy's weights
-    change every optimizer step (static_decode.py passes them in as arguments)."""
+    """y = x @ W.T + b with W packed by PackedLinear. Under torch.compile it is an op inductor
+    calls as it is: inductor lowers oneDNN's linear only for weights frozen into the graph,
+    and a policy's weights change every optimizer step (static_decode.py passes them in)."""
+    if torch.compiler.is_compiling():
+        return _packed_linear_op(x, weight, bias, out_features)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-@packed_linear.register_fake
+@torch.library.custom_op("mathrl::packed_linear", mutates_args=())
+def _packed_linear_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@_packed_linear_op.register_fake
 def _(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int
 ) -> torch.Tensor:

@@ -96,6 +96,7 @@ class StaticDecoder(LeanDecoder):
         self._buffers: dict[tuple[int, int, int], _Buffers] = {}
         self._compiled: set[tuple[int, int, int]] = set()  # buckets already run once
         self._step_fn = self._static_step
+        self._gemms = self._packed_gemms()
         if compile != "off":
             inductor_cache_dir()
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
@@ -111,36 +112,30 @@ class StaticDecoder(LeanDecoder):
     def _cudagraphs(self) -> bool:
         return self.mode == "cudagraphs" and self.device_type == "cuda"
 
-    @property
-    def _packed(self) -> bool:
-        return isinstance(self.head_w, PackedLinear)
-
     def refresh(self) -> None:
         """Take the model's current weights: packed for oneDNN anew (a compiled step gets
         them as an argument), or copied into this decoder's copies in place (the same
         addresses: a captured CUDA graph keeps reading them)."""
-        if self._packed:
+        if self._gemms is not None:
             fresh = LeanDecoder(self.model, rows=self.rows)
             self.layers, self.head_w, self.head_b = fresh.layers, fresh.head_w, fresh.head_b
+            self._gemms = self._packed_gemms()
             return
         fresh = LeanDecoder(self.model, pack=False)
         for old, new in zip(_weight_tensors(self), _weight_tensors(fresh), strict=True):
             if old.data_ptr() != new.data_ptr():  # the model's own tensors need no copy
                 old.copy_(new)
 
-    def _gemms(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]] | None:
-        """The packed GEMMs of a step, (oneDNN weight, bias, output width) each: every
-        layer's q/k/v, o, gate/up and down, then the head. A compiled step gets them as an
-        argument, so re-packed weights (refresh) need no recompile. None when not packed:
-        the step reads its weight tensors in place (CUDA graphs keep their addresses)."""
-        if not self._packed:
+    def _packed_gemms(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]] | None:
+        """packed_linear's arguments for every GEMM of a step (each layer's q/k/v, o,
+        gate/up and down, then the head), made once per weight version: a compiled step
+        gets them as an argument, so re-packed weights (refresh) need no recompile. None
+        when not packed: the step reads its weight tensors in place (CUDA graphs keep
+        their addresses)."""
+        if not isinstance(self.head_w, PackedLinear):
             return None
-        pairs = [pair for layer in self.layers for pair in _layer_gemms(layer)]
-        out = []
-        for w, _ in [*pairs, (self.head_w, None)]:
-            assert isinstance(w, PackedLinear)
-            out.append((w.weight, w.bias, w.out_features))
-        return out
+        pairs = [*(p for layer in self.layers for p in _layer_gemms(layer)), (self.head_w, None)]
+        return [w.parts() for w, _ in pairs]
 
     def load_cache(self, cache: Any, prompt_mask: torch.Tensor, n: int, extra: int) -> None:
         """Continue a prefill of P prompts (K/V (P, Hkv, Lp, D), mask (P, Lp)) with n rows
@@ -202,7 +197,7 @@ class StaticDecoder(LeanDecoder):
         if self._cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device_type, enabled=False):  # dtypes are explicit here
-            logits = self._step_fn(tokens, positions, column, self.buf, self._gemms())
+            logits = self._step_fn(tokens, positions, column, self.buf, self._gemms)
         if first:
             self._compiled.add(self.bucket)
             if self.mode != "off":
@@ -223,12 +218,7 @@ class StaticDecoder(LeanDecoder):
             plain.append((self.head_w, self.head_b))
 
         def linear(x: torch.Tensor, k: int) -> torch.Tensor:
-            if gemms is None:
-                return _linear(x, *plain[k])
-            w, b, width = gemms[k]
-            if torch.compiler.is_compiling():  # an op inductor calls as it is (cpu_gemm.py)
-                return packed_linear(x, w, b, width)
-            return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+            return _linear(x, *plain[k]) if gemms is None else packed_linear(x, *gemms[k])
 
         r = tokens.shape[0]
         slots = buf.prompt_bias.shape[0]
